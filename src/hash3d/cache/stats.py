@@ -1,0 +1,45 @@
+"""Cache statistics: counters kept as one device tensor, read into Python only when someone looks."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+
+_FIELDS = ("queries", "hits", "inserts", "evictions")
+
+
+@dataclass(frozen=True)
+class CacheStats:
+    queries: int = 0
+    hits: int = 0
+    inserts: int = 0
+    evictions: int = 0
+    entries: int = 0
+    bytes: int = 0
+
+    @property
+    def hit_rate(self) -> float:
+        return self.hits / self.queries if self.queries else 0.0
+
+    def as_dict(self) -> dict[str, float]:
+        d = asdict(self)
+        d["hit_rate"] = self.hit_rate
+        return d
+
+
+class Counters:
+    """Accumulates the integer counters on `device` without host synchronisation."""
+
+    def __init__(self, device: torch.device):
+        self.values = torch.zeros(len(_FIELDS), dtype=torch.int64, device=device)
+
+    def add(self, name: str, amount: torch.Tensor | int) -> None:
+        i = _FIELDS.index(name)
+        self.values[i] += amount
+
+    def reset(self) -> None:
+        self.values.zero_()
+
+    def read(self) -> dict[str, int]:
+        return dict(zip(_FIELDS, self.values.tolist()))

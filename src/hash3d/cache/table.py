@@ -1,0 +1,326 @@
+"""Batched hash tables keyed by (elevation °, azimuth °, camera distance, timestep).
+
+One implementation serves both the fixed grid (`GridHashTable`, one grid) and the paper's adaptive grid
+(`AdaptiveGridHashTable`, M grids): every grid is an index of buckets holding references into one shared entry
+pool, so adding grids does not multiply memory.
+
+Semantics, which tests check against a slow dictionary reference:
+- A key's cell in a grid is floor(key / cell size) per dimension (azimuth wrapped into [0, 360) first); the cell
+  hashes to one of `n_buckets` buckets. A bucket keeps the last `bucket_size` entries inserted into it (FIFO) with
+  their exact cell coordinates, and a query only uses entries of its own cell, so a collision is never a hit.
+- The pool keeps the last `capacity` inserted entries (a ring); an entry overwritten there is gone from every grid.
+- A batched insert equals inserting its samples one by one in order, except that the adaptive score update of
+  each sample compares against the entries present before the batch.
+- A query hits when some grid has an entry of the query's cell. It reads from the grid whose bucket has the highest
+  score (ties: the first grid) and returns the blend of that bucket's same-cell entries with weights
+  softmax(-||x - x_i||^2 / temperature) over the stored latents x_i (the paper's Eq. 6).
+- Adaptive score per bucket: s <- gamma * s + (1 - gamma) * mean_i cos(v_new, v_i) over the same-cell entries
+  already in the bucket; unchanged when there are none; starts at 0.
+Everything runs as tensor code on the table's device: no Python loop over samples, no host synchronisation
+(unless `check_finite` is on, which reads one flag per call).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from .keys import bucket_index, quantize
+from .stats import CacheStats, Counters
+
+
+def _group_rank(groups: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """groups [N] int64 -> (rank of each element among equal values in order of appearance, size of its group)."""
+    order = torch.argsort(groups, stable=True)
+    ordered = groups[order]
+    first = torch.searchsorted(ordered, ordered, right=False)
+    last = torch.searchsorted(ordered, ordered, right=True)
+    rank = torch.empty_like(groups)
+    count = torch.empty_like(groups)
+    position = torch.arange(groups.numel(), device=groups.device)
+    rank[order] = position - first
+    count[order] = last - first
+    return rank, count
+
+
+class HashTable:
+    """Hash table over one or more quantization grids that share one entry pool (see the module docstring).
+
+    Args:
+        cell_sizes: one (d_elev_deg, d_azim_deg, d_radius, d_t) per grid.
+        n_buckets: buckets per grid.
+        bucket_size: entries kept per bucket (oldest evicted first).
+        temperature: softmax temperature of the latent-distance blend.
+        gamma: decay of the adaptive per-bucket similarity score.
+        capacity: entries kept in the shared pool; defaults to n_buckets * bucket_size.
+        device: where all storage lives.
+        check_finite: reject NaN/inf keys (costs one host read per call).
+    """
+
+    def __init__(
+        self,
+        cell_sizes: Sequence[Sequence[float]],
+        n_buckets: int = 1024,
+        bucket_size: int = 3,
+        temperature: float = 1.0,
+        gamma: float = 0.9,
+        capacity: int | None = None,
+        device: str | torch.device | None = None,
+        check_finite: bool = True,
+    ):
+        cells = torch.as_tensor(cell_sizes, dtype=torch.float64)
+        if cells.ndim != 2 or cells.shape[1] != 4 or cells.shape[0] < 1:
+            raise ValueError(
+                f"cell_size must hold 4 numbers (d_elev_deg, d_azim_deg, d_radius, d_t) per grid; got {list(cells.shape)}"
+            )
+        if not bool(torch.isfinite(cells).all()) or not bool((cells > 0).all()):
+            raise ValueError(f"cell_size values must be finite and > 0; got {cells.tolist()}")
+        if int(n_buckets) < 1:
+            raise ValueError(f"n_buckets must be >= 1; got {n_buckets}")
+        if int(bucket_size) < 1:
+            raise ValueError(f"bucket_size must be >= 1; got {bucket_size}")
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0; got {temperature}")
+        if not 0.0 <= gamma < 1.0:
+            raise ValueError(f"gamma must be in [0, 1); got {gamma}")
+        capacity = int(n_buckets) * int(bucket_size) if capacity is None else int(capacity)
+        if capacity < 1:
+            raise ValueError(f"capacity must be >= 1; got {capacity}")
+
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.cell_sizes = cells.to(self.device)
+        self.n_grids = cells.shape[0]
+        self.n_buckets = int(n_buckets)
+        self.bucket_size = int(bucket_size)
+        self.temperature = float(temperature)
+        self.gamma = float(gamma)
+        self.capacity = capacity
+        self.check_finite = check_finite
+        self.counters = Counters(self.device)
+        self.reset()
+
+    # ---------------------------------------------------------------- state
+    def reset(self) -> None:
+        """Forget every entry, score and counter; the next insert may bring a new value shape."""
+        M, n, Q, dev = self.n_grids, self.n_buckets, self.bucket_size, self.device
+        # One extra bucket row per grid (index n) receives writes that must be dropped, so dropping needs no mask.
+        self._cells = torch.zeros(M, n + 1, Q, 4, dtype=torch.int64, device=dev)
+        self._ref_slot = torch.zeros(M, n + 1, Q, dtype=torch.int64, device=dev)
+        self._ref_id = torch.full((M, n + 1, Q), -1, dtype=torch.int64, device=dev)
+        self._head = torch.zeros(M, n + 1, dtype=torch.int64, device=dev)
+        self._score = torch.zeros(M, n + 1, dtype=torch.float32, device=dev)
+        self._pool_latents: torch.Tensor | None = None
+        self._pool_values: torch.Tensor | None = None
+        self._pool_norms: torch.Tensor | None = None
+        self._pool_ids = torch.full((self.capacity,), -1, dtype=torch.int64, device=dev)
+        self._latent_shape: tuple[int, ...] | None = None
+        self._value_shape: tuple[int, ...] | None = None
+        self._next_id = 0
+        self._live = torch.zeros((), dtype=torch.int64, device=dev)
+        self.counters.reset()
+
+    @property
+    def stats(self) -> CacheStats:
+        return CacheStats(**self.counters.read(), entries=int(self._live), bytes=self.nbytes)
+
+    @property
+    def nbytes(self) -> int:
+        tensors = [self._cells, self._ref_slot, self._ref_id, self._head, self._score, self._pool_ids]
+        tensors += [t for t in (self._pool_latents, self._pool_values, self._pool_norms) if t is not None]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    # ---------------------------------------------------------------- checks
+    def _check_batch(self, keys: torch.Tensor, **tensors: torch.Tensor) -> int:
+        if not isinstance(keys, torch.Tensor) or keys.ndim != 2 or keys.shape[1] != 4:
+            shape = list(keys.shape) if isinstance(keys, torch.Tensor) else type(keys).__name__
+            raise ValueError(f"keys must be a [B, 4] tensor of (elevation, azimuth, radius, timestep); got {shape}")
+        if not keys.is_floating_point():
+            raise ValueError(f"keys must be floating point; got {keys.dtype}")
+        if self.check_finite and not bool(torch.isfinite(keys).all()):
+            raise ValueError("keys contain NaN or inf; every (elevation, azimuth, radius, timestep) must be finite")
+        B = keys.shape[0]
+        for name, t in tensors.items():
+            if not isinstance(t, torch.Tensor) or t.ndim < 1 or t.shape[0] != B:
+                shape = list(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+                raise ValueError(f"{name} must be a tensor with batch size {B} (the number of keys); got {shape}")
+        return B
+
+    def _check_shape(self, name: str, t: torch.Tensor, expected: tuple[int, ...] | None) -> None:
+        if expected is not None and tuple(t.shape[1:]) != expected:
+            raise ValueError(
+                f"{name} shape per sample changed from {list(expected)} to {list(t.shape[1:])}; "
+                "call reset() before storing tensors of another shape"
+            )
+
+    # ---------------------------------------------------------------- helpers
+    def _locate(self, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """keys [B, 4] -> cells [M, B, 4], buckets [M, B]."""
+        cells = quantize(keys.to(self.device)[None], self.cell_sizes[:, None, :])
+        return cells, bucket_index(cells, self.n_buckets)
+
+    def _bucket_entries(self, cells: torch.Tensor, buckets: torch.Tensor):
+        """Entries of each (grid, sample)'s bucket: slots [M, B, Q] and a mask of live same-cell entries [M, B, Q]."""
+        grid = torch.arange(self.n_grids, device=self.device)[:, None]
+        slots = self._ref_slot[grid, buckets]
+        ids = self._ref_id[grid, buckets]
+        live = (ids >= 0) & (self._pool_ids[slots] == ids)
+        same_cell = (self._cells[grid, buckets] == cells[:, :, None, :]).all(-1)
+        return slots, live & same_cell
+
+    def _count_live(self) -> torch.Tensor:
+        slots, ids = self._ref_slot[:, :-1], self._ref_id[:, :-1]
+        live = (ids >= 0) & (self._pool_ids[slots] == ids)
+        alive = torch.zeros(self.capacity + 1, dtype=torch.bool, device=self.device)
+        alive[torch.where(live, slots, torch.full_like(slots, self.capacity))] = True
+        return alive[:-1].sum()
+
+    # ---------------------------------------------------------------- query
+    def query(self, keys: torch.Tensor, latents: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """keys [B, 4], latents [B, ...] -> (blended values [B, ...] (zeros where missed), hit [B] bool).
+
+        Values are None while the table holds nothing yet (their shape is unknown).
+        """
+        B = self._check_batch(keys, latents=latents)
+        if self._pool_values is None:
+            self.counters.add("queries", B)
+            return None, torch.zeros(B, dtype=torch.bool, device=self.device)
+        self._check_shape("latents", latents, self._latent_shape)
+        cells, buckets = self._locate(keys)
+        slots, valid = self._bucket_entries(cells, buckets)
+        has = valid.any(-1)
+        score = self._score[torch.arange(self.n_grids, device=self.device)[:, None], buckets]
+        best = torch.where(has, score, torch.full_like(score, float("-inf"))).argmax(0)
+        hit = has.any(0)
+        rows = torch.arange(B, device=self.device)
+        slots, valid = slots[best, rows], valid[best, rows]  # [B, Q]
+
+        x = latents.to(self.device).reshape(B, -1).float()
+        d2 = torch.stack(
+            [(self._pool_latents[slots[:, q]].float() - x).square().sum(-1) for q in range(self.bucket_size)], -1
+        )
+        logits = (-d2 / self.temperature).masked_fill(~valid, float("-inf"))
+        weights = torch.where(valid, torch.softmax(logits, -1), torch.zeros_like(logits))
+        blend = torch.zeros((B, self._pool_values.shape[1]), dtype=torch.float32, device=self.device)
+        for q in range(self.bucket_size):
+            blend += weights[:, q : q + 1] * self._pool_values[slots[:, q]].float()
+
+        self.counters.add("queries", B)
+        self.counters.add("hits", hit.sum())
+        return blend.to(self._pool_values.dtype).reshape((B,) + self._value_shape), hit
+
+    # ---------------------------------------------------------------- insert
+    def _allocate(self, latents: torch.Tensor, values: torch.Tensor) -> None:
+        P = self.capacity
+        self._latent_shape = tuple(latents.shape[1:])
+        self._value_shape = tuple(values.shape[1:])
+        self._pool_latents = torch.zeros((P, latents[0].numel()), dtype=latents.dtype, device=self.device)
+        self._pool_values = torch.zeros((P, values[0].numel()), dtype=values.dtype, device=self.device)
+        self._pool_norms = torch.zeros(P, dtype=torch.float32, device=self.device)
+
+    def insert(self, keys: torch.Tensor, latents: torch.Tensor, values: torch.Tensor) -> None:
+        """Store values [B, ...] under keys [B, 4] with the noisy latents [B, ...] they were computed from."""
+        B = self._check_batch(keys, latents=latents, values=values)
+        if B == 0:
+            return
+        if B > self.capacity:
+            raise ValueError(f"cannot insert {B} entries at once into a table of capacity {self.capacity}")
+        if self._pool_values is None:
+            self._allocate(latents, values)
+        self._check_shape("latents", latents, self._latent_shape)
+        self._check_shape("values", values, self._value_shape)
+        dev, M, n, Q = self.device, self.n_grids, self.n_buckets, self.bucket_size
+
+        cells, buckets = self._locate(keys)
+        flat_values = values.to(dev).reshape(B, -1)
+        norms = flat_values.float().norm(dim=-1)
+        if M > 1:
+            self._update_scores(cells, buckets, flat_values, norms)
+
+        slots = (self._next_id + torch.arange(B, device=dev)) % self.capacity
+        ids = self._next_id + torch.arange(B, device=dev)
+        self._pool_latents[slots] = latents.to(dev).reshape(B, -1).to(self._pool_latents.dtype)
+        self._pool_values[slots] = flat_values.to(self._pool_values.dtype)
+        self._pool_norms[slots] = norms
+        self._pool_ids[slots] = ids
+        self._next_id += B
+
+        grid = torch.arange(M, device=dev)[:, None].expand(M, B)
+        rank, count = _group_rank((grid * (n + 1) + buckets).reshape(-1))
+        rank, count = rank.view(M, B), count.view(M, B)
+        keep = rank >= count - Q  # earlier samples of an over-full bucket would be evicted within this batch
+        pos = torch.remainder(self._head[grid, buckets] + rank, Q)
+        row = torch.where(keep, buckets, torch.full_like(buckets, n))
+        pos = torch.where(keep, pos, torch.zeros_like(pos))
+        self._ref_slot[grid, row, pos] = slots.expand(M, B)
+        self._ref_id[grid, row, pos] = ids.expand(M, B)
+        self._cells[grid, row, pos] = cells
+        self._head.index_put_((grid, buckets), torch.ones_like(buckets), accumulate=True)
+        self._head.remainder_(Q)
+
+        live_after = self._count_live()
+        self.counters.add("inserts", B)
+        self.counters.add("evictions", self._live + B - live_after)
+        self._live = live_after
+
+    def _update_scores(self, cells, buckets, flat_values, norms) -> None:
+        """Adaptive-grid score update (see the module docstring) for every grid's bucket of every sample."""
+        dev, M, n, g = self.device, self.n_grids, self.n_buckets, self.gamma
+        slots, valid = self._bucket_entries(cells, buckets)  # [M, B, Q]
+        unit = (flat_values.float() / norms.clamp_min(1e-12)[:, None]).to(self._pool_values.dtype)
+        cos = torch.stack(
+            [
+                torch.stack([(self._pool_values[slots[m, :, q]] * unit).float().sum(-1) for q in range(self.bucket_size)], -1)
+                for m in range(M)
+            ]
+        ) / self._pool_norms[slots].clamp_min(1e-12)
+        n_valid = valid.sum(-1)
+        mean_cos = (cos * valid).sum(-1) / n_valid.clamp_min(1)
+        updating = n_valid > 0  # [M, B]
+
+        grid = torch.arange(M, device=dev)[:, None].expand_as(buckets)
+        group = torch.where(updating, grid * (n + 1) + buckets, torch.full_like(buckets, M * (n + 1)))
+        rank, count = _group_rank(group.reshape(-1))
+        rank, count = rank.view_as(buckets), count.view_as(buckets)
+        contribution = torch.where(updating, (1 - g) * g ** (count - 1 - rank).float() * mean_cos, torch.zeros_like(mean_cos))
+        added = torch.zeros_like(self._score).index_put_((grid, buckets), contribution, accumulate=True)
+        n_updates = torch.zeros_like(self._score).index_put_((grid, buckets), updating.float(), accumulate=True)
+        self._score = self._score * g**n_updates + added
+
+
+class GridHashTable(HashTable):
+    """A hash table over one fixed grid of cells (d_elev_deg, d_azim_deg, d_radius, d_t)."""
+
+    def __init__(
+        self,
+        cell_size: Sequence[float] = (10.0, 10.0, 0.1, 10.0),
+        n_buckets: int = 1024,
+        bucket_size: int = 3,
+        temperature: float = 1.0,
+        device: str | torch.device | None = None,
+        capacity: int | None = None,
+        check_finite: bool = True,
+    ):
+        if not isinstance(cell_size, (list, tuple, torch.Tensor)) or len(cell_size) != 4:
+            raise ValueError(f"cell_size must be (d_elev_deg, d_azim_deg, d_radius, d_t); got {cell_size!r}")
+        super().__init__([cell_size], n_buckets, bucket_size, temperature, 0.9, capacity, device, check_finite)
+
+
+DEFAULT_ADAPTIVE_CELLS = ((10.0, 10.0, 0.1, 10.0), (20.0, 20.0, 0.15, 20.0), (30.0, 30.0, 0.2, 30.0))
+
+
+class AdaptiveGridHashTable(HashTable):
+    """The paper's adaptive grid (§4.3): M grids, every insert into all, queries read the best-scoring bucket."""
+
+    def __init__(
+        self,
+        cell_sizes: Sequence[Sequence[float]] = DEFAULT_ADAPTIVE_CELLS,
+        n_buckets: int = 1024,
+        bucket_size: int = 3,
+        temperature: float = 1.0,
+        gamma: float = 0.9,
+        device: str | torch.device | None = None,
+        capacity: int | None = None,
+        check_finite: bool = True,
+    ):
+        super().__init__(cell_sizes, n_buckets, bucket_size, temperature, gamma, capacity, device, check_finite)
