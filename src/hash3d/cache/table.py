@@ -54,6 +54,7 @@ class HashTable:
         temperature: softmax temperature of the latent-distance blend.
         gamma: decay of the adaptive per-bucket similarity score.
         capacity: entries kept in the shared pool; defaults to n_buckets * bucket_size.
+        max_bytes: optional memory budget of the pool; the capacity shrinks to fit once the entry size is known.
         device: where all storage lives.
         check_finite: reject NaN/inf keys (costs one host read per call).
     """
@@ -68,6 +69,7 @@ class HashTable:
         capacity: int | None = None,
         device: str | torch.device | None = None,
         check_finite: bool = True,
+        max_bytes: int | None = None,
     ):
         cells = torch.as_tensor(cell_sizes, dtype=torch.float64)
         if cells.ndim != 2 or cells.shape[1] != 4 or cells.shape[0] < 1:
@@ -87,6 +89,8 @@ class HashTable:
         capacity = int(n_buckets) * int(bucket_size) if capacity is None else int(capacity)
         if capacity < 1:
             raise ValueError(f"capacity must be >= 1; got {capacity}")
+        if max_bytes is not None and max_bytes <= 0:
+            raise ValueError(f"max_bytes must be > 0; got {max_bytes}")
 
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.cell_sizes = cells.to(self.device)
@@ -95,7 +99,9 @@ class HashTable:
         self.bucket_size = int(bucket_size)
         self.temperature = float(temperature)
         self.gamma = float(gamma)
+        self.max_capacity = capacity
         self.capacity = capacity
+        self.max_bytes = max_bytes
         self.check_finite = check_finite
         self.counters = Counters(self.device)
         self.reset()
@@ -113,6 +119,7 @@ class HashTable:
         self._pool_latents: torch.Tensor | None = None
         self._pool_values: torch.Tensor | None = None
         self._pool_norms: torch.Tensor | None = None
+        self.capacity = self.max_capacity
         self._pool_ids = torch.full((self.capacity,), -1, dtype=torch.int64, device=dev)
         self._latent_shape: tuple[int, ...] | None = None
         self._value_shape: tuple[int, ...] | None = None
@@ -211,6 +218,16 @@ class HashTable:
 
     # ---------------------------------------------------------------- insert
     def _allocate(self, latents: torch.Tensor, values: torch.Tensor) -> None:
+        entry_bytes = latents[0].numel() * latents.element_size() + values[0].numel() * values.element_size() + 12
+        if self.max_bytes is not None:
+            fits = self.max_bytes // entry_bytes
+            if fits < latents.shape[0]:
+                raise ValueError(
+                    f"max_bytes={self.max_bytes} holds {fits} entries of {entry_bytes} bytes, fewer than the "
+                    f"{latents.shape[0]} being inserted; raise the memory budget"
+                )
+            self.capacity = min(self.max_capacity, int(fits))
+            self._pool_ids = torch.full((self.capacity,), -1, dtype=torch.int64, device=self.device)
         P = self.capacity
         self._latent_shape = tuple(latents.shape[1:])
         self._value_shape = tuple(values.shape[1:])
@@ -223,10 +240,10 @@ class HashTable:
         B = self._check_batch(keys, latents=latents, values=values)
         if B == 0:
             return
-        if B > self.capacity:
-            raise ValueError(f"cannot insert {B} entries at once into a table of capacity {self.capacity}")
         if self._pool_values is None:
             self._allocate(latents, values)
+        if B > self.capacity:
+            raise ValueError(f"cannot insert {B} entries at once into a table of capacity {self.capacity}")
         self._check_shape("latents", latents, self._latent_shape)
         self._check_shape("values", values, self._value_shape)
         dev, M, n, Q = self.device, self.n_grids, self.n_buckets, self.bucket_size
@@ -300,10 +317,11 @@ class GridHashTable(HashTable):
         device: str | torch.device | None = None,
         capacity: int | None = None,
         check_finite: bool = True,
+        max_bytes: int | None = None,
     ):
         if not isinstance(cell_size, (list, tuple, torch.Tensor)) or len(cell_size) != 4:
             raise ValueError(f"cell_size must be (d_elev_deg, d_azim_deg, d_radius, d_t); got {cell_size!r}")
-        super().__init__([cell_size], n_buckets, bucket_size, temperature, 0.9, capacity, device, check_finite)
+        super().__init__([cell_size], n_buckets, bucket_size, temperature, 0.9, capacity, device, check_finite, max_bytes)
 
 
 DEFAULT_ADAPTIVE_CELLS = ((10.0, 10.0, 0.1, 10.0), (20.0, 20.0, 0.15, 20.0), (30.0, 30.0, 0.2, 30.0))
@@ -322,5 +340,6 @@ class AdaptiveGridHashTable(HashTable):
         device: str | torch.device | None = None,
         capacity: int | None = None,
         check_finite: bool = True,
+        max_bytes: int | None = None,
     ):
-        super().__init__(cell_sizes, n_buckets, bucket_size, temperature, gamma, capacity, device, check_finite)
+        super().__init__(cell_sizes, n_buckets, bucket_size, temperature, gamma, capacity, device, check_finite, max_bytes)

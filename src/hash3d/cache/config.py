@@ -1,0 +1,82 @@
+"""Typed configuration of the Hash3D cache, shared by every guidance and front-end."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+
+from .table import DEFAULT_ADAPTIVE_CELLS, AdaptiveGridHashTable, GridHashTable, HashTable
+
+
+@dataclass
+class CachePolicyConfig:
+    """When a UNet call may be answered from the cache."""
+
+    probability: float = 0.1
+    """Chance that a call tries the cache (the paper's hash probability η; the original's `cache_p`). 1 = every call."""
+    force_full_every: int = 0
+    """Every N-th call runs the full UNet without trying the cache (0 = never forced)."""
+    seed: int = 0
+    """Seed of the policy's own random stream (kept apart from the training RNG so cache on/off runs see equal noise)."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.probability <= 1.0:
+            raise ValueError(f"cache.policy.probability must be in [0, 1]; got {self.probability}")
+        if self.force_full_every < 0:
+            raise ValueError(f"cache.policy.force_full_every must be >= 0; got {self.force_full_every}")
+
+
+@dataclass
+class CacheConfig:
+    """The `cache` block of every guidance config."""
+
+    enabled: bool = False
+    mode: Literal["features", "noise"] = "features"
+    """features: reuse the deep UNet feature and run only the shallow blocks (DeepCache style);
+    noise: reuse the whole noise prediction and skip the UNet."""
+    depth: int = 1
+    """features mode: how many of the shallowest down/up blocks run on a hit (1 = only the first down and last up block)."""
+    cell_size: tuple[float, float, float, float] = (10.0, 10.0, 0.1, 10.0)
+    """Grid cell (d_elev_deg, d_azim_deg, d_radius, d_t) of the fixed grid."""
+    adaptive: bool = False
+    """Use the paper's adaptive grid over `adaptive_cell_sizes` instead of the fixed `cell_size`."""
+    adaptive_cell_sizes: tuple[tuple[float, float, float, float], ...] = DEFAULT_ADAPTIVE_CELLS
+    gamma: float = 0.9
+    """Decay of the adaptive grid's per-bucket similarity score."""
+    n_buckets: int = 1024
+    bucket_size: int = 3
+    capacity: int | None = None
+    """Entries kept in memory (default n_buckets * bucket_size); bounds the cache's memory."""
+    max_memory_mb: float | None = 4096.0
+    """Memory budget of the stored entries; the capacity shrinks to fit it once the entry size is known."""
+    temperature: float = 1.0
+    """Softmax temperature of the latent-distance blend of a cell's entries."""
+    check_keys: bool = True
+    """Reject NaN/inf keys (one host read per call); turn off for CUDA-graph capture."""
+    policy: CachePolicyConfig = field(default_factory=CachePolicyConfig)
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("features", "noise"):
+            raise ValueError(f"cache.mode must be 'features' or 'noise'; got {self.mode!r}")
+        if self.depth < 1:
+            raise ValueError(f"cache.depth must be >= 1; got {self.depth}")
+        if isinstance(self.policy, dict):
+            self.policy = CachePolicyConfig(**self.policy)
+        self.cell_size = tuple(float(c) for c in self.cell_size)
+        self.adaptive_cell_sizes = tuple(tuple(float(c) for c in cell) for cell in self.adaptive_cell_sizes)
+
+    def build_table(self, device: str | torch.device | None = None) -> HashTable:
+        common = dict(
+            n_buckets=self.n_buckets,
+            bucket_size=self.bucket_size,
+            temperature=self.temperature,
+            device=device,
+            capacity=self.capacity,
+            check_finite=self.check_keys,
+            max_bytes=None if self.max_memory_mb is None else int(self.max_memory_mb * 2**20),
+        )
+        if self.adaptive:
+            return AdaptiveGridHashTable(self.adaptive_cell_sizes, gamma=self.gamma, **common)
+        return GridHashTable(self.cell_size, **common)

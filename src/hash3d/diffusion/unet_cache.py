@@ -1,0 +1,356 @@
+"""Hash3D cache attached to a stock diffusers `UNet2DConditionModel` through `diffusers.hooks`.
+
+The UNet's code is never copied or changed: `apply_hash_cache(unet, config)` registers named hooks and returns a
+`UNetCache` handle; `remove_hash_cache(unet)` (or `handle.remove()`) takes them off again, after which the UNet
+gives exactly its original output.
+
+Callers say what a UNet call is about by opening a request around it:
+
+    with cache.request(keys, latents):           # keys [B, 4] (elev °, azim °, radius, t), latents [B, ...] = x_t
+        out = unet(x_in, t_in, encoder_hidden_states=ctx).sample
+
+The UNet batch may be a multiple of B (classifier-free guidance stacks [cond(B); uncond(B)]): sample i of every
+such group belongs to key i, and one cache entry stores all groups. Calls outside a request run the plain UNet.
+
+Per request the policy decides whether to try the cache (probability η, optionally a forced full call every N).
+Keys that hit are answered from the cache; the rest run the full UNet and are inserted. Modes:
+- `noise`: a hit returns the blended stored UNet output; the UNet does not run for it.
+- `features`: a hit runs only the first `depth` down blocks and the last `depth` up blocks, with the blended stored
+  input of up block `-depth` in place of the deep path (DeepCache-style; the paper's cache point is depth 1).
+Hit/miss decisions, blending and inserts are tensor code on the UNet's device; the only host read per tried call is
+the number of hits, which picks among the three paths (all hit / all miss / split batch).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import torch
+from diffusers.hooks import HookRegistry, ModelHook
+from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
+
+from ..cache.config import CacheConfig
+from ..cache.table import HashTable
+
+_UNET_HOOK = "hash3d_cache"
+_SKIP_HOOK = "hash3d_cache_skip"
+_FEATURE_HOOK = "hash3d_cache_feature"
+
+
+@dataclass
+class _Request:
+    keys: torch.Tensor
+    latents: torch.Tensor
+
+
+class _CacheState:
+    """Everything the hooks share for one UNet; reset at the start of every run."""
+
+    def __init__(self, config: CacheConfig, table: HashTable):
+        self.config = config
+        self.table = table
+        self.request: _Request | None = None
+        self.phase = "full"  # "full": run blocks; "record": run and keep the deep feature; "reuse": cached feature
+        self.deep: torch.Tensor | None = None
+        self.block_outputs: dict[str, Any] = {}
+        self.reset()
+
+    def reset(self) -> None:
+        self.table.reset()
+        self.rng = random.Random(self.config.policy.seed)
+        self.calls = 0
+        self.tried = 0
+        self.full_samples = 0
+        self.cached_samples = 0
+        self.phase = "full"
+        self.deep = None
+        self.block_outputs = {}
+
+    def should_try(self) -> bool:
+        policy = self.config.policy
+        self.calls += 1
+        if policy.force_full_every and self.calls % policy.force_full_every == 0:
+            return False
+        return policy.probability >= 1.0 or self.rng.random() < policy.probability
+
+
+def _take(obj: Any, index: torch.Tensor, batch: int) -> Any:
+    """Select rows `index` of every tensor in obj whose leading dimension is the UNet batch `batch`."""
+    if isinstance(obj, torch.Tensor):
+        return obj.index_select(0, index.to(obj.device)) if obj.ndim > 0 and obj.shape[0] == batch else obj
+    if isinstance(obj, dict):
+        return {k: _take(v, index, batch) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_take(v, index, batch) for v in obj)
+    return obj
+
+
+def _rows(keys_index: torch.Tensor, n_keys: int, groups: int) -> torch.Tensor:
+    """UNet-batch rows of the given keys: key i owns rows i, i + B, i + 2B, ..."""
+    offsets = torch.arange(groups, device=keys_index.device)[:, None] * n_keys
+    return (keys_index[None, :] + offsets).reshape(-1)
+
+
+def _to_entries(t: torch.Tensor, groups: int) -> torch.Tensor:
+    """[groups * b, ...] -> [b, groups, ...] (one cache entry per key)."""
+    return t.reshape((groups, -1) + t.shape[1:]).transpose(0, 1)
+
+
+def _from_entries(t: torch.Tensor) -> torch.Tensor:
+    """[b, groups, ...] -> [groups * b, ...]."""
+    return t.transpose(0, 1).reshape((-1,) + t.shape[2:])
+
+
+class _UNetHook(ModelHook):
+    """Replaces the UNet's forward: policy, query, then full / cached / split execution and inserts."""
+
+    def __init__(self, state: _CacheState):
+        super().__init__()
+        self.state = state
+
+    def new_forward(self, module: torch.nn.Module, sample: torch.Tensor, timestep, encoder_hidden_states, *args, **kwargs):
+        st = self.state
+        forward = self.fn_ref.original_forward
+        req = st.request
+        if req is None:
+            return forward(sample, timestep, encoder_hidden_states, *args, **kwargs)
+        n_keys, batch = req.keys.shape[0], sample.shape[0]
+        if n_keys == 0 or batch % n_keys:
+            raise ValueError(
+                f"UNet batch {batch} is not a multiple of the {n_keys} cache keys of this request; "
+                "pass one key per sample (CFG halves share their key)"
+            )
+        groups = batch // n_keys
+        return_dict = kwargs.get("return_dict", True)
+        call = (sample, timestep, encoder_hidden_states) + args
+
+        values, hit = None, None
+        if st.should_try():
+            st.tried += 1
+            values, hit = st.table.query(req.keys, req.latents)
+        n_hits = 0 if values is None else int(hit.sum())
+        if n_hits == 0:
+            out = self._full(forward, call, kwargs, req.keys, req.latents, groups)
+            st.full_samples += n_keys
+            return out
+        st.cached_samples += n_hits
+        st.full_samples += n_keys - n_hits
+        if n_hits == n_keys:
+            out = self._cached(forward, call, kwargs, values, groups)
+            return UNet2DConditionOutput(sample=out) if return_dict else (out,)
+
+        hits = torch.nonzero(hit).squeeze(1)
+        misses = torch.nonzero(~hit).squeeze(1)
+        miss_rows, hit_rows = _rows(misses, n_keys, groups), _rows(hits, n_keys, groups)
+        full_out = self._full(
+            forward, _take(call, miss_rows, batch), _take(kwargs, miss_rows, batch),
+            req.keys[misses], req.latents[misses], groups,
+        )
+        full_out = full_out.sample if return_dict else full_out[0]
+        cached_out = self._cached(
+            forward, _take(call, hit_rows, batch), _take(kwargs, hit_rows, batch), values[hits], groups
+        )
+        out = full_out.new_empty((batch,) + full_out.shape[1:])
+        out[miss_rows] = full_out
+        out[hit_rows] = cached_out.to(out.dtype)
+        return UNet2DConditionOutput(sample=out) if return_dict else (out,)
+
+    def _full(self, forward, call, kwargs, keys, latents, groups):
+        """Run the whole UNet and insert what the mode stores."""
+        st = self.state
+        st.phase = "record" if st.config.mode == "features" else "full"
+        try:
+            out = forward(*call, **kwargs)
+        finally:
+            st.phase = "full"
+        if st.config.mode == "features":
+            stored, st.deep = st.deep, None
+        else:
+            stored = out.sample if kwargs.get("return_dict", True) else out[0]
+        st.table.insert(keys, latents, _to_entries(stored.detach(), groups))
+        return out
+
+    def _cached(self, forward, call, kwargs, values, groups) -> torch.Tensor:
+        """Answer from cached values [b, groups, ...]: directly (noise) or through the shallow blocks (features)."""
+        st = self.state
+        if st.config.mode == "noise":
+            return _from_entries(values)
+        st.phase, st.deep = "reuse", _from_entries(values)
+        try:
+            out = forward(*call, **{**kwargs, "return_dict": False})[0]
+        finally:
+            st.phase, st.deep = "full", None
+        return out
+
+
+class _TensorSpec(NamedTuple):
+    shape: torch.Size
+    dtype: torch.dtype
+    device: torch.device
+
+
+def _describe(out: Any) -> Any:
+    """The structure of a block's output with each tensor replaced by its spec."""
+    if isinstance(out, torch.Tensor):
+        return _TensorSpec(out.shape, out.dtype, out.device)
+    if isinstance(out, (list, tuple)):
+        return type(out)(_describe(v) for v in out)
+    return out
+
+
+def _placeholder(spec: Any, batch: int) -> Any:
+    """Uninitialised tensors with a spec's structure and shapes (batch replaced); the UNet never reads them."""
+    if isinstance(spec, _TensorSpec):
+        return torch.empty((batch,) + tuple(spec.shape[1:]), dtype=spec.dtype, device=spec.device)
+    if isinstance(spec, (list, tuple)):
+        return type(spec)(_placeholder(v, batch) for v in spec)
+    return spec
+
+
+class _SkipBlockHook(ModelHook):
+    """On a deep block: when reusing, return empty tensors of the recorded output structure instead of running."""
+
+    def __init__(self, state: _CacheState, name: str):
+        super().__init__()
+        self.state, self.name = state, name
+
+    def new_forward(self, module: torch.nn.Module, *args, **kwargs):
+        st = self.state
+        if st.phase == "reuse":
+            hidden = kwargs.get("hidden_states", args[0] if args else None)
+            if self.name not in st.block_outputs:
+                raise RuntimeError(f"hash3d cache: no recorded output structure for {self.name}; a full call must come first")
+            return _placeholder(st.block_outputs[self.name], hidden.shape[0])
+        out = self.fn_ref.original_forward(*args, **kwargs)
+        if st.phase == "record":
+            st.block_outputs[self.name] = _describe(out)
+        return out
+
+
+class _DeepFeatureHook(ModelHook):
+    """On the first shallow up block: record its input on a full call, swap in the cached one on a hit."""
+
+    def __init__(self, state: _CacheState):
+        super().__init__()
+        self.state = state
+
+    def pre_forward(self, module: torch.nn.Module, *args, **kwargs):
+        st = self.state
+        if st.phase == "full":
+            return args, kwargs
+        if "hidden_states" in kwargs:
+            current = kwargs["hidden_states"]
+        else:
+            current = args[0]
+        if st.phase == "record":
+            st.deep = current.detach().clone()
+            return args, kwargs
+        deep = st.deep.to(current.dtype)
+        if "hidden_states" in kwargs:
+            kwargs = {**kwargs, "hidden_states": deep}
+        else:
+            args = (deep,) + tuple(args[1:])
+        return args, kwargs
+
+
+class UNetCache:
+    """Handle of a Hash3D cache attached to a UNet (made by `apply_hash_cache`)."""
+
+    def __init__(self, unet: torch.nn.Module, state: _CacheState):
+        self.unet = unet
+        self._state = state
+
+    @property
+    def config(self) -> CacheConfig:
+        return self._state.config
+
+    @property
+    def table(self) -> HashTable:
+        return self._state.table
+
+    @contextlib.contextmanager
+    def request(self, keys: torch.Tensor, latents: torch.Tensor) -> Iterator[None]:
+        """Key the UNet calls inside this block: keys [B, 4] and the noisy latents x_t [B, ...] they run on."""
+        if keys.ndim != 2 or keys.shape[1] != 4:
+            raise ValueError(f"keys must be [B, 4] (elevation, azimuth, radius, timestep); got {list(keys.shape)}")
+        if latents.shape[0] != keys.shape[0]:
+            raise ValueError(f"latents batch {latents.shape[0]} must equal the number of keys {keys.shape[0]}")
+        previous = self._state.request
+        self._state.request = _Request(keys.detach().float(), latents.detach())
+        try:
+            yield
+        finally:
+            self._state.request = previous
+
+    def reset(self) -> None:
+        """Forget all entries and counters (call at the start of every run, prompt or input image)."""
+        self._state.reset()
+
+    @property
+    def stats(self) -> dict[str, float]:
+        """Table statistics plus UNet work: samples run in full, samples answered from the cache."""
+        st = self._state
+        out = st.table.stats.as_dict()
+        out.update(
+            calls=st.calls,
+            tried=st.tried,
+            full_samples=st.full_samples,
+            cached_samples=st.cached_samples,
+            unet_calls_saved=st.cached_samples,
+        )
+        return out
+
+    def remove(self) -> None:
+        remove_hash_cache(self.unet)
+
+
+def _deep_blocks(unet: torch.nn.Module, depth: int) -> dict[str, torch.nn.Module]:
+    n_up = len(unet.up_blocks)
+    if not 1 <= depth < n_up:
+        raise ValueError(f"cache.depth must be in [1, {n_up - 1}] for a UNet with {n_up} up blocks; got {depth}")
+    blocks = {f"down_blocks.{i}": b for i, b in enumerate(unet.down_blocks) if i >= depth}
+    if unet.mid_block is not None:
+        blocks["mid_block"] = unet.mid_block
+    blocks.update({f"up_blocks.{i}": b for i, b in enumerate(unet.up_blocks) if i < n_up - depth})
+    return blocks
+
+
+def apply_hash_cache(unet: torch.nn.Module, config: CacheConfig, device: str | torch.device | None = None) -> UNetCache:
+    """Attach a Hash3D cache to a stock `UNet2DConditionModel`; returns its handle."""
+    if not hasattr(unet, "up_blocks") or not hasattr(unet, "down_blocks"):
+        raise TypeError(f"apply_hash_cache needs a diffusers UNet2DConditionModel; got {type(unet).__name__}")
+    registry = HookRegistry.check_if_exists_or_initialize(unet)
+    if registry.get_hook(_UNET_HOOK) is not None:
+        raise RuntimeError("a Hash3D cache is already attached to this UNet; remove it first (remove_hash_cache)")
+    if device is None:
+        device = next(unet.parameters()).device
+    state = _CacheState(config, config.build_table(device))
+    if config.mode == "features":
+        for name, block in _deep_blocks(unet, config.depth).items():
+            HookRegistry.check_if_exists_or_initialize(block).register_hook(_SkipBlockHook(state, name), _SKIP_HOOK)
+        first_shallow_up = unet.up_blocks[len(unet.up_blocks) - config.depth]
+        HookRegistry.check_if_exists_or_initialize(first_shallow_up).register_hook(_DeepFeatureHook(state), _FEATURE_HOOK)
+    registry.register_hook(_UNetHook(state), _UNET_HOOK)
+    registry.invalidate_child_registries_cache()
+    return UNetCache(unet, state)
+
+
+def remove_hash_cache(unet: torch.nn.Module) -> None:
+    """Take every Hash3D hook off the UNet; afterwards it computes exactly what it did before."""
+    registry = getattr(unet, "_diffusers_hook", None)
+    if registry is None:
+        return
+    for name in (_UNET_HOOK, _SKIP_HOOK, _FEATURE_HOOK):
+        registry.remove_hook(name, recurse=True)
+    registry.invalidate_child_registries_cache()
+
+
+def get_hash_cache(unet: torch.nn.Module) -> UNetCache | None:
+    """The handle of the cache attached to `unet`, if any."""
+    registry = getattr(unet, "_diffusers_hook", None)
+    hook = registry.get_hook(_UNET_HOOK) if registry is not None else None
+    return UNetCache(unet, hook.state) if hook is not None else None
