@@ -54,6 +54,7 @@ class _CacheState:
         self.config = config
         self.table = table
         self.request: _Request | None = None
+        self.last_hits: torch.Tensor | None = None
         self.phase = "full"  # "full": run blocks; "record": run and keep the deep feature; "reuse": cached feature
         self.deep: torch.Tensor | None = None
         self.block_outputs: dict[str, Any] = {}
@@ -69,6 +70,7 @@ class _CacheState:
         self.phase = "full"
         self.deep = None
         self.block_outputs = {}
+        self.last_hits = None
 
     def should_try(self) -> bool:
         policy = self.config.policy
@@ -132,6 +134,7 @@ class _UNetHook(ModelHook):
         if st.should_try():
             st.tried += 1
             values, hit = st.table.query(req.keys, req.latents)
+            st.last_hits = hit
         n_hits = 0 if values is None else int(hit.sum())
         if n_hits == 0:
             out = self._full(forward, call, kwargs, req.keys, req.latents, groups)
@@ -281,6 +284,7 @@ class UNetCache:
             raise ValueError(f"latents batch {latents.shape[0]} must equal the number of keys {keys.shape[0]}")
         previous = self._state.request
         self._state.request = _Request(keys.detach().float(), latents.detach())
+        self._state.last_hits = None
         try:
             yield
         finally:
@@ -289,6 +293,11 @@ class UNetCache:
     def reset(self) -> None:
         """Forget all entries and counters (call at the start of every run, prompt or input image)."""
         self._state.reset()
+
+    @property
+    def last_hits(self) -> torch.Tensor | None:
+        """Hit mask [B] of the latest request's UNet call (None when it did not try the cache)."""
+        return self._state.last_hits
 
     @property
     def stats(self) -> dict[str, float]:

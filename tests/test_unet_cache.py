@@ -1,0 +1,215 @@
+"""The Hash3D cache on a stock diffusers UNet: exactness, mixed batches, policy, removal, reset."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from diffusers import UNet2DConditionModel
+
+from hash3d.cache.config import CacheConfig, CachePolicyConfig
+from hash3d.diffusion import apply_hash_cache, get_hash_cache, remove_hash_cache
+
+B = 3
+
+
+def tiny_unet(layers_per_block: int = 1) -> UNet2DConditionModel:
+    torch.manual_seed(0)
+    return UNet2DConditionModel(
+        sample_size=8,
+        in_channels=8,
+        out_channels=4,
+        layers_per_block=layers_per_block,
+        block_out_channels=(16, 32, 32, 32),
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+        cross_attention_dim=16,
+        attention_head_dim=4,
+        norm_num_groups=8,
+    ).eval()
+
+
+def inputs(seed: int = 1):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(B, 8, 8, 8, generator=g)
+    ctx = torch.randn(2 * B, 2, 16, generator=g)
+    t = torch.tensor([500, 620, 700] * 2)
+    keys = torch.tensor([[10.0, 20.0, 1.5, 500.0], [10.0, 120.0, 1.5, 620.0], [30.0, 220.0, 1.5, 700.0]])
+    return x, ctx, t, keys
+
+
+def cfg(mode: str, probability: float = 1.0, **policy) -> CacheConfig:
+    return CacheConfig(enabled=True, mode=mode, policy=CachePolicyConfig(probability=probability, **policy))
+
+
+def run(unet, x, ctx, t, cache=None, keys=None, **kwargs):
+    xin = torch.cat([x, x])
+    with torch.no_grad():
+        if cache is None:
+            return unet(xin, t, encoder_hidden_states=ctx, **kwargs)
+        with cache.request(keys, x[:, :4]):
+            return unet(xin, t, encoder_hidden_states=ctx, **kwargs)
+
+
+@pytest.mark.parametrize("mode", ["features", "noise"])
+def test_hit_at_same_input_equals_full_output(mode):
+    unet = tiny_unet()
+    x, ctx, t, keys = inputs()
+    ref = run(unet, x, ctx, t).sample
+    cache = apply_hash_cache(unet, cfg(mode))
+    miss = run(unet, x, ctx, t, cache, keys).sample
+    assert cache.last_hits is not None and not cache.last_hits.any()
+    hit = run(unet, x, ctx, t, cache, keys).sample
+    assert cache.last_hits.all()
+    torch.testing.assert_close(miss, ref, rtol=0, atol=0)
+    if mode == "noise":
+        assert torch.equal(hit, ref)  # the stored prediction, exactly
+    else:
+        torch.testing.assert_close(hit, ref, rtol=1e-5, atol=1e-5)
+    s = cache.stats
+    assert (s["queries"], s["hits"], s["inserts"], s["full_samples"], s["cached_samples"]) == (6, 3, 3, 3, 3)
+
+
+def test_features_hit_runs_only_shallow_blocks():
+    unet = tiny_unet()
+    x, ctx, t, keys = inputs()
+    cache = apply_hash_cache(unet, cfg("features"))
+    run(unet, x, ctx, t, cache, keys)
+    resnet_calls = []
+    hooks = [
+        m.register_forward_hook(lambda mod, a, o, name=name: resnet_calls.append(name))
+        for name, m in unet.named_modules()
+        if name.endswith("resnets.0")
+    ]
+    run(unet, x, ctx, t, cache, keys)
+    for h in hooks:
+        h.remove()
+    assert cache.last_hits.all()
+    assert sorted(resnet_calls) == ["down_blocks.0.resnets.0", "up_blocks.3.resnets.0"]
+
+
+@pytest.mark.parametrize("mode", ["features", "noise"])
+def test_mixed_batch_equals_per_sample(mode):
+    unet = tiny_unet()
+    x, ctx, t, keys = inputs()
+    cache = apply_hash_cache(unet, cfg(mode))
+    run(unet, x, ctx, t, cache, keys)  # prime all three keys at x
+    # sample 1 moves to a new cell (miss) with a new latent; 0 and 2 stay (hits)
+    keys2, x2 = keys.clone(), x.clone()
+    keys2[1, 1] = 300.0
+    x2[1] += 0.5
+    out = run(unet, x2, ctx, t, cache, keys2).sample
+    assert cache.last_hits.tolist() == [True, False, True]
+    remove_hash_cache(unet)
+    for i in range(B):
+        rows = [i, i + B]
+        single = apply_hash_cache(unet, cfg(mode))
+        # per-sample reference: prime sample i alone at x, then ask at x2 with key2
+        run(unet, x[i : i + 1], ctx[rows], t[rows], single, keys[i : i + 1])
+        ref = run(unet, x2[i : i + 1], ctx[rows], t[rows], single, keys2[i : i + 1]).sample
+        remove_hash_cache(unet)
+        torch.testing.assert_close(out[rows], ref, rtol=1e-5, atol=1e-5)
+
+
+def test_return_dict_false_and_outside_request():
+    unet = tiny_unet()
+    x, ctx, t, keys = inputs()
+    ref = run(unet, x, ctx, t).sample
+    cache = apply_hash_cache(unet, cfg("features"))
+    out = run(unet, x, ctx, t, cache, keys, return_dict=False)
+    assert isinstance(out, tuple)
+    torch.testing.assert_close(out[0], ref, rtol=0, atol=0)
+    run(unet, x, ctx, t, cache, keys, return_dict=False)
+    assert cache.last_hits.all()
+    # a call outside any request is the plain UNet and touches nothing
+    before = cache.stats
+    torch.testing.assert_close(run(unet, x, ctx, t).sample, ref, rtol=0, atol=0)
+    assert cache.stats == before
+
+
+@pytest.mark.parametrize("mode", ["features", "noise"])
+def test_removal_restores_exact_output_and_double_apply_fails(mode):
+    unet = tiny_unet()
+    x, ctx, t, keys = inputs()
+    ref = run(unet, x, ctx, t).sample
+    cache = apply_hash_cache(unet, cfg(mode))
+    with pytest.raises(RuntimeError, match="already attached"):
+        apply_hash_cache(unet, cfg(mode))
+    assert get_hash_cache(unet) is not None
+    run(unet, x, ctx, t, cache, keys)
+    cache.remove()
+    assert get_hash_cache(unet) is None
+    assert torch.equal(run(unet, x, ctx, t).sample, ref)
+    assert all(not getattr(m, "_diffusers_hook", None) or not m._diffusers_hook.hooks for m in unet.modules())
+    apply_hash_cache(unet, cfg(mode))  # can attach again after removal
+
+
+def test_reset_forgets_entries_and_restarts_policy():
+    unet = tiny_unet()
+    x, ctx, t, keys = inputs()
+    cache = apply_hash_cache(unet, cfg("noise", probability=0.5, seed=3))
+    pattern = []
+    for _ in range(12):
+        run(unet, x, ctx, t, cache, keys)
+        pattern.append(cache.last_hits is not None)
+    assert 0 < sum(pattern) < 12
+    cache.reset()
+    assert cache.stats["entries"] == 0 and cache.stats["queries"] == 0
+    again = []
+    for _ in range(12):
+        run(unet, x, ctx, t, cache, keys)
+        again.append(cache.last_hits is not None)
+    assert again == pattern
+
+
+def test_policy_probability_zero_and_forced_full_calls():
+    unet = tiny_unet()
+    x, ctx, t, keys = inputs()
+    never = apply_hash_cache(unet, cfg("noise", probability=0.0))
+    for _ in range(3):
+        run(unet, x, ctx, t, never, keys)
+        assert never.last_hits is None
+    s = never.stats
+    assert s["queries"] == 0 and s["inserts"] == 9 and s["full_samples"] == 9
+    never.remove()
+    forced = apply_hash_cache(unet, CacheConfig(enabled=True, mode="noise", policy=CachePolicyConfig(1.0, force_full_every=2)))
+    tried = []
+    for _ in range(4):
+        run(unet, x, ctx, t, forced, keys)
+        tried.append(forced.last_hits is not None)
+    assert tried == [True, False, True, False]
+
+
+def test_bad_requests_and_configs():
+    unet = tiny_unet()
+    x, ctx, t, keys = inputs()
+    cache = apply_hash_cache(unet, cfg("noise"))
+    with pytest.raises(ValueError, match="keys must be"):
+        with cache.request(keys[:, :3], x[:, :4]):
+            pass
+    with pytest.raises(ValueError, match="latents batch"):
+        with cache.request(keys, x[:2, :4]):
+            pass
+    with pytest.raises(ValueError, match="not a multiple"):
+        four = torch.cat([keys, keys[:1]])
+        with cache.request(four, torch.cat([x, x[:1]])[:, :4]), torch.no_grad():
+            unet(torch.cat([x, x]), t, encoder_hidden_states=ctx)
+    cache.remove()
+    with pytest.raises(ValueError, match="cache.depth"):
+        apply_hash_cache(unet, CacheConfig(enabled=True, mode="features", depth=4))
+    with pytest.raises(ValueError, match="cache.mode"):
+        CacheConfig(mode="latent")
+    with pytest.raises(ValueError, match="probability"):
+        CachePolicyConfig(probability=1.5)
+    with pytest.raises(TypeError, match="UNet2DConditionModel"):
+        apply_hash_cache(torch.nn.Linear(2, 2), CacheConfig(enabled=True))
+
+
+def test_depth_two_hit_equals_full_output():
+    unet = tiny_unet(layers_per_block=2)
+    x, ctx, t, keys = inputs()
+    ref = run(unet, x, ctx, t).sample
+    cache = apply_hash_cache(unet, CacheConfig(enabled=True, mode="features", depth=2, policy=CachePolicyConfig(1.0)))
+    run(unet, x, ctx, t, cache, keys)
+    hit = run(unet, x, ctx, t, cache, keys).sample
+    assert cache.last_hits.all()
+    torch.testing.assert_close(hit, ref, rtol=1e-5, atol=1e-5)
