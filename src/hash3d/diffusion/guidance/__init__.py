@@ -1,0 +1,18 @@
+"""SDS guidance per model family, all sharing `sds.SDSGuidance` and the Hash3D UNet cache."""
+
+from .sds import GuidanceConfig, GuidanceOutput, SDSGuidance, epsilon_from_prediction, sds_loss, sds_weight
+from .stable_diffusion import StableDiffusionGuidance, StableDiffusionGuidanceConfig
+from .zero123 import Zero123Guidance, Zero123GuidanceConfig
+
+__all__ = [
+    "GuidanceConfig",
+    "GuidanceOutput",
+    "SDSGuidance",
+    "StableDiffusionGuidance",
+    "StableDiffusionGuidanceConfig",
+    "Zero123Guidance",
+    "Zero123GuidanceConfig",
+    "epsilon_from_prediction",
+    "sds_loss",
+    "sds_weight",
+]

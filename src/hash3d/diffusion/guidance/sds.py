@@ -1,0 +1,220 @@
+"""Score distillation shared by every model family: timesteps, weighting, ε from any prediction type, the loss."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+from ...cache.config import CacheConfig
+from ..schedule import ScheduleValue, check_schedule, schedule_value
+from ..unet_cache import UNetCache, apply_hash_cache
+
+Weighting = Literal["sds", "uniform", "fantasia3d"]
+
+
+@dataclass
+class GuidanceConfig:
+    """Options every SDS guidance shares (the family configs add their own)."""
+
+    pretrained_model_name_or_path: str = ""
+    """Hub id or local folder in diffusers layout."""
+    dtype: Literal["fp16", "fp32", "bf16"] = "fp16"
+    local_files_only: bool = False
+    guidance_scale: float = 3.0
+    min_step_percent: ScheduleValue = 0.02
+    max_step_percent: ScheduleValue = 0.98
+    timestep_sampling: Literal["random", "random_shared", "annealed"] = "random"
+    """random: one t per sample; random_shared: one t per batch; annealed: t = (1 - step / max_steps) * T (DreamGaussian)."""
+    weighting: Weighting = "sds"
+    """sds: w = 1 - ᾱ_t; uniform: w = 1; fantasia3d: w = sqrt(ᾱ_t) (1 - ᾱ_t)."""
+    grad_clip: ScheduleValue | None = None
+    """Clamp the SDS gradient element-wise to ±value (a schedule allowed)."""
+    loss_reduction: Literal["sum", "batch_mean"] = "sum"
+    """sum: d loss / d latents = w (ε̂ - ε) exactly; batch_mean: divided by the batch size (threestudio)."""
+    seed: int = 0
+    cache: CacheConfig = field(default_factory=CacheConfig)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.cache, dict):
+            self.cache = CacheConfig(**self.cache)
+        for name in ("min_step_percent", "max_step_percent"):
+            check_schedule(name, getattr(self, name))
+        if self.grad_clip is not None:
+            check_schedule("grad_clip", self.grad_clip)
+        if self.weighting not in ("sds", "uniform", "fantasia3d"):
+            raise ValueError(f"weighting must be 'sds', 'uniform' or 'fantasia3d'; got {self.weighting!r}")
+        if self.timestep_sampling not in ("random", "random_shared", "annealed"):
+            raise ValueError(
+                f"timestep_sampling must be 'random', 'random_shared' or 'annealed'; got {self.timestep_sampling!r}"
+            )
+        if self.dtype not in ("fp16", "fp32", "bf16"):
+            raise ValueError(f"dtype must be 'fp16', 'fp32' or 'bf16'; got {self.dtype!r}")
+
+
+TORCH_DTYPES = {"fp16": torch.float16, "fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+@dataclass
+class GuidanceOutput:
+    loss: torch.Tensor
+    """Scalar whose gradient with respect to the latents is the SDS gradient."""
+    grad: torch.Tensor
+    """The SDS gradient w(t) (ε̂ - ε) on the latents (after clipping), detached."""
+    timesteps: torch.Tensor
+    noise: torch.Tensor
+    noise_pred: torch.Tensor
+    """CFG-combined ε̂."""
+    cache_tried: bool = False
+    cache_hits: torch.Tensor | None = None
+    """Per-sample hit mask of this step (on the device; None when the cache was not tried)."""
+
+
+def epsilon_from_prediction(
+    pred: torch.Tensor, x_t: torch.Tensor, alpha_bar: torch.Tensor, prediction_type: str
+) -> torch.Tensor:
+    """Convert a model output to ε given x_t and ᾱ_t (broadcastable to x_t)."""
+    if prediction_type == "epsilon":
+        return pred
+    if prediction_type == "v_prediction":
+        return alpha_bar.sqrt() * pred + (1 - alpha_bar).sqrt() * x_t
+    if prediction_type == "sample":
+        return (x_t - alpha_bar.sqrt() * pred) / (1 - alpha_bar).sqrt()
+    raise ValueError(f"unsupported scheduler prediction_type {prediction_type!r}")
+
+
+def sds_weight(alpha_bar: torch.Tensor, weighting: Weighting) -> torch.Tensor:
+    if weighting == "sds":
+        return 1 - alpha_bar
+    if weighting == "uniform":
+        return torch.ones_like(alpha_bar)
+    if weighting == "fantasia3d":
+        return alpha_bar.sqrt() * (1 - alpha_bar)
+    raise ValueError(f"unknown weighting {weighting!r}")
+
+
+def sds_loss(
+    latents: torch.Tensor, grad: torch.Tensor, reduction: Literal["sum", "batch_mean"] = "sum"
+) -> torch.Tensor:
+    """A loss whose gradient with respect to `latents` is `grad` (or grad / B for batch_mean)."""
+    target = (latents - grad).detach()
+    loss = 0.5 * F.mse_loss(latents.float(), target.float(), reduction="sum")
+    return loss / latents.shape[0] if reduction == "batch_mean" else loss
+
+
+def classifier_free_guidance(noise_pred: torch.Tensor, scale: float) -> torch.Tensor:
+    """noise_pred [2B, ...] stacked [cond; uncond] -> uncond + scale (cond - uncond)."""
+    cond, uncond = noise_pred.chunk(2)
+    return uncond + scale * (cond - uncond)
+
+
+class SDSGuidance(torch.nn.Module):
+    """Base of the family guidances: owns the UNet, its scheduler constants and the cache."""
+
+    def __init__(self, config: GuidanceConfig, unet: torch.nn.Module, scheduler, device: torch.device):
+        super().__init__()
+        self.config = config
+        self.device = device
+        self.unet = unet
+        self.scheduler = scheduler
+        self.num_train_timesteps = int(scheduler.config.num_train_timesteps)
+        self.prediction_type = scheduler.config.prediction_type
+        self.register_buffer("alphas_cumprod", scheduler.alphas_cumprod.to(device=device, dtype=torch.float32), persistent=False)
+        self.generator = torch.Generator(device=device).manual_seed(config.seed)
+        self.cache: UNetCache | None = apply_hash_cache(unet, config.cache, device) if config.cache.enabled else None
+        self.global_step = 0
+        self.max_steps = 1
+        self.update_step(0)
+
+    # ---------------------------------------------------------------- schedules
+    def update_step(self, global_step: int, max_steps: int | None = None) -> None:
+        """Set the step-dependent timestep range and gradient clip (call once per training step)."""
+        self.global_step = global_step
+        if max_steps is not None:
+            self.max_steps = max(1, max_steps)
+        T = self.num_train_timesteps
+        self.min_step = int(T * schedule_value(self.config.min_step_percent, global_step))
+        self.max_step = int(T * schedule_value(self.config.max_step_percent, global_step))
+        if not 0 <= self.min_step <= self.max_step < T:
+            raise ValueError(
+                f"timestep range [{self.min_step}, {self.max_step}] at step {global_step} is outside [0, {T - 1}]; "
+                "check min_step_percent <= max_step_percent < 1"
+            )
+        clip = self.config.grad_clip
+        self.grad_clip_value = None if clip is None else schedule_value(clip, global_step)
+
+    def sample_timesteps(self, batch: int) -> torch.Tensor:
+        mode = self.config.timestep_sampling
+        if mode == "annealed":
+            t = round((1 - self.global_step / self.max_steps) * self.num_train_timesteps)
+            t = min(max(t, self.min_step), self.max_step)
+            return torch.full((batch,), t, dtype=torch.long, device=self.device)
+        n = batch if mode == "random" else 1
+        t = torch.randint(self.min_step, self.max_step + 1, (n,), generator=self.generator, device=self.device)
+        return t.expand(batch).contiguous()
+
+    def reset(self) -> None:
+        """Start a new run: forget cached entries and restart the noise stream."""
+        self.generator.manual_seed(self.config.seed)
+        if self.cache is not None:
+            self.cache.reset()
+
+    # ---------------------------------------------------------------- the step
+    def _unet_input(self, x_t: torch.Tensor) -> torch.Tensor:
+        """What the UNet sees besides x_t (Zero123 concatenates the condition latents)."""
+        return x_t
+
+    def _predict_noise(
+        self, x_t: torch.Tensor, t: torch.Tensor, context: torch.Tensor, keys: torch.Tensor
+    ) -> torch.Tensor:
+        """ε̂ with classifier-free guidance; `context` is [cond; uncond] encoder states for the 2B batch."""
+        x_in = self._unet_input(torch.cat([x_t, x_t]))
+        t_in = torch.cat([t, t])
+        request = self.cache.request(keys, x_t) if self.cache is not None else contextlib.nullcontext()
+        with request:
+            pred = self.unet(x_in.to(self.unet.dtype), t_in, encoder_hidden_states=context.to(self.unet.dtype)).sample
+        alpha_bar = self.alphas_cumprod[torch.cat([t, t])].view(-1, *([1] * (x_t.ndim - 1)))
+        eps = epsilon_from_prediction(pred.float(), torch.cat([x_t, x_t]).float(), alpha_bar, self.prediction_type)
+        return classifier_free_guidance(eps, self.config.guidance_scale)
+
+    def sds_from_latents(
+        self,
+        latents: torch.Tensor,
+        context: torch.Tensor,
+        elevation: torch.Tensor,
+        azimuth: torch.Tensor,
+        camera_distances: torch.Tensor,
+    ) -> GuidanceOutput:
+        """One SDS step on latents [B, C, h, w] (differentiable) given the CFG context [2B, L, D]."""
+        B = latents.shape[0]
+        t = self.sample_timesteps(B)
+        keys = torch.stack(
+            [elevation.float(), azimuth.float(), camera_distances.float(), t.float()], dim=-1
+        ).to(self.device)
+        with torch.no_grad():
+            noise = torch.randn(latents.shape, generator=self.generator, device=self.device, dtype=torch.float32)
+            x_t = self.scheduler.add_noise(latents.detach().float(), noise, t)
+            noise_pred = self._predict_noise(x_t, t, context, keys)
+            alpha_bar = self.alphas_cumprod[t].view(-1, *([1] * (latents.ndim - 1)))
+            grad = sds_weight(alpha_bar, self.config.weighting) * (noise_pred - noise)
+            if self.grad_clip_value is not None:
+                grad = grad.clamp(-self.grad_clip_value, self.grad_clip_value)
+            grad = torch.nan_to_num(grad)
+        loss = sds_loss(latents, grad.to(latents.dtype), self.config.loss_reduction)
+        tried = self.cache is not None and self.cache.last_hits is not None
+        return GuidanceOutput(
+            loss=loss,
+            grad=grad,
+            timesteps=t,
+            noise=noise,
+            noise_pred=noise_pred,
+            cache_tried=tried,
+            cache_hits=self.cache.last_hits if tried else None,
+        )
+
+    def cache_stats(self) -> dict[str, float]:
+        """Cumulative cache statistics (reads device counters: call when logging, not every step)."""
+        return self.cache.stats if self.cache is not None else {}

@@ -1,0 +1,18 @@
+"""Shared fixtures: tiny random-weight models written once per test session in the real diffusers layout."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def written_models(tmp_path_factory):
+    """Folder paths of tiny models: sd / zero123 (ε-prediction) and zero123_v (v-prediction)."""
+    from hash3d.testing.models import write_model
+
+    root = tmp_path_factory.mktemp("models")
+    return {
+        "sd": str(write_model("sd", "tiny", root / "sd-tiny")),
+        "zero123": str(write_model("zero123", "tiny", root / "stable-zero123-tiny")),
+        "zero123_v": str(write_model("zero123", "tiny", root / "zero123-v-tiny", prediction_type="v_prediction", seed=1)),
+    }
