@@ -124,7 +124,8 @@ class SDSGuidance(torch.nn.Module):
         self.prediction_type = scheduler.config.prediction_type
         self.register_buffer("alphas_cumprod", scheduler.alphas_cumprod.to(device=device, dtype=torch.float32), persistent=False)
         self.generator = torch.Generator(device=device).manual_seed(config.seed)
-        self.cache: UNetCache | None = apply_hash_cache(unet, config.cache, device) if config.cache.enabled else None
+        self.cache: UNetCache | None = None
+        self.set_cache(config.cache)
         self.global_step = 0
         self.max_steps = 1
         self.update_step(0)
@@ -155,6 +156,15 @@ class SDSGuidance(torch.nn.Module):
         n = batch if mode == "random" else 1
         t = torch.randint(self.min_step, self.max_step + 1, (n,), generator=self.generator, device=self.device)
         return t.expand(batch).contiguous()
+
+    def set_cache(self, config: CacheConfig) -> None:
+        """Replace the cache (or take it off with `enabled=False`) without reloading the model."""
+        if self.cache is not None:
+            self.cache.remove()
+            self.cache = None
+        self.config.cache = config
+        if config.enabled:
+            self.cache = apply_hash_cache(self.unet, config, self.device)
 
     def reset(self) -> None:
         """Start a new run: forget cached entries and restart the noise stream."""

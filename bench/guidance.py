@@ -1,0 +1,176 @@
+"""GPU benchmark of one SDS guidance step, cache off vs on, on full-size random-weight models.
+
+    python bench/guidance.py [--families sd zero123] [--batches 1 4 8] [--iters 30] [--out bench.json]
+
+Models are written by `hash3d.testing.write_model` (real architectures, random weights, fp16) and loaded through
+the same `from_pretrained` path as real weights; cost does not depend on weight values. A step here is the guidance
+call on latents plus its backward (rgb_as_latents; the VAE encoder cost is reported separately). For each family
+and batch it prints ms per step with the cache off, on at a miss and on at a hit in each mode, the table's
+query + insert time, peak GPU memory, and the guidance-time ratio that hash probability η gives if every try hits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from hash3d.cache.config import CacheConfig, CachePolicyConfig  # noqa: E402
+from hash3d.diffusion.guidance import (  # noqa: E402
+    StableDiffusionGuidance,
+    StableDiffusionGuidanceConfig,
+    Zero123Guidance,
+    Zero123GuidanceConfig,
+)
+from hash3d.testing.models import write_model  # noqa: E402
+
+ETAS = (0.1, 0.3, 0.5, 1.0)
+
+
+def timed(fn, iters: int, warmup: int = 3) -> float:
+    """Median ms of fn() over iters calls, timed with CUDA events."""
+    for i in range(warmup):
+        fn(i)
+    times = []
+    for i in range(iters):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn(warmup + i)
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def peak_mb(fn) -> float:
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    fn(0)
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() / 2**20
+
+
+def build(family: str, path: str):
+    if family == "sd":
+        g = StableDiffusionGuidance(
+            StableDiffusionGuidanceConfig(pretrained_model_name_or_path=path, dtype="fp16", timestep_sampling="random_shared"),
+            "cuda",
+        )
+        g.set_prompt("a DSLR photo of a corgi")
+    else:
+        g = Zero123Guidance(
+            Zero123GuidanceConfig(pretrained_model_name_or_path=path, dtype="fp16", timestep_sampling="random_shared"),
+            "cuda",
+        )
+        g.set_image(torch.rand(4, 256, 256))
+    return g
+
+
+def cache_config(mode: str) -> CacheConfig:
+    # t cell 1000: every timestep shares a cell, so a repeated camera is a hit whatever t is drawn
+    return CacheConfig(enabled=True, mode=mode, cell_size=(10.0, 10.0, 0.1, 1000.0), policy=CachePolicyConfig(1.0))
+
+
+def bench_family(family: str, path: str, batches: list[int], iters: int) -> list[dict]:
+    g = build(family, path)
+    latent = int(g.unet.config.sample_size)
+    rows = []
+    for B in batches:
+        latents = torch.randn(B, 4, latent, latent, device="cuda", requires_grad=True)
+        fixed = (torch.full((B,), 15.0, device="cuda"), torch.linspace(0, 350, B, device="cuda"), torch.full((B,), 1.5, device="cuda"))
+
+        def step(cams):
+            out = g(latents, *cams, rgb_as_latents=True)
+            out.loss.backward()
+            return out
+
+        def new_cams(i):  # a new elevation cell every call: always a miss
+            return (torch.full((B,), 10.0 * i + 5.0, device="cuda"),) + fixed[1:]
+
+        row = {"family": family, "batch": B}
+        g.set_cache(CacheConfig(enabled=False))
+        row["off_ms"] = timed(lambda i: step(fixed), iters)
+        row["off_peak_mb"] = peak_mb(lambda i: step(fixed))
+        rgb = torch.rand(B, 3, g.image_size, g.image_size, device="cuda", requires_grad=True)
+        row["vae_encode_fwd_bwd_ms"] = timed(lambda i: g.encode_images(rgb).sum().backward(), iters)
+        for mode in ("features", "noise"):
+            g.set_cache(cache_config(mode))
+            row[f"{mode}_miss_ms"] = timed(lambda i: step(new_cams(i)), iters)
+            g.cache.reset()
+            step(fixed)  # prime
+            out = step(fixed)
+            assert bool(out.cache_hits.all()), "the benchmark's hit case did not hit"
+            row[f"{mode}_hit_ms"] = timed(lambda i: step(fixed), iters)
+            row[f"{mode}_peak_mb"] = peak_mb(lambda i: step(fixed))
+            row[f"{mode}_entry_mb"] = g.cache.table._pool_values[0].numel() * 2 / 2**20
+            table = cache_config(mode).build_table("cuda")
+            keys = torch.stack([fixed[0], fixed[1], fixed[2], torch.full((B,), 500.0, device="cuda")], -1)
+            values = g.cache.table._pool_values[:B].view((B,) + g.cache.table._value_shape).clone()
+            x = torch.randn(B, 4, latent, latent, device="cuda")
+            table.insert(keys, x, values)
+
+            def query_insert(i):
+                table.query(keys, x)
+                table.insert(keys, x, values)
+
+            row[f"{mode}_table_ms"] = timed(query_insert, iters)
+        g.set_cache(CacheConfig(enabled=False))
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    del g
+    torch.cuda.empty_cache()
+    return rows
+
+
+def print_tables(rows: list[dict], device: str) -> None:
+    print(f"\n### Guidance step (ms, median), fp16, {device}")
+    print("| model | batch | off | feat. miss | feat. hit | hit/miss | noise miss | noise hit | hit/miss | table q+i feat. | q+i / miss | VAE enc fwd+bwd | peak MB off / feat. / noise |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['family']} | {r['batch']} | {r['off_ms']:.1f} | {r['features_miss_ms']:.1f} | {r['features_hit_ms']:.1f} | "
+            f"{r['features_hit_ms'] / r['features_miss_ms']:.0%} | {r['noise_miss_ms']:.1f} | {r['noise_hit_ms']:.2f} | "
+            f"{r['noise_hit_ms'] / r['noise_miss_ms']:.1%} | {r['features_table_ms']:.2f} | "
+            f"{r['features_table_ms'] / r['features_miss_ms']:.1%} | {r['vae_encode_fwd_bwd_ms']:.1f} | "
+            f"{r['off_peak_mb']:.0f} / {r['features_peak_mb']:.0f} / {r['noise_peak_mb']:.0f} |"
+        )
+    print("\n### Guidance-time speed-up vs cache off if every try hits: off / ((1-η)·miss + η·hit)")
+    print("| model | batch | mode | " + " | ".join(f"η={e:g}" for e in ETAS) + " |")
+    print("|---|---|---|" + "---|" * len(ETAS))
+    for r in rows:
+        for mode in ("features", "noise"):
+            miss, hit = r[f"{mode}_miss_ms"], r[f"{mode}_hit_ms"]
+            ratios = [r["off_ms"] / ((1 - e) * miss + e * hit) for e in ETAS]
+            print(f"| {r['family']} | {r['batch']} | {mode} | " + " | ".join(f"{x:.2f}x" for x in ratios) + " |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--families", nargs="+", default=["zero123", "sd"], choices=["zero123", "sd"])
+    parser.add_argument("--batches", nargs="+", type=int, default=[1, 4, 8])
+    parser.add_argument("--iters", type=int, default=30)
+    parser.add_argument("--models", default="/tmp/hash3d-bench-models", help="where the written models go")
+    parser.add_argument("--out", help="write the rows as JSON here")
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("bench/guidance.py needs a CUDA GPU")
+    device = torch.cuda.get_device_name()
+    rows = []
+    for family in args.families:
+        path = Path(args.models) / f"{family}-full"
+        if not (path / "model_index.json").exists():
+            write_model(family, "full", path, dtype=torch.float16, device="cuda")
+        rows += bench_family(family, str(path), args.batches, args.iters)
+    print_tables(rows, device)
+    if args.out:
+        Path(args.out).write_text(json.dumps({"device": device, "rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
