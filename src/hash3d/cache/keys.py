@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 KEY_DIMS = ("elevation", "azimuth", "radius", "timestep")
@@ -9,6 +11,9 @@ AZIMUTH = 1
 
 # Large primes for spatial hashing (Teschner et al. 2003 use the first three); one per key dimension.
 HASH_PRIMES = (73856093, 19349669, 83492791, 50331653)
+
+# remainder(-1e-15, 360) rounds to 360.0 itself; such an angle lies just below 360, in the last cell.
+_AZIMUTH_MAX = math.nextafter(360.0, 0.0)
 
 
 def quantize(keys: torch.Tensor, cell_size: torch.Tensor) -> torch.Tensor:
@@ -19,7 +24,7 @@ def quantize(keys: torch.Tensor, cell_size: torch.Tensor) -> torch.Tensor:
     """
     keys = keys.to(torch.float64)
     wrapped = keys.clone()
-    wrapped[..., AZIMUTH] = torch.remainder(keys[..., AZIMUTH], 360.0)
+    wrapped[..., AZIMUTH] = torch.remainder(keys[..., AZIMUTH], 360.0).clamp_max(_AZIMUTH_MAX)
     return torch.floor(wrapped / cell_size.to(torch.float64)).to(torch.int64)
 
 

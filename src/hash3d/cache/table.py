@@ -71,7 +71,10 @@ class HashTable:
         check_finite: bool = True,
         max_bytes: int | None = None,
     ):
-        cells = torch.as_tensor(cell_sizes, dtype=torch.float64)
+        try:
+            cells = torch.as_tensor(cell_sizes, dtype=torch.float64)
+        except (TypeError, ValueError, RuntimeError) as e:
+            raise ValueError(f"cell_size must hold 4 numbers per grid; got {cell_sizes!r}") from e
         if cells.ndim != 2 or cells.shape[1] != 4 or cells.shape[0] < 1:
             raise ValueError(
                 f"cell_size must hold 4 numbers (d_elev_deg, d_azim_deg, d_radius, d_t) per grid; got {list(cells.shape)}"
@@ -202,7 +205,7 @@ class HashTable:
         rows = torch.arange(B, device=self.device)
         slots, valid = slots[best, rows], valid[best, rows]  # [B, Q]
 
-        x = latents.to(self.device).reshape(B, -1).float()
+        x = latents.to(self.device).reshape(B, self._pool_latents.shape[1]).float()  # B may be 0
         d2 = torch.stack(
             [(self._pool_latents[slots[:, q]].float() - x).square().sum(-1) for q in range(self.bucket_size)], -1
         )
@@ -240,10 +243,10 @@ class HashTable:
         B = self._check_batch(keys, latents=latents, values=values)
         if B == 0:
             return
-        if self._pool_values is None:
-            self._allocate(latents, values)
-        if B > self.capacity:
+        if B > self.capacity:  # checked before allocating, so a rejected first batch leaves the table empty
             raise ValueError(f"cannot insert {B} entries at once into a table of capacity {self.capacity}")
+        if self._pool_values is None:
+            self._allocate(latents, values)  # may shrink the capacity to max_bytes, never below B
         self._check_shape("latents", latents, self._latent_shape)
         self._check_shape("values", values, self._value_shape)
         dev, M, n, Q = self.device, self.n_grids, self.n_buckets, self.bucket_size

@@ -1,0 +1,803 @@
+"""hash3d.cache hash tables against a slow reference written here from the specification (table.py's docstring).
+
+The reference (`RefTable`) keeps plain Python state and handles one sample at a time: a dict of FIFO deques per
+grid (bucket -> (cell, entry id)), a dict pool holding only the last `capacity` entry ids, a dict of adaptive scores
+per (grid, bucket) and the counters. It re-derives cells with math.floor in float64 and borrows only the
+implementation's `bucket_index` (the spec does not fix the hash function itself).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import zlib
+from collections import deque
+
+import pytest
+import torch
+
+from hash3d.cache import AdaptiveGridHashTable, GridHashTable, HashTable, bucket_index, quantize
+from hash3d.cache.table import DEFAULT_ADAPTIVE_CELLS
+
+DEFAULT_CELL = (10.0, 10.0, 0.1, 10.0)
+AZ_MAX = math.nextafter(360.0, 0.0)  # largest float64 below 360
+TOL = dict(rtol=1e-5, atol=1e-5)
+
+
+# --------------------------------------------------------------------------------------------- reference
+def ref_cell(key, cell_size) -> tuple[int, ...]:
+    """floor(key / cell size) per dimension in float64, azimuth wrapped into [0, 360) first."""
+    e, a, r, t = (float(v) for v in key)
+    a = a % 360.0
+    if a >= 360.0:  # a tiny negative angle rounds up to 360.0 itself; it lies just below 360
+        a = AZ_MAX
+    return tuple(math.floor(v / float(c)) for v, c in zip((e, a, r, t), cell_size))
+
+
+def cosine(u, v) -> float:
+    nu = math.sqrt(sum(x * x for x in u))
+    nv = math.sqrt(sum(x * x for x in v))
+    return sum(x * y for x, y in zip(u, v)) / (max(nu, 1e-12) * max(nv, 1e-12))
+
+
+class RefTable:
+    def __init__(self, cell_sizes, n_buckets, bucket_size, temperature=1.0, gamma=0.9, capacity=None):
+        self.cell_sizes = [tuple(float(c) for c in cs) for cs in cell_sizes]
+        self.M = len(self.cell_sizes)
+        self.n, self.Q = n_buckets, bucket_size
+        self.T, self.gamma = float(temperature), float(gamma)
+        self.capacity = n_buckets * bucket_size if capacity is None else capacity
+        self.reset()
+
+    def reset(self):
+        self.buckets = [dict() for _ in range(self.M)]  # bucket -> deque[(cell, entry id)], oldest first
+        self.scores = [dict() for _ in range(self.M)]  # bucket -> adaptive score (absent = 0)
+        self.pool: dict[int, tuple[list[float], list[float]]] = {}  # id -> (latent, value), last `capacity` ids
+        self.next_id = 0
+        self.value_shape = None
+        self.queries = self.hits = self.inserts = self.evictions = 0
+
+    # helpers
+    def locate(self, keys):
+        """keys [B, 4] -> per sample, per grid: (cell, bucket)."""
+        rows = keys.tolist()
+        out = [[None] * self.M for _ in rows]
+        for g, cs in enumerate(self.cell_sizes):
+            cells = [ref_cell(k, cs) for k in rows]
+            if not cells:
+                continue
+            buckets = bucket_index(torch.tensor(cells, dtype=torch.int64), self.n).tolist()
+            for i, (c, b) in enumerate(zip(cells, buckets)):
+                assert 0 <= b < self.n
+                out[i][g] = (c, b)
+        return out
+
+    def same_cell(self, g, bucket, cell):
+        return [eid for c, eid in self.buckets[g].get(bucket, ()) if c == cell and eid in self.pool]
+
+    def live(self) -> set[int]:
+        return {eid for grid in self.buckets for dq in grid.values() for _, eid in dq if eid in self.pool}
+
+    def score(self, g, bucket) -> float:
+        return self.scores[g].get(bucket, 0.0)
+
+    def blend(self, ids, x):
+        logits = [-sum((a - b) ** 2 for a, b in zip(x, self.pool[e][0])) / self.T for e in ids]
+        top = max(logits)
+        w = [math.exp(lg - top) for lg in logits]
+        z = sum(w)
+        out = [0.0] * len(self.pool[ids[0]][1])
+        for wi, e in zip(w, ids):
+            for j, v in enumerate(self.pool[e][1]):
+                out[j] += wi / z * v
+        return out
+
+    # API
+    def insert(self, keys, latents, values):
+        B = keys.shape[0]
+        locs = self.locate(keys)
+        lats = latents.reshape(B, -1).double().tolist()
+        vals = values.reshape(B, -1).double().tolist()
+        # adaptive scores: every sample compares against the entries present before the batch; applied in order
+        updates = []
+        for i in range(B):
+            for g, (cell, b) in enumerate(locs[i]):
+                ids = self.same_cell(g, b, cell)
+                if ids:
+                    updates.append((g, b, sum(cosine(vals[i], self.pool[e][1]) for e in ids) / len(ids)))
+        for g, b, m in updates:
+            self.scores[g][b] = self.gamma * self.score(g, b) + (1 - self.gamma) * m
+        before = len(self.live())
+        for i in range(B):  # one by one
+            eid = self.next_id
+            self.next_id += 1
+            self.pool[eid] = (lats[i], vals[i])
+            self.pool.pop(eid - self.capacity, None)  # ring of `capacity` entries
+            for g, (cell, b) in enumerate(locs[i]):
+                dq = self.buckets[g].setdefault(b, deque())
+                dq.append((cell, eid))
+                if len(dq) > self.Q:
+                    dq.popleft()
+        self.inserts += B
+        self.evictions += before + B - len(self.live())
+        self.value_shape = tuple(values.shape[1:])
+
+    def query(self, keys, latents, tie_tol=1e-5):
+        """-> per sample, the list of acceptable blends: [] = miss; the first is the spec's exact choice, the others
+        are grids whose score is below the best by at most `tie_tol` (float32 scores may order near-ties either way;
+        exact ties must go to the first grid)."""
+        B = keys.shape[0]
+        locs = self.locate(keys)
+        lats = latents.reshape(B, -1).double().tolist()
+        results = []
+        for i in range(B):
+            cands = []
+            for g, (cell, b) in enumerate(locs[i]):
+                ids = self.same_cell(g, b, cell)
+                if ids:
+                    cands.append((self.score(g, b), self.blend(ids, lats[i])))
+            options = []
+            if cands:
+                best = max(s for s, _ in cands)
+                k = next(k for k, (s, _) in enumerate(cands) if s == best)  # ties: first grid
+                options = [cands[k][1]] + [v for s, v in cands if best - tie_tol <= s < best]
+            results.append(options)
+        self.queries += B
+        self.hits += sum(bool(o) for o in results)
+        return results
+
+    def score_tensor(self):
+        out = torch.zeros(self.M, self.n, dtype=torch.float64)
+        for g in range(self.M):
+            for b, s in self.scores[g].items():
+                out[g, b] = s
+        return out
+
+
+# --------------------------------------------------------------------------------------------- comparisons
+def check_query(table: HashTable, ref: RefTable, keys, latents):
+    B = keys.shape[0]
+    values, hit = table.query(keys, latents)
+    options = ref.query(keys, latents)
+    assert hit.dtype == torch.bool and tuple(hit.shape) == (B,)
+    assert hit.tolist() == [bool(o) for o in options]
+    if values is None:
+        assert ref.value_shape is None, "values may be None only while nothing was inserted"
+        return values, hit
+    assert tuple(values.shape) == (B,) + ref.value_shape
+    flat = values.reshape(B, -1).double()
+    for i, opts in enumerate(options):
+        if not opts:
+            assert torch.all(flat[i] == 0), f"miss {i} must return zeros"
+        else:
+            ok = any(torch.allclose(flat[i], torch.tensor(o, dtype=torch.float64), **TOL) for o in opts)
+            assert ok, f"sample {i}: got {flat[i].tolist()}, expected {opts[0]}"
+    return values, hit
+
+
+def check_state(table: HashTable, ref: RefTable):
+    s = table.stats
+    got = (s.queries, s.hits, s.inserts, s.evictions, s.entries)
+    assert got == (ref.queries, ref.hits, ref.inserts, ref.evictions, len(ref.live()))
+    assert s.hit_rate == pytest.approx(ref.hits / ref.queries if ref.queries else 0.0)
+    if ref.M > 1:  # adaptive scores per (grid, bucket); the table keeps them in `_score` (plus a scratch row)
+        assert torch.allclose(table._score[:, : ref.n].double(), ref.score_tensor(), rtol=0, atol=1e-5)
+
+
+def make_pair(kind, n_buckets, bucket_size, capacity=None, gamma=0.8, temperature=1.0, max_bytes=None):
+    if kind == "grid":
+        table = GridHashTable(DEFAULT_CELL, n_buckets, bucket_size, temperature, capacity=capacity, max_bytes=max_bytes)
+        ref = RefTable([DEFAULT_CELL], n_buckets, bucket_size, temperature, capacity=capacity)
+    else:
+        table = AdaptiveGridHashTable(
+            DEFAULT_ADAPTIVE_CELLS, n_buckets, bucket_size, temperature, gamma, capacity=capacity, max_bytes=max_bytes
+        )
+        ref = RefTable(DEFAULT_ADAPTIVE_CELLS, n_buckets, bucket_size, temperature, gamma, capacity)
+    return table, ref
+
+
+def k64(*rows):
+    return torch.tensor(rows, dtype=torch.float64)
+
+
+# --------------------------------------------------------------------------------------------- random keys
+LATENT_SHAPE = (2, 2)
+VALUE_SHAPE = (2, 3)
+
+
+class KeySampler:
+    """Keys near a few centers (so cells repeat), azimuths shifted by ±360° (so wrap matters), some uniform keys."""
+
+    def __init__(self, rng: random.Random, n_centers=6):
+        self.rng = rng
+        near_wrap = [-0.3, 0.4, 359.6, 360.2, 719.7, -359.8, 9.9, 350.1]
+        self.centers = []
+        for j in range(n_centers):
+            az = rng.choice(near_wrap) if j % 2 == 0 else rng.uniform(-360, 720)
+            key = (rng.uniform(-10, 90), az, rng.uniform(1, 2), rng.uniform(0, 1000))
+            latent = [rng.gauss(0, 1) for _ in range(4)]
+            value = [rng.gauss(0, 1) for _ in range(6)]
+            self.centers.append((key, latent, value))
+
+    def __call__(self, B):
+        rng = self.rng
+        keys, lats, vals = [], [], []
+        for _ in range(B):
+            (e, a, r, t), lat, val = rng.choice(self.centers)
+            if rng.random() < 0.1:
+                e, a, r, t = rng.uniform(-10, 90), rng.uniform(-360, 720), rng.uniform(1, 2), rng.uniform(0, 999.9)
+            else:
+                e = min(max(e + rng.gauss(0, 2.0), -10.0), 90.0)
+                a = a + rng.gauss(0, 2.0) + 360.0 * rng.choice([-1, 0, 0, 1])
+                while a < -360.0:
+                    a += 360.0
+                while a > 720.0:
+                    a -= 360.0
+                r = min(max(r + rng.gauss(0, 0.02), 1.0), 2.0)
+                t = min(max(t + rng.gauss(0, 2.0), 0.0), 999.9)
+            keys.append((e, a, r, t))
+            lats.append([x + rng.gauss(0, 0.4) for x in lat])
+            vals.append([x + rng.gauss(0, 0.3) for x in val])
+        return (
+            torch.tensor(keys, dtype=torch.float32),
+            torch.tensor(lats, dtype=torch.float32).reshape((B,) + LATENT_SHAPE),
+            torch.tensor(vals, dtype=torch.float32).reshape((B,) + VALUE_SHAPE),
+        )
+
+
+RANDOM_CONFIGS = [
+    pytest.param(dict(kind="grid", n_buckets=64, bucket_size=3), id="grid-64"),
+    pytest.param(dict(kind="grid", n_buckets=7, bucket_size=3, capacity=10), id="grid-7-capacity10"),
+    pytest.param(dict(kind="grid", n_buckets=16, bucket_size=3, max_bytes=40 * 40), id="grid-16-max_bytes"),
+    pytest.param(dict(kind="grid", n_buckets=1, bucket_size=4, capacity=32), id="grid-1"),
+    pytest.param(dict(kind="adaptive", n_buckets=64, bucket_size=3), id="adaptive-64"),
+    pytest.param(dict(kind="adaptive", n_buckets=7, bucket_size=2, capacity=9), id="adaptive-7-capacity9"),
+    pytest.param(dict(kind="adaptive", n_buckets=1, bucket_size=5, capacity=24, temperature=0.5), id="adaptive-1"),
+]
+
+
+@pytest.mark.parametrize("cfg", RANDOM_CONFIGS)
+def test_random_interleaved_batches_match_reference(cfg):
+    cfg = dict(cfg)
+    table, ref = make_pair(cfg.pop("kind"), **cfg)
+    rng = random.Random(zlib.crc32(repr(sorted(cfg.items())).encode()))
+    sample = KeySampler(rng)
+    n_keys = n_hits = n_query = 0
+    for step in range(500):
+        B = min(rng.choice([1, 1, 2, 3, 5, 8, 13, 24]), ref.capacity)
+        keys, lats, vals = sample(B)
+        n_keys += B
+        if rng.random() < 0.5:
+            table.insert(keys, lats, vals)
+            if cfg.get("max_bytes") and ref.next_id == 0:  # the pool shrinks to the budget once entries have a size
+                entry = lats[0].numel() * lats.element_size() + vals[0].numel() * vals.element_size()
+                assert B <= table.capacity < ref.n * ref.Q and table.capacity * entry <= cfg["max_bytes"]
+                ref.capacity = table.capacity
+            ref.insert(keys, lats, vals)
+        else:
+            _, hit = check_query(table, ref, keys, lats)
+            n_hits += int(hit.sum())
+            n_query += B
+        check_state(table, ref)
+        if step == 350:  # a reset in the middle: both start over
+            table.reset()
+            ref.reset()
+            check_state(table, ref)
+    assert n_keys >= 2000
+    assert 0 < n_hits < n_query, "the run should see both hits and misses"
+    assert ref.evictions > 0 or table.stats.evictions > 0
+
+
+# --------------------------------------------------------------------------------------------- collisions
+def test_single_bucket_never_returns_another_cells_values():
+    table = GridHashTable(DEFAULT_CELL, n_buckets=1, bucket_size=16)
+    centers = [(5.0 + 10 * i, 15.0 + 20 * i, 1.05 + 0.1 * (i % 3), 5.0 + 10 * (i % 4)) for i in range(8)]
+    centers += [(-5.0, 15.0, 1.05, 5.0), (5.0, 195.0, 1.05, 5.0), (5.0, 15.0, 1.95, 5.0), (5.0, 15.0, 1.05, 905.0)]
+    keys = k64(*centers)
+    n = len(centers)
+    values = torch.arange(n, dtype=torch.float32)[:, None].repeat(1, 2) + 1
+    table.insert(keys, torch.zeros(n, 3), values)
+    # other points of each own cell: hit with exactly that cell's single value
+    moved = keys + torch.tensor([2.0, -3.0, 0.02, 4.0], dtype=torch.float64)
+    got, hit = table.query(moved, torch.randn(n, 3))
+    assert hit.all()
+    assert torch.equal(got, values)
+    # neighbouring cells share the only bucket: they hit only where that very cell was inserted
+    own = {ref_cell(k, DEFAULT_CELL): i for i, k in enumerate(keys.tolist())}
+    n_miss = 0
+    for shift in ([10.0, 0, 0, 0], [0, 10.0, 0, 0], [0, 0, 0.1, 0], [0, 0, 0, 10.0], [-10.0, 0, 0, 0]):
+        shifted = moved + torch.tensor(shift, dtype=torch.float64)
+        got, hit = table.query(shifted, torch.zeros(n, 3))
+        for i, k in enumerate(shifted.tolist()):
+            j = own.get(ref_cell(k, DEFAULT_CELL))
+            assert hit[i].item() == (j is not None)
+            assert torch.equal(got[i], values[j] if j is not None else torch.zeros(2))
+            n_miss += j is None
+    assert n_miss >= 50
+
+
+def test_seven_buckets_with_forced_collisions():
+    n_cells = 40  # > 7 buckets: several cells share each bucket
+    table = GridHashTable(DEFAULT_CELL, n_buckets=7, bucket_size=n_cells)
+    keys = k64(*[(5.0 + 10 * (i % 10), 5.0 + 10 * (i // 10), 1.55, 55.0) for i in range(n_cells)])
+    cells = quantize(keys, torch.tensor(DEFAULT_CELL, dtype=torch.float64))
+    buckets = bucket_index(cells, 7)
+    assert torch.bincount(buckets, minlength=7).max() >= 2
+    values = torch.randn(n_cells, 5)
+    table.insert(keys, torch.randn(n_cells, 2), values)
+    got, hit = table.query(keys + 1.0 * torch.tensor([1, 1, 0, 1], dtype=torch.float64), torch.randn(n_cells, 2))
+    assert hit.all() and torch.equal(got, values)
+    got, hit = table.query(keys + torch.tensor([0, 0, 0, 10.0], dtype=torch.float64), torch.randn(n_cells, 2))
+    assert not hit.any() and torch.equal(got, torch.zeros_like(values))
+
+
+def test_collision_pushes_a_cell_out_of_its_bucket():
+    table = GridHashTable(DEFAULT_CELL, n_buckets=1, bucket_size=2)
+    a, b, c = (5.0, 5.0, 1.05, 5.0), (15.0, 5.0, 1.05, 5.0), (25.0, 5.0, 1.05, 5.0)
+    for i, key in enumerate((a, b, c)):
+        table.insert(k64(key), torch.zeros(1, 1), torch.full((1, 1), float(i + 1)))
+    got, hit = table.query(k64(a, b, c), torch.zeros(3, 1))
+    assert hit.tolist() == [False, True, True]
+    assert got.flatten().tolist() == [0.0, 2.0, 3.0]
+    s = table.stats
+    assert (s.inserts, s.evictions, s.entries) == (3, 1, 2)
+
+
+# --------------------------------------------------------------------------------------------- batches and FIFO
+def _cell_keys(rng, cells, pattern):
+    """Keys inside the cells named by `pattern` (indices into `cells`), at random points of each cell."""
+    rows = []
+    for j in pattern:
+        e, a, r, t = cells[j]
+        rows.append((e + rng.uniform(0.1, 9.9), a + rng.uniform(0.1, 9.9), r + rng.uniform(0.01, 0.09), t + rng.uniform(0.1, 9.9)))
+    return k64(*rows)
+
+
+@pytest.mark.parametrize("n_buckets,bucket_size", [(1, 3), (5, 2), (64, 3)])
+def test_overfull_batch_equals_inserting_one_by_one(n_buckets, bucket_size):
+    rng = random.Random(n_buckets)
+    cells = [(0.0, 0.0, 1.0, 0.0), (10.0, 350.0, 1.2, 40.0), (-10.0, 20.0, 1.9, 990.0)]  # lower corners
+    batched = GridHashTable(DEFAULT_CELL, n_buckets, bucket_size, capacity=64)
+    single = GridHashTable(DEFAULT_CELL, n_buckets, bucket_size, capacity=64)
+    ref = RefTable([DEFAULT_CELL], n_buckets, bucket_size, capacity=64)
+    probe = _cell_keys(rng, cells, [0, 1, 2])
+    for pattern in ([0, 1], [0, 1, 0, 0, 1, 0, 2, 0], [2], [1, 1, 1, 1, 1, 0, 2, 2, 0], list(range(3)) * 4):
+        B = len(pattern)
+        keys = _cell_keys(rng, cells, pattern)
+        lats, vals = torch.randn(B, 3), torch.randn(B, 2, 2)
+        batched.insert(keys, lats, vals)
+        for i in range(B):
+            single.insert(keys[i : i + 1], lats[i : i + 1], vals[i : i + 1])
+        ref.insert(keys, lats, vals)
+        x = torch.randn(3, 3)
+        got_b, hit_b = check_query(batched, ref, probe, x)
+        got_s, hit_s = single.query(probe, x)
+        assert torch.equal(hit_b, hit_s)
+        assert torch.allclose(got_b, got_s, rtol=1e-6, atol=1e-7)
+        sb, ss = batched.stats, single.stats
+        assert (sb.inserts, sb.evictions, sb.entries) == (ss.inserts, ss.evictions, ss.entries)
+        check_state(batched, ref)
+
+
+def test_overfull_batch_keeps_the_last_entries_by_hand():
+    table = GridHashTable(DEFAULT_CELL, n_buckets=1, bucket_size=3, capacity=8)
+    a, b, c = (5.0, 5.0, 1.05, 5.0), (5.0, 15.0, 1.05, 5.0), (5.0, 25.0, 1.05, 5.0)
+    pattern = [a, b, a, a, b, a, c, a]  # one bucket gets 8 samples; the last 3 are a(5), c(6), a(7)
+    lats = torch.zeros(8, 1)
+    lats[7] = 1.0
+    vals = torch.arange(8, dtype=torch.float32)[:, None]
+    table.insert(k64(*pattern), lats, vals)
+    got, hit = table.query(k64(a, b, c), torch.zeros(3, 1))
+    assert hit.tolist() == [True, False, True]
+    w5 = 1 / (1 + math.exp(-1.0))  # d² = 0 to entry 5, 1 to entry 7, T = 1
+    assert got[0, 0].item() == pytest.approx(w5 * 5 + (1 - w5) * 7, abs=1e-6)
+    assert got[2, 0].item() == 6.0
+    s = table.stats
+    assert (s.inserts, s.evictions, s.entries) == (8, 5, 3)
+
+
+@pytest.mark.parametrize("capacity", [1, 2, 5])
+def test_pool_ring_smaller_than_buckets(capacity):
+    table = GridHashTable(DEFAULT_CELL, n_buckets=4, bucket_size=3, capacity=capacity)
+    ref = RefTable([DEFAULT_CELL], 4, 3, capacity=capacity)
+    a, b = (5.0, 5.0, 1.05, 5.0), (45.0, 125.0, 1.55, 505.0)
+    for i in range(3):  # three entries of cell a, one at a time
+        key, lat, val = k64(a), torch.full((1, 2), float(i)), torch.full((1, 1), 10.0 * (i + 1))
+        table.insert(key, lat, val)
+        ref.insert(key, lat, val)
+    check_state(table, ref)
+    got, hit = check_query(table, ref, k64(a), torch.zeros(1, 2))
+    kept = list(range(max(0, 3 - capacity), 3))  # only the last `capacity` entries survive in the pool
+    w = [math.exp(-2.0 * i * i) for i in kept]
+    assert got.item() == pytest.approx(sum(wi * 10.0 * (i + 1) for wi, i in zip(w, kept)) / sum(w), abs=1e-5)
+    assert table.stats.entries == min(3, capacity)
+    # inserting elsewhere overwrites the oldest pool entry, which cell a's bucket still refers to
+    table.insert(k64(b), torch.zeros(1, 2), torch.ones(1, 1))
+    ref.insert(k64(b), torch.zeros(1, 2), torch.ones(1, 1))
+    check_state(table, ref)
+    got, hit = check_query(table, ref, k64(a, b), torch.zeros(2, 2))
+    assert hit.tolist() == [capacity > 1, True]
+    # a batch exactly as large as the pool replaces every entry
+    table.insert(k64(*[b] * capacity), torch.zeros(capacity, 2), torch.full((capacity, 1), 7.0))
+    ref.insert(k64(*[b] * capacity), torch.zeros(capacity, 2), torch.full((capacity, 1), 7.0))
+    got, hit = check_query(table, ref, k64(a, b), torch.zeros(2, 2))
+    assert hit.tolist() == [False, True] and got[1].item() == pytest.approx(7.0, abs=1e-5)
+    check_state(table, ref)
+
+
+# --------------------------------------------------------------------------------------------- cells
+BOUNDARY_CELL = (10.0, 10.0, 0.25, 10.0)  # exact in binary, so boundaries are exact
+
+
+@pytest.mark.parametrize("dim,boundary", [(0, 20.0), (0, -10.0), (1, 30.0), (1, 0.0), (2, 1.25), (3, 40.0)])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_cell_boundaries(dim, boundary, dtype):
+    inner = [25.0, 35.0, 1.375, 45.0]
+    on, below = list(inner), list(inner)
+    on[dim] = boundary
+    below[dim] = torch.nextafter(torch.tensor(boundary, dtype=dtype), torch.tensor(-math.inf, dtype=dtype)).item()
+    cs = torch.tensor(BOUNDARY_CELL, dtype=torch.float64)
+    c_on, c_below = quantize(torch.tensor([on, below], dtype=dtype), cs).tolist()
+    expected_on = math.floor(boundary / BOUNDARY_CELL[dim]) if dim != 1 else math.floor((boundary % 360) / 10)
+    assert c_on[dim] == expected_on
+    assert c_below[dim] == (expected_on - 1) % 36 if dim == 1 else c_below[dim] == expected_on - 1
+    assert c_on == list(ref_cell(torch.tensor(on, dtype=dtype).tolist(), BOUNDARY_CELL))
+    assert c_below == list(ref_cell(torch.tensor(below, dtype=dtype).tolist(), BOUNDARY_CELL))
+    # through the table, with every cell in the same bucket
+    table = GridHashTable(BOUNDARY_CELL, n_buckets=1, bucket_size=4)
+    table.insert(torch.tensor([on, below], dtype=dtype), torch.zeros(2, 1), torch.tensor([[1.0], [2.0]]))
+    up_mid, low_mid = list(inner), list(inner)
+    up_mid[dim] = boundary + BOUNDARY_CELL[dim] / 2
+    low_mid[dim] = boundary - BOUNDARY_CELL[dim] / 2
+    got, hit = table.query(torch.tensor([up_mid, low_mid], dtype=dtype), torch.zeros(2, 1))
+    assert hit.all() and got.flatten().tolist() == [1.0, 2.0]
+
+
+def test_quantize_matches_floor_on_random_keys():
+    g = torch.Generator().manual_seed(0)
+    keys = torch.rand(4000, 4, generator=g, dtype=torch.float64)
+    keys = keys * torch.tensor([100.0, 1080.0, 1.0, 1000.0], dtype=torch.float64) + torch.tensor(
+        [-10.0, -360.0, 1.0, 0.0], dtype=torch.float64
+    )
+    for cs in (DEFAULT_CELL, *DEFAULT_ADAPTIVE_CELLS, (7.0, 7.0, 0.3, 3.0)):
+        got = quantize(keys, torch.tensor(cs, dtype=torch.float64)).tolist()
+        assert got == [list(ref_cell(k, cs)) for k in keys.tolist()]
+
+
+def test_azimuth_wrap_and_negative_elevation():
+    def fresh():
+        return GridHashTable(DEFAULT_CELL, n_buckets=1, bucket_size=8)
+
+    def key(elev=45.0, az=45.0):
+        return (elev, az, 1.55, 55.0)
+
+    def hits(table, *azs, elev=45.0):
+        got, hit = table.query(k64(*[key(elev, a) for a in azs]), torch.zeros(len(azs), 1))
+        return hit.tolist(), got.flatten().tolist()
+
+    t = fresh()
+    t.insert(k64(key(az=-5.0)), torch.zeros(1, 1), torch.full((1, 1), 1.0))
+    assert hits(t, 355.0, 715.0, -365.0, 351.0, 345.0, 5.0) == ([True] * 4 + [False] * 2, [1.0] * 4 + [0.0] * 2)
+
+    t = fresh()
+    t.insert(k64(key(az=359.9)), torch.zeros(1, 1), torch.full((1, 1), 2.0))
+    assert hits(t, 0.1, -0.1, 350.5, 719.95, -1e-15)[0] == [False, True, True, True, True]
+    t.insert(k64(key(az=0.1)), torch.zeros(1, 1), torch.full((1, 1), 3.0))
+    assert hits(t, 9.9, 360.1, -359.9, 10.0, 359.9) == ([True] * 3 + [False, True], [3.0] * 3 + [0.0, 2.0])
+
+    # a tiny negative angle wraps to just below 360°, i.e. into the last cell, never to a cell index of 36
+    cells = quantize(k64(key(az=-1e-15), key(az=-0.0), key(az=360.0)), torch.tensor(DEFAULT_CELL, dtype=torch.float64))
+    assert cells[:, 1].tolist() == [35, 0, 0]
+
+    t = fresh()
+    t.insert(k64(key(elev=-0.5)), torch.zeros(1, 1), torch.full((1, 1), 4.0))
+    below_minus10 = math.nextafter(-10.0, -math.inf)
+    assert hits(t, 45.0, 45.0, 45.0, 45.0, 45.0, elev=-9.5)[0] == [True] * 5
+    for elev, expected in ((-9.5, True), (-10.0, True), (below_minus10, False), (0.0, False), (0.5, False)):
+        assert hits(t, 45.0, elev=elev)[0] == [expected], elev
+
+
+# --------------------------------------------------------------------------------------------- blend
+def test_blend_weights_by_hand():
+    T = 2.0
+    table = GridHashTable(DEFAULT_CELL, n_buckets=1, bucket_size=4, temperature=T)
+    keys = k64((5.0, 5.0, 1.12, 5.0), (6.0, 6.0, 1.13, 6.0), (15.0, 5.0, 1.12, 5.0))  # 2 in one cell, 1 elsewhere
+    lats = torch.tensor([[0.0, 0.0, 0.0], [1.0, 1.0, 0.0], [0.0, 0.0, 0.0]])
+    vals = torch.tensor([[1.0, 0.0], [0.0, 1.0], [100.0, 100.0]])
+    table.insert(keys, lats, vals)
+    q = k64(*[(5.5, 5.5, 1.125, 5.5)] * 3)
+    x = torch.tensor([[0.0, 0.0, 0.0], [1.0, 1.0, 0.0], [0.5, 0.5, 0.0]])
+    got, hit = table.query(q, x)
+    assert hit.all()
+    # query 0: ||x - x1||² = 0, ||x - x2||² = 2 -> weights ∝ (1, e^{-2/T}) = (1, e^{-1})
+    w1 = 1.0 / (1.0 + math.exp(-1.0))
+    expected = torch.tensor([[w1, 1 - w1], [1 - w1, w1], [0.5, 0.5]])
+    assert torch.allclose(got, expected, rtol=0, atol=1e-6)
+    # the unsquared norm (the original code) would give weights ∝ (1, e^{-sqrt(2)/T}): clearly different
+    w1_unsquared = 1.0 / (1.0 + math.exp(-math.sqrt(2.0) / T))
+    assert abs(w1 - w1_unsquared) > 0.05
+
+
+# --------------------------------------------------------------------------------------------- adaptive grid
+def _adaptive(**kw):
+    return AdaptiveGridHashTable(DEFAULT_ADAPTIVE_CELLS, n_buckets=1024, bucket_size=3, temperature=1.0, gamma=0.8, **kw)
+
+
+def _scores_at(table, key):
+    """Score of the bucket of `key` in each grid (read from the table's score array)."""
+    out = []
+    for g, cs in enumerate(DEFAULT_ADAPTIVE_CELLS):
+        b = bucket_index(torch.tensor(ref_cell(key, cs)), table.n_buckets).item()
+        out.append(table._score[g, b].item())
+    return out
+
+
+def test_adaptive_coarse_grid_wins_by_hand():
+    A, B = (25.0, 25.0, 1.12, 25.0), (5.0, 5.0, 1.12, 5.0)
+    q = (6.0, 6.0, 1.13, 6.0)
+    # A and B share only the coarse cell; the query's cell is B's in every grid
+    assert [ref_cell(A, cs) == ref_cell(B, cs) for cs in DEFAULT_ADAPTIVE_CELLS] == [False, False, True]
+    assert all(ref_cell(q, cs) == ref_cell(B, cs) for cs in DEFAULT_ADAPTIVE_CELLS)
+    table = _adaptive()
+    table.insert(k64(A), torch.tensor([[0.0, 0.0]]), torch.tensor([[1.0, 0.0]]))
+    table.insert(k64(B), torch.tensor([[1.0, 0.0]]), torch.tensor([[2.0, 0.0]]))
+    # only the coarse bucket saw a same-cell entry: s = 0.8 * 0 + 0.2 * cos((2,0), (1,0)) = 0.2
+    assert _scores_at(table, B) == pytest.approx([0.0, 0.0, 0.2], abs=1e-6)
+    got, hit = table.query(k64(q), torch.tensor([[0.0, 0.0]]))
+    assert hit.item()
+    wB = math.exp(-1.0) / (1.0 + math.exp(-1.0))  # d² = 0 to A, 1 to B
+    assert got[0].tolist() == pytest.approx([(1 - wB) * 1.0 + wB * 2.0, 0.0], abs=1e-6)  # ≈ 1.269; fine grid: 2.0
+
+
+def test_adaptive_fine_grid_wins_by_hand():
+    A, B, D = (5.0, 5.0, 1.12, 5.0), (6.0, 6.0, 1.13, 6.0), (15.0, 15.0, 1.12, 15.0)
+    q = (5.5, 5.5, 1.125, 5.5)
+    assert all(ref_cell(A, cs) == ref_cell(B, cs) == ref_cell(q, cs) for cs in DEFAULT_ADAPTIVE_CELLS)
+    assert [ref_cell(D, cs) == ref_cell(A, cs) for cs in DEFAULT_ADAPTIVE_CELLS] == [False, True, True]
+    table = _adaptive()
+    table.insert(k64(A), torch.tensor([[0.0, 0.0]]), torch.tensor([[1.0, 0.0]]))
+    table.insert(k64(B), torch.tensor([[1.0, 0.0]]), torch.tensor([[3.0, 0.0]]))
+    assert _scores_at(table, A) == pytest.approx([0.2, 0.2, 0.2], abs=1e-6)  # cos = 1 in every grid
+    table.insert(k64(D), torch.tensor([[0.0, 0.0]]), torch.tensor([[0.0, 1.0]]))
+    # D is orthogonal to A and B: medium and coarse decay to 0.8 * 0.2 + 0.2 * 0 = 0.16, fine keeps 0.2
+    assert _scores_at(table, A) == pytest.approx([0.2, 0.16, 0.16], abs=1e-6)
+    got, hit = table.query(k64(q), torch.tensor([[0.0, 0.0]]))
+    assert hit.item()
+    wB = math.exp(-1.0) / (1.0 + math.exp(-1.0))
+    assert got[0].tolist() == pytest.approx([(1 - wB) * 1.0 + wB * 3.0, 0.0], abs=1e-6)
+    # (the medium/coarse blend over A, B, D would have a second component 1 / (2 + e^-1) ≈ 0.42)
+
+
+def test_adaptive_ties_go_to_the_first_grid():
+    A, D = (5.0, 5.0, 1.12, 5.0), (15.0, 15.0, 1.12, 15.0)
+    table = _adaptive()
+    # one batch: scores compare against the entries present before it (none), so every score stays 0
+    table.insert(k64(A, D), torch.zeros(2, 2), torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
+    assert _scores_at(table, A) == [0.0, 0.0, 0.0]
+    got, hit = table.query(k64(A), torch.zeros(1, 2))
+    assert hit.item() and got[0].tolist() == [1.0, 0.0]  # fine grid holds only A; coarser grids blend A and D
+
+
+def test_adaptive_batch_scores_compare_against_entries_before_the_batch():
+    A, B, C = (5.0, 5.0, 1.12, 5.0), (6.0, 6.0, 1.13, 6.0), (7.0, 7.0, 1.14, 7.0)  # one cell in every grid
+    table = _adaptive()
+    table.insert(k64(A), torch.zeros(1, 2), torch.tensor([[0.0, 1.0]]))
+    table.insert(k64(B, C), torch.zeros(2, 2), torch.tensor([[1.0, 1.0], [1.0, 0.0]]))
+    # B: cos(B, A) = 1/sqrt2; C: against A only (not B), cos = 0.  s = 0.8 * (0.2 / sqrt2) + 0.2 * 0
+    expected = 0.8 * 0.2 / math.sqrt(2.0)
+    assert _scores_at(table, A) == pytest.approx([expected] * 3, abs=1e-6)
+
+
+# --------------------------------------------------------------------------------------------- stats and memory
+def test_stats_counters_by_hand():
+    table = GridHashTable(DEFAULT_CELL, n_buckets=1, bucket_size=2, capacity=8)
+    s = table.stats
+    assert (s.queries, s.hits, s.inserts, s.evictions, s.entries, s.hit_rate) == (0, 0, 0, 0, 0, 0.0)
+    cell = (5.0, 5.0, 1.05, 5.0)
+    got, hit = table.query(k64(cell), torch.zeros(1, 1))  # nothing stored yet
+    assert got is None and hit.tolist() == [False]
+    table.insert(k64(cell, cell, cell), torch.zeros(3, 1), torch.ones(3, 1))
+    got, hit = table.query(k64(cell, (15.0, 5.0, 1.05, 5.0), cell, (5.0, 5.0, 1.05, 15.0)), torch.zeros(4, 1))
+    assert hit.tolist() == [True, False, True, False]
+    s = table.stats
+    assert (s.queries, s.hits, s.inserts, s.evictions, s.entries) == (5, 2, 3, 1, 2)
+    assert s.hit_rate == pytest.approx(0.4)
+    d = s.as_dict()
+    assert d["hit_rate"] == pytest.approx(0.4) and d["queries"] == 5 and d["bytes"] == s.bytes > 0
+
+
+def _tensor_bytes(obj) -> int:
+    total = 0
+    for v in vars(obj).values():
+        if isinstance(v, torch.Tensor):
+            total += v.numel() * v.element_size()
+        elif type(v).__module__.startswith("hash3d"):
+            total += _tensor_bytes(v)
+    return total
+
+
+@pytest.mark.parametrize(
+    "adaptive,lat_dtype,val_dtype",
+    [(False, torch.float32, torch.float32), (False, torch.float32, torch.float16), (True, torch.float32, torch.float32)],
+)
+def test_bytes_bounded_and_constant(adaptive, lat_dtype, val_dtype):
+    n, Q = 64, 3
+    if adaptive:
+        table = AdaptiveGridHashTable(DEFAULT_ADAPTIVE_CELLS, n_buckets=n, bucket_size=Q, capacity=100)
+    else:
+        table = GridHashTable(DEFAULT_CELL, n_buckets=n, bucket_size=Q)
+        assert table.capacity == n * Q  # memory bounded by n_buckets x bucket_size by default
+    M, P = table.n_grids, table.capacity
+    lat_shape, val_shape = (4, 8, 8), (2, 8, 8)
+    item_l, item_v = torch.empty((), dtype=lat_dtype).element_size(), torch.empty((), dtype=val_dtype).element_size()
+    pool = P * (math.prod(lat_shape) * item_l + math.prod(val_shape) * item_v)
+    bookkeeping = M * (n + 1) * (Q * 64 + 16) + P * 16  # cells, references, heads, scores, ids, norms
+    before = table.stats.bytes
+    assert 0 < before <= bookkeeping
+    g = torch.Generator().manual_seed(1)
+    lo = torch.tensor([-10.0, -360.0, 1.0, 0.0])
+    span = torch.tensor([100.0, 1080.0, 1.0, 999.0])
+    after = None
+    for step in range(100):  # 10k inserts
+        keys = torch.rand(100, 4, generator=g) * span + lo
+        table.insert(keys, torch.randn((100,) + lat_shape, dtype=lat_dtype), torch.randn((100,) + val_shape).to(val_dtype))
+        if step % 25 == 0:
+            table.query(keys, torch.randn((100,) + lat_shape, dtype=lat_dtype))
+        s = table.stats
+        if after is None:
+            after = (s.bytes, _tensor_bytes(table))
+            assert pool <= s.bytes - before <= pool + P * 8
+            assert pool <= s.bytes <= pool + bookkeeping
+        assert (s.bytes, _tensor_bytes(table)) == after, "memory must not grow with inserts"
+        assert s.entries <= P
+    assert table.stats.inserts == 10_000
+    assert table.stats.evictions == 10_000 - table.stats.entries
+
+
+# --------------------------------------------------------------------------------------------- bad input
+KEY = k64((5.0, 5.0, 1.05, 5.0), (15.0, 5.0, 1.05, 5.0))
+
+
+@pytest.mark.parametrize(
+    "kwargs,name",
+    [
+        (dict(cell_size=(10.0, 10.0, 0.1)), "cell_size"),
+        (dict(cell_size=(10.0, 10.0, 0.1, 10.0, 1.0)), "cell_size"),
+        (dict(cell_size=(10.0, 0.0, 0.1, 10.0)), "cell_size"),
+        (dict(cell_size=(10.0, 10.0, -0.1, 10.0)), "cell_size"),
+        (dict(cell_size=(10.0, 10.0, 0.1, math.nan)), "cell_size"),
+        (dict(cell_size=10.0), "cell_size"),
+        (dict(bucket_size=0), "bucket_size"),
+        (dict(bucket_size=-2), "bucket_size"),
+        (dict(n_buckets=0), "n_buckets"),
+        (dict(n_buckets=-1), "n_buckets"),
+        (dict(temperature=0.0), "temperature"),
+        (dict(temperature=-1.0), "temperature"),
+        (dict(temperature=math.nan), "temperature"),
+        (dict(capacity=0), "capacity"),
+    ],
+)
+def test_bad_grid_arguments(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        GridHashTable(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs,name",
+    [
+        (dict(cell_sizes=((10.0, 10.0, 0.1, 10.0), (20.0, 20.0, 0.15))), "cell_size"),
+        (dict(cell_sizes=((10.0, 10.0, 0.1, 10.0), (20.0, 20.0, 0.0, 20.0))), "cell_size"),
+        (dict(cell_sizes=(10.0, 10.0, 0.1, 10.0)), "cell_size"),
+        (dict(cell_sizes=()), "cell_size"),
+        (dict(bucket_size=0), "bucket_size"),
+        (dict(n_buckets=0), "n_buckets"),
+        (dict(temperature=0.0), "temperature"),
+        (dict(gamma=1.0), "gamma"),
+        (dict(gamma=-0.1), "gamma"),
+    ],
+)
+def test_bad_adaptive_arguments(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        AdaptiveGridHashTable(**kwargs)
+
+
+BAD_KEYS = [
+    pytest.param(torch.zeros(2, 3, dtype=torch.float64), id="B x 3"),
+    pytest.param(torch.zeros(2, 5, dtype=torch.float64), id="B x 5"),
+    pytest.param(torch.zeros(4, dtype=torch.float64), id="1-d"),
+    pytest.param(torch.zeros(1, 2, 4, dtype=torch.float64), id="3-d"),
+    pytest.param(torch.zeros(2, 4, dtype=torch.int64), id="int64"),
+    pytest.param(torch.zeros(2, 4, dtype=torch.int32), id="int32"),
+    pytest.param(k64((5.0, math.nan, 1.0, 5.0), (5.0, 5.0, 1.0, 5.0)), id="nan"),
+    pytest.param(k64((5.0, 5.0, 1.0, math.inf), (5.0, 5.0, 1.0, 5.0)), id="inf"),
+    pytest.param(k64((-math.inf, 5.0, 1.0, 5.0), (5.0, 5.0, 1.0, 5.0)), id="-inf"),
+    pytest.param([[5.0, 5.0, 1.0, 5.0]] * 2, id="list"),
+]
+
+
+@pytest.mark.parametrize("keys", BAD_KEYS)
+@pytest.mark.parametrize("adaptive", [False, True])
+def test_bad_keys(keys, adaptive):
+    table = AdaptiveGridHashTable(n_buckets=8) if adaptive else GridHashTable(n_buckets=8)
+    B = 2
+    with pytest.raises(ValueError, match="keys"):
+        table.insert(keys, torch.zeros(B, 3), torch.zeros(B, 2))
+    table.insert(KEY, torch.zeros(2, 3), torch.zeros(2, 2))
+    with pytest.raises(ValueError, match="keys"):
+        table.query(keys, torch.zeros(B, 3))
+    s = table.stats
+    assert (s.inserts, s.queries) == (2, 0), "a rejected call must not count"
+
+
+def test_bad_batch_sizes_and_shapes():
+    table = GridHashTable(n_buckets=8, bucket_size=2, capacity=4)
+    with pytest.raises(ValueError, match="latents"):
+        table.insert(KEY, torch.zeros(3, 3), torch.zeros(2, 2))
+    with pytest.raises(ValueError, match="values"):
+        table.insert(KEY, torch.zeros(2, 3), torch.zeros(1, 2))
+    with pytest.raises(ValueError, match="latents"):
+        table.query(KEY, torch.zeros(1, 3))
+    with pytest.raises(ValueError, match="capacity"):
+        table.insert(k64(*[(5.0, 5.0, 1.05, 5.0)] * 5), torch.zeros(5, 7), torch.zeros(5, 9))
+    # the rejected first batch stored nothing, so it fixed no shapes either
+    got, hit = table.query(KEY, torch.zeros(2, 3))
+    assert got is None and not hit.any()
+    table.insert(KEY, torch.zeros(2, 3), torch.ones(2, 2))
+    before = table.stats
+    with pytest.raises(ValueError, match="values"):
+        table.insert(KEY, torch.zeros(2, 3), torch.zeros(2, 3))
+    with pytest.raises(ValueError, match="values"):
+        table.insert(KEY, torch.zeros(2, 3), torch.zeros(2, 2, 1))
+    with pytest.raises(ValueError, match="latents"):
+        table.insert(KEY, torch.zeros(2, 4), torch.zeros(2, 2))
+    with pytest.raises(ValueError, match="latents"):
+        table.query(KEY, torch.zeros(2, 4))
+    with pytest.raises(ValueError, match="latents"):
+        table.query(KEY, torch.zeros(3, 3))
+    with pytest.raises(ValueError, match="capacity"):
+        table.insert(k64(*[(5.0, 5.0, 1.05, 5.0)] * 5), torch.zeros(5, 3), torch.zeros(5, 2))
+    assert table.stats == before, "rejected calls leave the table as it was"
+    got, hit = table.query(KEY, torch.zeros(2, 3))
+    assert hit.all() and torch.equal(got, torch.ones(2, 2))
+    # reset() forgets the shapes: new latent and value shapes are accepted afterwards
+    table.reset()
+    table.insert(KEY, torch.zeros(2, 5, 5), torch.full((2, 3, 1), 2.0))
+    got, hit = table.query(KEY, torch.zeros(2, 5, 5))
+    assert hit.all() and got.shape == (2, 3, 1) and torch.equal(got, torch.full((2, 3, 1), 2.0))
+
+
+def test_empty_batches():
+    table = GridHashTable(n_buckets=8)
+    table.insert(KEY[:0], torch.zeros(0, 3), torch.zeros(0, 2))
+    got, hit = table.query(KEY[:0], torch.zeros(0, 3))
+    assert got is None and hit.shape == (0,)
+    table.insert(KEY, torch.zeros(2, 3), torch.ones(2, 2))
+    got, hit = table.query(KEY[:0], torch.zeros(0, 3))
+    assert got.shape == (0, 2) and hit.shape == (0,)
+    s = table.stats
+    assert (s.inserts, s.queries, s.hits, s.entries) == (2, 0, 0, 2)
+
+
+# --------------------------------------------------------------------------------------------- reset
+@pytest.mark.parametrize("adaptive", [False, True])
+def test_reset_clears_entries_and_counters(adaptive):
+    kw = dict(n_buckets=4, bucket_size=2, capacity=8)
+    table = AdaptiveGridHashTable(**kw) if adaptive else GridHashTable(**kw)
+    empty_bytes = table.stats.bytes
+    keys = k64(*[(5.0, 5.0, 1.05, 5.0)] * 3, (45.0, 5.0, 1.05, 5.0))  # two cells in every grid
+    table.insert(keys[:3], torch.zeros(3, 2), torch.ones(3, 2))
+    table.insert(keys, torch.zeros(4, 2), torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [2.0, 0.0]]))
+    table.query(keys, torch.zeros(4, 2))
+    s = table.stats
+    assert s.inserts == 7 and s.queries == 4 and s.hits == 4 and s.evictions > 0 and s.entries > 0
+    table.reset()
+    s = table.stats
+    assert (s.queries, s.hits, s.inserts, s.evictions, s.entries, s.hit_rate) == (0, 0, 0, 0, 0, 0.0)
+    assert s.bytes == empty_bytes
+    if adaptive:
+        assert not table._score.any()
+    got, hit = table.query(keys, torch.zeros(4, 2))
+    assert got is None and not hit.any()
+    table.insert(keys[3:], torch.zeros(1, 2), torch.full((1, 2), 5.0))
+    got, hit = table.query(keys, torch.zeros(4, 2))
+    assert hit.tolist() == [False, False, False, True] and got[3].tolist() == [5.0, 5.0]
