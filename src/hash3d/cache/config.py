@@ -67,14 +67,14 @@ class CacheConfig:
         self.cell_size = tuple(float(c) for c in self.cell_size)
         self.adaptive_cell_sizes = tuple(tuple(float(c) for c in cell) for cell in self.adaptive_cell_sizes)
 
-    def build_table(self, device: str | torch.device | None = None) -> HashTable:
+    def build_table(self, device: str | torch.device | None = None, check_finite: bool | None = None) -> HashTable:
         common = dict(
             n_buckets=self.n_buckets,
             bucket_size=self.bucket_size,
             temperature=self.temperature,
             device=device,
             capacity=self.capacity,
-            check_finite=self.check_keys,
+            check_finite=self.check_keys if check_finite is None else check_finite,
             max_bytes=None if self.max_memory_mb is None else int(self.max_memory_mb * 2**20),
         )
         if self.adaptive:

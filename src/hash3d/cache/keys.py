@@ -28,9 +28,15 @@ def quantize(keys: torch.Tensor, cell_size: torch.Tensor) -> torch.Tensor:
     return torch.floor(wrapped / cell_size.to(torch.float64)).to(torch.int64)
 
 
-def bucket_index(cells: torch.Tensor, n_buckets: int) -> torch.Tensor:
+def hash_primes(device: torch.device | str) -> torch.Tensor:
+    """HASH_PRIMES as a tensor on `device` (make it once: building it from Python data copies to the GPU)."""
+    return torch.tensor(HASH_PRIMES, dtype=torch.int64, device=device)
+
+
+def bucket_index(cells: torch.Tensor, n_buckets: int, primes: torch.Tensor | None = None) -> torch.Tensor:
     """cells [..., 4] int64 -> bucket index [...] in [0, n_buckets). Different cells may share a bucket."""
-    primes = torch.tensor(HASH_PRIMES, dtype=torch.int64, device=cells.device)
+    if primes is None:
+        primes = hash_primes(cells.device)
     mixed = cells * primes
     h = mixed[..., 0] ^ mixed[..., 1] ^ mixed[..., 2] ^ mixed[..., 3]
     return torch.remainder(h, n_buckets)

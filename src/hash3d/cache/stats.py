@@ -34,9 +34,14 @@ class Counters:
     def __init__(self, device: torch.device):
         self.values = torch.zeros(len(_FIELDS), dtype=torch.int64, device=device)
 
-    def add(self, name: str, amount: torch.Tensor | int) -> None:
-        i = _FIELDS.index(name)
-        self.values[i] += amount
+    def add_query(self, n: int, hit: torch.Tensor | None) -> None:
+        self.values[0] += n
+        if hit is not None:
+            self.values[1] += hit.sum()
+
+    def add_insert(self, n: int, evicted: torch.Tensor) -> None:
+        self.values[2] += n
+        self.values[3] += evicted
 
     def reset(self) -> None:
         self.values.zero_()

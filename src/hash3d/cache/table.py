@@ -26,7 +26,7 @@ from collections.abc import Sequence
 
 import torch
 
-from .keys import bucket_index, quantize
+from .keys import bucket_index, hash_primes, quantize
 from .stats import CacheStats, Counters
 
 
@@ -107,6 +107,8 @@ class HashTable:
         self.max_bytes = max_bytes
         self.check_finite = check_finite
         self.counters = Counters(self.device)
+        self._grid = torch.arange(self.n_grids, device=self.device)[:, None]
+        self._primes = hash_primes(self.device)
         self.reset()
 
     # ---------------------------------------------------------------- state
@@ -167,15 +169,14 @@ class HashTable:
     def _locate(self, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """keys [B, 4] -> cells [M, B, 4], buckets [M, B]."""
         cells = quantize(keys.to(self.device)[None], self.cell_sizes[:, None, :])
-        return cells, bucket_index(cells, self.n_buckets)
+        return cells, bucket_index(cells, self.n_buckets, self._primes)
 
     def _bucket_entries(self, cells: torch.Tensor, buckets: torch.Tensor):
         """Entries of each (grid, sample)'s bucket: slots [M, B, Q] and a mask of live same-cell entries [M, B, Q]."""
-        grid = torch.arange(self.n_grids, device=self.device)[:, None]
-        slots = self._ref_slot[grid, buckets]
-        ids = self._ref_id[grid, buckets]
+        slots = self._ref_slot[self._grid, buckets]
+        ids = self._ref_id[self._grid, buckets]
         live = (ids >= 0) & (self._pool_ids[slots] == ids)
-        same_cell = (self._cells[grid, buckets] == cells[:, :, None, :]).all(-1)
+        same_cell = (self._cells[self._grid, buckets] == cells[:, :, None, :]).all(-1)
         return slots, live & same_cell
 
     def _count_live(self) -> torch.Tensor:
@@ -193,31 +194,30 @@ class HashTable:
         """
         B = self._check_batch(keys, latents=latents)
         if self._pool_values is None:
-            self.counters.add("queries", B)
+            self.counters.add_query(B, None)
             return None, torch.zeros(B, dtype=torch.bool, device=self.device)
         self._check_shape("latents", latents, self._latent_shape)
         cells, buckets = self._locate(keys)
         slots, valid = self._bucket_entries(cells, buckets)
-        has = valid.any(-1)
-        score = self._score[torch.arange(self.n_grids, device=self.device)[:, None], buckets]
-        best = torch.where(has, score, torch.full_like(score, float("-inf"))).argmax(0)
-        hit = has.any(0)
-        rows = torch.arange(B, device=self.device)
-        slots, valid = slots[best, rows], valid[best, rows]  # [B, Q]
+        if self.n_grids == 1:
+            slots, valid = slots[0], valid[0]  # [B, Q]
+            hit = valid.any(-1)
+        else:
+            has = valid.any(-1)
+            score = self._score[self._grid, buckets]
+            best = torch.where(has, score, torch.full_like(score, float("-inf"))).argmax(0)
+            hit = has.any(0)
+            rows = torch.arange(B, device=self.device)
+            slots, valid = slots[best, rows], valid[best, rows]  # [B, Q]
 
-        x = latents.to(self.device).reshape(B, self._pool_latents.shape[1]).float()  # B may be 0
-        d2 = torch.stack(
-            [(self._pool_latents[slots[:, q]].float() - x).square().sum(-1) for q in range(self.bucket_size)], -1
-        )
+        x = latents.to(self.device).reshape(B, 1, self._pool_latents.shape[1]).float()  # B may be 0
+        d2 = (self._pool_latents[slots].float() - x).square().sum(-1)
         logits = (-d2 / self.temperature).masked_fill(~valid, float("-inf"))
-        weights = torch.where(valid, torch.softmax(logits, -1), torch.zeros_like(logits))
-        blend = torch.zeros((B, self._pool_values.shape[1]), dtype=torch.float32, device=self.device)
-        for q in range(self.bucket_size):
-            blend += weights[:, q : q + 1] * self._pool_values[slots[:, q]].float()
+        weights = torch.where(valid, torch.softmax(logits, -1), 0.0)
+        blend = torch.bmm(weights[:, None, :].to(self._pool_values.dtype), self._pool_values[slots])  # [B, 1, D]
 
-        self.counters.add("queries", B)
-        self.counters.add("hits", hit.sum())
-        return blend.to(self._pool_values.dtype).reshape((B,) + self._value_shape), hit
+        self.counters.add_query(B, hit)
+        return blend.reshape((B,) + self._value_shape), hit
 
     # ---------------------------------------------------------------- insert
     def _allocate(self, latents: torch.Tensor, values: torch.Tensor) -> None:
@@ -265,7 +265,7 @@ class HashTable:
         self._pool_ids[slots] = ids
         self._next_id += B
 
-        grid = torch.arange(M, device=dev)[:, None].expand(M, B)
+        grid = self._grid.expand(M, B)
         rank, count = _group_rank((grid * (n + 1) + buckets).reshape(-1))
         rank, count = rank.view(M, B), count.view(M, B)
         keep = rank >= count - Q  # earlier samples of an over-full bucket would be evicted within this batch
@@ -279,8 +279,7 @@ class HashTable:
         self._head.remainder_(Q)
 
         live_after = self._count_live()
-        self.counters.add("inserts", B)
-        self.counters.add("evictions", self._live + B - live_after)
+        self.counters.add_insert(B, self._live + B - live_after)
         self._live = live_after
 
     def _update_scores(self, cells, buckets, flat_values, norms) -> None:

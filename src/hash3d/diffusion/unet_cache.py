@@ -282,6 +282,8 @@ class UNetCache:
             raise ValueError(f"keys must be [B, 4] (elevation, azimuth, radius, timestep); got {list(keys.shape)}")
         if latents.shape[0] != keys.shape[0]:
             raise ValueError(f"latents batch {latents.shape[0]} must equal the number of keys {keys.shape[0]}")
+        if self.config.check_keys and not bool(torch.isfinite(keys).all()):
+            raise ValueError("cache keys contain NaN or inf: check the cameras (elevation, azimuth, distance) and timesteps")
         previous = self._state.request
         self._state.request = _Request(keys.detach().float(), latents.detach())
         self._state.last_hits = None
@@ -337,7 +339,8 @@ def apply_hash_cache(unet: torch.nn.Module, config: CacheConfig, device: str | t
         raise RuntimeError("a Hash3D cache is already attached to this UNet; remove it first (remove_hash_cache)")
     if device is None:
         device = next(unet.parameters()).device
-    state = _CacheState(config, config.build_table(device))
+    # keys are checked once per request (UNetCache.request), not again inside every table call
+    state = _CacheState(config, config.build_table(device, check_finite=False))
     if config.mode == "features":
         for name, block in _deep_blocks(unet, config.depth).items():
             HookRegistry.check_if_exists_or_initialize(block).register_hook(_SkipBlockHook(state, name), _SKIP_HOOK)

@@ -206,9 +206,9 @@ class SDSGuidance(torch.nn.Module):
         ).to(self.device)
         with torch.no_grad():
             noise = torch.randn(latents.shape, generator=self.generator, device=self.device, dtype=torch.float32)
-            x_t = self.scheduler.add_noise(latents.detach().float(), noise, t)
-            noise_pred = self._predict_noise(x_t, t, context, keys)
             alpha_bar = self.alphas_cumprod[t].view(-1, *([1] * (latents.ndim - 1)))
+            x_t = alpha_bar.sqrt() * latents.detach().float() + (1 - alpha_bar).sqrt() * noise  # forward diffusion
+            noise_pred = self._predict_noise(x_t, t, context, keys)
             grad = sds_weight(alpha_bar, self.config.weighting) * (noise_pred - noise)
             if self.grad_clip_value is not None:
                 grad = grad.clamp(-self.grad_clip_value, self.grad_clip_value)
