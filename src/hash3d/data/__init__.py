@@ -1,0 +1,1 @@
+"""Cameras, camera sampling and reference images."""
