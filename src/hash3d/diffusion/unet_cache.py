@@ -35,6 +35,7 @@ from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
 
 from ..cache.config import CacheConfig
 from ..cache.table import HashTable
+from .cuda_graphs import GraphedFunction, cuda_graphs_available
 
 _UNET_HOOK = "hash3d_cache"
 _SKIP_HOOK = "hash3d_cache_skip"
@@ -50,9 +51,11 @@ class _Request:
 class _CacheState:
     """Everything the hooks share for one UNet; reset at the start of every run."""
 
-    def __init__(self, config: CacheConfig, table: HashTable):
+    def __init__(self, config: CacheConfig, table: HashTable, cuda_graphs: bool = False):
         self.config = config
         self.table = table
+        # one GraphedFunction per phase when UNet calls are replayed as CUDA graphs
+        self.graphs: dict[str, GraphedFunction] | None = {} if cuda_graphs else None
         self.request: _Request | None = None
         self.last_hits: torch.Tensor | None = None
         self.phase = "full"  # "full": run blocks; "record": run and keep the deep feature; "reuse": cached feature
@@ -127,7 +130,6 @@ class _UNetHook(ModelHook):
                 "pass one key per sample (CFG halves share their key)"
             )
         groups = batch // n_keys
-        return_dict = kwargs.get("return_dict", True)
         call = (sample, timestep, encoder_hidden_states) + args
 
         values, hit = None, None
@@ -139,55 +141,67 @@ class _UNetHook(ModelHook):
         if n_hits == 0:
             out = self._full(forward, call, kwargs, req.keys, req.latents, groups)
             st.full_samples += n_keys
-            return out
-        st.cached_samples += n_hits
-        st.full_samples += n_keys - n_hits
-        if n_hits == n_keys:
+        elif n_hits == n_keys:
             out = self._cached(forward, call, kwargs, values, groups)
-            return UNet2DConditionOutput(sample=out) if return_dict else (out,)
-
-        hits = torch.nonzero(hit).squeeze(1)
-        misses = torch.nonzero(~hit).squeeze(1)
-        miss_rows, hit_rows = _rows(misses, n_keys, groups), _rows(hits, n_keys, groups)
-        full_out = self._full(
-            forward, _take(call, miss_rows, batch), _take(kwargs, miss_rows, batch),
-            req.keys[misses], req.latents[misses], groups,
-        )
-        full_out = full_out.sample if return_dict else full_out[0]
-        cached_out = self._cached(
-            forward, _take(call, hit_rows, batch), _take(kwargs, hit_rows, batch), values[hits], groups
-        )
-        out = full_out.new_empty((batch,) + full_out.shape[1:])
-        out[miss_rows] = full_out
-        out[hit_rows] = cached_out.to(out.dtype)
-        return UNet2DConditionOutput(sample=out) if return_dict else (out,)
-
-    def _full(self, forward, call, kwargs, keys, latents, groups):
-        """Run the whole UNet and insert what the mode stores."""
-        st = self.state
-        st.phase = "record" if st.config.mode == "features" else "full"
-        try:
-            out = forward(*call, **kwargs)
-        finally:
-            st.phase = "full"
-        if st.config.mode == "features":
-            stored, st.deep = st.deep, None
+            st.cached_samples += n_keys
         else:
-            stored = out.sample if kwargs.get("return_dict", True) else out[0]
-        st.table.insert(keys, latents, _to_entries(stored.detach(), groups))
+            hits = torch.nonzero(hit).squeeze(1)
+            misses = torch.nonzero(~hit).squeeze(1)
+            miss_rows, hit_rows = _rows(misses, n_keys, groups), _rows(hits, n_keys, groups)
+            full_out = self._full(
+                forward, _take(call, miss_rows, batch), _take(kwargs, miss_rows, batch),
+                req.keys[misses], req.latents[misses], groups,
+            )
+            cached_out = self._cached(
+                forward, _take(call, hit_rows, batch), _take(kwargs, hit_rows, batch), values[hits], groups
+            )
+            out = full_out.new_empty((batch,) + full_out.shape[1:])
+            out[miss_rows] = full_out
+            out[hit_rows] = cached_out.to(out.dtype)
+            st.cached_samples += n_hits
+            st.full_samples += n_keys - n_hits
+        return UNet2DConditionOutput(sample=out) if kwargs.get("return_dict", True) else (out,)
+
+    def _execute(self, forward, phase: str, call: tuple, kwargs: dict, deep: torch.Tensor | None = None):
+        """Run the UNet with the block hooks in `phase` -> (output, recorded deep feature or None).
+
+        With CUDA graphs on, a plain call (tensors only, no extra keyword arguments) replays a graph per phase
+        and batch shape.
+        """
+        st = self.state
+        extra = {k: v for k, v in kwargs.items() if k != "return_dict"}
+        n_call = len(call)
+
+        def run(*tensors):
+            st.phase = phase
+            if phase == "reuse":
+                st.deep = tensors[n_call]
+            try:
+                out = forward(*tensors[:n_call], **extra, return_dict=False)[0]
+                return out, (st.deep if phase == "record" else None)
+            finally:
+                st.phase, st.deep = "full", None
+
+        args = tuple(call) + ((deep,) if phase == "reuse" else ())
+        if st.graphs is not None and not extra and all(isinstance(a, torch.Tensor) for a in args):
+            if phase not in st.graphs:
+                st.graphs[phase] = GraphedFunction(run)
+            return st.graphs[phase](*args)
+        return run(*args)
+
+    def _full(self, forward, call, kwargs, keys, latents, groups) -> torch.Tensor:
+        """Run the whole UNet and insert what the mode stores."""
+        features = self.state.config.mode == "features"
+        out, deep = self._execute(forward, "record" if features else "full", call, kwargs)
+        stored = deep if features else out
+        self.state.table.insert(keys, latents, _to_entries(stored.detach(), groups))
         return out
 
     def _cached(self, forward, call, kwargs, values, groups) -> torch.Tensor:
         """Answer from cached values [b, groups, ...]: directly (noise) or through the shallow blocks (features)."""
-        st = self.state
-        if st.config.mode == "noise":
+        if self.state.config.mode == "noise":
             return _from_entries(values)
-        st.phase, st.deep = "reuse", _from_entries(values)
-        try:
-            out = forward(*call, **{**kwargs, "return_dict": False})[0]
-        finally:
-            st.phase, st.deep = "full", None
-        return out
+        return self._execute(forward, "reuse", call, kwargs, _from_entries(values))[0]
 
 
 class _TensorSpec(NamedTuple):
@@ -330,8 +344,13 @@ def _deep_blocks(unet: torch.nn.Module, depth: int) -> dict[str, torch.nn.Module
     return blocks
 
 
-def apply_hash_cache(unet: torch.nn.Module, config: CacheConfig, device: str | torch.device | None = None) -> UNetCache:
-    """Attach a Hash3D cache to a stock `UNet2DConditionModel`; returns its handle."""
+def apply_hash_cache(
+    unet: torch.nn.Module, config: CacheConfig, device: str | torch.device | None = None, cuda_graphs: bool = False
+) -> UNetCache:
+    """Attach a Hash3D cache to a stock `UNet2DConditionModel`; returns its handle.
+
+    cuda_graphs: replay the UNet's full and shallow passes as CUDA graphs (CUDA devices only).
+    """
     if not hasattr(unet, "up_blocks") or not hasattr(unet, "down_blocks"):
         raise TypeError(f"apply_hash_cache needs a diffusers UNet2DConditionModel; got {type(unet).__name__}")
     registry = HookRegistry.check_if_exists_or_initialize(unet)
@@ -340,7 +359,10 @@ def apply_hash_cache(unet: torch.nn.Module, config: CacheConfig, device: str | t
     if device is None:
         device = next(unet.parameters()).device
     # keys are checked once per request (UNetCache.request), not again inside every table call
-    state = _CacheState(config, config.build_table(device, check_finite=False))
+    device = torch.device(device)
+    state = _CacheState(
+        config, config.build_table(device, check_finite=False), cuda_graphs and cuda_graphs_available(device)
+    )
     if config.mode == "features":
         for name, block in _deep_blocks(unet, config.depth).items():
             HookRegistry.check_if_exists_or_initialize(block).register_hook(_SkipBlockHook(state, name), _SKIP_HOOK)

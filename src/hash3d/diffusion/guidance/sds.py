@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -11,6 +10,7 @@ import torch.nn.functional as F
 
 from ...cache.config import CacheConfig
 from ..schedule import ScheduleValue, check_schedule, schedule_value
+from ..cuda_graphs import GraphedFunction, cuda_graphs_available
 from ..unet_cache import UNetCache, apply_hash_cache
 
 Weighting = Literal["sds", "uniform", "fantasia3d"]
@@ -36,6 +36,8 @@ class GuidanceConfig:
     loss_reduction: Literal["sum", "batch_mean"] = "sum"
     """sum: d loss / d latents = w (ε̂ - ε) exactly; batch_mean: divided by the batch size (threestudio)."""
     seed: int = 0
+    cuda_graphs: bool = False
+    """Replay UNet passes as CUDA graphs (CUDA only; the UNet is launch-bound at SDS sizes)."""
     cache: CacheConfig = field(default_factory=CacheConfig)
 
     def __post_init__(self) -> None:
@@ -125,6 +127,11 @@ class SDSGuidance(torch.nn.Module):
         self.register_buffer("alphas_cumprod", scheduler.alphas_cumprod.to(device=device, dtype=torch.float32), persistent=False)
         self.generator = torch.Generator(device=device).manual_seed(config.seed)
         self.cache: UNetCache | None = None
+        self._graphed_unet = (
+            GraphedFunction(lambda x, t, c: self.unet(x, t, encoder_hidden_states=c, return_dict=False)[0])
+            if config.cuda_graphs and cuda_graphs_available(device)
+            else None
+        )
         self.set_cache(config.cache)
         self.global_step = 0
         self.max_steps = 1
@@ -164,7 +171,7 @@ class SDSGuidance(torch.nn.Module):
             self.cache = None
         self.config.cache = config
         if config.enabled:
-            self.cache = apply_hash_cache(self.unet, config, self.device)
+            self.cache = apply_hash_cache(self.unet, config, self.device, cuda_graphs=self.config.cuda_graphs)
 
     def reset(self) -> None:
         """Start a new run: forget cached entries and restart the noise stream."""
@@ -183,9 +190,14 @@ class SDSGuidance(torch.nn.Module):
         """ε̂ with classifier-free guidance; `context` is [cond; uncond] encoder states for the 2B batch."""
         x_in = self._unet_input(torch.cat([x_t, x_t]))
         t_in = torch.cat([t, t])
-        request = self.cache.request(keys, x_t) if self.cache is not None else contextlib.nullcontext()
-        with request:
-            pred = self.unet(x_in.to(self.unet.dtype), t_in, encoder_hidden_states=context.to(self.unet.dtype)).sample
+        x_in, context = x_in.to(self.unet.dtype), context.to(self.unet.dtype)
+        if self.cache is not None:
+            with self.cache.request(keys, x_t):
+                pred = self.unet(x_in, t_in, encoder_hidden_states=context).sample
+        elif self._graphed_unet is not None:
+            pred = self._graphed_unet(x_in, t_in, context)
+        else:
+            pred = self.unet(x_in, t_in, encoder_hidden_states=context).sample
         alpha_bar = self.alphas_cumprod[torch.cat([t, t])].view(-1, *([1] * (x_t.ndim - 1)))
         eps = epsilon_from_prediction(pred.float(), torch.cat([x_t, x_t]).float(), alpha_bar, self.prediction_type)
         return classifier_free_guidance(eps, self.config.guidance_scale)
