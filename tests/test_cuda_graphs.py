@@ -41,3 +41,13 @@ def test_graphs_match_eager(written_models, mode):
         torch.testing.assert_close(graphed, eager, rtol=1e-4, atol=1e-5)
     if mode is not None:
         assert [h for _, h in outs[True]] == [[False] * 3, [True] * 3, [True, False, True], [True] * 3]
+
+
+def test_hits_after_reset_with_graphs(written_models):
+    g = make(written_models["zero123"], "features", True)
+    latents = torch.randn(2, 4, 8, 8, device="cuda")
+    cams = (torch.tensor([10.0, 20.0], device="cuda"), torch.tensor([0.0, 90.0], device="cuda"), torch.full((2,), 1.2, device="cuda"))
+    for _ in range(2):  # the second round replays the captured full pass, which records nothing on the Python side
+        g.cache.reset()
+        assert not g(latents, *cams, rgb_as_latents=True).cache_hits.any()
+        assert g(latents, *cams, rgb_as_latents=True).cache_hits.all()

@@ -72,7 +72,8 @@ class _CacheState:
         self.cached_samples = 0
         self.phase = "full"
         self.deep = None
-        self.block_outputs = {}
+        # block_outputs (output structure of skipped blocks) survive resets: a replayed CUDA graph of a full pass
+        # does not run the Python hooks that record them
         self.last_hits = None
 
     def should_try(self) -> bool:
