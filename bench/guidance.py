@@ -104,7 +104,7 @@ def bench_family(family: str, path: str, batches: list[int], iters: int, graphs:
             row[f"{mode}_hit_ms"] = timed(lambda i: step(fixed), iters)
             row[f"{mode}_peak_mb"] = peak_mb(lambda i: step(fixed))
             row[f"{mode}_entry_mb"] = g.cache.table._pool_values[0].numel() * 2 / 2**20
-            table = cache_config(mode).build_table("cuda")
+            table = cache_config(mode).build_table("cuda", check_finite=False, cuda_graphs=graphs)
             keys = torch.stack([fixed[0], fixed[1], fixed[2], torch.full((B,), 500.0, device="cuda")], -1)
             values = g.cache.table._pool_values[:B].view((B,) + g.cache.table._value_shape).clone()
             x = torch.randn(B, 4, latent, latent, device="cuda")
@@ -115,6 +115,7 @@ def bench_family(family: str, path: str, batches: list[int], iters: int, graphs:
                 table.insert(keys, x, values)
 
             row[f"{mode}_table_ms"] = timed(query_insert, iters)
+            del table, values
         g.set_cache(CacheConfig(enabled=False))
         rows.append(row)
         print(json.dumps(row), flush=True)

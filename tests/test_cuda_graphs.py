@@ -51,3 +51,27 @@ def test_hits_after_reset_with_graphs(written_models):
         g.cache.reset()
         assert not g(latents, *cams, rgb_as_latents=True).cache_hits.any()
         assert g(latents, *cams, rgb_as_latents=True).cache_hits.all()
+
+
+@pytest.mark.parametrize("adaptive", [False, True])
+def test_graphed_table_matches_eager(adaptive):
+    from hash3d.cache.config import CacheConfig as C
+
+    cfg = C(adaptive=adaptive, n_buckets=16, bucket_size=2, capacity=24)
+    eager, graphed = cfg.build_table("cuda"), cfg.build_table("cuda", cuda_graphs=True)
+    g = torch.Generator().manual_seed(0)
+    for step in range(40):
+        keys = torch.stack(
+            [torch.randint(0, 3, (4,), generator=g) * 10.0, torch.randint(0, 4, (4,), generator=g) * 10.0,
+             torch.full((4,), 1.5), torch.randint(0, 2, (4,), generator=g) * 10.0], -1
+        ).cuda()
+        x, v = torch.randn(4, 3, 2, 2, generator=g).cuda(), torch.randn(4, 5, generator=g).cuda()
+        if step % 2:
+            (ve, he), (vg, hg) = eager.query(keys, x), graphed.query(keys, x)
+            assert torch.equal(he, hg)
+            torch.testing.assert_close(vg, ve)
+        else:
+            eager.insert(keys, x, v)
+            graphed.insert(keys, x, v)
+    assert eager.stats == graphed.stats
+    assert graphed._graphs  # the graphed table really replayed graphs

@@ -67,7 +67,9 @@ class CacheConfig:
         self.cell_size = tuple(float(c) for c in self.cell_size)
         self.adaptive_cell_sizes = tuple(tuple(float(c) for c in cell) for cell in self.adaptive_cell_sizes)
 
-    def build_table(self, device: str | torch.device | None = None, check_finite: bool | None = None) -> HashTable:
+    def build_table(
+        self, device: str | torch.device | None = None, check_finite: bool | None = None, cuda_graphs: bool = False
+    ) -> HashTable:
         common = dict(
             n_buckets=self.n_buckets,
             bucket_size=self.bucket_size,
@@ -76,6 +78,7 @@ class CacheConfig:
             capacity=self.capacity,
             check_finite=self.check_keys if check_finite is None else check_finite,
             max_bytes=None if self.max_memory_mb is None else int(self.max_memory_mb * 2**20),
+            cuda_graphs=cuda_graphs,
         )
         if self.adaptive:
             return AdaptiveGridHashTable(self.adaptive_cell_sizes, gamma=self.gamma, **common)

@@ -27,6 +27,7 @@ from collections.abc import Sequence
 import torch
 
 from .keys import bucket_index, hash_primes, quantize
+from ..cuda_graphs import GraphedFunction
 from .stats import CacheStats, Counters
 
 
@@ -57,6 +58,7 @@ class HashTable:
         max_bytes: optional memory budget of the pool; the capacity shrinks to fit once the entry size is known.
         device: where all storage lives.
         check_finite: reject NaN/inf keys (costs one host read per call).
+        cuda_graphs: replay query and insert as CUDA graphs (CUDA only): a few launches instead of ~100 small ones.
     """
 
     def __init__(
@@ -70,6 +72,7 @@ class HashTable:
         device: str | torch.device | None = None,
         check_finite: bool = True,
         max_bytes: int | None = None,
+        cuda_graphs: bool = False,
     ):
         try:
             cells = torch.as_tensor(cell_sizes, dtype=torch.float64)
@@ -106,6 +109,7 @@ class HashTable:
         self.capacity = capacity
         self.max_bytes = max_bytes
         self.check_finite = check_finite
+        self._use_graphs = bool(cuda_graphs) and self.device.type == "cuda" and torch.cuda.is_available()
         self.counters = Counters(self.device)
         self._grid = torch.arange(self.n_grids, device=self.device)[:, None]
         self._primes = hash_primes(self.device)
@@ -128,8 +132,9 @@ class HashTable:
         self._pool_ids = torch.full((self.capacity,), -1, dtype=torch.int64, device=dev)
         self._latent_shape: tuple[int, ...] | None = None
         self._value_shape: tuple[int, ...] | None = None
-        self._next_id = 0
+        self._next_id = torch.zeros((), dtype=torch.int64, device=dev)  # on the device: graph replays advance it
         self._live = torch.zeros((), dtype=torch.int64, device=dev)
+        self._graphs: dict[str, GraphedFunction] | None = {} if self._use_graphs else None
         self.counters.reset()
 
     @property
@@ -186,6 +191,15 @@ class HashTable:
         alive[torch.where(live, slots, torch.full_like(slots, self.capacity))] = True
         return alive[:-1].sum()
 
+    def _run(self, name: str, core, *tensors: torch.Tensor):
+        """Call a core directly, or replay it as a CUDA graph (captured once per batch shape; no warm-up runs,
+        since a core changes the table)."""
+        if self._graphs is None:
+            return core(*tensors)
+        if name not in self._graphs:
+            self._graphs[name] = GraphedFunction(core, warmup=0)
+        return self._graphs[name](*tensors)
+
     # ---------------------------------------------------------------- query
     def query(self, keys: torch.Tensor, latents: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
         """keys [B, 4], latents [B, ...] -> (blended values [B, ...] (zeros where missed), hit [B] bool).
@@ -197,6 +211,10 @@ class HashTable:
             self.counters.add_query(B, None)
             return None, torch.zeros(B, dtype=torch.bool, device=self.device)
         self._check_shape("latents", latents, self._latent_shape)
+        return self._run("query", self._query_core, keys.to(self.device), latents.to(self.device))
+
+    def _query_core(self, keys: torch.Tensor, latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        B = keys.shape[0]
         cells, buckets = self._locate(keys)
         slots, valid = self._bucket_entries(cells, buckets)
         if self.n_grids == 1:
@@ -210,7 +228,7 @@ class HashTable:
             rows = torch.arange(B, device=self.device)
             slots, valid = slots[best, rows], valid[best, rows]  # [B, Q]
 
-        x = latents.to(self.device).reshape(B, 1, self._pool_latents.shape[1]).float()  # B may be 0
+        x = latents.reshape(B, 1, self._pool_latents.shape[1]).float()  # B may be 0
         d2 = (self._pool_latents[slots].float() - x).square().sum(-1)
         logits = (-d2 / self.temperature).masked_fill(~valid, float("-inf"))
         weights = torch.where(valid, torch.softmax(logits, -1), 0.0)
@@ -249,17 +267,20 @@ class HashTable:
             self._allocate(latents, values)  # may shrink the capacity to max_bytes, never below B
         self._check_shape("latents", latents, self._latent_shape)
         self._check_shape("values", values, self._value_shape)
-        dev, M, n, Q = self.device, self.n_grids, self.n_buckets, self.bucket_size
+        self._run("insert", self._insert_core, keys.to(self.device), latents.to(self.device), values.to(self.device))
 
+    def _insert_core(self, keys: torch.Tensor, latents: torch.Tensor, values: torch.Tensor) -> None:
+        # every state update is in place, so the whole insert can be replayed as a CUDA graph
+        B, dev, M, n, Q = keys.shape[0], self.device, self.n_grids, self.n_buckets, self.bucket_size
         cells, buckets = self._locate(keys)
-        flat_values = values.to(dev).reshape(B, -1)
+        flat_values = values.reshape(B, -1)
         norms = flat_values.float().norm(dim=-1)
         if M > 1:
             self._update_scores(cells, buckets, flat_values, norms)
 
-        slots = (self._next_id + torch.arange(B, device=dev)) % self.capacity
         ids = self._next_id + torch.arange(B, device=dev)
-        self._pool_latents[slots] = latents.to(dev).reshape(B, -1).to(self._pool_latents.dtype)
+        slots = ids % self.capacity
+        self._pool_latents[slots] = latents.reshape(B, -1).to(self._pool_latents.dtype)
         self._pool_values[slots] = flat_values.to(self._pool_values.dtype)
         self._pool_norms[slots] = norms
         self._pool_ids[slots] = ids
@@ -280,7 +301,7 @@ class HashTable:
 
         live_after = self._count_live()
         self.counters.add_insert(B, self._live + B - live_after)
-        self._live = live_after
+        self._live.copy_(live_after)
 
     def _update_scores(self, cells, buckets, flat_values, norms) -> None:
         """Adaptive-grid score update (see the module docstring) for every grid's bucket of every sample."""
@@ -304,7 +325,7 @@ class HashTable:
         contribution = torch.where(updating, (1 - g) * g ** (count - 1 - rank).float() * mean_cos, torch.zeros_like(mean_cos))
         added = torch.zeros_like(self._score).index_put_((grid, buckets), contribution, accumulate=True)
         n_updates = torch.zeros_like(self._score).index_put_((grid, buckets), updating.float(), accumulate=True)
-        self._score = self._score * g**n_updates + added
+        self._score.mul_(g**n_updates).add_(added)
 
 
 class GridHashTable(HashTable):
@@ -320,10 +341,13 @@ class GridHashTable(HashTable):
         capacity: int | None = None,
         check_finite: bool = True,
         max_bytes: int | None = None,
+        cuda_graphs: bool = False,
     ):
         if not isinstance(cell_size, (list, tuple, torch.Tensor)) or len(cell_size) != 4:
             raise ValueError(f"cell_size must be (d_elev_deg, d_azim_deg, d_radius, d_t); got {cell_size!r}")
-        super().__init__([cell_size], n_buckets, bucket_size, temperature, 0.9, capacity, device, check_finite, max_bytes)
+        super().__init__(
+            [cell_size], n_buckets, bucket_size, temperature, 0.9, capacity, device, check_finite, max_bytes, cuda_graphs
+        )
 
 
 DEFAULT_ADAPTIVE_CELLS = ((10.0, 10.0, 0.1, 10.0), (20.0, 20.0, 0.15, 20.0), (30.0, 30.0, 0.2, 30.0))
@@ -343,5 +367,8 @@ class AdaptiveGridHashTable(HashTable):
         capacity: int | None = None,
         check_finite: bool = True,
         max_bytes: int | None = None,
+        cuda_graphs: bool = False,
     ):
-        super().__init__(cell_sizes, n_buckets, bucket_size, temperature, gamma, capacity, device, check_finite, max_bytes)
+        super().__init__(
+            cell_sizes, n_buckets, bucket_size, temperature, gamma, capacity, device, check_finite, max_bytes, cuda_graphs
+        )

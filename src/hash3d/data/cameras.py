@@ -101,3 +101,16 @@ def orbit_azimuths(n: int, start: float = 0.0, endpoint: bool = False) -> torch.
 
 def fovy_from_focal(focal: float, height: int) -> float:
     return math.degrees(2 * math.atan(0.5 * height / focal))
+
+
+def projection_matrix(fovy_deg: torch.Tensor, aspect: float, near: float = 0.01, far: float = 100.0) -> torch.Tensor:
+    """[B] vertical fields of view -> OpenGL perspective projections [B, 4, 4] (clip space z in [-1, 1])."""
+    fovy = torch.deg2rad(torch.as_tensor(fovy_deg, dtype=torch.float32).reshape(-1))
+    f = 1.0 / torch.tan(0.5 * fovy)
+    proj = torch.zeros(fovy.shape[0], 4, 4, device=fovy.device)
+    proj[:, 0, 0] = f / aspect
+    proj[:, 1, 1] = f
+    proj[:, 2, 2] = -(far + near) / (far - near)
+    proj[:, 2, 3] = -2.0 * far * near / (far - near)
+    proj[:, 3, 2] = -1.0
+    return proj

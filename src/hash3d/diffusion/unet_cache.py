@@ -35,7 +35,7 @@ from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
 
 from ..cache.config import CacheConfig
 from ..cache.table import HashTable
-from .cuda_graphs import GraphedFunction, cuda_graphs_available
+from ..cuda_graphs import GraphedFunction, cuda_graphs_available
 
 _UNET_HOOK = "hash3d_cache"
 _SKIP_HOOK = "hash3d_cache_skip"
@@ -361,9 +361,8 @@ def apply_hash_cache(
         device = next(unet.parameters()).device
     # keys are checked once per request (UNetCache.request), not again inside every table call
     device = torch.device(device)
-    state = _CacheState(
-        config, config.build_table(device, check_finite=False), cuda_graphs and cuda_graphs_available(device)
-    )
+    graphs = cuda_graphs and cuda_graphs_available(device)
+    state = _CacheState(config, config.build_table(device, check_finite=False, cuda_graphs=graphs), graphs)
     if config.mode == "features":
         for name, block in _deep_blocks(unet, config.depth).items():
             HookRegistry.check_if_exists_or_initialize(block).register_hook(_SkipBlockHook(state, name), _SKIP_HOOK)

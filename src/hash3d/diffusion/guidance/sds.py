@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from ...cache.config import CacheConfig
 from ..schedule import ScheduleValue, check_schedule, schedule_value
-from ..cuda_graphs import GraphedFunction, cuda_graphs_available
+from ...cuda_graphs import GraphedFunction, cuda_graphs_available
 from ..unet_cache import UNetCache, apply_hash_cache
 
 Weighting = Literal["sds", "uniform", "fantasia3d"]

@@ -1,10 +1,12 @@
 """Replay a function's GPU work as a CUDA graph, one graph per input signature.
 
-A UNet forward at SDS sizes is bound by kernel launches, not arithmetic: replaying it as a CUDA graph removes the
-per-kernel CPU cost. `GraphedFunction(fn)` captures fn the first time it sees a new combination of tensor shapes,
+A UNet forward at SDS sizes, or a hash-table query, is bound by kernel launches, not arithmetic: replaying it as a
+CUDA graph removes the per-kernel CPU cost. `GraphedFunction(fn)` captures fn the first time it sees a new combination of tensor shapes,
 dtypes and devices (plus any non-tensor arguments), then copies new inputs into the captured buffers and replays.
 Outputs are cloned before they are returned, so graphs can share one memory pool and results stay valid after
 later replays. fn must be free of host synchronisation and of Python decisions that depend on tensor values.
+With warmup=0 fn is never run eagerly here (for functions that change state: the capture runs nothing, the replay
+that follows it runs fn once).
 """
 
 from __future__ import annotations
@@ -36,12 +38,16 @@ class GraphedFunction:
 
     def _capture(self, args: tuple):
         static = [a.clone() if isinstance(a, torch.Tensor) else a for a in args]
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(self.warmup):
-                self.fn(*static)
-        torch.cuda.current_stream().wait_stream(side)
+        if self.warmup:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(self.warmup):
+                    self.fn(*static)
+            torch.cuda.current_stream().wait_stream(side)
+        # freeing cached blocks is not allowed while capturing: release them now so the capture never has to
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
         if self.pool is None:
             self.pool = torch.cuda.graph_pool_handle()
         graph = torch.cuda.CUDAGraph()

@@ -1,0 +1,46 @@
+"""Typed configuration: YAML (with `extends`) + `key=value` overrides -> validated dataclass trees.
+
+- `load_config(path, overrides)` -> (ExperimentConfig, merged OmegaConf tree)
+- `register(kind, name, config=Cls)` / `register_lazy(...)`: the name registry behind `*_type` strings
+- `block(kind)`: declare a config field whose dataclass is selected by its sibling `<kind>_type`
+- `build(kind, name, cfg, **runtime)` / `build_block(parent_cfg, "geometry", **runtime)`: construct components
+
+See `registry.py` for a complete example of registering a component.
+"""
+
+from .errors import ConfigError, RegistryError, UserInputError, closest, did_you_mean
+from .loader import load_config, load_yaml, merge, parse_overrides, resolve, save_yaml, to_yaml, validate
+from .registry import REGISTRY, Entry, build, build_block, load_plugins, lookup, names, register, register_lazy
+from .schema import CheckpointConfig, ExperimentConfig, TrainerConfig
+from .typed import block, from_data, to_data
+
+__all__ = [
+    "REGISTRY",
+    "CheckpointConfig",
+    "ConfigError",
+    "Entry",
+    "ExperimentConfig",
+    "RegistryError",
+    "TrainerConfig",
+    "UserInputError",
+    "block",
+    "build",
+    "build_block",
+    "closest",
+    "did_you_mean",
+    "from_data",
+    "load_config",
+    "load_plugins",
+    "load_yaml",
+    "lookup",
+    "merge",
+    "names",
+    "parse_overrides",
+    "register",
+    "register_lazy",
+    "resolve",
+    "save_yaml",
+    "to_data",
+    "to_yaml",
+    "validate",
+]

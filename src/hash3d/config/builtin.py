@@ -1,0 +1,30 @@
+"""Registry entries for components that live outside the plugin packages, registered lazily by import path so that
+validating a config does not import diffusers until a guidance is actually built."""
+
+from __future__ import annotations
+
+from .registry import register_lazy
+
+_G = "hash3d.diffusion.guidance"
+
+register_lazy(
+    "guidance",
+    "stable-zero123-guidance",
+    config=f"{_G}:Zero123GuidanceConfig",
+    builder=f"{_G}:Zero123Guidance",
+    description="SDS from Stable-Zero123 (diffusers layout) with the Hash3D cache",
+)
+register_lazy(
+    "guidance",
+    "zero123-guidance",
+    config=f"{_G}:Zero123GuidanceConfig",
+    builder=f"{_G}:Zero123Guidance",
+    description="SDS from Zero123 / Zero123-XL (diffusers layout) with the Hash3D cache",
+)
+register_lazy(
+    "guidance",
+    "stable-diffusion-guidance",
+    config=f"{_G}:StableDiffusionGuidanceConfig",
+    builder=f"{_G}:StableDiffusionGuidance",
+    description="SDS from Stable Diffusion 1.x / 2.x with view-dependent prompts and the Hash3D cache",
+)

@@ -1,0 +1,30 @@
+"""Errors for bad user input: each one names what is wrong and how to fix it, and the launcher prints it as one line."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class UserInputError(Exception):
+    """A problem with the user's input (config, paths, images, options, checkpoints), described in words they can act on."""
+
+
+class ConfigError(UserInputError, ValueError):
+    """A config that cannot be loaded, merged, resolved or validated."""
+
+
+class RegistryError(ConfigError):
+    """A registry name that is unknown, or registered twice."""
+
+
+def closest(name: str, candidates: Iterable[str]) -> str | None:
+    """The candidate most like `name` (difflib), or None when nothing is close."""
+    matches = difflib.get_close_matches(str(name), list(candidates), n=1, cutoff=0.6)
+    return matches[0] if matches else None
+
+
+def did_you_mean(name: str, candidates: Iterable[str]) -> str:
+    """' — did you mean 'x'?' when a close candidate exists, else ''."""
+    match = closest(name, candidates)
+    return f" — did you mean '{match}'?" if match is not None else ""

@@ -1,0 +1,161 @@
+"""Loading configs: YAML files that extend others, `key.sub=value` overrides, interpolation, then typed validation."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from .errors import ConfigError
+from .typed import from_data, to_data
+
+T = TypeVar("T")
+
+SELF = "_self_"
+
+
+def _register_resolvers() -> None:
+    """Resolvers the threestudio configs use in interpolations (`${basename:${data.image_path}}`, …)."""
+    resolvers = {
+        "add": lambda a, b: a + b,
+        "sub": lambda a, b: a - b,
+        "mul": lambda a, b: a * b,
+        "div": lambda a, b: a / b,
+        "idiv": lambda a, b: a // b,
+        "basename": lambda p: os.path.basename(str(p)),
+        "rmspace": lambda s, sub="_": str(s).replace(" ", sub),
+        "tuple2": lambda s: [float(s), float(s)],
+        "gt0": lambda s: s > 0,
+        "cmaxgt0": lambda s: (max(s) if isinstance(s, (list, ListConfig)) else s) > 0,
+        "not0": lambda s: s != 0,
+        "cmaxgt0orcmaxgt0": lambda a, b: any(
+            (max(x) if isinstance(x, (list, ListConfig)) else x) > 0 for x in (a, b)
+        ),
+        "calc_exp_lr_decay_rate": lambda factor, n: factor ** (1.0 / n),
+        "sqrt": lambda x: math.sqrt(x),
+    }
+    register = getattr(OmegaConf, "register_resolver", None) or OmegaConf.register_new_resolver  # 2.4 renamed it
+    for name, fn in resolvers.items():
+        register(name, fn, replace=True)
+
+
+_register_resolvers()
+
+
+def load_yaml(path: str | os.PathLike, _chain: tuple[Path, ...] = ()) -> DictConfig:
+    """Load one YAML file and, recursively, the files it extends.
+
+    A file may name its bases as `extends: base.yaml` (or a list) or as a defaults list
+    `defaults: [base.yaml, _self_]`; paths are relative to the file. Later entries override earlier ones, and the
+    file itself is merged last unless `_self_` appears earlier in its defaults list.
+    """
+    path = Path(path)
+    if not path.is_file():
+        where = f" (extended by {_chain[-1]})" if _chain else ""
+        raise ConfigError(f"config file not found: {path}{where}")
+    resolved = path.resolve()
+    if resolved in _chain:
+        cycle = " -> ".join(str(p.name) for p in (*_chain, resolved))
+        raise ConfigError(f"config files extend each other in a cycle: {cycle}")
+    try:
+        cfg = OmegaConf.load(path)
+    except (yaml.YAMLError, OmegaConfBaseException, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot parse config file {path}: {exc}") from exc
+    if cfg is None or (isinstance(cfg, DictConfig) and len(cfg) == 0 and not path.read_text().strip()):
+        cfg = OmegaConf.create({})
+    if not isinstance(cfg, DictConfig):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level, not a list")
+    bases_before: list[str] = []
+    bases_after: list[str] = []
+    for key in ("extends", "defaults"):
+        if key not in cfg:
+            continue
+        entries = OmegaConf.to_container(cfg[key]) if isinstance(cfg[key], (ListConfig, DictConfig)) else cfg[key]
+        cfg.pop(key)
+        if isinstance(entries, str):
+            entries = [entries]
+        if not isinstance(entries, list) or not all(isinstance(e, str) for e in entries):
+            raise ConfigError(f"'{key}' in {path} must be a file name or a list of file names; got {entries!r}")
+        target = bases_before
+        for entry in entries:
+            if entry == SELF:
+                target = bases_after
+                continue
+            target.append(entry)
+    chain = (*_chain, resolved)
+    parts = [load_yaml(path.parent / b, chain) for b in bases_before]
+    parts.append(cfg)
+    parts.extend(load_yaml(path.parent / b, chain) for b in bases_after)
+    try:
+        return OmegaConf.merge(*parts) if len(parts) > 1 else cfg
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"cannot merge {path} with the files it extends: {exc}") from exc
+
+
+def parse_overrides(overrides: Sequence[str]) -> DictConfig:
+    """`key.sub=value` tokens -> a config (values parsed as YAML: numbers, lists `[1,2]`, booleans, null)."""
+    for token in overrides:
+        if "=" not in token or token.startswith("="):
+            raise ConfigError(f"override '{token}' is not of the form key.sub=value")
+    try:
+        return OmegaConf.from_dotlist(list(overrides))
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"cannot parse overrides {list(overrides)}: {exc}") from exc
+
+
+def merge(base: DictConfig, *others: DictConfig) -> DictConfig:
+    try:
+        return OmegaConf.merge(base, *others)
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"cannot apply overrides: {exc}") from exc
+
+
+def resolve(cfg: DictConfig) -> dict[str, Any]:
+    """Resolve every interpolation -> plain python data."""
+    try:
+        data = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    except OmegaConfBaseException as exc:
+        key = getattr(exc, "full_key", None)
+        where = f" at '{key}'" if key else ""
+        msg = str(exc).split("\n")[0]
+        raise ConfigError(f"cannot resolve the config{where}: {msg}") from exc
+    assert isinstance(data, dict)
+    return data
+
+
+def validate(schema: type[T], data: Any) -> T:
+    """Plain data -> a typed config tree (ConfigError naming the key on any problem)."""
+    return from_data(schema, data)
+
+
+def load_config(
+    path: str | os.PathLike | None, overrides: Sequence[str] = (), schema: type[T] | None = None
+) -> tuple[T, DictConfig]:
+    """Load a YAML (following `extends`), apply overrides, resolve and validate.
+
+    Returns the typed config and the merged, unresolved OmegaConf tree (what `configs/raw.yaml`-style dumps need).
+    `schema` defaults to the experiment schema (`ExperimentConfig`).
+    """
+    if schema is None:
+        from .schema import ExperimentConfig
+
+        schema = ExperimentConfig  # type: ignore[assignment]
+    base = load_yaml(path) if path is not None else OmegaConf.create({})
+    merged = merge(base, parse_overrides(overrides)) if overrides else base
+    typed = validate(schema, resolve(merged))  # type: ignore[arg-type]
+    return typed, merged
+
+
+def to_yaml(cfg: Any) -> str:
+    """A typed config tree (or plain data) -> YAML text that `load_config` reads back to an equal tree."""
+    return OmegaConf.to_yaml(OmegaConf.create(to_data(cfg)))
+
+
+def save_yaml(cfg: Any, path: str | os.PathLike) -> None:
+    Path(path).write_text(to_yaml(cfg))

@@ -1,0 +1,27 @@
+"""Renderers: NeRF volume rendering (packed samples, occupancy grid), materials."""
+
+from .compositing import accumulate_along_rays, exclusive_segment_sum, render_weights
+from .material import MaterialConfig, Shading, choose_shading, shade
+from .occupancy import OccupancyGrid, OccupancyGridConfig
+from .rays import ray_aabb
+from .sampling import PackedSamples, march_rays
+from .volume import RenderOutput, VolumeRenderConfig, render_cameras, render_rays
+
+__all__ = [
+    "MaterialConfig",
+    "OccupancyGrid",
+    "OccupancyGridConfig",
+    "PackedSamples",
+    "RenderOutput",
+    "Shading",
+    "VolumeRenderConfig",
+    "accumulate_along_rays",
+    "choose_shading",
+    "exclusive_segment_sum",
+    "march_rays",
+    "ray_aabb",
+    "render_cameras",
+    "render_rays",
+    "render_weights",
+    "shade",
+]

@@ -1,0 +1,102 @@
+"""Materials: how a sample's albedo and normal become a colour (threestudio's diffuse-with-point-light).
+
+shading "albedo" returns the albedo; "textureless" returns ambient + diffuse·max(n·l, 0) (white clay);
+"diffuse" returns albedo · (ambient + diffuse·max(n·l, 0)), with l the unit direction to the point light.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+ShadingMode = Literal["albedo", "diffuse", "textureless"]
+
+
+@dataclass
+class MaterialConfig:
+    """Diffuse material with a point light (threestudio defaults)."""
+
+    ambient_light_color: tuple[float, float, float] = (0.1, 0.1, 0.1)
+    """Ambient term of the light."""
+    diffuse_light_color: tuple[float, float, float] = (0.9, 0.9, 0.9)
+    """Diffuse term of the light."""
+    ambient_only_steps: int = 1000
+    """Before this training step every render is albedo only (zero123 configs set 100000: always albedo)."""
+    diffuse_prob: float = 0.75
+    """In training after the ambient-only steps: chance of a shaded (diffuse or textureless) render."""
+    textureless_prob: float = 0.5
+    """Chance that a shaded training render is textureless."""
+
+
+@dataclass
+class Shading:
+    """How one render call shades its samples."""
+
+    mode: ShadingMode = "albedo"
+    """albedo / diffuse / textureless."""
+    light_positions: torch.Tensor | None = None
+    """[3] or [R, 3] (per ray; [B, 3] per camera in `render_cameras`) world position of the point light."""
+    ambient: torch.Tensor | float = 0.1
+    """Ambient light colour: a number, [3], or per ray [R, 3]."""
+    diffuse: torch.Tensor | float = 0.9
+    """Diffuse light colour: a number, [3], or per ray [R, 3]."""
+
+    @property
+    def needs_normals(self) -> bool:
+        return self.mode != "albedo"
+
+    @classmethod
+    def from_config(
+        cls, config: MaterialConfig, mode: ShadingMode, light_positions: torch.Tensor | None = None, ambient_ratio: float | None = None
+    ) -> "Shading":
+        """Shading with the config's light colours, or ambient = ratio and diffuse = 1 − ratio (threestudio)."""
+        if ambient_ratio is not None:
+            return cls(mode, light_positions, float(ambient_ratio), 1.0 - float(ambient_ratio))
+        return cls(mode, light_positions, torch.tensor(config.ambient_light_color), torch.tensor(config.diffuse_light_color))
+
+
+def choose_shading(config: MaterialConfig, step: int, training: bool, rng: random.Random | None = None) -> ShadingMode:
+    """The shading augmentation of one batch: albedo during the ambient-only steps; then in training albedo with
+    chance 1 − diffuse_prob, else textureless with chance textureless_prob, else diffuse; diffuse at evaluation."""
+    if step < config.ambient_only_steps:
+        return "albedo"
+    if not training:
+        return "diffuse"
+    rng = rng or random
+    if rng.random() > config.diffuse_prob:
+        return "albedo"
+    return "textureless" if rng.random() < config.textureless_prob else "diffuse"
+
+
+def _per_sample(value: torch.Tensor | float, ray_indices: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    v = torch.as_tensor(value, dtype=like.dtype, device=like.device)
+    if v.dim() == 2:  # per ray
+        return v[ray_indices]
+    return v.expand_as(like) if v.dim() == 1 else v
+
+
+def shade(
+    albedo: torch.Tensor,  # [M, 3]
+    normals: torch.Tensor | None,  # [M, 3] unit
+    positions: torch.Tensor,  # [M, 3]
+    ray_indices: torch.Tensor,  # [M]
+    shading: Shading,
+) -> torch.Tensor:  # [M, 3]
+    """Colour of each sample under `shading`."""
+    if shading.mode == "albedo":
+        return albedo
+    if normals is None or shading.light_positions is None:
+        raise ValueError(f"shading {shading.mode!r} needs normals and light_positions")
+    light = _per_sample(shading.light_positions, ray_indices, positions)
+    to_light = F.normalize(light - positions, dim=-1)
+    lambert = (normals * to_light).sum(-1, keepdim=True).clamp(min=0.0)
+    textureless = lambert * _per_sample(shading.diffuse, ray_indices, albedo) + _per_sample(shading.ambient, ray_indices, albedo)
+    if shading.mode == "textureless":
+        return textureless
+    if shading.mode == "diffuse":
+        return albedo.clamp(0.0, 1.0) * textureless
+    raise ValueError(f"unknown shading mode {shading.mode!r}")

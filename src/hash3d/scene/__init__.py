@@ -1,0 +1,26 @@
+"""3D scene representations: hash-grid encoding, implicit volume (NeRF), isosurface extraction."""
+
+from .field import FieldOutput, RadianceField
+from .hash_grid import GridLevel, HashGrid, HashGridConfig, grid_levels, hash_grid_encode
+from .implicit_volume import ImplicitVolume, ImplicitVolumeConfig
+from .isosurface import IsosurfaceConfig, Mesh, NoSurfaceError, density_grid, extract_mesh
+from .mlp import MLPConfig, make_mlp
+
+__all__ = [
+    "FieldOutput",
+    "GridLevel",
+    "HashGrid",
+    "HashGridConfig",
+    "ImplicitVolume",
+    "ImplicitVolumeConfig",
+    "IsosurfaceConfig",
+    "MLPConfig",
+    "Mesh",
+    "NoSurfaceError",
+    "RadianceField",
+    "density_grid",
+    "extract_mesh",
+    "grid_levels",
+    "hash_grid_encode",
+    "make_mlp",
+]

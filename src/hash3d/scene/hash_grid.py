@@ -1,0 +1,141 @@
+"""Multi-resolution hash-grid encoding (instant-NGP), in pure torch.
+
+Level l has N_l = floor(base · scale^l) cells per axis, so N_l + 1 grid vertices per axis. A level whose
+(N_l + 1)³ vertices fit in the table is stored densely (one entry per vertex, no collisions); a finer level
+hashes each vertex into 2^log2_hashmap_size entries with the spatial hash (x·1 ⊕ y·2654435761 ⊕ z·805459861)
+mod T. A point's feature at a level is the trilinear blend of its cell's 8 corner entries; the encoding
+concatenates the L levels' F features.
+
+All levels are computed at once (one gather from one flat table), with no data-dependent Python branches,
+so the forward can be compiled with `torch.compile` and differentiates twice (analytic normals).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+HASH_PRIMES = (1, 2654435761, 805459861)
+"""Per-axis multipliers of the spatial hash (instant-NGP)."""
+
+
+@dataclass
+class HashGridConfig:
+    """Multi-resolution hash grid; defaults are threestudio's "HashGrid" (finest level 4096 cells)."""
+
+    n_levels: int = 16
+    """Number of resolution levels L."""
+    n_features_per_level: int = 2
+    """Features F per table entry; the encoding has L·F channels."""
+    log2_hashmap_size: int = 19
+    """A level holds at most 2**log2_hashmap_size entries; a level with more grid vertices is hashed."""
+    base_resolution: int = 16
+    """Cells per axis of the coarsest level."""
+    per_level_scale: float = 1.447269237440378
+    """Growth of the cell count from one level to the next."""
+    init_scale: float = 1e-4
+    """Entries start uniform in [−init_scale, init_scale]."""
+
+    def __post_init__(self) -> None:
+        if self.n_levels < 1 or self.n_features_per_level < 1:
+            raise ValueError("hash grid needs n_levels >= 1 and n_features_per_level >= 1")
+        if not 1 <= self.log2_hashmap_size <= 30:
+            raise ValueError(f"log2_hashmap_size must be in [1, 30]; got {self.log2_hashmap_size}")
+        if self.base_resolution < 1 or self.per_level_scale < 1.0:
+            raise ValueError("hash grid needs base_resolution >= 1 and per_level_scale >= 1")
+
+
+@dataclass(frozen=True)
+class GridLevel:
+    """Layout of one level inside the flat table."""
+
+    resolution: int
+    """Cells per axis (the level has resolution + 1 vertices per axis)."""
+    dense: bool
+    """True when every vertex has its own entry (no hashing)."""
+    size: int
+    """Entries the level owns."""
+    offset: int
+    """Index of the level's first entry in the flat table."""
+
+
+def grid_levels(config: HashGridConfig) -> list[GridLevel]:
+    """Per-level resolution, storage mode, size and table offset."""
+    levels, offset, table = [], 0, 2**config.log2_hashmap_size
+    for level in range(config.n_levels):
+        # the small epsilon keeps 16·1.4473^15 = 4095.99999… at 4096
+        resolution = int(math.floor(config.base_resolution * config.per_level_scale**level + 1e-6))
+        vertices = (resolution + 1) ** 3
+        dense = vertices <= table
+        size = vertices if dense else table
+        levels.append(GridLevel(resolution, dense, size, offset))
+        offset += size
+    return levels
+
+
+def hash_grid_encode(
+    x: torch.Tensor,  # [N, 3] in [0, 1] (clamped)
+    table: torch.Tensor,  # [E, F] all levels' entries, level l at rows offset[l] : offset[l] + size[l]
+    resolution: torch.Tensor,  # [L] int64 cells per axis
+    dense: torch.Tensor,  # [L] bool
+    offset: torch.Tensor,  # [L] int64
+    hash_mask: int,  # 2**log2_hashmap_size − 1
+) -> torch.Tensor:  # [N, L·F]
+    """Trilinearly interpolated multi-level grid features of points in the unit cube."""
+    n, n_levels, n_feat = x.shape[0], resolution.shape[0], table.shape[1]
+    x = x.clamp(0.0, 1.0)
+    res_f = resolution.to(x.dtype)
+    pos = x[:, None, :] * res_f[None, :, None]  # [N, L, 3]
+    # lower corner; a point on the upper face falls in the last cell with weight 1
+    cell = torch.minimum(pos.detach().floor().long(), (resolution - 1)[None, :, None])
+    frac = pos - cell.to(x.dtype)  # [N, L, 3] in [0, 1], carries the gradient to x
+    corner = torch.stack([cell, cell + 1], dim=2)  # [N, L, 2, 3]: low/high vertex per axis
+
+    # dense index: x + y·V + z·V², V = resolution + 1 vertices per axis
+    verts = resolution + 1
+    stride = torch.stack([torch.ones_like(verts), verts, verts * verts], dim=-1)  # [L, 3]
+    d = corner * stride[None, :, None, :]
+    dense_index = d[..., 0][:, :, :, None, None] + d[..., 1][:, :, None, :, None] + d[..., 2][:, :, None, None, :]
+    # spatial hash; only the low bits survive the mask, so int64 products give uint32 arithmetic's result
+    primes = torch.tensor(HASH_PRIMES, dtype=torch.int64, device=x.device)
+    h = corner * primes
+    hashed = h[..., 0][:, :, :, None, None] ^ h[..., 1][:, :, None, :, None] ^ h[..., 2][:, :, None, None, :]
+    index = torch.where(dense[None, :, None, None, None], dense_index, hashed & hash_mask)
+    index = (index + offset[None, :, None, None, None]).reshape(n, n_levels, 8)  # corner (i, j, k) at 4i + 2j + k
+
+    w = torch.stack([1.0 - frac, frac], dim=2)  # [N, L, 2, 3]
+    weight = w[..., 0][:, :, :, None, None] * w[..., 1][:, :, None, :, None] * w[..., 2][:, :, None, None, :]
+    weight = weight.reshape(n, n_levels, 8, 1)
+
+    feats = table.index_select(0, index.reshape(-1)).view(n, n_levels, 8, n_feat)
+    return (feats * weight.to(feats.dtype)).sum(dim=2).reshape(n, n_levels * n_feat)
+
+
+class HashGrid(nn.Module):
+    """Hash-grid encoding module: [N, 3] points in [0, 1]³ -> [N, L·F] features."""
+
+    def __init__(self, config: HashGridConfig | None = None):
+        super().__init__()
+        self.config = config or HashGridConfig()
+        self.levels = grid_levels(self.config)
+        total = self.levels[-1].offset + self.levels[-1].size
+        self.table = nn.Parameter(torch.empty(total, self.config.n_features_per_level))
+        self.register_buffer("resolution", torch.tensor([lv.resolution for lv in self.levels], dtype=torch.int64), persistent=False)
+        self.register_buffer("dense", torch.tensor([lv.dense for lv in self.levels], dtype=torch.bool), persistent=False)
+        self.register_buffer("offset", torch.tensor([lv.offset for lv in self.levels], dtype=torch.int64), persistent=False)
+        self.hash_mask = 2**self.config.log2_hashmap_size - 1
+        self.reset_parameters()
+
+    @property
+    def n_output_dims(self) -> int:
+        return self.config.n_levels * self.config.n_features_per_level
+
+    def reset_parameters(self) -> None:
+        nn.init.uniform_(self.table, -self.config.init_scale, self.config.init_scale)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x [N, 3] in [0, 1]³ (clamped) -> [N, L·F]."""
+        return hash_grid_encode(x, self.table, self.resolution, self.dense, self.offset, self.hash_mask)

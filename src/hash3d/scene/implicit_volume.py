@@ -1,0 +1,162 @@
+"""Implicit volume: hash-grid encoding + small MLPs for density and albedo (threestudio's "implicit-volume").
+
+World points in the box [−r, r]³ are mapped to [0, 1]³, encoded by the hash grid, and read by two MLPs:
+one for the raw density, one for the colour features. The raw density gets a "blob" bias computed on the world
+points (so a fresh field already holds a soft ball at the centre) before the density activation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .field import FieldOutput
+from .hash_grid import HashGrid, HashGridConfig
+from .mlp import MLPConfig, make_mlp
+
+
+@dataclass
+class ImplicitVolumeConfig:
+    """Geometry of a NeRF-style scene (threestudio implicit-volume defaults with the zero123 MLP)."""
+
+    radius: float = 2.0
+    """The scene is the box [−radius, radius]³."""
+    n_feature_dims: int = 3
+    """Channels of the feature network; the first 3 give the albedo."""
+    pos_encoding: HashGridConfig = field(default_factory=HashGridConfig)
+    """Hash-grid encoding of the contracted points."""
+    mlp: MLPConfig = field(default_factory=MLPConfig)
+    """Shape of both the density and the feature network."""
+    density_activation: Literal["softplus", "shifted_softplus", "exp"] = "softplus"
+    """softplus(x); softplus(x − 1); or exp(x) with its gradient clamped at x = 15."""
+    density_bias: Literal["blob_magic3d", "blob_dreamfusion", "none"] = "blob_magic3d"
+    """Added to the raw density before the activation: scale·(1 − |x|/std), scale·exp(−|x|²/(2·std²)), or nothing."""
+    density_blob_scale: float = 10.0
+    """Height of the blob bias."""
+    density_blob_std: float = 0.5
+    """Width of the blob bias (world units)."""
+    normal_type: Literal["analytic", "finite_difference", "none"] = "analytic"
+    """Normals: −∇σ/|∇σ| by autograd, by central differences, or not available."""
+    finite_difference_normal_eps: float = 0.01
+    """Step (world units) of the central differences."""
+    albedo_activation: Literal["sigmoid", "none"] = "sigmoid"
+    """Feature -> albedo map (threestudio's materials apply a sigmoid)."""
+
+    def __post_init__(self) -> None:
+        if self.radius <= 0:
+            raise ValueError(f"geometry.radius must be > 0; got {self.radius}")
+        if self.n_feature_dims < 3:
+            raise ValueError(f"geometry.n_feature_dims must be >= 3 (albedo); got {self.n_feature_dims}")
+
+
+class _TruncExp(torch.autograd.Function):
+    """exp(x) whose gradient uses exp(min(x, 15)), so a large raw density cannot blow up the update."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return torch.exp(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return grad * torch.exp(x.clamp(max=15.0))
+
+
+def trunc_exp(x: torch.Tensor) -> torch.Tensor:
+    return _TruncExp.apply(x)
+
+
+def density_activation(raw: torch.Tensor, kind: str) -> torch.Tensor:
+    if kind == "softplus":
+        return F.softplus(raw)
+    if kind == "shifted_softplus":
+        return F.softplus(raw - 1.0)
+    if kind == "exp":
+        return trunc_exp(raw)
+    raise ValueError(f"unknown density_activation {kind!r}")
+
+
+def density_blob(points: torch.Tensor, kind: str, scale: float, std: float) -> torch.Tensor:
+    """World points [N, 3] -> bias [N, 1] added to the raw density."""
+    if kind == "blob_magic3d":
+        return scale * (1.0 - points.norm(dim=-1, keepdim=True) / std)
+    if kind == "blob_dreamfusion":
+        return scale * torch.exp(-0.5 * (points * points).sum(-1, keepdim=True) / std**2)
+    if kind == "none":
+        return points.new_zeros(points.shape[0], 1)
+    raise ValueError(f"unknown density_bias {kind!r}")
+
+
+def contract_to_unit(points: torch.Tensor, radius: float) -> torch.Tensor:
+    """World points in [−r, r]³ -> [0, 1]³ (not clamped; the encoding clamps)."""
+    return (points + radius) / (2.0 * radius)
+
+
+class ImplicitVolume(nn.Module):
+    """Density and albedo field on [−r, r]³ (satisfies `hash3d.scene.field.RadianceField`)."""
+
+    def __init__(self, config: ImplicitVolumeConfig | None = None):
+        super().__init__()
+        self.config = config or ImplicitVolumeConfig()
+        self.radius = float(self.config.radius)
+        self.encoding = HashGrid(self.config.pos_encoding)
+        self.density_network = make_mlp(self.encoding.n_output_dims, 1, self.config.mlp)
+        self.feature_network = make_mlp(self.encoding.n_output_dims, self.config.n_feature_dims, self.config.mlp)
+
+    def _raw(self, points: torch.Tensor, with_features: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        enc = self.encoding(contract_to_unit(points, self.radius))
+        raw = self.density_network(enc) + density_blob(
+            points, self.config.density_bias, self.config.density_blob_scale, self.config.density_blob_std
+        )
+        density = density_activation(raw, self.config.density_activation)
+        features = self.feature_network(enc) if with_features else None
+        return density, features
+
+    def forward_density(self, points: torch.Tensor) -> torch.Tensor:
+        """points [N, 3] world -> density [N, 1]."""
+        return self._raw(points, with_features=False)[0]
+
+    def albedo_from_features(self, features: torch.Tensor) -> torch.Tensor:
+        rgb = features[..., :3]
+        return torch.sigmoid(rgb) if self.config.albedo_activation == "sigmoid" else rgb
+
+    def forward(self, points: torch.Tensor, with_normal: bool = False) -> FieldOutput:
+        """points [N, 3] world -> density [N, 1], albedo [N, 3], features, and normal [N, 3] if asked.
+
+        Analytic normals differentiate the density by autograd; when grad mode is on, the graph is kept
+        (create_graph), so losses on normals train the field. Under no_grad every output comes back detached.
+        """
+        if not with_normal or self.config.normal_type == "none":
+            if with_normal:
+                raise ValueError("normals asked for, but geometry.normal_type is 'none'")
+            density, features = self._raw(points, with_features=True)
+            return FieldOutput(density, self.albedo_from_features(features), None, features)
+
+        if self.config.normal_type == "finite_difference":
+            density, features = self._raw(points, with_features=True)
+            normal = self._finite_difference_normal(points)
+            return FieldOutput(density, self.albedo_from_features(features), normal, features)
+
+        keep_graph = torch.is_grad_enabled()
+        with torch.enable_grad():
+            x = points if points.requires_grad else points.detach().requires_grad_(True)
+            density, features = self._raw(x, with_features=True)
+            (grad,) = torch.autograd.grad(density, x, torch.ones_like(density), create_graph=keep_graph)
+        normal = -F.normalize(grad, dim=-1)
+        out = FieldOutput(density, self.albedo_from_features(features), normal, features)
+        if not keep_graph:
+            out = FieldOutput(*(t.detach() for t in (out.density, out.albedo, out.normal, out.features)))
+        return out
+
+    def _finite_difference_normal(self, points: torch.Tensor) -> torch.Tensor:
+        eps = self.config.finite_difference_normal_eps
+        offsets = torch.eye(3, device=points.device, dtype=points.dtype) * eps  # [3, 3]
+        probe = torch.cat([points[None] + offsets[:, None], points[None] - offsets[:, None]], 0)  # [6, N, 3]
+        d = self.forward_density(probe.reshape(-1, 3)).reshape(2, 3, -1)  # [±, axis, N]
+        grad = ((d[0] - d[1]) / (2 * eps)).transpose(0, 1)  # [N, 3]
+        return -F.normalize(grad, dim=-1)

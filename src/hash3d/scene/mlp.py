@@ -1,0 +1,34 @@
+"""Small fully connected networks (the torch twin of tiny-cuda-nn's FullyFusedMLP)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from torch import nn
+
+
+@dataclass
+class MLPConfig:
+    """A ReLU MLP: in -> n_neurons (× n_hidden_layers) -> out."""
+
+    n_neurons: int = 64
+    """Width of every hidden layer."""
+    n_hidden_layers: int = 2
+    """Hidden layers (threestudio's zero123 / magic123 configs use 2; its module default and dreamfusion-sd use 1)."""
+    activation: Literal["relu", "silu"] = "relu"
+    """Hidden activation."""
+    bias: bool = False
+    """Linear biases (tiny-cuda-nn's fused MLP, and so threestudio, has none)."""
+
+
+def make_mlp(n_in: int, n_out: int, config: MLPConfig) -> nn.Sequential:
+    """Linear(n_in, W), act, [Linear(W, W), act] × (n_hidden_layers − 1), Linear(W, n_out); no output activation."""
+    if config.n_hidden_layers < 1:
+        raise ValueError(f"mlp.n_hidden_layers must be >= 1; got {config.n_hidden_layers}")
+    act = {"relu": nn.ReLU, "silu": nn.SiLU}[config.activation]
+    layers: list[nn.Module] = [nn.Linear(n_in, config.n_neurons, bias=config.bias), act()]
+    for _ in range(config.n_hidden_layers - 1):
+        layers += [nn.Linear(config.n_neurons, config.n_neurons, bias=config.bias), act()]
+    layers.append(nn.Linear(config.n_neurons, n_out, bias=config.bias))
+    return nn.Sequential(*layers)
