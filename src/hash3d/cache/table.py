@@ -188,7 +188,7 @@ class HashTable:
         slots, ids = self._ref_slot[:, :-1], self._ref_id[:, :-1]
         live = (ids >= 0) & (self._pool_ids[slots] == ids)
         alive = torch.zeros(self.capacity + 1, dtype=torch.bool, device=self.device)
-        alive[torch.where(live, slots, torch.full_like(slots, self.capacity))] = True
+        alive.index_fill_(0, torch.where(live, slots, torch.full_like(slots, self.capacity)).reshape(-1), True)
         return alive[:-1].sum()
 
     def _run(self, name: str, core, *tensors: torch.Tensor):

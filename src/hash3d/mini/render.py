@@ -81,7 +81,10 @@ def _march_step(o, d, kind, size, far, t, t_exit, best, t_best, pixel: float):
     closer = ratio < best
     best = torch.where(closer, ratio, best)
     t_best = torch.where(closer, t, t_best)
-    t = torch.minimum(t + dist, t_exit)
+    # a step of at least a third of a pixel footprint stops rays from crawling along silhouettes; a ray that is
+    # within a tenth of one has arrived and stays
+    advance = torch.where(dist < 0.1 * pixel * t, 0.0, torch.maximum(dist, 0.3 * pixel * t))
+    t = torch.minimum(t + advance, t_exit)
     return t, best, t_best
 
 
@@ -114,7 +117,7 @@ def _albedo(obj: Objects, part: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def _render_chunk(obj: Objects, elevation: torch.Tensor, azimuth: torch.Tensor, size: int, distance: float,
-                  fovy: float, steps: int, compile_step: bool) -> torch.Tensor:
+                  fovy: float, steps: int, compile_step: bool, extra_steps: int = 96) -> torch.Tensor:
     n = elevation.shape[0]
     device = elevation.device
     c2w = orbit_c2w(elevation, azimuth, torch.full_like(elevation, distance))
@@ -139,6 +142,17 @@ def _render_chunk(obj: Objects, elevation: torch.Tensor, azimuth: torch.Tensor, 
         t, best, t_best = step(o, d, kind, size_k, far, t, t_exit, best, t_best, pixel)
     dist = _parts(kind, size_k, far, _local(o, d, t)).amin(-1)
     hit = (dist < 0.1 * pixel * t) & (t < t_exit)
+    # the few rays still under way (they graze a silhouette on their way to a surface behind) get more steps
+    todo = (~hit & (t < t_exit)).nonzero(as_tuple=True)
+    if todo[0].numel():
+        v, r = todo
+        sub = (o[v, 0], d[v, r], kind[v, 0], size_k[v, 0], far[v, 0])
+        tt, bb, tb, te = t[v, r], best[v, r], t_best[v, r], t_exit[v, r]
+        for _ in range(extra_steps):
+            tt, bb, tb = _march_step(*sub, tt, te, bb, tb, pixel)
+        t[v, r], best[v, r], t_best[v, r] = tt, bb, tb
+        dist = _parts(kind, size_k, far, _local(o, d, t)).amin(-1)
+        hit = (dist < 0.1 * pixel * t) & (t < t_exit)
     alpha = torch.where(hit, torch.ones_like(t), (0.5 - best).clamp(0, 1))
     t_shade = torch.where(hit, t, t_best)
     # the part under each pixel, its albedo, and the object's normal there (tetrahedral differences)

@@ -76,42 +76,48 @@ def grid_levels(config: HashGridConfig) -> list[GridLevel]:
     return levels
 
 
+def _corner_index(corner: torch.Tensor, resolution: torch.Tensor, dense: bool, hash_mask: int) -> torch.Tensor:
+    """Corner vertices [N, L, 2, 3] (low/high per axis) -> level-local entry index [N, L, 2, 2, 2]."""
+    if dense:  # x + y·V + z·V², V = resolution + 1 vertices per axis
+        verts = resolution + 1
+        stride = torch.stack([torch.ones_like(verts), verts, verts * verts], dim=-1)  # [L, 3]
+        d = corner * stride[None, :, None, :]
+        return d[..., 0][:, :, :, None, None] + d[..., 1][:, :, None, :, None] + d[..., 2][:, :, None, None, :]
+    # spatial hash; only the low bits survive the mask, so int64 products give uint32 arithmetic's result
+    h = corner * torch.tensor(HASH_PRIMES, dtype=torch.int64, device=corner.device)
+    return (h[..., 0][:, :, :, None, None] ^ h[..., 1][:, :, None, :, None] ^ h[..., 2][:, :, None, None, :]) & hash_mask
+
+
 def hash_grid_encode(
     x: torch.Tensor,  # [N, 3] in [0, 1] (clamped)
     table: torch.Tensor,  # [E, F] all levels' entries, level l at rows offset[l] : offset[l] + size[l]
     resolution: torch.Tensor,  # [L] int64 cells per axis
-    dense: torch.Tensor,  # [L] bool
     offset: torch.Tensor,  # [L] int64
+    n_dense: int,  # the first n_dense levels are dense, the others hashed
     hash_mask: int,  # 2**log2_hashmap_size − 1
 ) -> torch.Tensor:  # [N, L·F]
     """Trilinearly interpolated multi-level grid features of points in the unit cube."""
     n, n_levels, n_feat = x.shape[0], resolution.shape[0], table.shape[1]
     x = x.clamp(0.0, 1.0)
-    res_f = resolution.to(x.dtype)
-    pos = x[:, None, :] * res_f[None, :, None]  # [N, L, 3]
+    pos = x[:, None, :] * resolution.to(x.dtype)[None, :, None]  # [N, L, 3]
     # lower corner; a point on the upper face falls in the last cell with weight 1
     cell = torch.minimum(pos.detach().floor().long(), (resolution - 1)[None, :, None])
     frac = pos - cell.to(x.dtype)  # [N, L, 3] in [0, 1], carries the gradient to x
     corner = torch.stack([cell, cell + 1], dim=2)  # [N, L, 2, 3]: low/high vertex per axis
 
-    # dense index: x + y·V + z·V², V = resolution + 1 vertices per axis
-    verts = resolution + 1
-    stride = torch.stack([torch.ones_like(verts), verts, verts * verts], dim=-1)  # [L, 3]
-    d = corner * stride[None, :, None, :]
-    dense_index = d[..., 0][:, :, :, None, None] + d[..., 1][:, :, None, :, None] + d[..., 2][:, :, None, None, :]
-    # spatial hash; only the low bits survive the mask, so int64 products give uint32 arithmetic's result
-    primes = torch.tensor(HASH_PRIMES, dtype=torch.int64, device=x.device)
-    h = corner * primes
-    hashed = h[..., 0][:, :, :, None, None] ^ h[..., 1][:, :, None, :, None] ^ h[..., 2][:, :, None, None, :]
-    index = torch.where(dense[None, :, None, None, None], dense_index, hashed & hash_mask)
-    index = (index + offset[None, :, None, None, None]).reshape(n, n_levels, 8)  # corner (i, j, k) at 4i + 2j + k
+    parts = []
+    if n_dense > 0:
+        parts.append(_corner_index(corner[:, :n_dense], resolution[:n_dense], True, hash_mask))
+    if n_dense < n_levels:
+        parts.append(_corner_index(corner[:, n_dense:], resolution[n_dense:], False, hash_mask))
+    index = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+    index = (index + offset[None, :, None, None, None]).reshape(n * n_levels * 8)  # corner (i, j, k) at 4i + 2j + k
 
     w = torch.stack([1.0 - frac, frac], dim=2)  # [N, L, 2, 3]
     weight = w[..., 0][:, :, :, None, None] * w[..., 1][:, :, None, :, None] * w[..., 2][:, :, None, None, :]
-    weight = weight.reshape(n, n_levels, 8, 1)
-
-    feats = table.index_select(0, index.reshape(-1)).view(n, n_levels, 8, n_feat)
-    return (feats * weight.to(feats.dtype)).sum(dim=2).reshape(n, n_levels * n_feat)
+    feats = table.index_select(0, index).view(n * n_levels, 8, n_feat)
+    out = torch.bmm(weight.reshape(n * n_levels, 1, 8).to(feats.dtype), feats)  # [N·L, 1, F]
+    return out.reshape(n, n_levels * n_feat)
 
 
 class HashGrid(nn.Module):
@@ -124,8 +130,8 @@ class HashGrid(nn.Module):
         total = self.levels[-1].offset + self.levels[-1].size
         self.table = nn.Parameter(torch.empty(total, self.config.n_features_per_level))
         self.register_buffer("resolution", torch.tensor([lv.resolution for lv in self.levels], dtype=torch.int64), persistent=False)
-        self.register_buffer("dense", torch.tensor([lv.dense for lv in self.levels], dtype=torch.bool), persistent=False)
         self.register_buffer("offset", torch.tensor([lv.offset for lv in self.levels], dtype=torch.int64), persistent=False)
+        self.n_dense = sum(lv.dense for lv in self.levels)  # dense levels come first (resolution only grows)
         self.hash_mask = 2**self.config.log2_hashmap_size - 1
         self.reset_parameters()
 
@@ -138,4 +144,4 @@ class HashGrid(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x [N, 3] in [0, 1]³ (clamped) -> [N, L·F]."""
-        return hash_grid_encode(x, self.table, self.resolution, self.dense, self.offset, self.hash_mask)
+        return hash_grid_encode(x, self.table, self.resolution, self.offset, self.n_dense, self.hash_mask)
