@@ -117,11 +117,14 @@ def classifier_free_guidance(noise_pred: torch.Tensor, scale: float) -> torch.Te
 class SDSGuidance(torch.nn.Module):
     """Base of the family guidances: owns the UNet, its scheduler constants and the cache."""
 
-    def __init__(self, config: GuidanceConfig, unet: torch.nn.Module, scheduler, device: torch.device):
+    def __init__(self, config: GuidanceConfig, unet: torch.nn.Module, vae: torch.nn.Module, scheduler, device: torch.device):
         super().__init__()
         self.config = config
         self.device = device
         self.unet = unet
+        self.vae = vae
+        self.image_size = int(unet.config.sample_size) * 2 ** (len(vae.config.block_out_channels) - 1)
+        """Side of the square images the model works at; renders are resized to it."""
         self.scheduler = scheduler
         self.num_train_timesteps = int(scheduler.config.num_train_timesteps)
         self.prediction_type = scheduler.config.prediction_type
@@ -181,6 +184,14 @@ class SDSGuidance(torch.nn.Module):
             self.cache.reset()
 
     # ---------------------------------------------------------------- the step
+    def resize(self, rgb: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(rgb, (self.image_size, self.image_size), mode="bilinear", align_corners=False)
+
+    def encode_images(self, rgb: torch.Tensor) -> torch.Tensor:
+        """rgb [B, 3, H, W] in [0, 1] -> scaled VAE latents [B, 4, h, w] (differentiable)."""
+        posterior = self.vae.encode((self.resize(rgb) * 2 - 1).to(self.vae.dtype)).latent_dist
+        return (posterior.sample(generator=self.generator) * self.vae.config.scaling_factor).float()
+
     def _unet_input(self, x_t: torch.Tensor) -> torch.Tensor:
         """What the UNet sees besides x_t (Zero123 concatenates the condition latents)."""
         return x_t

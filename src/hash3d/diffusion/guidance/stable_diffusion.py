@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from ..loading import load_stable_diffusion
 from .sds import TORCH_DTYPES, GuidanceConfig, GuidanceOutput, SDSGuidance
@@ -47,12 +46,9 @@ class StableDiffusionGuidance(SDSGuidance):
         parts = load_stable_diffusion(
             config.pretrained_model_name_or_path, TORCH_DTYPES[config.dtype], device, config.local_files_only
         )
-        super().__init__(config, parts.unet, parts.scheduler, device)
-        self.vae = parts.vae
+        super().__init__(config, parts.unet, parts.vae, parts.scheduler, device)
         self.text_encoder = parts.text_encoder
         self.tokenizer = parts.tokenizer
-        self.vae_scale = 2 ** (len(self.vae.config.block_out_channels) - 1)
-        self.image_size = int(self.unet.config.sample_size) * self.vae_scale
         self.prompt: str | None = None
 
     @torch.no_grad()
@@ -71,12 +67,6 @@ class StableDiffusionGuidance(SDSGuidance):
         self.cond_embeddings = self._encode_text(view_prompts(prompt, cfg.view_dependent_prompting))
         self.uncond_embeddings = self._encode_text([negative_prompt] * len(DIRECTIONS))
         self.reset()
-
-    def encode_images(self, rgb: torch.Tensor) -> torch.Tensor:
-        """rgb [B, 3, H, W] in [0, 1] -> latents [B, 4, h, w] (differentiable)."""
-        rgb = F.interpolate(rgb, (self.image_size, self.image_size), mode="bilinear", align_corners=False)
-        posterior = self.vae.encode((rgb * 2 - 1).to(self.vae.dtype)).latent_dist
-        return (posterior.sample(generator=self.generator) * self.vae.config.scaling_factor).float()
 
     def forward(
         self,

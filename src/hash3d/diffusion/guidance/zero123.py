@@ -58,21 +58,15 @@ class Zero123Guidance(SDSGuidance):
         parts = load_zero123(
             config.pretrained_model_name_or_path, TORCH_DTYPES[config.dtype], device, config.local_files_only
         )
-        super().__init__(config, parts.unet, parts.scheduler, device)
-        self.vae = parts.vae
+        super().__init__(config, parts.unet, parts.vae, parts.scheduler, device)
         self.image_encoder = parts.image_encoder
         self.feature_extractor = parts.feature_extractor
         self.cc_projection = parts.cc_projection
-        self.vae_scale = 2 ** (len(self.vae.config.block_out_channels) - 1)
-        self.image_size = int(self.unet.config.sample_size) * self.vae_scale
         kind = config.camera_embedding
         if kind == "auto":
             kind = "stable" if "stable" in config.pretrained_model_name_or_path.lower() else "xl"
         self.camera_kind = kind
         self.image_set = False
-
-    def _resize(self, rgb: torch.Tensor) -> torch.Tensor:
-        return F.interpolate(rgb, (self.image_size, self.image_size), mode="bilinear", align_corners=False)
 
     @torch.no_grad()
     def set_image(
@@ -102,7 +96,7 @@ class Zero123Guidance(SDSGuidance):
             cfg.cond_azimuth_deg = float(azimuth_deg)
         if camera_distance is not None:
             cfg.cond_camera_distance = float(camera_distance)
-        rgb = self._resize(image[None].clamp(0, 1))
+        rgb = self.resize(image[None].clamp(0, 1))
         self.clip_embedding = self.image_encoder(self._clip_pixels(rgb).to(self.image_encoder.dtype)).image_embeds[:, None]
         self.cond_latents = self.vae.encode((rgb * 2 - 1).to(self.vae.dtype)).latent_dist.mode().float()
         self.image_set = True
@@ -117,11 +111,6 @@ class Zero123Guidance(SDSGuidance):
         mean = torch.tensor(fe.image_mean, device=rgb.device).view(1, 3, 1, 1)
         std = torch.tensor(fe.image_std, device=rgb.device).view(1, 3, 1, 1)
         return (pixels - mean) / std
-
-    def encode_images(self, rgb: torch.Tensor) -> torch.Tensor:
-        """rgb [B, 3, H, W] in [0, 1] -> latents [B, 4, h, w] (differentiable)."""
-        posterior = self.vae.encode((self._resize(rgb) * 2 - 1).to(self.vae.dtype)).latent_dist
-        return (posterior.sample(generator=self.generator) * self.vae.config.scaling_factor).float()
 
     def _context(self, elevation, azimuth, camera_distances) -> torch.Tensor:
         cfg = self.config
