@@ -95,6 +95,7 @@ def shade(
     to_light = F.normalize(light - positions, dim=-1)
     lambert = (normals * to_light).sum(-1, keepdim=True).clamp(min=0.0)
     textureless = lambert * _per_sample(shading.diffuse, ray_indices, albedo) + _per_sample(shading.ambient, ray_indices, albedo)
+    textureless = textureless.expand_as(albedo)
     if shading.mode == "textureless":
         return textureless
     if shading.mode == "diffuse":
