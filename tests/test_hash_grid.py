@@ -143,7 +143,7 @@ def test_compiles_without_graph_breaks():
 
 def test_implicit_volume_density_blob_and_normals():
     torch.manual_seed(0)
-    cfg = ImplicitVolumeConfig(pos_encoding=SMALL, mlp=MLPConfig(n_neurons=16, n_hidden_layers=2))
+    cfg = ImplicitVolumeConfig(pos_encoding_config=SMALL, mlp_network_config=MLPConfig(n_neurons=16, n_hidden_layers=2))
     field = ImplicitVolume(cfg)
     p = torch.tensor([[0.0, 0.0, 0.0], [0.3, 0.0, 0.0], [1.5, 1.5, 1.5]])
     d = field.forward_density(p)
@@ -155,10 +155,30 @@ def test_implicit_volume_density_blob_and_normals():
     # the blob dominates a fresh field: normals point away from the centre
     cosine = torch.nn.functional.cosine_similarity(out.normal, p[:2] + 0.01, dim=-1)
     assert cosine.min() > 0.9
-    fd = ImplicitVolume(ImplicitVolumeConfig(pos_encoding=SMALL, mlp=cfg.mlp, normal_type="finite_difference"))
+    fd = ImplicitVolume(ImplicitVolumeConfig(pos_encoding_config=SMALL, mlp_network_config=cfg.mlp_network_config, normal_type="finite_difference"))
     fd.load_state_dict(field.state_dict())
     torch.testing.assert_close(fd(p[:2] + 0.01, with_normal=True).normal, out.normal, atol=2e-2, rtol=0)
     with torch.no_grad():
         out_ng = field(p[:2] + 0.01, with_normal=True)
     assert not out_ng.normal.requires_grad and not out_ng.density.requires_grad
     torch.testing.assert_close(out_ng.normal, out.normal)
+
+
+def test_progressive_band_switches_levels_on_with_the_step():
+    cfg = HashGridConfig(
+        otype="ProgressiveBandHashGrid", n_levels=6, n_features_per_level=2, log2_hashmap_size=12,
+        base_resolution=4, per_level_scale=2.0, start_level=2, start_step=100, update_steps=50,
+    )
+    grid = HashGrid(cfg)
+    with torch.no_grad():
+        grid.table.normal_()
+    x = torch.rand(20, 3)
+    full = reference_encode(x, grid.table.detach(), cfg)
+    for step, active in ((0, 2), (149, 2), (150, 3), (299, 5), (10_000, 6)):
+        grid.update_step(step)
+        out = grid(x)
+        torch.testing.assert_close(out[:, : 2 * active], full[:, : 2 * active], rtol=1e-5, atol=1e-5)
+        assert (out[:, 2 * active :] == 0).all()
+    field = ImplicitVolume(ImplicitVolumeConfig(pos_encoding_config=cfg, mlp_network_config=MLPConfig(n_neurons=8)))
+    field.update_step(0)
+    assert int(field.encoding.level_mask.sum()) == 4

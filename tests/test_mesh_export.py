@@ -62,7 +62,7 @@ def test_small_components_are_removed():
 def test_no_surface_is_reported_with_a_working_suggestion():
     torch.manual_seed(0)
     grid = HashGridConfig(n_levels=4, n_features_per_level=2, log2_hashmap_size=10, base_resolution=4, per_level_scale=2.0)
-    field = ImplicitVolume(ImplicitVolumeConfig(radius=1.0, pos_encoding=grid, mlp=MLPConfig(n_neurons=16)))
+    field = ImplicitVolume(ImplicitVolumeConfig(radius=1.0, pos_encoding_config=grid, mlp_network_config=MLPConfig(n_neurons=16)))
     # a fresh field is the magic3d blob: softplus(10·(1 − |x|/0.5)) < 11, so the default threshold 25 finds nothing
     with pytest.raises(NoSurfaceError, match=r"no surface at isosurface threshold 25.*try threshold=") as err:
         extract_mesh(field, resolution=24)
@@ -143,3 +143,21 @@ def test_bad_requests(tmp_path):
     baked = bake_texture(unwrapped, lambda p: torch.full((p.shape[0], 3), 0.25), 32)
     assert baked.texture.shape == (32, 32, 3)
     torch.testing.assert_close(baked.texture, torch.full((32, 32, 3), 0.25))  # empty texels filled too
+
+
+def test_exporter_component_writes_threestudio_layout(tmp_path):
+    from hash3d.config.registry import build
+    from hash3d.export import MeshExporterConfig
+
+    grid = HashGridConfig(n_levels=4, n_features_per_level=2, log2_hashmap_size=10, base_resolution=4, per_level_scale=2.0)
+    field = ImplicitVolume(
+        ImplicitVolumeConfig(
+            radius=1.0, pos_encoding_config=grid, mlp_network_config=MLPConfig(n_neurons=16),
+            isosurface_resolution=20, isosurface_threshold=5.0,
+        )
+    )
+    exporter = build("exporter", "mesh-exporter", MeshExporterConfig(texture_size=64))
+    files = exporter(field, tmp_path / "it0-export")
+    assert sorted(f.name for f in files) == ["model.mtl", "model.obj", "model_albedo.png"]
+    loaded = trimesh.load(files[0], process=False, force="mesh")
+    assert len(loaded.faces) > 50

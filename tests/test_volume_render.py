@@ -75,7 +75,7 @@ def sphere_rays(n_side=20, distance=3.0, fovy=40.0):
 def tiny_volume(seed=0, **kw) -> ImplicitVolume:
     torch.manual_seed(seed)
     grid = HashGridConfig(n_levels=4, n_features_per_level=2, log2_hashmap_size=10, base_resolution=4, per_level_scale=2.0)
-    field = ImplicitVolume(ImplicitVolumeConfig(radius=1.0, pos_encoding=grid, mlp=MLPConfig(n_neurons=16), **kw))
+    field = ImplicitVolume(ImplicitVolumeConfig(radius=1.0, pos_encoding_config=grid, mlp_network_config=MLPConfig(n_neurons=16), **kw))
     with torch.no_grad():
         field.encoding.table.normal_(0, 0.5)
     return field
@@ -279,3 +279,32 @@ def test_diffuse_point_light_shading():
     with torch.no_grad():
         out = render_cameras(field, c2w, torch.tensor([40.0]), 9, 9, VolumeRenderConfig(num_samples_per_ray=256, **PLAIN), shading=lit)
     assert out.rgb[0, 4, 4].min() > 0.9  # facing the light
+
+
+def test_renderer_component_owns_and_checkpoints_its_grid():
+    from hash3d.config.registry import build
+    from hash3d.render import NeRFVolumeRenderer, SolidColorBackground, SolidColorBackgroundConfig
+
+    field = BoxField()
+    config = VolumeRenderConfig(num_samples_per_ray=128, prune_alpha_threshold=0.0, grid=OccupancyGridConfig(resolution=16))
+    renderer = build("renderer", "nerf-volume-renderer", config)
+    assert isinstance(renderer, NeRFVolumeRenderer)
+    assert renderer.update_step(0, field) and not renderer.update_step(5, field)
+    assert int(renderer.grid.binary.sum()) == 8**3
+    restored = NeRFVolumeRenderer(config)
+    restored.load_state_dict(renderer.state_dict())
+    assert torch.equal(restored.grid.binary, renderer.grid.binary)
+    c2w = orbit_c2w(torch.tensor([10.0]), torch.tensor([20.0]), torch.tensor([2.8]))
+    bg = SolidColorBackground(SolidColorBackgroundConfig(color=(0.0, 0.0, 0.0)))
+    renderer.eval()
+    with torch.no_grad():
+        a = renderer(field, c2w, torch.tensor([40.0]), 8, 8, background=bg())
+        b = render_cameras(field, c2w, torch.tensor([40.0]), 8, 8, replace_grid(config, False), background=torch.zeros(3))
+    torch.testing.assert_close(a.rgb, b.rgb, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(a.rgb, a.rgb_fg)  # black background
+
+
+def replace_grid(config, enabled):
+    from dataclasses import replace
+
+    return replace(config, grid=replace(config.grid, enabled=enabled))

@@ -1,13 +1,19 @@
 """Renderers: NeRF volume rendering (packed samples, occupancy grid), materials."""
 
+from .background import SolidColorBackground, SolidColorBackgroundConfig
 from .compositing import accumulate_along_rays, exclusive_segment_sum, render_weights
-from .material import MaterialConfig, Shading, choose_shading, shade
+from .material import DiffuseWithPointLight, MaterialConfig, Shading, choose_shading, shade
 from .occupancy import OccupancyGrid, OccupancyGridConfig
 from .rays import ray_aabb
 from .sampling import PackedSamples, march_rays
+from .renderer import NeRFVolumeRenderer
 from .volume import RenderOutput, VolumeRenderConfig, render_cameras, render_rays
 
 __all__ = [
+    "DiffuseWithPointLight",
+    "NeRFVolumeRenderer",
+    "SolidColorBackground",
+    "SolidColorBackgroundConfig",
     "MaterialConfig",
     "OccupancyGrid",
     "OccupancyGridConfig",

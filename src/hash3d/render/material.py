@@ -13,6 +13,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from ..config.registry import register
+
 ShadingMode = Literal["albedo", "diffuse", "textureless"]
 
 
@@ -101,3 +103,23 @@ def shade(
     if shading.mode == "diffuse":
         return albedo.clamp(0.0, 1.0) * textureless
     raise ValueError(f"unknown shading mode {shading.mode!r}")
+
+
+@register("material", "diffuse-with-point-light", config=MaterialConfig)
+class DiffuseWithPointLight:
+    """The material component: picks each batch's shading and light colours from its config."""
+
+    def __init__(self, config: MaterialConfig | None = None, **_runtime):
+        self.config = config or MaterialConfig()
+
+    def shading(
+        self,
+        step: int,
+        training: bool,
+        light_positions: torch.Tensor | None = None,
+        ambient_ratio: float | None = None,
+        rng: random.Random | None = None,
+    ) -> Shading:
+        """Shading for one render: `choose_shading`'s mode with the config's (or the ratio's) light colours."""
+        mode = choose_shading(self.config, step, training, rng)
+        return Shading.from_config(self.config, mode, light_positions, ambient_ratio)

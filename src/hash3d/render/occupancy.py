@@ -38,16 +38,19 @@ class OccupancyGridConfig:
 
 
 class OccupancyGrid(nn.Module):
-    def __init__(self, radius: float, config: OccupancyGridConfig | None = None):
+    def __init__(self, radius: float | None = None, config: OccupancyGridConfig | None = None):
         super().__init__()
         self.config = config or OccupancyGridConfig()
-        self.radius = float(radius)
+        self.radius = None if radius is None else float(radius)
+        """Half side of the box the grid covers; may be set later (e.g. from the field), the buffers don't depend on it."""
         res = self.config.resolution
         self.register_buffer("occupancy", torch.zeros(res**3))
         self.register_buffer("binary", torch.ones(res, res, res, dtype=torch.bool))
 
     def cell_index(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """points [N, 3] -> flat cell index [N] and inside-the-box mask [N]."""
+        if self.radius is None:
+            raise ValueError("occupancy grid radius is not set")
         res = self.config.resolution
         u = (points + self.radius) / (2 * self.radius)
         inside = ((u >= 0) & (u <= 1)).all(dim=-1)
@@ -78,6 +81,8 @@ class OccupancyGrid(nn.Module):
         cfg = self.config
         if not cfg.enabled or step % cfg.update_every != 0:
             return False
+        if self.radius is None:
+            raise ValueError("occupancy grid radius is not set")
         n_cells = cfg.resolution**3
         device = self.occupancy.device
         if step < cfg.warmup_steps:

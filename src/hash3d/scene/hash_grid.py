@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
@@ -26,6 +27,9 @@ HASH_PRIMES = (1, 2654435761, 805459861)
 class HashGridConfig:
     """Multi-resolution hash grid; defaults are threestudio's "HashGrid" (finest level 4096 cells)."""
 
+    otype: Literal["HashGrid", "ProgressiveBandHashGrid"] = "HashGrid"
+    """HashGrid: all levels from the start. ProgressiveBandHashGrid: only the first `start_level` levels at first,
+    one more every `update_steps` steps after `start_step` (the others read as zero)."""
     n_levels: int = 16
     """Number of resolution levels L."""
     n_features_per_level: int = 2
@@ -38,6 +42,12 @@ class HashGridConfig:
     """Growth of the cell count from one level to the next."""
     init_scale: float = 1e-4
     """Entries start uniform in [−init_scale, init_scale]."""
+    start_level: int = 6
+    """ProgressiveBandHashGrid: levels active at the start."""
+    start_step: int = 0
+    """ProgressiveBandHashGrid: step at which levels start being added."""
+    update_steps: int = 500
+    """ProgressiveBandHashGrid: steps between two added levels."""
 
     def __post_init__(self) -> None:
         if self.n_levels < 1 or self.n_features_per_level < 1:
@@ -46,6 +56,15 @@ class HashGridConfig:
             raise ValueError(f"log2_hashmap_size must be in [1, 30]; got {self.log2_hashmap_size}")
         if self.base_resolution < 1 or self.per_level_scale < 1.0:
             raise ValueError("hash grid needs base_resolution >= 1 and per_level_scale >= 1")
+        if self.update_steps < 1:
+            raise ValueError(f"hash grid update_steps must be >= 1; got {self.update_steps}")
+
+    def active_levels(self, step: int) -> int:
+        """Levels in use at a training step."""
+        if self.otype == "HashGrid":
+            return self.n_levels
+        added = max(step - self.start_step, 0) // self.update_steps if step >= self.start_step else 0
+        return max(0, min(self.n_levels, self.start_level + added))
 
 
 @dataclass(frozen=True)
@@ -133,15 +152,28 @@ class HashGrid(nn.Module):
         self.register_buffer("offset", torch.tensor([lv.offset for lv in self.levels], dtype=torch.int64), persistent=False)
         self.n_dense = sum(lv.dense for lv in self.levels)  # dense levels come first (resolution only grows)
         self.hash_mask = 2**self.config.log2_hashmap_size - 1
+        # 1 for the channels of active levels (all of them unless the grid is progressive); a buffer, so the
+        # forward has no step-dependent branch and stays compilable
+        self.register_buffer("level_mask", torch.ones(self.n_output_dims), persistent=False)
+        self.update_step(0)
         self.reset_parameters()
 
     @property
     def n_output_dims(self) -> int:
         return self.config.n_levels * self.config.n_features_per_level
 
+    def update_step(self, global_step: int) -> None:
+        """Progressive band: switch levels on as training proceeds (no-op for a plain HashGrid)."""
+        active = self.config.active_levels(global_step)
+        self.level_mask.fill_(0.0)
+        self.level_mask[: active * self.config.n_features_per_level] = 1.0
+
     def reset_parameters(self) -> None:
         nn.init.uniform_(self.table, -self.config.init_scale, self.config.init_scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x [N, 3] in [0, 1]³ (clamped) -> [N, L·F]."""
-        return hash_grid_encode(x, self.table, self.resolution, self.offset, self.n_dense, self.hash_mask)
+        out = hash_grid_encode(x, self.table, self.resolution, self.offset, self.n_dense, self.hash_mask)
+        if self.config.otype == "HashGrid":
+            return out
+        return out * self.level_mask.to(out.dtype)

@@ -14,8 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config.registry import register
 from .field import FieldOutput
 from .hash_grid import HashGrid, HashGridConfig
+from .isosurface import Mesh, extract_mesh
 from .mlp import MLPConfig, make_mlp
 
 
@@ -27,9 +29,9 @@ class ImplicitVolumeConfig:
     """The scene is the box [−radius, radius]³."""
     n_feature_dims: int = 3
     """Channels of the feature network; the first 3 give the albedo."""
-    pos_encoding: HashGridConfig = field(default_factory=HashGridConfig)
+    pos_encoding_config: HashGridConfig = field(default_factory=HashGridConfig)
     """Hash-grid encoding of the contracted points."""
-    mlp: MLPConfig = field(default_factory=MLPConfig)
+    mlp_network_config: MLPConfig = field(default_factory=MLPConfig)
     """Shape of both the density and the feature network."""
     density_activation: Literal["softplus", "shifted_softplus", "exp"] = "softplus"
     """softplus(x); softplus(x − 1); or exp(x) with its gradient clamped at x = 15."""
@@ -45,6 +47,14 @@ class ImplicitVolumeConfig:
     """Step (world units) of the central differences."""
     albedo_activation: Literal["sigmoid", "none"] = "sigmoid"
     """Feature -> albedo map (threestudio's materials apply a sigmoid)."""
+    isosurface_resolution: int = 128
+    """Mesh export: grid vertices per axis."""
+    isosurface_threshold: float = 25.0
+    """Mesh export: density of the surface."""
+    isosurface_coarse_to_fine: bool = True
+    """Mesh export: second pass inside the first mesh's bounding box grown by 10%."""
+    isosurface_outlier_fraction: float = 0.01
+    """Mesh export: connected components with fewer than this fraction of the faces are dropped."""
 
     def __post_init__(self) -> None:
         if self.radius <= 0:
@@ -97,16 +107,35 @@ def contract_to_unit(points: torch.Tensor, radius: float) -> torch.Tensor:
     return (points + radius) / (2.0 * radius)
 
 
+@register("geometry", "implicit-volume", config=ImplicitVolumeConfig)
 class ImplicitVolume(nn.Module):
     """Density and albedo field on [−r, r]³ (satisfies `hash3d.scene.field.RadianceField`)."""
 
-    def __init__(self, config: ImplicitVolumeConfig | None = None):
+    def __init__(self, config: ImplicitVolumeConfig | None = None, device: torch.device | str | None = None, **_runtime):
         super().__init__()
         self.config = config or ImplicitVolumeConfig()
         self.radius = float(self.config.radius)
-        self.encoding = HashGrid(self.config.pos_encoding)
-        self.density_network = make_mlp(self.encoding.n_output_dims, 1, self.config.mlp)
-        self.feature_network = make_mlp(self.encoding.n_output_dims, self.config.n_feature_dims, self.config.mlp)
+        self.encoding = HashGrid(self.config.pos_encoding_config)
+        mlp = self.config.mlp_network_config
+        self.density_network = make_mlp(self.encoding.n_output_dims, 1, mlp)
+        self.feature_network = make_mlp(self.encoding.n_output_dims, self.config.n_feature_dims, mlp)
+        if device is not None:
+            self.to(device)
+
+    def update_step(self, global_step: int) -> None:
+        """Per-step schedule (the progressive hash-grid band)."""
+        self.encoding.update_step(global_step)
+
+    def extract_mesh(self, resolution: int | None = None, threshold: float | None = None) -> Mesh:
+        """Isosurface with the config's isosurface_* settings (arguments override them)."""
+        cfg = self.config
+        return extract_mesh(
+            self,
+            resolution=resolution or cfg.isosurface_resolution,
+            threshold=cfg.isosurface_threshold if threshold is None else threshold,
+            coarse_to_fine=cfg.isosurface_coarse_to_fine,
+            min_component_fraction=cfg.isosurface_outlier_fraction,
+        )
 
     def _raw(self, points: torch.Tensor, with_features: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         enc = self.encoding(contract_to_unit(points, self.radius))

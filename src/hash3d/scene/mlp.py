@@ -12,12 +12,16 @@ from torch import nn
 class MLPConfig:
     """A ReLU MLP: in -> n_neurons (× n_hidden_layers) -> out."""
 
+    otype: Literal["VanillaMLP", "FullyFusedMLP"] = "VanillaMLP"
+    """Accepted for threestudio configs; both mean this torch MLP."""
     n_neurons: int = 64
     """Width of every hidden layer."""
     n_hidden_layers: int = 2
     """Hidden layers (threestudio's zero123 / magic123 configs use 2; its module default and dreamfusion-sd use 1)."""
     activation: Literal["relu", "silu"] = "relu"
     """Hidden activation."""
+    output_activation: Literal["none"] = "none"
+    """No activation on the output (the field applies its own)."""
     bias: bool = False
     """Linear biases (tiny-cuda-nn's fused MLP, and so threestudio, has none)."""
 
