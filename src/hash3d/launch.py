@@ -155,9 +155,12 @@ def run(argv: Sequence[str] | None = None, prog: str = "launch.py") -> Path:
     datamodule = build("data", cfg.data_type, cfg.data, seed=cfg.seed)
     datamodule.setup()
     system = build("system", cfg.system_type, cfg.system, device=device)
+    trial = TrialDir(Path(cfg.trial_dir))
+    trainer = Trainer(cfg, trial, device, precision)
+    if ckpt is not None:
+        trainer.restore(system, ckpt, cfg.resume or "", full=False)  # the weights must fit before anything is written
 
     # 2. the trial folder
-    trial = TrialDir(Path(cfg.trial_dir))
     resuming_here = (trial.configs / "parsed.yaml").is_file()
     trial.create()
     raw = config_path.read_text()
@@ -166,15 +169,12 @@ def run(argv: Sequence[str] | None = None, prog: str = "launch.py") -> Path:
     log.info("trial folder: %s", trial.root)
 
     # 3. the run
-    trainer = Trainer(cfg, trial, device, precision)
     if mode == "train":
         trainer.fit(system, datamodule, ckpt, cfg.resume)
         if cfg.trainer.test_after_fit:
             trainer.test(system, datamodule)
     else:
-        system.to(device)
-        if ckpt is not None:
-            trainer.restore(system, ckpt, cfg.resume or "", full=False)
+        trainer.place(system)
         if mode == "validate":
             trainer.validate(system, datamodule)
         elif mode == "test":
@@ -187,7 +187,7 @@ def run(argv: Sequence[str] | None = None, prog: str = "launch.py") -> Path:
 
 def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     """Entry point: returns the exit status (0 ok, 2 bad input, 130 interrupted)."""
-    prog = prog or os.path.basename(sys.argv[0]) or "launch.py"
+    prog = prog or (os.path.basename(sys.argv[0]) if argv is None else "") or "launch.py"
     verbose = "--verbose" in (sys.argv[1:] if argv is None else argv)
     try:
         run(argv, prog)

@@ -4,11 +4,13 @@
 - `register(kind, name, config=Cls)` / `register_lazy(...)`: the name registry behind `*_type` strings
 - `block(kind)`: declare a config field whose dataclass is selected by its sibling `<kind>_type`
 - `build(kind, name, cfg, **runtime)` / `build_block(parent_cfg, "geometry", **runtime)`: construct components
+- `discover` / `twins` / `twin_differences` / `smoke_overrides`: a front-end's configs as a method table for tests
 
 See `registry.py` for a complete example of registering a component.
 """
 
 from .errors import ConfigError, RegistryError, UserInputError, closest, did_you_mean
+from .methods import discover, smoke_overrides, twin_differences, twins
 from .loader import load_config, load_yaml, merge, parse_overrides, resolve, save_yaml, to_yaml, validate
 from .registry import REGISTRY, Entry, build, build_block, load_plugins, lookup, names, register, register_lazy
 from .schema import CheckpointConfig, ExperimentConfig, TrainerConfig
@@ -28,6 +30,7 @@ __all__ = [
     "build_block",
     "closest",
     "did_you_mean",
+    "discover",
     "from_data",
     "load_config",
     "load_plugins",
@@ -40,7 +43,10 @@ __all__ = [
     "register_lazy",
     "resolve",
     "save_yaml",
+    "smoke_overrides",
     "to_data",
     "to_yaml",
+    "twin_differences",
+    "twins",
     "validate",
 ]

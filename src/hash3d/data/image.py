@@ -189,7 +189,10 @@ class SingleImageDataModule(DataModule):
     def setup(self) -> None:
         cfg = self.cfg
         path = Path(cfg.image_path)
-        rgba = load_rgba(path)
+        try:
+            rgba = load_rgba(path)
+        except DataError as exc:
+            raise DataError(f"data.image_path: {exc}") from exc
         extra = []
         if cfg.requires_depth:
             extra.append(_load_plain(_companion(path, "depth"), 1, "depth"))

@@ -93,6 +93,11 @@ class Trainer:
         self.interrupted = False
 
     # ------------------------------------------------------------------ helpers
+    def place(self, system: System) -> None:
+        """Move the system to the run's device (and keep `system.device` in step)."""
+        system.to(self.device)
+        system._device = self.device
+
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.precision.dtype is None:
             return contextlib.nullcontext()
@@ -164,7 +169,7 @@ class Trainer:
     def fit(self, system: System, datamodule: Any, ckpt: dict[str, Any] | None = None, ckpt_path: str | None = None) -> None:
         cfg = self.cfg
         max_steps = cfg.trainer.max_steps
-        system.to(self.device)
+        self.place(system)
         system.max_steps = max_steps
         if ckpt is None and getattr(system.cfg, "weights", None):
             self.load_weights(system, system.cfg.weights, getattr(system.cfg, "weights_ignore_modules", []))
