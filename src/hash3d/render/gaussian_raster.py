@@ -354,7 +354,6 @@ def _rasterize_gaussians(
     if proj.means2d.requires_grad:
         proj.means2d.retain_grad()
     C = viewmats.shape[0]
-    D = 3 if colors.dim() == 3 else colors.shape[-1]
     if sh_degree is not None:
         campos = torch.linalg.inv(viewmats)[:, :3, 3]  # [C, 3]
     rgbs, alphas, depths = [], [], []

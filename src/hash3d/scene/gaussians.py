@@ -145,7 +145,7 @@ class GaussianLRConfig:
         }
 
 
-def knn_mean_sq_dist(points: Tensor, k: int = 3, chunk: int = 2048) -> Tensor:
+def knn_mean_sq_dist(points: Tensor, k: int = 3, max_chunk_elements: int = 1 << 24) -> Tensor:
     """[N, 3] -> [N] mean squared distance to the k nearest other points (what 3DGS's simple-knn
     `distCUDA2` computes, exactly rather than approximately). Duplicates count as neighbours at distance 0.
     Uses scipy's cKDTree on the CPU for large clouds when scipy is installed, else chunked `torch.cdist`."""
@@ -164,6 +164,7 @@ def knn_mean_sq_dist(points: Tensor, k: int = 3, chunk: int = 2048) -> Tensor:
             d, _ = cKDTree(p).query(p, k=k + 1)  # the first column is (one copy of) the point itself
             return torch.from_numpy((d[:, 1:] ** 2).mean(1)).to(points.dtype)
     out = []
+    chunk = max(1, max_chunk_elements // n)
     for s in range(0, n, chunk):
         q = pts[s : s + chunk]
         d2 = torch.cdist(q.double(), pts.double()).square()  # [c, N]
