@@ -63,6 +63,7 @@ class DummySystem(System):
 
     def on_fit_start(self, datamodule) -> None:
         self.fit_started = True
+        self.guidance.generator.manual_seed(1234)  # as the real guidances' set_image / set_prompt do
 
     def colour(self, cams: CameraBatch) -> torch.Tensor:
         az = torch.deg2rad(cams.azimuth.float())

@@ -171,6 +171,9 @@ class Trainer:
         max_steps = cfg.trainer.max_steps
         self.place(system)
         system.max_steps = max_steps
+        system.train()
+        # first, so that what it resets (set_image / set_prompt reseed the guidance) is then overwritten by the checkpoint
+        system.on_fit_start(datamodule)
         if ckpt is None and getattr(system.cfg, "weights", None):
             self.load_weights(system, system.cfg.weights, getattr(system.cfg, "weights_ignore_modules", []))
         optimizer, scheduler = _split_optim(system.configure_optimizers())
@@ -186,8 +189,6 @@ class Trainer:
                 log.info("note: the checkpoint is at step %d >= trainer.max_steps=%d: nothing to train", start, max_steps)
         self.global_step = start
         metrics = MetricsLogger(self.trial.metrics, resume_step=start if ckpt is not None else None)
-        system.train()
-        system.on_fit_start(datamodule)
         if cfg.trainer.num_sanity_val_steps > 0 and start == 0:
             self.validate(system, datamodule, limit=cfg.trainer.num_sanity_val_steps)
             system.train()

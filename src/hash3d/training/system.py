@@ -17,7 +17,8 @@ A system is an `nn.Module` registered under kind 'system' with its config datacl
         def training_step(self, batch, step): ... return {"loss": loss, "loss_sds": ...}
         def test_step(self, batch, index): ... return {"rgb": rgb, "opacity": opacity}
 
-The loop calls, in order: `configure_optimizers()`, `on_fit_start(datamodule)`, then per step
+The loop calls, in order: `on_fit_start(datamodule)`, `configure_optimizers()`, the checkpoint restore (when
+resuming: `load_checkpoint_state_dict`, `load_extra_state`, optimizer state), then per step
 `update_step(step, max_steps)`, `training_step(batch, step)`, backward, `on_before_optimizer_step`,
 optimizer step, `on_after_optimizer_step`; `validation_step` / `test_step` render views (under no_grad,
 `eval()` mode; code that needs autograd there, such as analytic normals, opens `torch.enable_grad()` itself);
@@ -150,7 +151,9 @@ class System(nn.Module):
         return build_optimizer(self, getattr(self.cfg, "optimizer", OptimizerConfig()))
 
     def on_fit_start(self, datamodule: Any) -> None:
-        """Before the first training step (also after a resume): e.g. give the guidance its condition image."""
+        """Before the optimizer is built and before a resume checkpoint is loaded: build lazy parts, give the guidance
+        its condition image or prompt. A system whose parameter shapes change during training (Gaussians) overrides
+        `load_checkpoint_state_dict` to resize them to the checkpoint's."""
 
     def on_fit_end(self) -> None:
         pass
