@@ -166,7 +166,7 @@ def test_chunked_equals_unchunked():
     field = tiny_volume()
     o, d = sphere_rays(12, distance=2.5)
     whole = VolumeRenderConfig(num_samples_per_ray=96, eval_chunk_size=10**6)
-    chunked = VolumeRenderConfig(num_samples_per_ray=96, eval_chunk_size=37, march_chunk_elements=500)
+    chunked = VolumeRenderConfig(num_samples_per_ray=96, eval_chunk_size=37, march_chunk_elements=500, field_chunk_size=100)
     bg = torch.rand(o.shape[0], 3)
     with torch.no_grad():
         a = render_rays(field, o, d, whole, background=bg)

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data.cameras import rays as camera_rays
-from ..scene.field import RadianceField
+from ..scene.field import FieldOutput, RadianceField
 from .compositing import accumulate_along_rays, render_weights
 from .material import Shading, shade
 from .occupancy import OccupancyGrid, OccupancyGridConfig
@@ -42,8 +42,9 @@ class VolumeRenderConfig:
     """Composite normals (needs a field with normals); shading other than albedo needs them anyway."""
     eval_chunk_size: int = 160000
     """Outside training, render at most this many rays at a time (so 512×512 renders fit in memory)."""
-    density_chunk_size: int = 2**20
-    """Points per density-only evaluation in the pruning pass."""
+    field_chunk_size: int = 2**19
+    """Points per field call in the density-only pruning pass and, without gradients, in the main pass (bounds the
+    memory of evaluation renders; with gradients the field sees all samples of the batch at once)."""
     march_chunk_elements: int = 2**22
     """Candidate samples per chunk while marching."""
 
@@ -112,6 +113,14 @@ def _density_in_chunks(field: RadianceField, points: torch.Tensor, chunk: int) -
     return torch.cat([field.forward_density(p).reshape(-1) for p in points.split(chunk)])
 
 
+def _field_in_chunks(field: RadianceField, points: torch.Tensor, with_normal: bool, chunk: int) -> FieldOutput:
+    if torch.is_grad_enabled() or points.shape[0] <= chunk:
+        return field(points, with_normal=with_normal)
+    parts = [field(p, with_normal=with_normal) for p in points.split(chunk)]
+    cat = lambda name: None if getattr(parts[0], name) is None else torch.cat([getattr(o, name) for o in parts])  # noqa: E731
+    return FieldOutput(cat("density"), cat("albedo"), cat("normal"), cat("features"))
+
+
 def _render_packed(
     field: RadianceField,
     rays_o: torch.Tensor,
@@ -135,7 +144,7 @@ def _render_packed(
 
     if (config.prune_alpha_threshold > 0 or config.early_stop_eps > 0) and len(samples) > 0:
         with torch.no_grad():
-            sigma = _density_in_chunks(field, samples.positions(rays_o, rays_d), config.density_chunk_size)
+            sigma = _density_in_chunks(field, samples.positions(rays_o, rays_d), config.field_chunk_size)
             _, transmittance, alphas = render_weights(sigma, samples.deltas, samples.ray_indices, n_rays)
             keep = alphas >= config.prune_alpha_threshold
             if config.early_stop_eps > 0:
@@ -145,7 +154,7 @@ def _render_packed(
     shading = shading or Shading()
     need_normal = config.return_normal or shading.needs_normals
     positions = samples.positions(rays_o, rays_d)
-    out = field(positions, with_normal=need_normal)
+    out = _field_in_chunks(field, positions, need_normal, config.field_chunk_size)
     sigma = out.density.reshape(-1)
     weights, _, _ = render_weights(sigma, samples.deltas, samples.ray_indices, n_rays)
     colors = shade(out.albedo, out.normal, positions, samples.ray_indices, shading)

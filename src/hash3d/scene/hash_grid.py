@@ -103,8 +103,11 @@ def _corner_index(corner: torch.Tensor, resolution: torch.Tensor, dense: bool, h
         d = corner * stride[None, :, None, :]
         return d[..., 0][:, :, :, None, None] + d[..., 1][:, :, None, :, None] + d[..., 2][:, :, None, None, :]
     # spatial hash; only the low bits survive the mask, so int64 products give uint32 arithmetic's result
-    h = corner * torch.tensor(HASH_PRIMES, dtype=torch.int64, device=corner.device)
-    return (h[..., 0][:, :, :, None, None] ^ h[..., 1][:, :, None, :, None] ^ h[..., 2][:, :, None, None, :]) & hash_mask
+    # (Python-int multipliers: no host-to-device copy per call)
+    h0 = corner[..., 0] * HASH_PRIMES[0]
+    h1 = corner[..., 1] * HASH_PRIMES[1]
+    h2 = corner[..., 2] * HASH_PRIMES[2]
+    return (h0[:, :, :, None, None] ^ h1[:, :, None, :, None] ^ h2[:, :, None, None, :]) & hash_mask
 
 
 def hash_grid_encode(
