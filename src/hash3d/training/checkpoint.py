@@ -35,6 +35,11 @@ OUTPUT_ONLY = {
     "cleanup_after_test_step",
     "weights",
     "weights_ignore_modules",
+    # mesh extraction settings of the geometry: read only by --export
+    "isosurface_resolution",
+    "isosurface_threshold",
+    "isosurface_coarse_to_fine",
+    "isosurface_outlier_fraction",
 }
 # blocks of the system config that do not change the saved model: ignored when a checkpoint is only rendered/exported
 EVAL_IGNORED_SYSTEM_BLOCKS = ("guidance", "guidance_3d", "prompt_processor", "loss", "optimizer", "exporter")

@@ -90,12 +90,11 @@ class Zero123Guidance(SDSGuidance):
         if image.shape[0] == 4:
             image = image[:3] * image[3:] + (1 - image[3:])
         cfg = self.config
-        if elevation_deg is not None:
-            cfg.cond_elevation_deg = float(elevation_deg)
-        if azimuth_deg is not None:
-            cfg.cond_azimuth_deg = float(azimuth_deg)
-        if camera_distance is not None:
-            cfg.cond_camera_distance = float(camera_distance)
+        self.cond_camera = (
+            cfg.cond_elevation_deg if elevation_deg is None else float(elevation_deg),
+            cfg.cond_azimuth_deg if azimuth_deg is None else float(azimuth_deg),
+            cfg.cond_camera_distance if camera_distance is None else float(camera_distance),
+        )
         rgb = self.resize(image[None].clamp(0, 1))
         self.clip_embedding = self.image_encoder(self._clip_pixels(rgb).to(self.image_encoder.dtype)).image_embeds[:, None]
         self.cond_latents = self.vae.encode((rgb * 2 - 1).to(self.vae.dtype)).latent_dist.mode().float()
@@ -113,10 +112,9 @@ class Zero123Guidance(SDSGuidance):
         return (pixels - mean) / std
 
     def _context(self, elevation, azimuth, camera_distances) -> torch.Tensor:
-        cfg = self.config
         camera = camera_embedding(
             elevation.to(self.device), azimuth.to(self.device), camera_distances.to(self.device),
-            cfg.cond_elevation_deg, cfg.cond_azimuth_deg, cfg.cond_camera_distance, self.camera_kind,
+            *self.cond_camera, self.camera_kind,
         )
         B = camera.shape[0]
         clip = self.clip_embedding.float().expand(B, -1, -1)

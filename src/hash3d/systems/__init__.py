@@ -1,0 +1,14 @@
+"""Training systems: image-to-3D and text-to-3D on NeRF geometry (importing this registers them)."""
+
+from .dreamfusion import DreamFusionSystem, DreamFusionSystemConfig
+from .nerf import NeRFSystem, NeRFSystemConfig
+from .zero123 import Zero123System, Zero123SystemConfig
+
+__all__ = [
+    "DreamFusionSystem",
+    "DreamFusionSystemConfig",
+    "NeRFSystem",
+    "NeRFSystemConfig",
+    "Zero123System",
+    "Zero123SystemConfig",
+]
