@@ -95,6 +95,13 @@ def _take(obj: Any, index: torch.Tensor, batch: int) -> Any:
     return obj
 
 
+def _pad_rows(t: torch.Tensor, n: int, size: int) -> torch.Tensor:
+    """Repeat the first row of a tensor whose leading dimension is the batch n until it has `size` rows."""
+    if size == n or t.ndim == 0 or t.shape[0] != n:
+        return t
+    return torch.cat([t, t[:1].expand((size - n,) + t.shape[1:])])
+
+
 def _rows(keys_index: torch.Tensor, n_keys: int, groups: int) -> torch.Tensor:
     """UNet-batch rows of the given keys: key i owns rows i, i + B, i + 2B, ..."""
     offsets = torch.arange(groups, device=keys_index.device)[:, None] * n_keys
@@ -187,7 +194,12 @@ class _UNetHook(ModelHook):
         if st.graphs is not None and not extra and all(isinstance(a, torch.Tensor) for a in args):
             if phase not in st.graphs:
                 st.graphs[phase] = GraphedFunction(run)
-            return st.graphs[phase](*args)
+            # split batches come in every size from 1 to B: pad to a power of two so a handful of graphs serve
+            # them all (a launch-bound UNet pass costs about the same for a few more rows)
+            n = call[0].shape[0]
+            size = 1 << (n - 1).bit_length()
+            out, recorded = st.graphs[phase](*(_pad_rows(a, n, size) for a in args))
+            return out[:n], (None if recorded is None else recorded[:n])
         return run(*args)
 
     def _full(self, forward, call, kwargs, keys, latents, groups) -> torch.Tensor:
