@@ -10,6 +10,7 @@ Output is straight (not premultiplied) RGBA in [0, 1].
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -89,6 +90,7 @@ def _march_step(o, d, kind, size, far, t, t_exit, best, t_best, pixel: float):
 
 
 _compiled_step = None
+_compile_failed = False
 
 
 def _step_function(compile_step: bool):
@@ -97,7 +99,7 @@ def _step_function(compile_step: bool):
     if not compile_step:
         return _march_step
     if _compiled_step is None:
-        _compiled_step = torch.compile(_march_step, dynamic=False)
+        _compiled_step = torch.compile(_march_step, dynamic=True)  # any batch size, one compilation
     return _compiled_step
 
 
@@ -191,22 +193,27 @@ def render(
     """Render object i from camera i: objects [N], elevation/azimuth [N] degrees -> straight RGBA [N, 4, size, size].
 
     Runs on the objects' device, `chunk` views at a time (memory about chunk·size²·60 floats). With `compile_step`
-    the march step goes through torch.compile; every chunk is then padded to `chunk` views so that it compiles once.
+    the march step goes through torch.compile (dynamic shapes); if compiling fails, it falls back to eager.
     """
     elevation = torch.as_tensor(elevation, dtype=torch.float32, device=obj.kind.device).reshape(-1)
     azimuth = torch.as_tensor(azimuth, dtype=torch.float32, device=obj.kind.device).reshape(-1)
     if not len(obj) == elevation.shape[0] == azimuth.shape[0]:
         raise ValueError(f"one camera per object: {len(obj)} objects, {elevation.shape[0]} elevations, "
                          f"{azimuth.shape[0]} azimuths")
+    global _compile_failed
     out = []
-    n = len(obj)
-    for start in range(0, n, chunk):
-        idx = torch.arange(start, min(start + chunk, n), device=elevation.device)
-        m = idx.shape[0]
-        if compile_step and m < chunk:  # pad with copies of the last view: one compiled shape
-            idx = torch.cat([idx, idx[-1:].expand(chunk - m)])
-        out.append(_render_chunk(obj.take(idx), elevation[idx], azimuth[idx], size, distance, fovy, steps,
-                                 compile_step)[:m])
+    for start in range(0, len(obj), chunk):
+        idx = torch.arange(start, min(start + chunk, len(obj)), device=elevation.device)
+        args = (obj.take(idx), elevation[idx], azimuth[idx], size, distance, fovy, steps)
+        if compile_step and not _compile_failed:
+            try:
+                out.append(_render_chunk(*args, True))
+                continue
+            except Exception as error:  # noqa: BLE001 - any compiler failure: render eagerly instead
+                _compile_failed = True
+                warnings.warn(f"torch.compile of the sphere tracer failed ({type(error).__name__}: {error}); "
+                              "rendering eagerly")
+        out.append(_render_chunk(*args, False))
     return torch.cat(out) if out else torch.zeros(0, 4, size, size, device=elevation.device)
 
 

@@ -1,0 +1,201 @@
+"""Hash3D-mini: procedural objects and renderer, camera convention, the model layout, training, resume, size."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from hash3d.data.cameras import intrinsics, orbit_c2w
+from hash3d.mini import model as mini_model
+from hash3d.mini.objects import HELD_OUT_ID_BASE, Objects, make_objects, sample_views
+from hash3d.mini.render import CAMERA_DISTANCE, FOVY_DEG, on_white, render
+
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One intra-op thread: these element-wise-heavy CPU tests slow down many times over when the machine's cores
+    are shared and OpenMP threads wait on each other."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# ------------------------------------------------------------------------------------------------ objects, renderer
+
+
+def _render_ids(ids, views=2):
+    ids = torch.as_tensor(ids)
+    e, a = sample_views(ids, views)
+    obj = make_objects(ids).take(torch.arange(len(ids)).repeat_interleave(views))
+    return render(obj, e.reshape(-1), a.reshape(-1))
+
+
+def test_objects_depend_only_on_their_id():
+    a = make_objects(torch.arange(10))
+    b = make_objects(torch.tensor([7, 3, 100, 5]))
+    for name in ("kind", "active", "center", "rotation", "size", "color", "texture", "frequency"):
+        torch.testing.assert_close(getattr(b, name)[[0, 1, 3]], getattr(a, name)[[7, 3, 5]], rtol=0, atol=0)
+    assert not torch.equal(a.color[0], a.color[1])
+    n_parts = a.active.sum(1)
+    assert n_parts.min() >= 1 and n_parts.max() <= 4
+    e, az = sample_views(torch.arange(50), 4)
+    assert e.min() >= -10 and e.max() <= 40 and az.min() >= 0 and az.max() < 360
+
+
+def test_render_is_deterministic_per_seed_with_sane_alpha():
+    first = _render_ids(range(6))
+    again = _render_ids(range(6))
+    assert torch.equal(first, again)
+    other = _render_ids(range(100, 106))
+    assert not torch.allclose(first, other)
+    assert first.shape == (12, 4, 64, 64)
+    assert first.min() >= 0 and first.max() <= 1
+    alpha = first[:, 3]
+    coverage = alpha.mean((1, 2))
+    assert coverage.min() > 0.04 and coverage.max() < 0.7, coverage
+    # the object fills roughly 60–80 % of the frame and stays inside it
+    mask = alpha > 0.5
+    extent = torch.maximum(mask.any(1).sum(1), mask.any(2).sum(1)).float() / 64
+    assert 0.5 < extent.mean() < 0.85, extent
+    border = torch.cat([alpha[:, 0], alpha[:, -1], alpha[:, :, 0], alpha[:, :, -1]], 1)
+    assert border.mean() < 0.02
+    # white background, and objects are never white (albedo <= 0.85): the silhouette rule of the evaluation holds
+    rgb = on_white(first)
+    assert torch.all(rgb[:, :, alpha.sum(0) == 0] == 1)
+    assert torch.all(first[:, :3].amax(1)[alpha > 0.99] <= 0.86)
+
+
+def _blob_centre(alpha: torch.Tensor) -> tuple[float, float]:
+    """(row, col) of the alpha-weighted centroid, in pixel-centre coordinates (+0.5)."""
+    h, w = alpha.shape
+    rows = torch.arange(h, dtype=torch.float32) + 0.5
+    cols = torch.arange(w, dtype=torch.float32) + 0.5
+    m = alpha.sum()
+    return (alpha.sum(1) @ rows / m).item(), (alpha.sum(0) @ cols / m).item()
+
+
+def _ball(center):
+    return Objects.single(["sphere"], [center], [(0.12, 0.12, 0.12)], [(0.8, 0.2, 0.2)])
+
+
+def test_camera_convention_matches_hash3d_cameras():
+    # z is up: a ball above the origin appears above the image centre (smaller row index)
+    row, col = _blob_centre(render(_ball((0, 0, 0.35)), torch.tensor([0.0]), torch.tensor([0.0]))[0, 3])
+    assert row < 32 - 5 and abs(col - 32) < 0.5
+    # azimuth 0 looks from +x: +y is on the right; azimuth 90 looks from +y: +x is on the left, +y in the middle
+    _, col = _blob_centre(render(_ball((0, 0.35, 0)), torch.tensor([0.0]), torch.tensor([0.0]))[0, 3])
+    assert col > 32 + 5
+    _, col = _blob_centre(render(_ball((0.35, 0, 0)), torch.tensor([0.0]), torch.tensor([90.0]))[0, 3])
+    assert col < 32 - 5
+    _, col = _blob_centre(render(_ball((0, 0.35, 0)), torch.tensor([0.0]), torch.tensor([90.0]))[0, 3])
+    assert abs(col - 32) < 0.5
+    # anywhere: the ball is drawn where hash3d.data.cameras projects its centre
+    centre = torch.tensor([0.2, -0.25, 0.1])
+    for elev, azim in ((25.0, 40.0), (-10.0, 200.0), (40.0, 300.0)):
+        alpha = render(_ball(tuple(centre.tolist())), torch.tensor([elev]), torch.tensor([azim]))[0, 3]
+        c2w = orbit_c2w(torch.tensor([elev]), torch.tensor([azim]), torch.tensor([CAMERA_DISTANCE]))[0]
+        cam = torch.linalg.inv(c2w) @ torch.cat([centre, torch.ones(1)])
+        K = intrinsics(torch.tensor([FOVY_DEG]), 64, 64)[0]
+        x, y, z = cam[:3]
+        u = K[0, 0] * x / -z + K[0, 2]  # OpenGL camera: looks down -z, y up -> image rows grow downwards
+        v = -K[1, 1] * y / -z + K[1, 2]
+        row, col = _blob_centre(alpha)
+        assert abs(col - u.item()) < 0.6 and abs(row - v.item()) < 0.6, (elev, azim, row, col, u, v)
+
+
+def test_relative_camera_matches_the_guidance():
+    from hash3d.diffusion.guidance.zero123 import camera_embedding
+
+    elev, azim = torch.tensor([10.0, -5.0, 35.0]), torch.tensor([30.0, 200.0, 350.0])
+    for cond_e, cond_a in ((5.0, 0.0), (-8.0, 120.0)):
+        for kind in ("stable", "xl"):
+            ref = camera_embedding(elev, azim, torch.full((3,), 3.8), cond_e, cond_a, 3.8, kind)
+            ours = mini_model.relative_camera(torch.full((3,), cond_e), torch.full((3,), cond_a), elev, azim,
+                                              stable=kind == "stable")
+            torch.testing.assert_close(ours, ref)
+
+
+# ------------------------------------------------------------------------------------------------ the model
+
+
+def test_default_model_is_at_most_25_mb_and_fits_the_guidance():
+    counts = mini_model.count_parameters("default")  # built on the meta device
+    size = 2 * sum(counts.values())  # fp16
+    assert size <= 25e6, counts
+    configs = mini_model.model_configs("default")
+    unet, vae = configs["unet"], configs["vae"]
+    assert unet["in_channels"] == 8 and unet["out_channels"] == 4
+    assert unet["sample_size"] * 2 ** (len(vae["block_out_channels"]) - 1) == 64  # the guidance's image size
+    assert configs["cc_projection"]["out_channel"] == unet["cross_attention_dim"]
+    assert configs["cc_projection"]["in_channel"] == configs["image_encoder"]["projection_dim"] + 4
+    assert configs["feature_extractor"]["crop_size"]["height"] == configs["image_encoder"]["image_size"]
+    assert configs["scheduler"]["prediction_type"] == "v_prediction"
+    assert configs["scheduler"]["beta_schedule"] == "squaredcos_cap_v2"
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """One --tiny training run on the CPU (3 diffusion steps), written like the real one."""
+    from hash3d.mini.train import main
+
+    out = tmp_path_factory.mktemp("mini") / "run"
+    main(["--out", str(out), "--tiny", "--device", "cpu"])
+    return out
+
+
+def test_tiny_run_writes_a_folder_the_zero123_guidance_uses(tiny_run):
+    from hash3d.cache.config import CacheConfig, CachePolicyConfig
+    from hash3d.diffusion.guidance import Zero123Guidance, Zero123GuidanceConfig
+    from hash3d.diffusion.loading import load_zero123
+
+    model = tiny_run / "model"
+    for name in ("model_index.json", "README.md", "samples.png", "scheduler/scheduler_config.json",
+                 "feature_extractor/preprocessor_config.json", "cc_projection/config.json"):
+        assert (model / name).is_file(), name
+    for part in ("unet", "vae", "image_encoder", "cc_projection"):
+        weights = list((model / part).glob("*.safetensors"))
+        assert weights, part
+        from safetensors.torch import load_file
+
+        assert all(t.dtype == torch.float16 for t in load_file(weights[0]).values())
+    parts = load_zero123(str(model))
+    assert parts.scheduler.config.prediction_type == "v_prediction"
+    assert parts.unet.config.in_channels == 8
+    scores = json.loads((tiny_run / "eval.json").read_text())["scores"]
+    assert {"model, CFG 1", "model, CFG 3", "copy the input view", "white image"} <= set(scores)
+    assert all(math.isfinite(s["psnr"]) for s in scores.values())
+
+    rgba = render(make_objects(torch.tensor([HELD_OUT_ID_BASE])), torch.tensor([5.0]), torch.tensor([0.0]))[0]
+    for cache in (CacheConfig(), CacheConfig(enabled=True, mode="features", policy=CachePolicyConfig(probability=1.0))):
+        g = Zero123Guidance(Zero123GuidanceConfig(pretrained_model_name_or_path=str(model), dtype="fp32",
+                                                  camera_embedding="stable", cache=cache))
+        assert g.image_size == 64
+        g.set_image(rgba, 5.0, 0.0, CAMERA_DISTANCE)
+        for _ in range(2):  # with the cache on, the second step can hit
+            rgb = torch.rand(2, 3, 96, 96, requires_grad=True)
+            out = g(rgb, torch.tensor([10.0, 20.0]), torch.tensor([30.0, 31.0]), torch.full((2,), CAMERA_DISTANCE))
+            out.loss.backward()
+            assert torch.isfinite(out.loss) and torch.isfinite(rgb.grad).all() and rgb.grad.abs().sum() > 0
+    # the training code builds CLIP pixels as the guidance does
+    x = torch.rand(2, 3, 64, 64)
+    fe = g.feature_extractor
+    torch.testing.assert_close(mini_model.clip_pixels(x, 64, fe.image_mean, fe.image_std), g._clip_pixels(x))
+
+
+def test_resume_continues_the_step_count(tiny_run):
+    from hash3d.mini.train import CHECKPOINT, main
+
+    before = torch.load(tiny_run / CHECKPOINT, map_location="cpu", weights_only=False)["state"]
+    assert before["step"] == 3 and before["vae_step"] == 2
+    main(["--out", str(tiny_run), "--tiny", "--device", "cpu", "--steps", "9"])
+    after = torch.load(tiny_run / CHECKPOINT, map_location="cpu", weights_only=False)["state"]
+    assert after["step"] == 9 and after["vae_step"] == 2
+    assert after["next_id"] > before["next_id"]  # the pool went on with new objects (refreshed at step 8)
+    last = after["sessions"][-1]
+    assert last["start_phase"] == "diffusion" and last["start_step"] == 3 and last["end_step"] == 9
+    assert after["diffusion_seconds"] > before["diffusion_seconds"]
