@@ -22,7 +22,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from hash3d.testing.models import build_component
+from hash3d.testing.models import build_component, clip_image_processor_config
 
 __all__ = [
     "PRESETS",
@@ -37,8 +37,6 @@ __all__ = [
 ]
 
 _DIFFUSERS_VERSION = "0.42.1"
-_CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
-_CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 PARTS = ("unet", "vae", "image_encoder", "cc_projection")
 
 # Widths per preset. "default" is the shipped model (≈ 11.9M parameters, ≈ 23.8 MB in fp16); "tiny" is for CPU tests.
@@ -122,21 +120,7 @@ def model_configs(preset: str = "default", scaling_factor: float = 1.0) -> dict[
         "patch_size": p["clip_patch"],
         "projection_dim": p["clip_projection"],
     }
-    feature_extractor = {
-        "crop_size": {"height": IMAGE_SIZE, "width": IMAGE_SIZE},
-        "do_center_crop": True,
-        "do_convert_rgb": True,
-        "do_normalize": True,
-        "do_rescale": True,
-        "do_resize": True,
-        "feature_extractor_type": "CLIPFeatureExtractor",
-        "image_mean": _CLIP_MEAN,
-        "image_processor_type": "CLIPImageProcessor",
-        "image_std": _CLIP_STD,
-        "resample": 3,
-        "rescale_factor": 1 / 255,
-        "size": {"shortest_edge": IMAGE_SIZE},
-    }
+    feature_extractor = clip_image_processor_config(IMAGE_SIZE)
     scheduler = {
         "_class_name": "DDIMScheduler",
         "_diffusers_version": _DIFFUSERS_VERSION,

@@ -194,7 +194,11 @@ def _image_encoder_config(size: str) -> dict[str, Any]:
 
 
 def _feature_extractor_config(size: str) -> dict[str, Any]:
-    side = 224 if size == "full" else _image_encoder_config(size)["image_size"]
+    return clip_image_processor_config(224 if size == "full" else _image_encoder_config(size)["image_size"])
+
+
+def clip_image_processor_config(side: int) -> dict[str, Any]:
+    """`feature_extractor/preprocessor_config.json` of a CLIP image encoder that takes side x side images."""
     return {
         "crop_size": {"height": side, "width": side},
         "do_center_crop": True,
