@@ -3,7 +3,6 @@ the regularisers, evaluation images and mesh export. The image-to-3D and text-to
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +48,16 @@ class RegularizerWeights:
     """|n(x) − n(x + N(0, 0.01))| at the samples."""
 
 
+class _GeneratorRandom:
+    """`random.Random`'s `.random()` drawn from a torch.Generator (whose state checkpoints hold)."""
+
+    def __init__(self, generator: torch.Generator):
+        self.generator = generator
+
+    def random(self) -> float:
+        return float(torch.rand((), generator=self.generator))
+
+
 def _images(out: RenderOutput) -> dict[str, torch.Tensor]:
     images = {"rgb": out.rgb}
     if out.normal_vis is not None:
@@ -70,7 +79,9 @@ class NeRFSystem(System):
         self.renderer = build_block(cfg, "renderer", device=self.device)
         self.exporter = build_block(cfg, "exporter")
         self.guidance = None  # built on fit start: evaluation and export never load the diffusion model
-        self.shading_rng = random.Random(0)
+        # torch generators: the training loop checkpoints them, so a resumed run draws the same shading and samples
+        self.shading_generator = torch.Generator().manual_seed(0)
+        self.shading_rng = _GeneratorRandom(self.shading_generator)
         self.render_generator = torch.Generator(device=self.device).manual_seed(0)
 
     def build_guidance(self) -> None:
