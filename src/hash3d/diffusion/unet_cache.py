@@ -57,9 +57,8 @@ class _CacheState:
         # one GraphedFunction per phase when UNet calls are replayed as CUDA graphs
         self.graphs: dict[str, GraphedFunction] | None = {} if cuda_graphs else None
         self.request: _Request | None = None
-        self.last_hits: torch.Tensor | None = None
-        self.phase = "full"  # "full": run blocks; "record": run and keep the deep feature; "reuse": cached feature
-        self.deep: torch.Tensor | None = None
+        # output structure of the skipped blocks; survives resets, since a replayed CUDA graph of a full pass does
+        # not run the Python hooks that record it
         self.block_outputs: dict[str, Any] = {}
         self.reset()
 
@@ -70,11 +69,9 @@ class _CacheState:
         self.tried = 0
         self.full_samples = 0
         self.cached_samples = 0
-        self.phase = "full"
-        self.deep = None
-        # block_outputs (output structure of skipped blocks) survive resets: a replayed CUDA graph of a full pass
-        # does not run the Python hooks that record them
-        self.last_hits = None
+        self.phase = "full"  # "full": run blocks; "record": run and keep the deep feature; "reuse": cached feature
+        self.deep: torch.Tensor | None = None
+        self.last_hits: torch.Tensor | None = None
 
     def should_try(self) -> bool:
         policy = self.config.policy
