@@ -1,6 +1,7 @@
 """Training systems: image-to-3D and text-to-3D on NeRF geometry (importing this registers them)."""
 
 from .dreamfusion import DreamFusionSystem, DreamFusionSystemConfig
+from .gaussiandreamer import GaussianDreamerSystem, GaussianDreamerSystemConfig
 from .nerf import NeRFSystem, NeRFSystemConfig
 from .zero123 import Zero123System, Zero123SystemConfig
 

@@ -1,0 +1,337 @@
+"""Text-to-3D Gaussians initialised from a 3D prior (GaussianDreamer's gaussiandreamer-system), with the cached
+Stable Diffusion SDS guidance.
+
+Recipe (GaussianDreamer 76a38ff; numbers in `../../../gaussian-dreamer-hash3d/configs/gaussiandreamer-sd.yaml`):
+
+1. Initial shape (`hash3d.scene.shape_prior`): Shap-E mesh vertices and colours for the prompt, grown with noisy
+   neighbours and scaled by 1.6 (or the user's .ply, or a ball), become 3D Gaussians with kNN scales, identity
+   rotations and opacity 0.1 (`GaussianModel.from_points`). The cloud is written to save/shape.ply.
+2. Each step: the batch's cameras (random-camera-datamodule, threestudio's z-up frame) are rasterised on a black
+   background; SDS from Stable Diffusion (view-dependent prompts, the negative prompt, CFG 100, t in 2–98 % then
+   2–55 % after step 500, gradient clip 1.5 → 2.0) plus the sparsity of an opacity proxy (each pixel's accumulated
+   depth over the batch's largest, as upstream); Adam with the 3DGS learning rates (means on the log-linear
+   schedule); densification statistics summed over the batch's views while step < 900, clone / split / prune
+   when step > 300 and step % 100 == 0 (`GaussianDensifyStrategy.gaussiandreamer`).
+3. Outputs in the trial folder: checkpoints (the Gaussian count is restored from them), validation images, the
+   test orbit video (`save/it{N}-test.mp4`), `save/last_3dgs.ply` (standard 3DGS .ply), `save/shape.ply` (the
+   initial point cloud) and `save/it{N}-test-color.ply` (Gaussian centres coloured by their SH DC term);
+   `--export` writes the two .ply files of the Gaussians to `save/it{N}-export/`.
+
+Differences from GaussianDreamer: Shap-E runs through diffusers (the base openai/shap-e text300M weights by default,
+not the Cap3D-finetuned checkpoint; no shape.gif); cameras come from threestudio's current random-camera sampler
+(its sphere-uniform elevation branch is arcsin of a uniform sine, GaussianDreamer's own copy differs); the Shap-E
+object is turned to face threestudio's front view (+x) instead of rotating the cameras.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import logging
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from ..config import block, build_block, register
+from ..data.batches import CameraBatch
+from ..data.cameras import world_to_camera_opencv
+from ..diffusion.schedule import ScheduleValue, schedule_value
+from ..render.gaussian_raster import RasterMeta, resolve_backend
+from ..scene.gaussian_density import GaussianDensifyStrategy
+from ..scene.gaussian_ply import write_point_cloud_ply
+from ..scene.gaussians import PARAM_NAMES, GaussianLRConfig, GaussianModel
+from ..scene.shape_prior import PointCloud, ShapePrior, ShapePriorConfig
+from ..training.outputs import TrialDir
+from ..training.system import System, SystemConfig
+from . import losses
+from .dreamfusion import PromptConfig
+from .nerf import sum_losses
+
+log = logging.getLogger("hash3d")
+
+NEGATIVE_PROMPT = (
+    "ugly, bad anatomy, blurry, pixelated obscure, unnatural colors, poor lighting, dull, and unclear, cropped, "
+    "lowres, low quality, artifacts, duplicate, morbid, mutilated, poorly drawn face, deformed, dehydrated, "
+    "bad proportions, unfocused"
+)
+"""GaussianDreamer's fixed negative prompt."""
+
+
+def _with_preset_defaults(cls: type, preset: Any, name: str) -> type:
+    """A subclass of the dataclass `cls` whose defaults are the values of `preset`, so that a YAML block that sets
+    only some keys keeps the preset's values for the others (not the base class's)."""
+    hints = typing.get_type_hints(cls)
+    fields = [
+        (f.name, hints[f.name], field(default=getattr(preset, f.name))) for f in dataclasses.fields(cls) if f.init
+    ]
+    made = dataclasses.make_dataclass(name, fields, bases=(cls,))
+    made.__module__ = __name__
+    made.__doc__ = f"{cls.__name__} with GaussianDreamer's defaults ({cls.__name__}.gaussiandreamer())."
+    return made
+
+
+GaussianDreamerLRConfig = _with_preset_defaults(
+    GaussianLRConfig, GaussianLRConfig.gaussiandreamer(), "GaussianDreamerLRConfig"
+)
+"""`system.lr`: the 3DGS Adam learning rates (cameras_extent 4)."""
+GaussianDreamerDensifyConfig = _with_preset_defaults(
+    GaussianDensifyStrategy, GaussianDensifyStrategy.gaussiandreamer(), "GaussianDreamerDensifyConfig"
+)
+"""`system.densify`: the densification strategy (its fields are the knobs)."""
+
+
+@dataclass
+class GaussianDreamerLossConfig:
+    lambda_sds: ScheduleValue = 1.0
+    lambda_sparsity: ScheduleValue = 1.0
+    """mean sqrt(o² + 0.01) of the opacity proxy (see `sparsity_source`)."""
+    lambda_opaque: ScheduleValue = 0.0
+    """Binary cross-entropy of the opacity proxy with itself."""
+
+
+@dataclass
+class GaussianDreamerSystemConfig(SystemConfig):
+    """`system:` of gaussiandreamer-system. The `optimizer` block of SystemConfig is not used: the Gaussians have
+    their own Adam (`lr`), as upstream."""
+
+    prompt_processor: PromptConfig = field(default_factory=lambda: PromptConfig(negative_prompt=NEGATIVE_PROMPT))
+    guidance_type: str = "stable-diffusion-guidance"
+    guidance: Any = block("guidance")
+    init: ShapePriorConfig = field(default_factory=ShapePriorConfig)
+    sh_degree: int = 0
+    init_opacity: float = 0.1
+    lr: GaussianDreamerLRConfig = field(default_factory=GaussianDreamerLRConfig)
+    densify: GaussianDreamerDensifyConfig = field(default_factory=GaussianDreamerDensifyConfig)
+    background_color: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    """Solid background of every render (GaussianDreamer: black for training and test)."""
+    sparsity_source: Literal["depth", "alpha"] = "depth"
+    """What the sparsity / opaque losses see: 'depth' = accumulated depth / its batch maximum (GaussianDreamer's
+    proxy), 'alpha' = the rendered opacity."""
+    rasterizer: Literal["auto", "torch", "gsplat"] = "auto"
+    """'auto': gsplat on CUDA when installed, the pure-torch splatter otherwise."""
+    loss: GaussianDreamerLossConfig = field(default_factory=GaussianDreamerLossConfig)
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.sh_degree <= 3:
+            raise ValueError(f"sh_degree must be 0..3; got {self.sh_degree}")
+        if not 0 < self.init_opacity < 1:
+            raise ValueError(f"init_opacity must be in (0, 1); got {self.init_opacity}")
+
+
+def _calling_trainer() -> Any | None:
+    """The Trainer whose method is calling the system (it holds the trial folder and the step).
+
+    Stop-gap: the shared loop does not hand systems their output folder yet (threestudio's launcher calls
+    `system.set_save_dir`); this finds the calling `Trainer` on the stack instead. `set_save_dir` takes precedence."""
+    frame = inspect.currentframe()
+    try:
+        f = frame.f_back if frame is not None else None
+        for _ in range(10):
+            if f is None:
+                return None
+            owner = f.f_locals.get("self")
+            if isinstance(getattr(owner, "trial", None), TrialDir):
+                return owner
+            f = f.f_back
+        return None
+    finally:
+        del frame
+
+
+@register("system", "gaussiandreamer-system", config=GaussianDreamerSystemConfig)
+class GaussianDreamerSystem(System):
+    """Stable Diffusion SDS on 3D Gaussians from a Shap-E / .ply / ball start (see the module docstring)."""
+
+    cfg: GaussianDreamerSystemConfig
+    automatic_optimization = False  # densification replaces parameters: the step is driven here
+
+    def configure(self) -> None:
+        cfg = self.cfg
+        prompt = cfg.prompt_processor.prompt
+        if not prompt.strip():
+            raise ValueError('the prompt is empty: pass system.prompt_processor.prompt="a fox playing a violin"')
+        self.prior = ShapePrior(cfg.init, prompt)  # checks the .ply / Shap-E source now, before any output
+        self.gaussians = self._empty_gaussians()
+        self.initialised = False
+        self.strategy = dataclasses.replace(cfg.densify)
+        self.densify_state = self.strategy.initialize_state()
+        self.split_generator = torch.Generator(device=self.device).manual_seed(cfg.init.seed)
+        self.guidance = None  # built on fit start: evaluation and export never load Stable Diffusion
+        self.save_dir: Path | None = None
+
+    # ------------------------------------------------------------------ set-up
+    def _empty_gaussians(self) -> GaussianModel:
+        k = (self.cfg.sh_degree + 1) ** 2 - 1
+        z = lambda *shape: torch.zeros(*shape, device=self.device)  # noqa: E731
+        return GaussianModel(z(0, 3), z(0, 1, 3), z(0, k, 3), z(0), z(0, 3), z(0, 4), active_sh_degree=0)
+
+    def set_save_dir(self, path: str | Path) -> None:
+        """Where save/ files go (threestudio's name); without it, the calling Trainer's trial folder is used."""
+        self.save_dir = Path(path)
+
+    def _outputs(self) -> Path | None:
+        if self.save_dir is not None:
+            return self.save_dir
+        trainer = _calling_trainer()
+        return trainer.trial.save if trainer is not None else None
+
+    def _step(self) -> int:
+        """The run's step count (what the loop names its files by)."""
+        trainer = _calling_trainer()
+        return int(trainer.global_step) if trainer is not None else self.global_step
+
+    def initialise(self) -> PointCloud:
+        """Gaussians from the initial point cloud (Shap-E is sampled here); writes save/shape.ply."""
+        cloud = self.prior.build(self.device)
+        model = GaussianModel.from_points(
+            torch.from_numpy(cloud.points).to(self.device),
+            torch.from_numpy(cloud.colors).to(self.device),
+            sh_degree=self.cfg.sh_degree,
+            init_opacity=self.cfg.init_opacity,
+        )
+        self.gaussians = model
+        self.initialised = True
+        self.densify_state = self.strategy.initialize_state()
+        log.info("initial shape: %s, %d Gaussians", cloud.source, len(cloud))
+        folder = self._outputs()
+        if folder is not None:
+            cloud.save(folder / "shape.ply")
+        return cloud
+
+    def _ensure_initialised(self) -> None:
+        if not self.initialised:
+            self.initialise()
+
+    def on_fit_start(self, datamodule) -> None:
+        if not self.initialised and not self.cfg.weights:  # resuming (or weights=) restores the Gaussians instead
+            self.initialise()
+        if self.guidance is None:
+            gcfg = self.cfg.guidance
+            if self.device.type == "cpu" and getattr(gcfg, "dtype", "fp32") != "fp32":
+                log.info("note: guidance dtype %s -> fp32 on the CPU", gcfg.dtype)
+                gcfg = dataclasses.replace(gcfg, dtype="fp32")
+            parent = dataclasses.replace(self.cfg, guidance=gcfg)
+            self.guidance = build_block(parent, "guidance", device=self.device)
+        prompt = self.cfg.prompt_processor
+        self.guidance.set_prompt(prompt.prompt, prompt.negative_prompt)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        optimizer = self.gaussians.make_optimizer(self.cfg.lr)
+        self.strategy.check_sanity(self.gaussians.params, optimizer)
+        return optimizer
+
+    def update_step(self, step: int, max_steps: int | None = None) -> None:
+        self.global_step = step
+        self.max_steps = max_steps or self.max_steps
+        if self.guidance is not None:
+            self.guidance.update_step(step, max_steps)
+
+    # ------------------------------------------------------------------ rendering
+    def render(self, cams: CameraBatch) -> tuple[torch.Tensor, torch.Tensor, RasterMeta]:
+        """rgb [B, H, W, 3], alpha [B, H, W, 1] and the rasteriser's meta (projected means, radii, depth)."""
+        viewmats = world_to_camera_opencv(cams.c2w)
+        Ks = cams.intrinsics().to(viewmats)
+        background = torch.tensor(self.cfg.background_color, device=viewmats.device, dtype=torch.float32)
+        backend = resolve_backend(self.cfg.rasterizer, viewmats.device)
+        with torch.autocast(viewmats.device.type, enabled=False):  # projections in fp32 even under 16-mixed
+            return self.gaussians.rasterize(viewmats, Ks, cams.width, cams.height, background, backend)
+
+    def opacity_proxy(self, alpha: torch.Tensor, meta: RasterMeta) -> torch.Tensor:
+        if self.cfg.sparsity_source == "alpha":
+            return alpha
+        return meta.depth / (meta.depth.max() + 1e-5)
+
+    def weight(self, value: ScheduleValue) -> float:
+        return schedule_value(value, self.global_step)
+
+    # ------------------------------------------------------------------ the step
+    def training_step(self, batch: CameraBatch, step: int) -> dict[str, Any]:
+        optimizer = self.optimizer
+        GaussianModel.update_learning_rate(optimizer, step, self.cfg.lr)
+        rgb, alpha, meta = self.render(batch)
+        self.strategy.step_pre_backward(meta)
+        w = self.cfg.loss
+        guided = self.guidance(rgb.permute(0, 3, 1, 2), batch.elevation, batch.azimuth, batch.camera_distances)
+        terms = {"sds": self.weight(w.lambda_sds) * guided.loss}
+        if self.weight(w.lambda_sparsity) > 0 or self.weight(w.lambda_opaque) > 0:
+            opacity = self.opacity_proxy(alpha, meta)
+            if self.weight(w.lambda_sparsity) > 0:
+                terms["sparsity"] = self.weight(w.lambda_sparsity) * losses.sparsity(opacity)
+            if self.weight(w.lambda_opaque) > 0:
+                terms["opaque"] = self.weight(w.lambda_opaque) * losses.opaque(opacity)
+        out = sum_losses(terms)
+        out["loss"].backward()
+        # upstream order: statistics and densification before the Adam step (new Gaussians skip that step)
+        report = self.strategy.step_post_backward(
+            self.gaussians.params, optimizer, self.densify_state, step, meta, self.split_generator
+        )
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        out["num_gaussians"] = report.num_gaussians
+        return out
+
+    # ------------------------------------------------------------------ evaluation and outputs
+    def test_step(self, batch: CameraBatch, index: int) -> dict[str, torch.Tensor]:
+        self._ensure_initialised()
+        rgb, _, _ = self.render(batch)
+        return {"rgb": rgb.clamp(0.0, 1.0)}
+
+    def on_test_start(self, datamodule) -> None:
+        self._ensure_initialised()
+        folder = self._outputs()
+        if folder is not None:
+            self.save_color_ply(folder / f"it{self._step()}-test-color.ply")
+
+    def on_fit_end(self) -> None:
+        folder = self._outputs()
+        if folder is not None:
+            self.gaussians.save_ply(folder / "last_3dgs.ply")
+            log.info("Gaussians: %s (%d)", folder / "last_3dgs.ply", self.gaussians.num_gaussians)
+
+    def save_color_ply(self, path: Path) -> Path:
+        """Gaussian centres with the colour of their degree-0 SH term (a point cloud any viewer opens)."""
+        g = self.gaussians
+        write_point_cloud_ply(path, g.means.detach().cpu().numpy(), g.rgb.detach().cpu().numpy())
+        return path
+
+    def export(self, out_dir: Path) -> list[Path]:
+        self._ensure_initialised()
+        ply = Path(out_dir) / "last_3dgs.ply"
+        self.gaussians.save_ply(ply)
+        return [ply, self.save_color_ply(Path(out_dir) / "color.ply")]
+
+    # ------------------------------------------------------------------ checkpoints
+    def load_checkpoint_state_dict(self, state, ignore: tuple[str, ...] = ()) -> None:
+        """Adopt the checkpoint's Gaussian count (densification changes it), then load; an optimizer made before
+        is pointed at the new tensors (its moments restart: the loop loads the saved ones right after)."""
+        before = {name: self.gaussians.params[name] for name in PARAM_NAMES}
+        super().load_checkpoint_state_dict(state, ignore)
+        self.initialised = True
+        n = self.gaussians.num_gaussians
+        self.densify_state.resize(n, self.gaussians.means.device)
+        if self.optimizer is not None and any(self.gaussians.params[k] is not v for k, v in before.items()):
+            for group in self.optimizer.param_groups:
+                old = group["params"][0]
+                self.optimizer.state.pop(old, None)
+                group["params"] = [self.gaussians.params[group["name"]]]
+
+    def extra_state(self) -> dict[str, Any]:
+        state = super().extra_state()
+        s = self.densify_state
+        if s.grad2d is not None:
+            state["densify"] = {"grad2d": s.grad2d.detach().cpu(), "count": s.count.detach().cpu(),
+                                "max_radii": s.max_radii.detach().cpu()}  # fmt: skip
+        return state
+
+    def load_extra_state(self, state) -> None:
+        super().load_extra_state(state)
+        saved = state.get("densify")
+        n = self.gaussians.num_gaussians
+        if saved is not None and saved["grad2d"].shape[0] == n:
+            device = self.gaussians.means.device
+            self.densify_state.grad2d = saved["grad2d"].to(device)
+            self.densify_state.count = saved["count"].to(device)
+            self.densify_state.max_radii = saved["max_radii"].to(device)
