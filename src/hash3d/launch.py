@@ -30,6 +30,22 @@ from .training.outputs import TrialDir
 
 log = logging.getLogger("hash3d")
 
+
+class _CurrentStderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is at the time of each message (not the stream of the first launch in this
+    process, which an embedding program or a test harness may have replaced and closed since)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
 MODES = ("train", "validate", "test", "export")
 
 
@@ -105,7 +121,7 @@ def select_device(gpu: str) -> tuple[torch.device, str | None]:
 def setup_logging(verbose: bool) -> None:
     logger = logging.getLogger("hash3d")
     if not any(getattr(h, "_hash3d", False) for h in logger.handlers):
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _CurrentStderrHandler()
         handler.setFormatter(logging.Formatter("[%(levelname)s] %(message)s"))
         handler._hash3d = True  # type: ignore[attr-defined]
         logger.addHandler(handler)
