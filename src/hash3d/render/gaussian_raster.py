@@ -31,13 +31,14 @@ at 0.99. They agree exactly whenever every oᵢ ≤ 0.99.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import logging
 import math
 from typing import Literal
 
 import torch
 from torch import Tensor
+
+from .backends import choose_backend, has_module
 
 logger = logging.getLogger(__name__)
 
@@ -183,23 +184,12 @@ def rasterize_gaussians(
 
 def has_gsplat() -> bool:
     """True when the gsplat package can be imported (its CUDA code may still need compiling)."""
-    return importlib.util.find_spec("gsplat") is not None
+    return has_module("gsplat")
 
 
 def resolve_backend(backend: Backend, device: torch.device | str) -> str:
     """The backend `rasterize_gaussians` runs for tensors on `device`."""
-    device = torch.device(device)
-    if backend == "auto":
-        return "gsplat" if device.type == "cuda" and has_gsplat() else "torch"
-    if backend == "gsplat":
-        if not has_gsplat():
-            raise ImportError("backend='gsplat' needs the gsplat package: pip install 'gsplat>=1.5' (or hash3d[gs])")
-        if device.type != "cuda":
-            raise ValueError(f"backend='gsplat' needs CUDA tensors; got {device}. Use backend='torch' on the CPU.")
-        return "gsplat"
-    if backend == "torch":
-        return "torch"
-    raise ValueError(f"unknown backend {backend!r}; expected 'auto', 'torch' or 'gsplat'")
+    return choose_backend(backend, device, "gsplat", has_gsplat(), "pip install 'gsplat>=1.5' (or hash3d[gpu])")
 
 
 # --------------------------------------------------------------------------------------------------

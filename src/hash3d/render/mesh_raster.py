@@ -35,8 +35,6 @@ Conventions:
 from __future__ import annotations
 
 import dataclasses
-import importlib
-import importlib.util
 import logging
 import sys
 from typing import Literal
@@ -44,6 +42,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from .backends import choose_backend, has_module
 
 logger = logging.getLogger(__name__)
 
@@ -159,23 +159,12 @@ def rasterize_mesh(
 
 def has_nvdiffrast() -> bool:
     """True when `nvdiffrast` (pip install diffrp-nvdiffrast) can be imported (its plugin may still need building)."""
-    return importlib.util.find_spec("nvdiffrast") is not None
+    return has_module("nvdiffrast")
 
 
 def resolve_mesh_backend(backend: MeshBackend, device: torch.device | str) -> str:
     """The backend `rasterize_mesh` runs for tensors on `device`."""
-    device = torch.device(device)
-    if backend == "auto":
-        return "nvdiffrast" if device.type == "cuda" and has_nvdiffrast() else "torch"
-    if backend == "nvdiffrast":
-        if not has_nvdiffrast():
-            raise ImportError("backend='nvdiffrast' needs the nvdiffrast package: pip install diffrp-nvdiffrast")
-        if device.type != "cuda":
-            raise ValueError(f"backend='nvdiffrast' needs CUDA tensors; got {device}. Use backend='torch' on the CPU.")
-        return "nvdiffrast"
-    if backend == "torch":
-        return "torch"
-    raise ValueError(f"unknown mesh backend {backend!r}; expected 'auto', 'torch' or 'nvdiffrast'")
+    return choose_backend(backend, device, "nvdiffrast", has_nvdiffrast(), "pip install diffrp-nvdiffrast", "mesh backend")
 
 
 # --------------------------------------------------------------------------------------------------
