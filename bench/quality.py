@@ -1,0 +1,82 @@
+"""Quality harness: does the Hash3D cache keep image-to-3D quality? (command line of `hash3d.quality`)
+
+    python bench/quality.py [--pipeline dreamgaussian|threestudio] [--objects 2] [--variants default|off,noise@1,...]
+                            [--out outputs/quality] [--no-random] [--refine] [--threads 2] [OPTION=VALUE ...]
+
+Held-out procedural objects (ids 10**12 + offset + i, never trained on) are reconstructed from one 64 px view
+(elevation 15°) by the image-to-3D pipeline with the shipped Hash3D-mini model (dreamgaussian-hash3d
+configs/image_mini*.yaml, or threestudio-hash3d configs/stable-zero123-mini*.yaml), once per cache variant, then
+rendered at 16 views at elevation 30° and scored against ground truth (PSNR, SSIM; LPIPS with --lpips vgg where
+the lpips package and its torchvision work). A random-weight twin of the model, cache off, gives the floor.
+Prints a markdown table and writes OUT/quality.json; `--merge A.json B.json` prints one table of several files
+(e.g. variants split over two processes with --variants and --no-random / --only-random).
+
+Variants: 'off', '{features|noise}[+adaptive]@η', or 'default' = off, features and noise at η = 0.1, 0.3, 0.5, 1,
+features on the adaptive grid at the same η. Trailing OPTION=VALUE pairs override the DreamGaussian options of
+every run (e.g. iters=150).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+
+import torch  # noqa: E402
+
+from hash3d.quality import HarnessConfig, format_table, parse_variants, run_harness  # noqa: E402
+from hash3d.quality.cases import DEFAULT_ID_OFFSET  # noqa: E402
+from hash3d.quality.paths import MINI_MODEL  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pipeline", default="dreamgaussian", choices=["dreamgaussian", "threestudio"])
+    parser.add_argument("--objects", type=int, default=1, help="held-out objects (default 1)")
+    parser.add_argument("--id-offset", type=int, default=DEFAULT_ID_OFFSET, help="first id = 10**12 + this")
+    parser.add_argument("--variants", default="default", help="comma-separated cache variants (default: all)")
+    parser.add_argument("--no-random", action="store_true", help="skip the random-weight baseline")
+    parser.add_argument("--only-random", action="store_true", help="run only the random-weight baseline")
+    parser.add_argument("--refine", action="store_true", help="also run stage 2 (texture) and score its mesh")
+    parser.add_argument("--no-mesh", action="store_true", help="score only the Gaussians, not the mesh")
+    parser.add_argument("--lpips", default=None, help="LPIPS backbone (vgg/alex/squeeze); needs lpips + torchvision")
+    parser.add_argument("--model", type=Path, default=MINI_MODEL)
+    parser.add_argument("--label", default="mini", help="name of the model's rows in the table (default mini)")
+    parser.add_argument("--out", type=Path, default=REPO / "outputs" / "quality")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--merge", nargs="+", type=Path, metavar="JSON",
+                        help="print one table of the rows of several quality.json files (runs split over processes)")
+    args, extras = parser.parse_known_args(argv)
+    if args.merge:
+        rows = [row for path in args.merge for row in json.loads(path.read_text())["rows"]]
+        print(format_table(rows))
+        return 0
+    bad = [e for e in extras if "=" not in e or e.startswith("-")]
+    if bad:
+        parser.error(f"unrecognized arguments: {' '.join(bad)} (pipeline options are given as key=value)")
+    try:
+        variants = parse_variants(args.variants)
+    except ValueError as exc:
+        parser.error(str(exc))
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    logging.basicConfig(level=logging.INFO, format="[%(levelname)s] %(message)s")
+    result = run_harness(HarnessConfig(
+        out=args.out, pipeline=args.pipeline, objects=args.objects, id_offset=args.id_offset, variants=variants,
+        random_baseline=not args.no_random, trained=not args.only_random, model=args.model, label=args.label,
+        overrides=extras,
+        refine=args.refine, score_mesh=not args.no_mesh, lpips_net=args.lpips, progress=not args.no_progress,
+    ))
+    print(result["table"])
+    print(f"\nwrote {args.out / 'quality.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

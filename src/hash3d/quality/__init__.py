@@ -1,0 +1,28 @@
+"""Quality harness: does the Hash3D cache keep image-to-3D quality? Measured on held-out procedural objects with
+the shipped Hash3D-mini model (`bench/quality.py` is its command line, `tests/test_quality.py` its CI case).
+
+- `cases`: held-out objects (ids >= 10**12 + offset), input view at elevation 15°, 16 ground-truth views at 30°
+- `variants`: cache variants by name ('off', 'features@0.3', 'noise@1', 'features+adaptive@0.1')
+- `pipeline`: the DreamGaussian mini pipeline run in-process (also what `hash3d.demo` runs), views of its result
+- `random_model`: the random-weight twin of the mini model (the quality floor)
+- `harness`: runs, scores (`hash3d.eval`), table and JSON
+"""
+
+from .cases import Case, make_case
+from .harness import HarnessConfig, format_table, run_harness
+from .paths import EXAMPLE_INPUT, MINI_MODEL
+from .variants import Variant, default_variants, parse_variant, parse_variants
+
+__all__ = [
+    "EXAMPLE_INPUT",
+    "MINI_MODEL",
+    "Case",
+    "HarnessConfig",
+    "Variant",
+    "default_variants",
+    "format_table",
+    "make_case",
+    "parse_variant",
+    "parse_variants",
+    "run_harness",
+]

@@ -1,0 +1,224 @@
+"""The quality harness: held-out objects -> the image-to-3D pipeline with each cache variant -> 16 novel views ->
+PSNR / SSIM (/ LPIPS) against ground truth, time and cache statistics -> a table and a JSON file.
+
+    from hash3d.quality import HarnessConfig, run_harness
+    result = run_harness(HarnessConfig(out="outputs/quality", objects=2, variants=parse_variants("off,features@0.5")))
+
+Layout under `out`:
+    cases/objectN/input_rgba.png, gt/000.png …      the held-out input view and ground truth (see `cases`)
+    runs/<pipeline>/<model>/<variant>/objectN/       the front-end's outputs (ply, mesh, reports / trial folder)
+        pred/000.png …, pred_mesh/000.png …          the 16 views rendered from the result (and its mesh)
+    quality.json                                     settings, one row per (model, variant), per-object numbers
+
+Scores come from `hash3d.eval.evaluate_nvs` (what `eval_nvs.py` runs) on the PNG folders, composited on white,
+as the paper's image-to-3D table. LPIPS is off by default: the `lpips` package imports torchvision, which must not
+be imported next to the CPU torch build; pass `lpips_net="vgg"` where it works.
+
+The "random weights" row runs the same pipeline, cache off, with `write_random_mini` (the mini architecture with
+fresh weights): the floor that a model which knows nothing reaches through the reference-view losses alone.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .cases import DEFAULT_ID_OFFSET, Case, case_ids, make_case, save_rgb
+from .paths import MINI_MODEL
+from .pipeline import PIPELINES, run_pipeline
+from .random_model import write_random_mini
+from .variants import Variant, default_variants
+
+__all__ = ["HarnessConfig", "run_harness", "format_table", "score_folder"]
+
+logger = logging.getLogger("hash3d.quality")
+
+
+@dataclass
+class HarnessConfig:
+    out: Path
+    pipeline: str = "dreamgaussian"
+    """dreamgaussian (configs/image_mini*.yaml) or threestudio (configs/stable-zero123-mini*.yaml)."""
+    objects: int = 1
+    """How many held-out objects (ids HELD_OUT_ID_BASE + id_offset + i)."""
+    id_offset: int = DEFAULT_ID_OFFSET
+    variants: list[Variant] = field(default_factory=default_variants)
+    random_baseline: bool = True
+    """Also run the random-weight twin of the model, cache off."""
+    trained: bool = True
+    """Run the trained model's variants (False: only the random baseline)."""
+    model: Path = MINI_MODEL
+    label: str = "mini"
+    """Name of the trained model's rows (e.g. to tell apart runs with different overrides in a merged table)."""
+    overrides: list[str] = field(default_factory=list)
+    """Config overrides for every run (DreamGaussian: iters=150 num_pts=500; threestudio: trainer.max_steps=100)."""
+    refine: bool = False
+    """DreamGaussian: also run stage 2 (texture refinement); the mesh scores are then the refined mesh's."""
+    score_mesh: bool = True
+    """DreamGaussian: also render and score the mesh (stage 1's, or stage 2's with `refine`)."""
+    lpips_net: str | None = None
+    progress: bool = True
+    json_name: str = "quality.json"
+
+    def __post_init__(self) -> None:
+        self.out = Path(self.out)
+        if self.pipeline not in PIPELINES:
+            raise ValueError(f"unknown pipeline {self.pipeline!r}; choose from {', '.join(PIPELINES)}")
+        if self.objects < 1:
+            raise ValueError(f"objects must be >= 1; got {self.objects}")
+
+
+def score_folder(gt_dir: Path, pred_dir: Path, lpips_net: str | None = None) -> dict[str, float]:
+    """Mean PSNR / SSIM (/ LPIPS) over the views of two folders, through `hash3d.eval.evaluate_nvs`."""
+    from hash3d.eval import NVSConfig, evaluate_nvs
+
+    table = evaluate_nvs(NVSConfig(gt_dir=gt_dir, pred_dir=pred_dir, lpips_net=lpips_net, device="cpu"))
+    return {name: float(stat.mean) for name, stat in table.summary().items()}
+
+
+def _write_views(images: torch.Tensor, folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, view in enumerate(images):
+        save_rgb(view, folder / f"{i:03d}.png")
+    return folder
+
+
+def _run_one(cfg: HarnessConfig, label: str, model: Path, variant: Variant, case: Case, input_path: Path,
+             gt_dir: Path) -> dict[str, Any]:
+    variant_dir = variant.name.replace("@", "_eta")
+    folder = cfg.out / "runs" / cfg.pipeline / re.sub(r"[^\w.+-]+", "-", label) / variant_dir / case.name
+    size = case.gt.shape[-1]
+    n = len(case.delta_azimuths)
+    if cfg.pipeline == "dreamgaussian":
+        extra = dict(overrides=["save_video=false", *cfg.overrides], refine=cfg.refine)
+    else:
+        extra = dict(overrides=list(cfg.overrides), test_views=(case.eval_elevation, n, size), export=False)
+    run = run_pipeline(cfg.pipeline, variant, input_path, folder, input_elevation=case.input_elevation, model=model,
+                       progress=cfg.progress, **extra)
+    row: dict[str, Any] = {"object": case.name, "object_id": case.object_id, "wall_s": round(run.wall_s, 2)}
+    row.update(run.stats)
+    pred = _write_views(run.views(case.eval_elevation, case.delta_azimuths, size), folder / "pred")
+    row["views"] = score_folder(gt_dir, pred, cfg.lpips_net)
+    if cfg.score_mesh:
+        mesh = run.mesh_views(case.eval_elevation, case.delta_azimuths, size)
+        if mesh is not None:
+            row["mesh"] = score_folder(gt_dir, _write_views(mesh, folder / "pred_mesh"), cfg.lpips_net)
+    return row
+
+
+def _aggregate(label: str, variant: Variant, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    def mean(get) -> float | None:
+        values = [get(r) for r in rows]
+        values = [v for v in values if v is not None]
+        return round(sum(values) / len(values), 4) if values else None
+
+    lookups = sum(r["lookups"] for r in rows)
+    calls = sum(r["unet_calls"] for r in rows)
+    train = sum(r["train_time_s"] for r in rows)
+    steps = sum(r["steps"] for r in rows)
+    out = {
+        "model": label,
+        "variant": variant.name,
+        "cache": variant.overrides(),
+        "objects": len(rows),
+        "psnr": mean(lambda r: r["views"]["psnr"]),
+        "ssim": mean(lambda r: r["views"]["ssim"]),
+        "lpips": mean(lambda r: r["views"].get("lpips")),
+        "mesh_psnr": mean(lambda r: r.get("mesh", {}).get("psnr")),
+        "mesh_ssim": mean(lambda r: r.get("mesh", {}).get("ssim")),
+        "train_time_s": round(train / len(rows), 2),
+        "wall_s": round(sum(r["wall_s"] for r in rows) / len(rows), 2),
+        "it_per_s": round(steps / train, 3) if train > 0 else None,
+        "unet_calls": calls,
+        "unet_calls_saved": sum(r["unet_calls_saved"] for r in rows),
+        "hit_rate": round(sum(r["hits"] for r in rows) / lookups, 4) if lookups else 0.0,
+        "per_object": rows,
+    }
+    out["saved_fraction"] = round(out["unet_calls_saved"] / calls, 4) if calls else 0.0
+    return out
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """Markdown table: one line per (model, variant), PSNR/SSIM of the 3D result's views (and of its mesh), time,
+    it/s, UNet calls and how many the cache saved, hit rate."""
+    # ΔPSNR: against cache off of the same model; the random-weight row against the trained model's cache off
+    base = {}
+    for r in rows:
+        if r["variant"] == "off":
+            base.setdefault(r["model"], r)
+    trained_off = next((r for r in rows if r["variant"] == "off" and r["model"] != "random weights"), None)
+    if trained_off is not None:
+        base["random weights"] = trained_off
+    has_lpips = any(r.get("lpips") is not None for r in rows)
+    has_mesh = any(r.get("mesh_psnr") is not None for r in rows)
+    head = ["model", "cache", "PSNR", "ΔPSNR", "SSIM"] + (["LPIPS"] if has_lpips else [])
+    head += (["mesh PSNR", "mesh SSIM"] if has_mesh else []) + ["train s", "it/s", "UNet calls", "saved", "hit rate"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+
+    def f(x, d):
+        return "–" if x is None else f"{x:.{d}f}"
+
+    for r in rows:
+        ref = base.get(r["model"])
+        delta = None if ref is None or r["psnr"] is None or ref["psnr"] is None else r["psnr"] - ref["psnr"]
+        cells = [r["model"], r["variant"], f(r["psnr"], 2), "–" if delta is None else f"{delta:+.2f}", f(r["ssim"], 4)]
+        if has_lpips:
+            cells.append(f(r.get("lpips"), 4))
+        if has_mesh:
+            cells += [f(r.get("mesh_psnr"), 2), f(r.get("mesh_ssim"), 4)]
+        cells += [f(r["train_time_s"], 1), f(r["it_per_s"], 2), str(r["unet_calls"]),
+                  f"{r['unet_calls_saved']} ({100 * r['saved_fraction']:.1f}%)", f"{100 * r['hit_rate']:.1f}%"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def run_harness(cfg: HarnessConfig) -> dict[str, Any]:
+    """Run every (model, variant) on every held-out object; returns (and writes) the results."""
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    cases = []
+    for object_id in case_ids(cfg.objects, cfg.id_offset):
+        case = make_case(object_id)
+        input_path, gt_dir = case.write(cfg.out / "cases" / case.name)
+        cases.append((case, input_path, gt_dir))
+    plan: list[tuple[str, Path, Variant]] = []
+    if cfg.trained:
+        plan += [(cfg.label, Path(cfg.model), v) for v in cfg.variants]
+    if cfg.random_baseline:
+        random_dir = cfg.out / "random-mini"
+        if not (random_dir / "model_index.json").is_file():
+            write_random_mini(random_dir, cfg.model)
+        plan.append(("random weights", random_dir, Variant(False)))
+    result: dict[str, Any] = {
+        "settings": {
+            "pipeline": cfg.pipeline + (" (stage 1 + 2)" if cfg.refine and cfg.pipeline == "dreamgaussian" else ""),
+            "model": str(cfg.model),
+            "object_ids": [c.object_id for c, _, _ in cases],
+            "input_view": {"elevation": cases[0][0].input_elevation, "azimuth": cases[0][0].input_azimuth},
+            "eval_views": {"elevation": cases[0][0].eval_elevation, "delta_azimuths": cases[0][0].delta_azimuths},
+            "overrides": list(cfg.overrides),
+            "lpips": cfg.lpips_net,
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "cpu": platform.processor() or platform.machine(),
+        },
+        "rows": [],
+    }
+    path = cfg.out / cfg.json_name
+    for label, model, variant in plan:
+        rows = []
+        for case, input_path, gt_dir in cases:
+            logger.info("quality: %s, cache %s, %s", label, variant.name, case.name)
+            rows.append(_run_one(cfg, label, model, variant, case, input_path, gt_dir))
+        result["rows"].append(_aggregate(label, variant, rows))
+        path.write_text(json.dumps(result, indent=2) + "\n")  # after every variant: partial results survive
+    result["table"] = format_table(result["rows"])
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    return result

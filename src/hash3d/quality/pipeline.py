@@ -1,0 +1,301 @@
+"""The image-to-3D pipelines that the demo and the quality harness run, called in-process through the front-ends'
+own entry functions (no code of theirs is repeated here):
+
+- `dreamgaussian`: dreamgaussian-hash3d's `run_stage1` (main.py) and `run_stage2` (main2.py) with
+  `configs/image_mini.yaml` / `image_mini_hash3d.yaml`;
+- `threestudio`: threestudio-hash3d's launcher (`hash3d.launch.run`, i.e. launch.py --train, then --export) with
+  `configs/stable-zero123-mini.yaml` / `stable-zero123-mini_hash3d.yaml`.
+
+Cameras: a view is named in threestudio's terms, elevation above the horizon and azimuth relative to the input
+view. DreamGaussian's own options use the opposite elevation sign, so its runs get elevation = −e; its azimuth 0 is
+the input view. The threestudio runs put the input view at azimuth 0.
+
+The demo runs DreamGaussian: on a CPU it reaches a better result in a fraction of threestudio's time (the
+measurement is in `hash3d.demo`'s docstring and docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .paths import DG_CONFIGS, MINI_MODEL, TS_CONFIGS, require
+from .variants import Variant
+
+__all__ = [
+    "PIPELINES",
+    "CONFIGS",
+    "PipelineRun",
+    "dreamgaussian_options",
+    "run_pipeline",
+    "run_dreamgaussian",
+    "run_threestudio",
+]
+
+PIPELINES = ("dreamgaussian", "threestudio")
+CONFIGS = {
+    "dreamgaussian": (DG_CONFIGS / "image_mini.yaml", DG_CONFIGS / "image_mini_hash3d.yaml"),
+    "threestudio": (TS_CONFIGS / "stable-zero123-mini.yaml", TS_CONFIGS / "stable-zero123-mini_hash3d.yaml"),
+}
+"""(cache off, cache on) config of each pipeline; the two differ only in their cache block."""
+
+
+def config_path(pipeline: str, variant: Variant) -> Path:
+    if pipeline not in CONFIGS:
+        raise ValueError(f"unknown pipeline {pipeline!r}; choose from {', '.join(PIPELINES)}")
+    return require(CONFIGS[pipeline][1 if variant.enabled else 0], f"the {pipeline} mini config")
+
+
+def _model_arg(model: str | Path) -> str:
+    return str(Path(model).resolve()) if Path(model).exists() else str(model)
+
+
+@dataclass
+class PipelineRun:
+    """One run: what it wrote, its UNet / cache / time numbers, and how to render views of its result."""
+
+    pipeline: str
+    variant: Variant
+    folder: Path
+    stats: dict[str, Any]
+    video: Path | None
+    mesh: list[Path]
+    reports: dict[str, Any] = field(default_factory=dict)
+    wall_s: float = 0.0
+    handle: Any = None  # dreamgaussian: (options, Stage1Result); threestudio: (trial folder, test-view spec)
+
+    @property
+    def mesh_file(self) -> Path | None:
+        return next((p for p in self.mesh if p.suffix in (".obj", ".glb")), None)
+
+    # ------------------------------------------------------------------ views of the result
+    @torch.no_grad()
+    def views(self, elevation: float, delta_azimuths: list[float], size: int) -> torch.Tensor:
+        """The 3D result seen from threestudio elevation `elevation`, azimuths input + Δ -> [V, 3, S, S] on white."""
+        if self.pipeline == "dreamgaussian":
+            from hash3d.render.gaussian_raster import resolve_backend
+            from hash3d.systems.dreamgaussian.stage1 import render_gaussians
+
+            cfg, stage1 = self.handle
+            model = stage1.model
+            device = model.means.device
+            views = _dg_views(cfg, elevation, delta_azimuths, size, device)
+            backend = resolve_backend(cfg.gaussian_backend, device)
+            rgb, _, _ = render_gaussians(model, views, torch.ones(3, device=device), backend)
+            return rgb.clamp(0, 1).cpu()
+        return _threestudio_test_views(self, elevation, delta_azimuths, size)
+
+    @torch.no_grad()
+    def mesh_views(self, elevation: float, delta_azimuths: list[float], size: int) -> torch.Tensor | None:
+        """The written mesh (DreamGaussian's, read back as its stage 2 reads it) from the same views, else None."""
+        if self.pipeline != "dreamgaussian" or self.mesh_file is None:
+            return None
+        from hash3d.render.mesh_raster import resolve_mesh_backend
+        from hash3d.systems.dreamgaussian.stage2 import _textured, load_mesh, render_mesh
+
+        cfg, _ = self.handle
+        mesh = _textured(load_mesh(self.mesh_file), cfg.texture_size)
+        views = _dg_views(cfg, elevation, delta_azimuths, size, "cpu")
+        image, _, _ = render_mesh(mesh.vertices, mesh, mesh.texture, views, resolve_mesh_backend(cfg.mesh_backend, "cpu"))
+        return image.clamp(0, 1).cpu()
+
+
+# ---------------------------------------------------------------------------------------------- DreamGaussian
+
+
+def dreamgaussian_options(
+    variant: Variant,
+    *,
+    input_path: str | Path,
+    outdir: str | Path,
+    input_elevation: float | None = None,
+    save_path: str = "object",
+    model: str | Path = MINI_MODEL,
+    overrides: list[str] | tuple[str, ...] = (),
+):
+    """The DreamGaussian options of a run: the mini config (cache off or on) with the variant's cache settings,
+    absolute paths for the model, input and outputs, the input elevation (threestudio sign), then `overrides`."""
+    from hash3d.systems.dreamgaussian import load_options
+
+    options = [
+        f"input={Path(input_path).resolve()}",
+        f"outdir={Path(outdir).resolve()}",
+        f"save_path={save_path}",
+        f"guidance.pretrained_model_name_or_path={_model_arg(model)}",
+        *variant.overrides("cache"),
+    ]
+    if input_elevation is not None:
+        options.append(f"elevation={-float(input_elevation):g}")
+    return load_options(config_path("dreamgaussian", variant), [*options, *overrides])
+
+
+def _dg_views(cfg, elevation: float, delta_azimuths: list[float], size: int, device):
+    from hash3d.systems.dreamgaussian.common import make_views
+
+    n = len(delta_azimuths)
+    return make_views([-elevation] * n, list(delta_azimuths), cfg.radius, cfg.fovy, size, device)
+
+
+def _sum_stats(reports: list[dict[str, Any]], batch_size: int) -> dict[str, Any]:
+    asked = saved = queries = hits = steps = 0
+    train = 0.0
+    for report in reports:
+        n = int(report.get("steps", 0))
+        steps += n
+        asked += n * batch_size
+        cache = report.get("cache") or {}
+        saved += int(cache.get("unet_calls_saved", 0))
+        queries += int(cache.get("queries", 0))
+        hits += int(cache.get("hits", 0))
+        train += float(report.get("train_time_s", 0.0))
+    return {
+        "steps": steps,
+        "train_time_s": round(train, 3),
+        "it_per_s": round(steps / train, 3) if train > 0 else None,
+        "unet_calls": asked,
+        "unet_calls_run": asked - saved,
+        "unet_calls_saved": saved,
+        "lookups": queries,
+        "hits": hits,
+        "hit_rate": round(hits / queries, 4) if queries else 0.0,
+    }
+
+
+def run_dreamgaussian(
+    variant: Variant,
+    input_path: str | Path,
+    outdir: str | Path,
+    *,
+    input_elevation: float | None = None,
+    model: str | Path = MINI_MODEL,
+    overrides: list[str] | tuple[str, ...] = (),
+    refine: bool = True,
+    progress: bool = True,
+) -> PipelineRun:
+    """Stage 1 (Gaussians, coarse mesh, video) and, when `refine` and iters_refine > 0, stage 2 (texture)."""
+    from hash3d.systems.dreamgaussian.stage1 import run_stage1
+    from hash3d.systems.dreamgaussian.stage2 import run_stage2
+
+    cfg = dreamgaussian_options(variant, input_path=input_path, outdir=outdir, input_elevation=input_elevation,
+                                model=model, overrides=overrides)
+    start = time.perf_counter()
+    stage1 = run_stage1(cfg, progress=progress)
+    reports = {"stage1": json.loads(Path(stage1.report).read_text())}
+    video, mesh = stage1.video, [Path(p) for p in stage1.mesh]
+    if refine and cfg.iters_refine > 0:
+        stage2 = run_stage2(cfg, progress=progress)
+        reports["stage2"] = json.loads(Path(stage2.report).read_text())
+        video, mesh = stage2.video or video, [Path(p) for p in stage2.files]
+    stats = _sum_stats(list(reports.values()), cfg.batch_size)
+    stats["num_gaussians"] = int(reports["stage1"].get("num_gaussians", 0))
+    return PipelineRun("dreamgaussian", variant, Path(outdir), stats, Path(video) if video else None, mesh, reports,
+                       time.perf_counter() - start, (cfg, stage1))
+
+
+# ---------------------------------------------------------------------------------------------- threestudio
+
+
+def _read_metrics(trial: Path) -> list[dict[str, str]]:
+    with open(trial / "csv_logs" / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def run_threestudio(
+    variant: Variant,
+    input_path: str | Path,
+    outdir: str | Path,
+    *,
+    input_elevation: float | None = None,
+    model: str | Path = MINI_MODEL,
+    overrides: list[str] | tuple[str, ...] = (),
+    test_views: tuple[float, int, int] | None = None,
+    export: bool = True,
+    progress: bool = True,
+) -> PipelineRun:
+    """launch.py --train (then --export) with the mini config. `test_views` = (elevation, n, size) makes the test
+    orbit that training ends with render n views at that elevation (azimuths 0, 360/n, …) at size², so that
+    `views()` can score them; otherwise the config's own orbit is rendered (the video)."""
+    from hash3d.config import load_config
+    from hash3d.launch import run as launch
+
+    config = config_path("threestudio", variant)
+    options = [
+        f"data.image_path={Path(input_path).resolve()}",
+        f"exp_root_dir={Path(outdir).resolve()}",
+        "use_timestamp=false",
+        f"system.guidance.pretrained_model_name_or_path={_model_arg(model)}",
+        f"trainer.enable_progress_bar={str(progress).lower()}",
+        *variant.overrides("system.guidance.cache"),
+    ]
+    if input_elevation is not None:
+        options.append(f"data.default_elevation_deg={float(input_elevation):g}")
+    if test_views is not None:
+        elevation, n, size = test_views
+        # threestudio's test orbit has n + 1 frames from 0 to 360° inclusive: the first n are the views wanted
+        options += [f"data.random_camera.eval_elevation_deg={elevation:g}", f"data.random_camera.n_test_views={n + 1}",
+                    f"data.random_camera.eval_height={size}", f"data.random_camera.eval_width={size}"]
+    options += list(overrides)
+    cfg, _ = load_config(config, options)
+    start = time.perf_counter()
+    trial = Path(launch(["--config", str(config), "--train", "--gpu", "0", *options], prog="launch.py"))
+    steps = int(cfg.trainer.max_steps)
+    last = _read_metrics(trial)[-1]
+    mesh: list[Path] = []
+    if export:
+        launch(["--config", str(trial / "configs" / "parsed.yaml"), "--export", "--gpu", "0",
+                f"resume={trial / 'ckpts' / 'last.ckpt'}"], prog="launch.py")
+        mesh = sorted((trial / "save" / f"it{steps}-export").glob("*"))
+    batch = cfg.data.random_camera.batch_size
+    batch = int(batch[0] if isinstance(batch, (list, tuple)) else batch)
+
+    def num(key: str) -> float:
+        value = last.get(key)
+        return float(value) if value not in (None, "") else 0.0
+
+    train = num("elapsed_s")
+    saved, queries, hits = int(num("cache/unet_calls_saved")), int(num("cache/queries")), int(num("cache/hits"))
+    stats = {
+        "steps": steps,
+        "train_time_s": round(train, 3),
+        "it_per_s": round(steps / train, 3) if train > 0 else None,
+        "unet_calls": steps * batch,
+        "unet_calls_run": steps * batch - saved,
+        "unet_calls_saved": saved,
+        "lookups": queries,
+        "hits": hits,
+        "hit_rate": round(hits / queries, 4) if queries else 0.0,
+    }
+    video = trial / "save" / f"it{steps}-test.mp4"
+    return PipelineRun("threestudio", variant, trial, stats, video if video.is_file() else None, mesh,
+                       {"metrics": last}, time.perf_counter() - start, (trial, test_views, steps))
+
+
+def _threestudio_test_views(run: PipelineRun, elevation: float, delta_azimuths: list[float], size: int) -> torch.Tensor:
+    import numpy as np
+    from PIL import Image
+
+    trial, spec, steps = run.handle
+    n = len(delta_azimuths)
+    expected = [360.0 * k / n for k in range(n)]
+    if spec is None or spec[0] != elevation or spec[1] != n or spec[2] != size or list(delta_azimuths) != expected:
+        raise ValueError("threestudio runs can only be scored at the test views they rendered: run with "
+                         f"test_views=({elevation}, {n}, {size}) and evenly spaced azimuths")
+    frames = []
+    for i in range(n):
+        image = np.asarray(Image.open(trial / "save" / f"it{steps}-test" / f"{i}.png").convert("RGB"))
+        frames.append(torch.from_numpy(image[:, :size].copy()).permute(2, 0, 1).float() / 255.0)  # rgb | normal | opacity
+    return torch.stack(frames)
+
+
+def run_pipeline(pipeline: str, variant: Variant, input_path, outdir, **kwargs) -> PipelineRun:
+    if pipeline == "dreamgaussian":
+        return run_dreamgaussian(variant, input_path, outdir, **kwargs)
+    if pipeline == "threestudio":
+        return run_threestudio(variant, input_path, outdir, **kwargs)
+    raise ValueError(f"unknown pipeline {pipeline!r}; choose from {', '.join(PIPELINES)}")

@@ -1,0 +1,134 @@
+"""The main job (`python -m hash3d.demo`) and the `*-mini` configs of both front-ends: the configs follow the
+mini model's card and differ from their `_hash3d` twins only in the cache block; the demo's command line runs
+(tiny steps, cache off and on) and leaves an orbit video, a textured mesh and its report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import imageio.v2 as imageio
+import pytest
+import torch
+import trimesh
+
+from hash3d.config import load_config, twin_differences
+from hash3d.config.loader import load_yaml
+from hash3d.config.typed import to_data
+from hash3d.demo import main
+from hash3d.quality.paths import DG_CONFIGS, EXAMPLE_INPUT, MINI_MODEL, TS_CONFIGS
+from hash3d.systems.dreamgaussian import load_options
+
+# a few CPU seconds per run: 4 + 2 steps, a small Gaussian cloud, mesh, texture and video
+TINY = ["--steps", "4", "--refine-steps", "2", "--no-progress", "num_pts=200", "mesh_resolution=24",
+        "texture_size=32", "video_frames=4", "video_size=32"]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _leaves(data, prefix=""):
+    if isinstance(data, dict):
+        out = {}
+        for k, v in data.items():
+            out.update(_leaves(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    return {prefix: data}
+
+
+def test_dreamgaussian_mini_twins_differ_only_in_the_cache_block():
+    a_raw, b_raw = dict(load_yaml(DG_CONFIGS / "image_mini.yaml")), dict(load_yaml(DG_CONFIGS / "image_mini_hash3d.yaml"))
+    assert b_raw.pop("cache")["enabled"] is True
+    a_raw.pop("cache", None)
+    assert a_raw == b_raw
+    la = _leaves(to_data(load_options(DG_CONFIGS / "image_mini.yaml")))
+    lb = _leaves(to_data(load_options(DG_CONFIGS / "image_mini_hash3d.yaml")))
+    diff = sorted(k for k in set(la) | set(lb) if la.get(k) != lb.get(k))
+    assert diff and all(k.startswith("cache.") for k in diff), diff
+
+
+def test_threestudio_mini_twins_differ_only_in_the_cache_block():
+    plain, hashed = TS_CONFIGS / "stable-zero123-mini.yaml", TS_CONFIGS / "stable-zero123-mini_hash3d.yaml"
+    assert twin_differences(plain, hashed) == []
+    a, _ = load_config(plain, [])
+    b, _ = load_config(hashed, [])
+    assert not a.system.guidance.cache.enabled and b.system.guidance.cache.enabled
+
+
+def test_mini_configs_follow_the_model_card():
+    dg = load_options(DG_CONFIGS / "image_mini.yaml")
+    assert (dg.radius, dg.fovy, dg.stable_zero123, dg.ref_size) == (3.8, 20.0, True, 64)
+    assert set(dg.render_resolutions) == {64} and dg.refine_resolution == 64 and dg.invert_bg_prob == 0
+    ts, _ = load_config(TS_CONFIGS / "stable-zero123-mini.yaml", [])
+    rc = ts.data.random_camera
+    assert (ts.data.default_camera_distance, ts.data.default_fovy_deg, ts.data.height) == (3.8, 20.0, 64)
+    assert rc.camera_distance_range == (3.8, 3.8) and rc.fovy_range == (20.0, 20.0) and rc.height == 64
+    assert ts.system.guidance.camera_embedding == "stable"
+    # the model and example paths are relative to the front-end folders and name the shipped files
+    for front, model, image in (
+        (DG_CONFIGS.parent, dg.guidance.pretrained_model_name_or_path, dg.input),
+        (TS_CONFIGS.parent, ts.system.guidance.pretrained_model_name_or_path, ts.data.image_path),
+    ):
+        assert (front / model).resolve() == MINI_MODEL.resolve()
+        assert (front / image).resolve() == EXAMPLE_INPUT.resolve()
+    assert EXAMPLE_INPUT.stat().st_size < 20_000
+
+
+def test_demo_runs_cache_off_and_on_and_writes_video_mesh_report(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["--out", str(out), "--cache", "both", *TINY]) == 0
+    printed = capsys.readouterr().out
+    assert "cache off" in printed and "cache on" in printed and "hit rate" in printed
+    report = json.loads((out / "report.json").read_text())
+    assert report["pipeline"] == "dreamgaussian" and Path(report["model"]).resolve() == MINI_MODEL.resolve()
+    assert [r["run"] for r in report["runs"]] == ["cache off", "cache on"]
+    for run in report["runs"]:
+        folder = out / run["run"].replace(" ", "-")
+        assert Path(run["folder"]) == folder
+        assert run["steps"] == 6 and run["unet_calls"] == 6  # 4 stage-1 + 2 stage-2 steps, one view each
+        assert run["unet_calls_run"] + run["unet_calls_saved"] == run["unet_calls"]
+        assert 0 <= run["hit_rate"] <= 1 and run["it_per_s"] > 0 and run["total_time_s"] > 0
+        frames = imageio.mimread(run["video"])
+        assert len(frames) == 4
+        files = {Path(p).suffix: Path(p) for p in run["mesh"]}
+        assert {".obj", ".mtl", ".png"} <= set(files) and all(p.parent == folder for p in files.values())
+        mesh = trimesh.load(files[".obj"], force="mesh")
+        assert len(mesh.faces) > 0
+    assert report["runs"][0]["unet_calls_saved"] == 0 and "speedup_train" in report
+
+
+def test_demo_single_run_writes_into_the_output_folder(tmp_path):
+    out = tmp_path / "one"
+    assert main(["--out", str(out), "--cache", "off", "--refine-steps", "0", *TINY[:2], *TINY[4:]]) == 0
+    report = json.loads((out / "report.json").read_text())
+    (run,) = report["runs"]
+    assert run["run"] == "cache off" and Path(run["folder"]) == out and Path(run["video"]).parent == out
+    assert run["steps"] == 4 and (out / "object_mesh.obj").is_file()
+
+
+def test_demo_bad_input_exits_with_status_2(tmp_path, capsys):
+    assert main(["--input", str(tmp_path / "missing.png"), "--out", str(tmp_path / "x"), *TINY]) == 2
+    assert "input image not found" in capsys.readouterr().err
+    assert main(["--out", str(tmp_path / "x"), "nonsense_option=1", *TINY]) == 2
+    assert "nonsense_option" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--steps", "0"])
+
+
+def test_demo_threestudio_pipeline_trains_tests_and_exports(tmp_path):
+    out = tmp_path / "ts"
+    small = ["data.random_camera.batch_size=1", "data.random_camera.n_test_views=3", "data.random_camera.eval_height=32",
+             "data.random_camera.eval_width=32", "system.renderer.num_samples_per_ray=32",
+             "system.geometry.isosurface_resolution=24", "system.geometry.isosurface_threshold=5",
+             "system.exporter.texture_size=32"]
+    assert main(["--pipeline", "threestudio", "--out", str(out), "--steps", "2", "--no-progress", *small]) == 0
+    report = json.loads((out / "report.json").read_text())
+    (run,) = report["runs"]
+    assert report["pipeline"] == "threestudio" and run["run"] == "cache on" and run["steps"] == 2
+    assert Path(run["video"]).name == "it2-test.mp4" and len(imageio.mimread(run["video"])) == 3
+    assert {Path(p).suffix for p in run["mesh"]} >= {".obj", ".mtl", ".png"}
