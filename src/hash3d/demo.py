@@ -21,10 +21,10 @@ front-end's config (DreamGaussian option names, or threestudio dotted keys).
 
 Why DreamGaussian by default. Both pipelines reconstructed held-out object 10**12 + 2000 from the same 64 px view
 on this 2-core CPU (one torch thread each, other jobs running beside them), scored by `bench/quality.py` on 16
-views at elevation 30° against ground truth:
+views at elevation 30° against ground truth (times vary with the other jobs' load):
 
     pipeline (mini config, cache off)                             steps  training time   PSNR   SSIM
-    dreamgaussian  image_mini.yaml (2000 Gaussians, 1 view/step)     300      126 s      15.22  0.606
+    dreamgaussian  image_mini.yaml (2000 Gaussians, 1 view/step)     300   120-235 s     15.10  0.600
     threestudio    stable-zero123-mini.yaml (NeRF, 1 view/step)      200      602 s      10.37  0.337
 
 A DreamGaussian step (rasterising 2000 Gaussians at 64², one Zero123 call) costs 0.4 s; a threestudio step
