@@ -25,6 +25,12 @@ Conventions:
   fy·ty/tz + cy); pixel (row i, column j) has its centre at (j + 0.5, i + 0.5). Row 0 is the top of the image.
 - A pixel is covered by a triangle when its centre lies inside or on the triangle's edges (either winding: no
   back-face culling). The nearest camera depth wins; exact ties go to the lower face index (torch backend).
+  nvdiffrast decides coverage on vertices snapped to 1/16 pixel (CudaRaster's subpixel grid, its own tie rules), so
+  a pixel whose centre lies within about 1/32 pixel of an edge may go to the neighbouring triangle, or to the
+  background on a silhouette: ~0.4 % of the pixels of a 1280-face icosphere at 128×96. The colour there is nearly
+  the same (attributes are continuous across shared edges) but the gradient with respect to vertex positions is
+  the other triangle's (it jumps across an edge); compare position gradients over pixels whose faces agree.
+  `hash3d.render.mesh_raster_check` and bench/mesh_raster_check.py compare the two backends.
 - Barycentrics are perspective-correct: attributes vary linearly on the 3D triangle.
 - Texture: [S, S, D] with row 0 at the top (v = 1), sampled bilinearly at uv (OBJ convention, v = 0 at the
   bottom), texel centres at ((j + 0.5)/S, 1 − (i + 0.5)/S), clamped at the border (`hash3d.export.uv_texture`).
@@ -344,6 +350,13 @@ def _clip_space(
     return torch.stack([xc, yc, zc, z], -1).contiguous()
 
 
+def _triangle_ids(t: Tensor) -> Tensor:
+    """nvdiffrast's float channel rast[..., 3] -> triangle id + 1 (int64). Ids up to 2^24 are stored as the float
+    value, larger ones as the bit pattern 0x4a800000 + id (nvdiffrast's triidx_to_float)."""
+    big = t.view(torch.int32).long() - 0x4A800000
+    return torch.where(t <= 16777216.0, t.long(), big)
+
+
 def _visibility_nvdiffrast(
     vertices: Tensor, faces: Tensor, viewmats: Tensor, Ks: Tensor, width: int, height: int, options: MeshRasterOptions
 ) -> tuple[Tensor, Tensor]:
@@ -356,8 +369,9 @@ def _visibility_nvdiffrast(
     clip = _clip_space(vertices.float(), viewmats.float(), Ks.float(), width, height, options)
     tri = faces.int().contiguous()
     rast, _ = dr.rasterize(ctx, clip, tri, (height, width))
-    face_id = rast[..., 3].long() - 1  # 0 = background
-    # per-corner barycentrics whatever nvdiffrast's (u, v) order: interpolate one unit vector per triangle corner
+    face_id = _triangle_ids(rast[..., 3]) - 1  # 0 = background
+    # per-corner barycentrics whatever nvdiffrast's (u, v) order (0.3.x: u, v weigh corners 0 and 1, corner 2 gets
+    # 1 - u - v): interpolate one unit vector per triangle corner
     nf = faces.shape[0]
     corner_attr = torch.eye(3, device=device).repeat(nf, 1).contiguous()  # [3F, 3]
     corner_tri = torch.arange(3 * nf, device=device, dtype=torch.int32).view(nf, 3)
