@@ -252,14 +252,17 @@ DENSIFY_EVERY_STEP = (
 )
 
 
-def test_resume_restores_a_changed_gaussian_count_exactly(written_models, shap_e_model, tmp_path):
+@pytest.mark.parametrize("cache", ["off", "on"])
+def test_resume_restores_a_changed_gaussian_count_exactly(written_models, shap_e_model, tmp_path, cache):
     """Densification grows the set at steps 2 and 4; a run stopped at 3 and resumed to 5 ends like one run of 5.
-    (Cache off: the cache's entries are not checkpointed, so with it on a resumed run may miss where a straight one
-    hit.)"""
-    args = overrides(tmp_path / "full", written_models["sd"], shap_e_model, 5, DENSIFY_EVERY_STEP)
-    full = train(PLAIN, tmp_path / "full", *args)
-    part_args = overrides(tmp_path / "part", written_models["sd"], shap_e_model, 3, DENSIFY_EVERY_STEP)
-    part = train(PLAIN, tmp_path / "part", *part_args)
+    With the cache on, the checkpoint holds its table and policy stream, so hits fall on the same steps."""
+    config = HASHED if cache == "on" else PLAIN
+    sometimes = HIT_FRIENDLY[1:] + ("system.guidance.cache.policy.probability=0.6",)  # the policy's stream is used
+    extra = DENSIFY_EVERY_STEP + (sometimes if cache == "on" else ())
+    args = overrides(tmp_path / "full", written_models["sd"], shap_e_model, 5, extra)
+    full = train(config, tmp_path / "full", *args)
+    part_args = overrides(tmp_path / "part", written_models["sd"], shap_e_model, 3, extra)
+    part = train(config, tmp_path / "part", *part_args)
     counts = [int(float(r["train/num_gaussians"])) for r in metrics(full)]
     assert counts[0] == 150 and counts[-1] > counts[0]  # the count changed before the resume point
     status = main([
@@ -274,6 +277,38 @@ def test_resume_restores_a_changed_gaussian_count_exactly(written_models, shap_e
     for name in a.params:
         torch.testing.assert_close(a.params[name], b.params[name], rtol=1e-5, atol=1e-6, msg=name)
     assert metrics(full)[-1]["train/loss"] == metrics(part)[-1]["train/loss"]
+    if cache == "on":
+        columns = ("cache/hits", "cache/inserts", "cache/entries", "cache/calls", "cache/tried")
+        assert [metrics(full)[-1][c] for c in columns] == [metrics(part)[-1][c] for c in columns]
+        assert float(metrics(full)[-1]["cache/hits"]) > 0
+
+
+def test_outputs_land_in_the_trial_save_folder(written_models, shap_e_model, tmp_path, monkeypatch):
+    """The loop hands the system its trial's save/ folder (System.set_save_dir) before every stage: shape.ply,
+    last_3dgs.ply and it{N}-test-color.ply land there whatever the working folder, for --train and for --test
+    from a checkpoint (named by the checkpoint's step); a system used outside the loop writes no files."""
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    out = tmp_path / "out"
+    extra = ("system.init.kind=sphere", "trainer.test_after_fit=false")
+    trial = train(PLAIN, out, *overrides(out, written_models["sd"], shap_e_model, 2, extra))
+    save = trial / "save"
+    assert {p.name for p in save.glob("*.ply")} == {"shape.ply", "last_3dgs.ply"}
+    parsed, last = trial / "configs" / "parsed.yaml", trial / "ckpts" / "last.ckpt"
+    assert main(["--config", str(parsed), "--test", f"resume={last}"]) == 0
+    assert (save / "it2-test-color.ply").is_file() and (save / "it2-test.mp4").is_file()
+    assert not list(elsewhere.rglob("*")) and {p.name for p in out.iterdir()} == {trial.parent.name}
+
+    from hash3d.config import build
+
+    cfg, _ = load_config(parsed, [])
+    system = build("system", cfg.system_type, cfg.system, device=torch.device("cpu"))
+    assert system.save_dir is None
+    system.initialise()
+    system.on_test_start(None)
+    system.on_fit_end()
+    assert not list(elsewhere.rglob("*"))
 
 
 # ------------------------------------------------------------------------------------------------ bad input

@@ -104,6 +104,32 @@ def test_cache_hit_reuses_and_stats_per_step(written_models):
     assert g.cache_stats()["entries"] == 0
 
 
+def test_resume_state_continues_the_noise_and_the_cache(written_models):
+    """A guidance built afresh and given `resume_state()` of one mid-run draws the same timesteps and noise and
+    answers from the same cache entries as the original from there on."""
+    cache = CacheConfig(enabled=True, mode="features", cell_size=(10, 10, 0.1, 1000), policy=CachePolicyConfig(0.7))
+    a = zero123(written_models["zero123"], cache=cache)
+    latents = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(2))
+    for _ in range(3):
+        a(latents, *CAMS, rgb_as_latents=True)
+    state = a.resume_state()
+    assert state["cache"]["table"]["pool_values"] is not None
+    b = zero123(written_models["zero123"], cache=cache)
+    b.load_resume_state(state)
+    assert b.cache_stats() == a.cache_stats()
+    hits = 0
+    for _ in range(4):
+        out_a, out_b = a(latents, *CAMS, rgb_as_latents=True), b(latents, *CAMS, rgb_as_latents=True)
+        assert torch.equal(out_a.timesteps, out_b.timesteps) and torch.equal(out_a.noise, out_b.noise)
+        assert torch.equal(out_a.grad, out_b.grad) and out_a.cache_tried == out_b.cache_tried
+        hits += int(out_a.cache_hits.sum()) if out_a.cache_tried else 0
+    assert hits > 0 and b.cache_stats() == a.cache_stats()
+    plain = zero123(written_models["zero123"])  # no cache here: only the generator is taken
+    plain.load_resume_state(state)
+    assert not torch.equal(plain.generator.get_state(), a.generator.get_state())  # a has drawn on since
+    assert torch.equal(plain.generator.get_state(), state["generator"])
+
+
 def test_stable_diffusion_gradient_and_view_prompts(written_models):
     g = StableDiffusionGuidance(StableDiffusionGuidanceConfig(pretrained_model_name_or_path=written_models["sd"], dtype="fp32", guidance_scale=7.5))
     with pytest.raises(RuntimeError, match="set_prompt"):

@@ -8,6 +8,7 @@ implementation's `bucket_index` (the spec does not fix the hash function itself)
 
 from __future__ import annotations
 
+import io
 import math
 import random
 import zlib
@@ -801,3 +802,94 @@ def test_reset_clears_entries_and_counters(adaptive):
     table.insert(keys[3:], torch.zeros(1, 2), torch.full((1, 2), 5.0))
     got, hit = table.query(keys, torch.zeros(4, 2))
     assert hit.tolist() == [False, False, False, True] and got[3].tolist() == [5.0, 5.0]
+
+
+# --------------------------------------------------------------------------------------------- saving and restoring
+def _random_batch(g: torch.Generator, n: int):
+    """Keys in a few cells of every grid (so queries hit and buckets overflow), latents [n, 2, 3], values [n, 5]."""
+    centres = torch.tensor([[5.0, 5.0, 1.05, 105.0], [25.0, 365.0, 1.05, 605.0], [5.0, 205.0, 1.05, 605.0]])
+    keys = centres[torch.randint(0, 3, (n,), generator=g)] + torch.rand(n, 4, generator=g) * torch.tensor([4, 4, 0, 4])
+    return keys, torch.randn(n, 2, 3, generator=g), torch.randn(n, 5, generator=g)
+
+
+def _roundtrip(state: dict) -> dict:
+    """Through torch.save / torch.load(weights_only=True), as in a checkpoint."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, map_location="cpu", weights_only=True)
+
+
+TABLE_KINDS = {
+    "grid": lambda: GridHashTable((20.0, 90.0, 0.5, 250.0), n_buckets=5, bucket_size=2, capacity=9),
+    "adaptive": lambda: AdaptiveGridHashTable(n_buckets=5, bucket_size=2, capacity=9, gamma=0.7),
+    "budget": lambda: GridHashTable((20.0, 90.0, 0.5, 250.0), n_buckets=5, bucket_size=2, max_bytes=8 * 56),
+}
+
+
+@pytest.mark.parametrize("kind", list(TABLE_KINDS))
+def test_state_dict_round_trip_continues_identically(kind):
+    g = torch.Generator().manual_seed(7)
+    table = TABLE_KINDS[kind]()
+    for _ in range(4):
+        table.insert(*_random_batch(g, 3))
+        table.query(*_random_batch(g, 4)[:2])
+    if kind == "budget":
+        assert table.capacity == 8 < table.max_capacity  # the pool shrank to the memory budget
+    restored = TABLE_KINDS[kind]()
+    restored.load_state_dict(_roundtrip(table.state_dict()))
+    assert restored.stats == table.stats and restored.capacity == table.capacity
+    hits = 0
+    for _ in range(5):  # both go on with the same queries and inserts: same answers, same statistics
+        keys, latents, values = _random_batch(g, 4)
+        (a, hit_a), (b, hit_b) = table.query(keys, latents), restored.query(keys, latents)
+        assert torch.equal(hit_a, hit_b) and torch.equal(a, b)
+        hits += int(hit_a.sum())
+        table.insert(keys, latents, values)
+        restored.insert(keys, latents, values)
+        assert restored.stats == table.stats
+    assert hits > 0
+    assert torch.equal(restored._score, table._score)
+
+
+def test_state_dict_of_an_empty_table_and_state_independence():
+    g = torch.Generator().manual_seed(3)
+    table = TABLE_KINDS["grid"]()
+    empty = table.state_dict()
+    assert empty["pool_values"] is None and empty["value_shape"] is None
+    table.insert(*_random_batch(g, 3))
+    full = table.state_dict()
+    table.insert(*_random_batch(g, 3))  # later inserts do not change a state already taken
+    table.load_state_dict(full)
+    assert table.stats.inserts == 3 and table.stats.entries == 3
+    table.load_state_dict(_roundtrip(empty))  # back to nothing allocated
+    assert table.stats == TABLE_KINDS["grid"]().stats and table._pool_values is None
+    got, hit = table.query(*_random_batch(g, 2)[:2])
+    assert got is None and not hit.any()
+    keys, latents, values = _random_batch(g, 2)
+    table.insert(keys, latents[:, :1], values[:, :2])  # an empty table takes any entry shape, as a fresh one
+    assert table._value_shape == (2,)
+
+
+def test_load_state_dict_refuses_another_layout():
+    g = torch.Generator().manual_seed(5)
+    table = TABLE_KINDS["grid"]()
+    table.insert(*_random_batch(g, 3))
+    state = table.state_dict()
+    others = {
+        "cell_sizes": GridHashTable((10.0, 90.0, 0.5, 250.0), n_buckets=5, bucket_size=2, capacity=9),
+        "n_buckets": GridHashTable((20.0, 90.0, 0.5, 250.0), n_buckets=6, bucket_size=2, capacity=9),
+        "bucket_size": GridHashTable((20.0, 90.0, 0.5, 250.0), n_buckets=5, bucket_size=3, capacity=9),
+        "capacity": GridHashTable((20.0, 90.0, 0.5, 250.0), n_buckets=5, bucket_size=2, capacity=10),
+    }
+    for name, other in others.items():
+        with pytest.raises(ValueError, match=rf"{name}: .* saved, .* here"):
+            other.load_state_dict(state)
+        assert other.stats.inserts == 0  # left untouched
+    with pytest.raises(ValueError, match="cell_sizes"):
+        TABLE_KINDS["adaptive"]().load_state_dict(state)
+    restored = TABLE_KINDS["grid"]()
+    restored.load_state_dict(state)
+    keys, latents, _ = _random_batch(g, 2)
+    with pytest.raises(ValueError, match="restored from the checkpoint holds latents .*save_in_checkpoint=false"):
+        restored.query(keys, latents[:, :1])

@@ -16,6 +16,7 @@ from PIL import Image
 
 from hash3d.config import load_config, smoke_overrides, to_data, twin_differences
 from hash3d.launch import main
+from hash3d.training import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 FRONT = REPO / "threestudio-hash3d"
@@ -115,6 +116,62 @@ def test_resume_continues_from_the_saved_step(written_models, tmp_path, monkeypa
     assert status == 0
     steps = [int(r["step"]) for r in metrics(trial)]
     assert steps[-1] == 4 and 3 in steps and (trial / "ckpts" / "epoch=0-step=4.ckpt").is_file()
+
+
+# the policy draws from its own stream (probability < 1), cells are wide enough for hits, two keys a step
+CACHE_RESUME = (
+    "system.guidance.cache.policy.probability=0.6",
+    "system.guidance.cache.cell_size=[180,360,10,1000]",
+    "system.guidance.cache.adaptive=false",
+    "data.random_camera.batch_size=2",
+    "trainer.test_after_fit=false",
+)
+CACHE_COLUMNS = ("cache/queries", "cache/hits", "cache/inserts", "cache/entries", "cache/calls", "cache/tried",
+                 "cache/full_samples", "cache/cached_samples")  # fmt: skip
+
+
+def test_resume_with_the_cache_on_is_exact(written_models, tmp_path, monkeypatch):
+    """6 steps in one go end exactly like 3 steps + resume to 6: weights, losses and cache statistics (the table,
+    the policy's random stream and the guidance's generator are in the checkpoint)."""
+    monkeypatch.chdir(FRONT)
+    config, model = "stable-zero123_hash3d.yaml", written_models["zero123"]
+    full = run(config, model, tmp_path / "full", "--train", steps=6, extra=CACHE_RESUME)
+    part = run(config, model, tmp_path / "part", "--train", steps=3, extra=CACHE_RESUME)
+    saved = torch.load(part / "ckpts" / "last.ckpt", map_location="cpu", weights_only=True)["guidance_state"]
+    assert saved["guidance"]["cache"]["table"]["pool_values"] is not None  # the entries are in the checkpoint
+    status = main([
+        "--config", str(part / "configs" / "parsed.yaml"), "--train", f"resume={part / 'ckpts' / 'last.ckpt'}",
+        "trainer.max_steps=6", "checkpoint.every_n_train_steps=6",
+    ])  # fmt: skip
+    assert status == 0
+
+    a, b = metrics(full), metrics(part)
+    assert [r["step"] for r in a] == [r["step"] for r in b] == [str(s) for s in range(1, 7)]
+    assert float(a[-1]["cache/hits"]) > float(a[2]["cache/hits"]) > 0  # hits before and after the resume point
+    for ra, rb in zip(a, b):
+        assert ra["train/loss"] == rb["train/loss"], ra["step"]
+        assert [ra[c] for c in CACHE_COLUMNS] == [rb[c] for c in CACHE_COLUMNS], ra["step"]
+    wa = load_checkpoint(full / "ckpts" / "last.ckpt")["state_dict"]
+    wb = load_checkpoint(part / "ckpts" / "last.ckpt")["state_dict"]
+    assert wa.keys() == wb.keys()
+    for name in wa:
+        assert torch.equal(wa[name], wb[name]), name
+
+
+def test_resume_refuses_a_cache_state_of_another_layout(written_models, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(FRONT)
+    part = run("stable-zero123_hash3d.yaml", written_models["zero123"], tmp_path, "--train", steps=2,
+               extra=CACHE_RESUME)  # fmt: skip
+    base = ["--config", str(part / "configs" / "parsed.yaml"), "--train", f"resume={part / 'ckpts' / 'last.ckpt'}",
+            "trainer.max_steps=3", "checkpoint.check_config=false"]  # fmt: skip
+    assert main([*base, "system.guidance.cache.cell_size=[90,360,10,1000]"]) == 2
+    err = capsys.readouterr().err
+    assert "cell_sizes" in err and "resume with the same cache config" in err and "save_in_checkpoint=false" in err
+    assert main([*base, "system.guidance.cache.mode=noise"]) == 2
+    assert "mode: 'features' saved, 'noise' now" in capsys.readouterr().err
+    # the fix the message names: resume with an empty table (the checkpoint config check ignores this key)
+    assert main([*base[:-1], "system.guidance.cache.save_in_checkpoint=false"]) == 0
+    assert [int(r["step"]) for r in metrics(part)][-1] == 3
 
 
 @pytest.mark.parametrize("cache", ["off", "on"])

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import io
+import re
+
 import pytest
 import torch
 from diffusers import UNet2DConditionModel
@@ -213,3 +216,99 @@ def test_depth_two_hit_equals_full_output():
     hit = run(unet, x, ctx, t, cache, keys).sample
     assert cache.last_hits.all()
     torch.testing.assert_close(hit, ref, rtol=1e-5, atol=1e-5)
+
+
+def _roundtrip(state: dict) -> dict:
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, map_location="cpu", weights_only=True)
+
+
+def _shifted_inputs(step: int):
+    """Inputs of call `step`: the same three cells, latents a little different each call."""
+    x, ctx, t, keys = inputs()
+    return x + 0.01 * step, ctx, t, keys
+
+
+@pytest.mark.parametrize("mode", ["features", "noise"])
+def test_state_dict_continues_exactly_in_a_fresh_cache(mode):
+    """A cache restored into another UNet process-alike (new hooks, nothing recorded) answers the next calls
+    exactly like the original: outputs, hit patterns (the policy's stream) and statistics."""
+    config = cfg(mode, probability=0.5, seed=4)
+    unet = tiny_unet()
+    cache = apply_hash_cache(unet, config)
+    for step in range(6):
+        run(unet, *_shifted_inputs(step)[:3], cache, _shifted_inputs(step)[3])
+    state = _roundtrip(cache.state_dict())
+    other_unet = tiny_unet()
+    restored = apply_hash_cache(other_unet, config)
+    restored.load_state_dict(state)
+    assert restored.stats == cache.stats
+    tried = []
+    for step in range(6, 14):
+        x, ctx, t, keys = _shifted_inputs(step)
+        a = run(unet, x, ctx, t, cache, keys).sample
+        b = run(other_unet, x, ctx, t, restored, keys).sample
+        assert torch.equal(a, b), step
+        assert (cache.last_hits is None) == (restored.last_hits is None)
+        if cache.last_hits is not None:
+            assert torch.equal(cache.last_hits, restored.last_hits)
+            tried.append(bool(cache.last_hits.all()))
+    assert any(tried) and 0 < len(tried) < 8  # some calls answered from the cache, some not tried at all
+    assert restored.stats == cache.stats
+    # a first call after the restore that hits everywhere: features mode needs the saved block structure
+    always = apply_hash_cache(tiny_unet(), cfg(mode, probability=1.0))
+    always.load_state_dict(state)
+    x, ctx, t, keys = _shifted_inputs(6)
+    out = run(always.unet, x, ctx, t, always, keys).sample
+    assert always.last_hits.all() and torch.isfinite(out).all()
+
+
+def test_state_dict_without_the_table():
+    """save_in_checkpoint=false: the state holds the policy's stream and counters only; loading it starts the table
+    empty. Turning the option off at load time ignores a saved table."""
+    unet = tiny_unet()
+    x, ctx, t, keys = inputs()
+    light = CacheConfig(enabled=True, mode="noise", save_in_checkpoint=False, policy=CachePolicyConfig(0.5, seed=2))
+    cache = apply_hash_cache(unet, light)
+    for _ in range(5):
+        run(unet, x, ctx, t, cache, keys)
+    state = _roundtrip(cache.state_dict())
+    assert state["table"] is None and state["calls"] == 5
+    cache.remove()
+    restored = apply_hash_cache(unet, light)
+    restored.load_state_dict(state)
+    s = restored.stats
+    assert (s["calls"], s["entries"], s["inserts"]) == (5, 0, 0) and s["tried"] == state["tried"]
+    assert restored._state.rng.getstate() == cache._state.rng.getstate()
+    restored.remove()
+    heavy = apply_hash_cache(unet, cfg("noise", probability=0.5, seed=2))
+    for _ in range(3):
+        run(unet, x, ctx, t, heavy, keys)
+    full_state = heavy.state_dict()
+    heavy.remove()
+    ignoring = apply_hash_cache(unet, light)
+    ignoring.load_state_dict(full_state)
+    assert ignoring.stats["entries"] == 0 and ignoring.stats["calls"] == 3
+
+
+def test_load_state_dict_refuses_another_mode_depth_or_grid():
+    unet = tiny_unet(layers_per_block=2)
+    x, ctx, t, keys = inputs()
+    cache = apply_hash_cache(unet, cfg("features"))
+    run(unet, x, ctx, t, cache, keys)
+    state = cache.state_dict()
+    cache.remove()
+    other = {
+        "mode: 'features' saved, 'noise' now": cfg("noise"),
+        "depth: 1 saved, 2 now": CacheConfig(enabled=True, mode="features", depth=2),
+        "cell_sizes": CacheConfig(enabled=True, mode="features", adaptive=True),
+        "n_buckets": CacheConfig(enabled=True, mode="features", n_buckets=64),
+    }
+    for expected, config in other.items():
+        attached = apply_hash_cache(unet, config)
+        with pytest.raises(ValueError, match=re.escape(expected) + ".*resume with the same cache config"):
+            attached.load_state_dict(state)
+        assert attached.stats["calls"] == 0  # nothing was loaded
+        attached.remove()

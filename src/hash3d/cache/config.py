@@ -55,6 +55,11 @@ class CacheConfig:
     """Softmax temperature of the latent-distance blend of a cell's entries."""
     check_keys: bool = True
     """Reject NaN/inf keys (one host read per call); turn off for CUDA-graph capture."""
+    save_in_checkpoint: bool = True
+    """Save the table (entries, bucket indices, scores, counters) in training checkpoints, so that a resumed run
+    continues exactly like an uninterrupted one. The entry pool can be large (up to `max_memory_mb`, e.g. GBs of
+    features on a GPU): with this off, checkpoints hold only the policy's random stream and counters, and a
+    resumed run starts with an empty table. Read when saving and when resuming."""
     policy: CachePolicyConfig = field(default_factory=CachePolicyConfig)
 
     def __post_init__(self) -> None:

@@ -22,13 +22,29 @@ Everything runs as tensor code on the table's device: no Python loop over sample
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 
 from .keys import bucket_index, hash_primes, quantize
 from ..cuda_graphs import GraphedFunction
 from .stats import CacheStats, Counters
+
+
+RESTORE_FIX = (
+    "resume with the same cache config, model and resolution, "
+    "or set cache.save_in_checkpoint=false to resume with an empty table"
+)
+"""How to get past a saved cache state that does not fit the resumed run."""
+
+# storage saved by `HashTable.state_dict` (attribute name without the leading underscore)
+_INDEX_TENSORS = ("cells", "ref_slot", "ref_id", "head", "score", "pool_ids", "next_id", "live")
+_POOL_TENSORS = ("pool_latents", "pool_values", "pool_norms")
+
+
+def _cpu_copy(t: torch.Tensor) -> torch.Tensor:
+    return t.detach().to("cpu", copy=True)
 
 
 def _group_rank(groups: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -134,8 +150,62 @@ class HashTable:
         self._value_shape: tuple[int, ...] | None = None
         self._next_id = torch.zeros((), dtype=torch.int64, device=dev)  # on the device: graph replays advance it
         self._live = torch.zeros((), dtype=torch.int64, device=dev)
+        # new storage tensors: graphs captured on the old ones must not be replayed
         self._graphs: dict[str, GraphedFunction] | None = {} if self._use_graphs else None
+        self._restored = False
         self.counters.reset()
+
+    # ---------------------------------------------------------------- saving and restoring
+    def layout(self) -> dict[str, Any]:
+        """What fixes the shape and meaning of the stored state: a saved state loads only into the same layout."""
+        return {
+            "cell_sizes": self.cell_sizes.tolist(),
+            "n_buckets": self.n_buckets,
+            "bucket_size": self.bucket_size,
+            "capacity": self.max_capacity,
+        }
+
+    def layout_mismatches(self, state: Mapping[str, Any]) -> list[str]:
+        """'name: saved value, this table's value' for every layout entry where `state` differs from this table."""
+        saved, own = state.get("layout", {}), self.layout()
+        return [f"{k}: {saved.get(k)!r} saved, {v!r} here" for k, v in own.items() if saved.get(k) != v]
+
+    def state_dict(self) -> dict[str, Any]:
+        """Entries, bucket indices, scores and counters as CPU copies (plain types: `torch.load(weights_only=True)`
+        reads them). An empty table has no pool yet: its pool entries are None."""
+        state: dict[str, Any] = {
+            "layout": self.layout(),
+            "pool_capacity": self.capacity,
+            "latent_shape": None if self._latent_shape is None else list(self._latent_shape),
+            "value_shape": None if self._value_shape is None else list(self._value_shape),
+            "counters": _cpu_copy(self.counters.values),
+        }
+        for name in _INDEX_TENSORS + _POOL_TENSORS:
+            value = getattr(self, "_" + name)
+            state[name] = None if value is None else _cpu_copy(value)
+        return state
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue from a `state_dict()` of a table with the same layout (ValueError naming what differs)."""
+        mismatches = self.layout_mismatches(state)
+        if mismatches:
+            raise ValueError(
+                f"the saved hash table does not fit this one ({'; '.join(mismatches)}); "
+                "load it into a table built with the same cell sizes, n_buckets, bucket_size and capacity"
+            )
+        allocated = state["pool_values"] is not None
+        if allocated != (state["value_shape"] is not None) or int(state["pool_capacity"]) > self.max_capacity:
+            raise ValueError("the saved hash table state is inconsistent (its pool and shapes disagree); cannot load it")
+        self.reset()
+        self.capacity = int(state["pool_capacity"])
+        for name in _INDEX_TENSORS + _POOL_TENSORS:
+            value = state[name]
+            setattr(self, "_" + name, None if value is None else value.to(self.device, copy=True))
+        if allocated:
+            self._latent_shape = tuple(int(d) for d in state["latent_shape"])
+            self._value_shape = tuple(int(d) for d in state["value_shape"])
+        self.counters.values.copy_(state["counters"])
+        self._restored = True
 
     @property
     def stats(self) -> CacheStats:
@@ -164,6 +234,11 @@ class HashTable:
         return B
 
     def _check_shape(self, name: str, t: torch.Tensor, expected: tuple[int, ...] | None) -> None:
+        if expected is not None and tuple(t.shape[1:]) != expected and self._restored:
+            raise ValueError(
+                f"the cache table restored from the checkpoint holds {name} of shape {list(expected)} per sample, "
+                f"this run makes {list(t.shape[1:])}: {RESTORE_FIX}"
+            )
         if expected is not None and tuple(t.shape[1:]) != expected:
             raise ValueError(
                 f"{name} shape per sample changed from {list(expected)} to {list(t.shape[1:])}; "

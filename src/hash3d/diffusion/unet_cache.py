@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -34,7 +34,7 @@ from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
 
 from ..cache.config import CacheConfig
-from ..cache.table import HashTable
+from ..cache.table import RESTORE_FIX, HashTable
 from ..cuda_graphs import GraphedFunction, cuda_graphs_available
 
 _UNET_HOOK = "hash3d_cache"
@@ -72,6 +72,47 @@ class _CacheState:
         self.phase = "full"  # "full": run blocks; "record": run and keep the deep feature; "reuse": cached feature
         self.deep: torch.Tensor | None = None
         self.last_hits: torch.Tensor | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        """The policy's random stream and counters; with `config.save_in_checkpoint`, the table too."""
+        with_table = self.config.save_in_checkpoint
+        return {
+            "mode": self.config.mode,
+            "depth": self.config.depth,
+            "policy_rng": self.rng.getstate(),
+            "calls": self.calls,
+            "tried": self.tried,
+            "full_samples": self.full_samples,
+            "cached_samples": self.cached_samples,
+            "table": self.table.state_dict() if with_table else None,
+            "block_outputs": {k: _spec_to_data(v) for k, v in self.block_outputs.items()} if with_table else {},
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue from `state_dict()`. The table is restored only when both the saved state holds one and
+        `config.save_in_checkpoint` is on; otherwise the run goes on with an empty table."""
+        table = state.get("table") if self.config.save_in_checkpoint else None
+        if table is not None:
+            self._check_fits(state, table)
+        self.reset()
+        version, internal, gauss = state["policy_rng"]
+        self.rng.setstate((version, tuple(internal), gauss))
+        for name in ("calls", "tried", "full_samples", "cached_samples"):
+            setattr(self, name, int(state[name]))
+        if table is not None:
+            self.table.load_state_dict(table)
+            device = self.table.device
+            self.block_outputs.update({k: _spec_from_data(v, device) for k, v in state["block_outputs"].items()})
+
+    def _check_fits(self, state: Mapping[str, Any], table: Mapping[str, Any]) -> None:
+        mismatches = [
+            f"{name}: {state.get(name)!r} saved, {getattr(self.config, name)!r} now"
+            for name in ("mode", "depth")
+            if state.get(name) != getattr(self.config, name)
+        ]
+        mismatches += self.table.layout_mismatches(table)
+        if mismatches:
+            raise ValueError(f"the saved Hash3D cache does not fit this cache ({'; '.join(mismatches)}): {RESTORE_FIX}")
 
     def should_try(self) -> bool:
         policy = self.config.policy
@@ -229,6 +270,24 @@ def _describe(out: Any) -> Any:
     return out
 
 
+def _spec_to_data(spec: Any) -> Any:
+    """A `_describe` structure as plain data (what a weights-only checkpoint can hold)."""
+    if isinstance(spec, _TensorSpec):
+        return {"shape": list(spec.shape), "dtype": str(spec.dtype).removeprefix("torch.")}
+    if isinstance(spec, (list, tuple)):
+        return {"items": [_spec_to_data(v) for v in spec], "tuple": isinstance(spec, tuple)}
+    return spec
+
+
+def _spec_from_data(data: Any, device: torch.device) -> Any:
+    if isinstance(data, dict) and "shape" in data:
+        return _TensorSpec(torch.Size(data["shape"]), getattr(torch, data["dtype"]), device)
+    if isinstance(data, dict) and "items" in data:
+        items = [_spec_from_data(v, device) for v in data["items"]]
+        return tuple(items) if data["tuple"] else items
+    return data
+
+
 def _placeholder(spec: Any, batch: int) -> Any:
     """Uninitialised tensors with a spec's structure and shapes (batch replaced); the UNet never reads them."""
     if isinstance(spec, _TensorSpec):
@@ -319,6 +378,16 @@ class UNetCache:
     def reset(self) -> None:
         """Forget all entries and counters (call at the start of every run, prompt or input image)."""
         self._state.reset()
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a resumed run needs to continue exactly: the policy's random stream and counters, and (with
+        `config.save_in_checkpoint`, the default) the table's entries, indices, scores and counters, on the CPU."""
+        return self._state.state_dict()
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue from `state_dict()`; ValueError when its mode, depth or table layout differ from this cache's.
+        With `config.save_in_checkpoint` off only the policy's stream and counters are restored (empty table)."""
+        self._state.load_state_dict(state)
 
     @property
     def last_hits(self) -> torch.Tensor | None:

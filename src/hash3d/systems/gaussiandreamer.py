@@ -26,7 +26,6 @@ object is turned to face threestudio's front view (+x) instead of rotating the c
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import logging
 import typing
 from dataclasses import dataclass, field
@@ -44,7 +43,6 @@ from ..scene.gaussian_density import GaussianDensifyStrategy
 from ..scene.gaussian_ply import write_point_cloud_ply
 from ..scene.gaussians import PARAM_NAMES, GaussianLRConfig, GaussianModel
 from ..scene.shape_prior import PointCloud, ShapePrior, ShapePriorConfig
-from ..training.outputs import TrialDir
 from ..training.system import System, SystemConfig
 from . import losses
 from .dreamfusion import PromptConfig
@@ -121,26 +119,6 @@ class GaussianDreamerSystemConfig(SystemConfig):
             raise ValueError(f"init_opacity must be in (0, 1); got {self.init_opacity}")
 
 
-def _calling_trainer() -> Any | None:
-    """The Trainer whose method is calling the system (it holds the trial folder and the step).
-
-    Stop-gap: the shared loop does not hand systems their output folder yet (threestudio's launcher calls
-    `system.set_save_dir`); this finds the calling `Trainer` on the stack instead. `set_save_dir` takes precedence."""
-    frame = inspect.currentframe()
-    try:
-        f = frame.f_back if frame is not None else None
-        for _ in range(10):
-            if f is None:
-                return None
-            owner = f.f_locals.get("self")
-            if isinstance(getattr(owner, "trial", None), TrialDir):
-                return owner
-            f = f.f_back
-        return None
-    finally:
-        del frame
-
-
 @register("system", "gaussiandreamer-system", config=GaussianDreamerSystemConfig)
 class GaussianDreamerSystem(System):
     """Stable Diffusion SDS on 3D Gaussians from a Shap-E / .ply / ball start (see the module docstring)."""
@@ -160,28 +138,12 @@ class GaussianDreamerSystem(System):
         self.densify_state = self.strategy.initialize_state()
         self.split_generator = torch.Generator(device=self.device).manual_seed(cfg.init.seed)
         self.guidance = None  # built on fit start: evaluation and export never load Stable Diffusion
-        self.save_dir: Path | None = None
 
     # ------------------------------------------------------------------ set-up
     def _empty_gaussians(self) -> GaussianModel:
         k = (self.cfg.sh_degree + 1) ** 2 - 1
         z = lambda *shape: torch.zeros(*shape, device=self.device)  # noqa: E731
         return GaussianModel(z(0, 3), z(0, 1, 3), z(0, k, 3), z(0), z(0, 3), z(0, 4), active_sh_degree=0)
-
-    def set_save_dir(self, path: str | Path) -> None:
-        """Where save/ files go (threestudio's name); without it, the calling Trainer's trial folder is used."""
-        self.save_dir = Path(path)
-
-    def _outputs(self) -> Path | None:
-        if self.save_dir is not None:
-            return self.save_dir
-        trainer = _calling_trainer()
-        return trainer.trial.save if trainer is not None else None
-
-    def _step(self) -> int:
-        """The run's step count (what the loop names its files by)."""
-        trainer = _calling_trainer()
-        return int(trainer.global_step) if trainer is not None else self.global_step
 
     def initialise(self) -> PointCloud:
         """Gaussians from the initial point cloud (Shap-E is sampled here); writes save/shape.ply."""
@@ -196,9 +158,8 @@ class GaussianDreamerSystem(System):
         self.initialised = True
         self.densify_state = self.strategy.initialize_state()
         log.info("initial shape: %s, %d Gaussians", cloud.source, len(cloud))
-        folder = self._outputs()
-        if folder is not None:
-            cloud.save(folder / "shape.ply")
+        if self.save_dir is not None:  # set by the loop (`System.set_save_dir`)
+            cloud.save(self.save_dir / "shape.ply")
         return cloud
 
     def _ensure_initialised(self) -> None:
@@ -281,15 +242,13 @@ class GaussianDreamerSystem(System):
 
     def on_test_start(self, datamodule) -> None:
         self._ensure_initialised()
-        folder = self._outputs()
-        if folder is not None:
-            self.save_color_ply(folder / f"it{self._step()}-test-color.ply")
+        if self.save_dir is not None:
+            self.save_color_ply(self.save_dir / f"it{self.global_step}-test-color.ply")
 
     def on_fit_end(self) -> None:
-        folder = self._outputs()
-        if folder is not None:
-            self.gaussians.save_ply(folder / "last_3dgs.ply")
-            log.info("Gaussians: %s (%d)", folder / "last_3dgs.ply", self.gaussians.num_gaussians)
+        if self.save_dir is not None:
+            self.gaussians.save_ply(self.save_dir / "last_3dgs.ply")
+            log.info("Gaussians: %s (%d)", self.save_dir / "last_3dgs.ply", self.gaussians.num_gaussians)
 
     def save_color_ply(self, path: Path) -> Path:
         """Gaussian centres with the colour of their degree-0 SH term (a point cloud any viewer opens)."""

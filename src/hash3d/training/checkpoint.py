@@ -1,4 +1,5 @@
-"""Checkpoints: model, optimizer, step, RNG and data-sampler state, plus the config that made them.
+"""Checkpoints: model, optimizer, step, RNG and data-sampler state, the guidances' state (noise generator, Hash3D
+cache: `guidance_state`), plus the config that made them.
 
 A checkpoint is a plain `torch.save` dict that `torch.load(..., weights_only=True, map_location="cpu")` reads
 (tensors, numbers, strings, lists, dicts only), so it loads on a CPU machine and never runs pickled code. Keys
@@ -35,6 +36,8 @@ OUTPUT_ONLY = {
     "cleanup_after_test_step",
     "weights",
     "weights_ignore_modules",
+    # whether the Hash3D cache's table goes into checkpoints (a resume may switch it off to drop a saved table)
+    "save_in_checkpoint",
     # mesh extraction settings of the geometry: read only by --export
     "isosurface_resolution",
     "isosurface_threshold",
@@ -100,6 +103,7 @@ def make_checkpoint(
         "global_step": int(global_step),
         "state_dict": {k: v.detach().cpu() if isinstance(v, torch.Tensor) else v for k, v in system.checkpoint_state_dict().items()},
         "system_state": system.extra_state(),
+        "guidance_state": system.guidance_state(),
         "optimizer_states": [optimizer.state_dict()] if optimizer is not None else [],
         "lr_schedulers": [scheduler.state_dict()] if scheduler is not None else [],
         "scaler": scaler.state_dict() if scaler is not None else None,

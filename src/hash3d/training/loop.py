@@ -3,9 +3,10 @@ and test renders.
 
 Why not Lightning: an SDS step is a few tens of milliseconds and the project measures the time outside the UNet, so
 the loop must add next to nothing per step (no callback/hook dispatch, no host syncs except on log steps); resume
-must restore every random stream (torch, CUDA, numpy, python, the camera sampler, the guidance's generators) so a
-resumed run reproduces an uninterrupted one exactly; and checkpoints must load on a CPU with
-`torch.load(weights_only=True)`. The file names and config keys stay Lightning's / threestudio's.
+must restore every random stream (torch, CUDA, numpy, python, the camera sampler, the guidance's generators) and
+the Hash3D cache (table, policy stream, counters) so a resumed run reproduces an uninterrupted one exactly; and
+checkpoints must load on a CPU with `torch.load(weights_only=True)`. The file names and config keys stay
+Lightning's / threestudio's.
 """
 
 from __future__ import annotations
@@ -103,6 +104,10 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.precision.dtype)
 
+    def bind(self, system: System) -> None:
+        """Hand the system the trial's save/ folder (for files it writes itself); every stage calls this first."""
+        system.set_save_dir(self.trial.save)
+
     def _system_option(self, system: System, name: str, default: Any) -> Any:
         return getattr(system.cfg, name, default)
 
@@ -153,6 +158,10 @@ class Trainer:
             scaler.load_state_dict(ckpt["scaler"])
         if datamodule is not None and ckpt.get("datamodule"):
             datamodule.load_state_dict(ckpt["datamodule"])
+        try:
+            system.load_guidance_state(ckpt.get("guidance_state", {}))
+        except ValueError as exc:
+            raise CheckpointError(f"the guidance state in {path} does not fit this run: {exc}") from exc
         set_rng_state(ckpt["rng"])
 
     def load_weights(self, system: System, path: str, ignore: list[str]) -> None:
@@ -170,6 +179,7 @@ class Trainer:
         cfg = self.cfg
         max_steps = cfg.trainer.max_steps
         self.place(system)
+        self.bind(system)
         system.max_steps = max_steps
         system.train()
         # first, so that what it resets (set_image / set_prompt reseed the guidance) is then overwritten by the checkpoint
@@ -286,6 +296,7 @@ class Trainer:
 
     def validate(self, system: System, datamodule: Any, limit: int | None = None) -> list[Path]:
         """Render the validation views: save/it{N}-{i}.png, or save/it{N}-val.mp4 with `system.val_as_video`."""
+        self.bind(system)
         limit = limit if limit is not None else self.cfg.trainer.limit_val_batches
         batches = islice(datamodule.val_batches(), limit) if limit is not None else datamodule.val_batches()
         step = self.global_step
@@ -306,6 +317,9 @@ class Trainer:
 
     def test(self, system: System, datamodule: Any) -> Path | None:
         """Render the test orbit: save/it{N}-test/{i}.png and save/it{N}-test.mp4; returns the video path."""
+        self.bind(system)
+        # the step the test files are named by: the steps trained (after fit) or the checkpoint's (--test)
+        system.global_step = self.global_step
         system.on_test_start(datamodule)
         limit = self.cfg.trainer.limit_test_batches
         batches = islice(datamodule.test_batches(), limit) if limit is not None else datamodule.test_batches()
@@ -325,6 +339,7 @@ class Trainer:
         return video
 
     def export(self, system: System) -> list[Path]:
+        self.bind(system)
         out_dir = self.trial.save / f"it{self.global_step}-export"
         out_dir.mkdir(parents=True, exist_ok=True)
         system.eval()

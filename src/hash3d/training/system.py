@@ -17,12 +17,14 @@ A system is an `nn.Module` registered under kind 'system' with its config datacl
         def training_step(self, batch, step): ... return {"loss": loss, "loss_sds": ...}
         def test_step(self, batch, index): ... return {"rgb": rgb, "opacity": opacity}
 
-The loop calls, in order: `on_fit_start(datamodule)`, `configure_optimizers()`, the checkpoint restore (when
-resuming: `load_checkpoint_state_dict`, `load_extra_state`, optimizer state), then per step
+The loop calls, in order: `set_save_dir(trial save/ folder)` (also before validate / test / export),
+`on_fit_start(datamodule)`, `configure_optimizers()`, the checkpoint restore (when resuming:
+`load_checkpoint_state_dict`, `load_extra_state`, optimizer state, `load_guidance_state`), then per step
 `update_step(step, max_steps)`, `training_step(batch, step)`, backward, `on_before_optimizer_step`,
 optimizer step, `on_after_optimizer_step`; `validation_step` / `test_step` render views (under no_grad,
 `eval()` mode; code that needs autograd there, such as analytic normals, opens `torch.enable_grad()` itself);
-`export(out_dir)` writes files.
+`export(out_dir)` writes files. `global_step` is the step being trained; at `on_test_start` and in `test_step`
+it is the number of steps trained (what the loop names the test files by).
 """
 
 from __future__ import annotations
@@ -136,11 +138,17 @@ class System(nn.Module):
         self.global_step = 0
         self.max_steps = 0
         self.optimizer: torch.optim.Optimizer | None = None
+        self.save_dir: Path | None = None
         self.configure()
 
     @property
     def device(self) -> torch.device:
         return self._device
+
+    def set_save_dir(self, path: str | Path) -> None:
+        """The trial's save/ folder (threestudio's name), for systems that write files of their own there. The
+        loop sets it before any stage (fit, validate, test, export); None when the system runs outside the loop."""
+        self.save_dir = Path(path)
 
     # ------------------------------------------------------------------ to override
     def configure(self) -> None:
@@ -248,3 +256,18 @@ class System(nn.Module):
         for name, value in state.get("generators", {}).items():
             if name in own:
                 own[name].set_state(value)
+
+    def _resumable(self) -> dict[str, nn.Module]:
+        modules = self.named_modules()
+        return {name: m for name, m in modules if m is not self and callable(getattr(m, "resume_state", None))}
+
+    def guidance_state(self) -> dict[str, Any]:
+        """Resume state of every child with `resume_state()` (the guidances: noise generator, Hash3D cache), by
+        module path. Built lazily (on fit start) guidances are present only once built."""
+        return {name: module.resume_state() for name, module in self._resumable().items()}
+
+    def load_guidance_state(self, state: Mapping[str, Any]) -> None:
+        own = self._resumable()
+        for name, value in state.items():
+            if name in own:
+                own[name].load_resume_state(value)

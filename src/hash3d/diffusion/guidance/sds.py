@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -182,6 +183,21 @@ class SDSGuidance(torch.nn.Module):
         self.generator.manual_seed(self.config.seed)
         if self.cache is not None:
             self.cache.reset()
+
+    # Not `state_dict`: that name belongs to nn.Module (the weights), which this must not change.
+    def resume_state(self) -> dict[str, Any]:
+        """What a resumed run needs besides the weights: the noise generator's state and the cache's
+        (`UNetCache.state_dict`; None without a cache)."""
+        return {
+            "generator": self.generator.get_state(),
+            "cache": self.cache.state_dict() if self.cache is not None else None,
+        }
+
+    def load_resume_state(self, state: Mapping[str, Any]) -> None:
+        """Continue from `resume_state()`. A cache saved by a run without one (or the reverse) is left as it is."""
+        self.generator.set_state(state["generator"])
+        if self.cache is not None and state.get("cache") is not None:
+            self.cache.load_state_dict(state["cache"])
 
     # ---------------------------------------------------------------- the step
     def resize(self, rgb: torch.Tensor) -> torch.Tensor:
