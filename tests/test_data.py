@@ -257,3 +257,18 @@ def test_example_images():
         assert path.stat().st_size < 100_000
         rgba = load_rgba(path)
         assert rgba.shape[-1] == 4 and 0.05 < (rgba[..., 3] > 0.5).float().mean() < 0.8
+
+
+def test_view_matrices_stay_fp32_under_autocast():
+    """Mixed precision (trainer.precision=16-mixed) must not turn the camera maths into half precision: the inverse
+    needs fp32 and the flip is exact."""
+    from hash3d.data.cameras import opengl_to_opencv, world_to_camera_opencv
+
+    c2w = torch.eye(4).repeat(2, 1, 1)
+    c2w[:, :3, 3] = torch.tensor([[0.0, 0.0, 3.0], [1.0, 2.0, -2.5]])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        viewmats = world_to_camera_opencv(c2w)
+        flipped = opengl_to_opencv(c2w)
+    assert viewmats.dtype == torch.float32 and flipped.dtype == torch.float32
+    expected = torch.linalg.inv(c2w @ torch.diag(torch.tensor([1.0, -1.0, -1.0, 1.0])))
+    torch.testing.assert_close(viewmats, expected)

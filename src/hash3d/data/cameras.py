@@ -83,8 +83,8 @@ def rays(c2w: torch.Tensor, fovy_deg: torch.Tensor, height: int, width: int) -> 
 
 def opengl_to_opencv(c2w: torch.Tensor) -> torch.Tensor:
     """Flip the camera's y and z axes: an OpenGL camera-to-world becomes an OpenCV one."""
-    flip = torch.diag(torch.tensor([1.0, -1.0, -1.0, 1.0], device=c2w.device))
-    return c2w @ flip
+    # c2w @ diag(1, -1, -1, 1) as a column scaling: exact, and no matmul for autocast to turn into fp16
+    return c2w * torch.tensor([1.0, -1.0, -1.0, 1.0], device=c2w.device, dtype=c2w.dtype)
 
 
 def world_to_camera_opencv(c2w: torch.Tensor) -> torch.Tensor:

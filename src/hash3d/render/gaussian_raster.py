@@ -39,6 +39,7 @@ import torch
 from torch import Tensor
 
 from .backends import choose_backend, has_module
+from ..profiling import timed
 
 logger = logging.getLogger(__name__)
 
@@ -114,6 +115,7 @@ class RasterMeta:
 # entry point
 
 
+@timed("render")
 def rasterize_gaussians(
     means: Tensor,  # [N, 3] world-space centres
     quats: Tensor,  # [N, 4] rotations, wxyz, need not be normalised

@@ -14,6 +14,7 @@ from ..scene.field import RadianceField
 from .material import Shading
 from .occupancy import OccupancyGrid
 from .volume import RenderOutput, VolumeRenderConfig, render_cameras, render_rays
+from ..profiling import timed
 
 
 @register("renderer", "nerf-volume-renderer", config=VolumeRenderConfig)
@@ -41,6 +42,7 @@ class NeRFVolumeRenderer(nn.Module):
             return False
         return grid.update(global_step, field.forward_density, self.config.step_size(field.radius), generator)
 
+    @timed("render")
     def forward(
         self,
         field: RadianceField,

@@ -38,6 +38,7 @@ from ..config import block, build_block, register
 from ..data.batches import CameraBatch
 from ..data.cameras import world_to_camera_opencv
 from ..diffusion.schedule import ScheduleValue, schedule_value
+from ..profiling import section
 from ..render.gaussian_raster import RasterMeta, resolve_backend
 from ..scene.gaussian_density import GaussianDensifyStrategy
 from ..scene.gaussian_ply import write_point_cloud_ply
@@ -193,11 +194,12 @@ class GaussianDreamerSystem(System):
     # ------------------------------------------------------------------ rendering
     def render(self, cams: CameraBatch) -> tuple[torch.Tensor, torch.Tensor, RasterMeta]:
         """rgb [B, H, W, 3], alpha [B, H, W, 1] and the rasteriser's meta (projected means, radii, depth)."""
-        viewmats = world_to_camera_opencv(cams.c2w)
-        Ks = cams.intrinsics().to(viewmats)
-        background = torch.tensor(self.cfg.background_color, device=viewmats.device, dtype=torch.float32)
-        backend = resolve_backend(self.cfg.rasterizer, viewmats.device)
-        with torch.autocast(viewmats.device.type, enabled=False):  # projections in fp32 even under 16-mixed
+        device = cams.c2w.device
+        with torch.autocast(device.type, enabled=False):  # cameras and projections in fp32 even under 16-mixed
+            viewmats = world_to_camera_opencv(cams.c2w.float())
+            Ks = cams.intrinsics().to(viewmats)
+            background = torch.tensor(self.cfg.background_color, device=device, dtype=torch.float32)
+            backend = resolve_backend(self.cfg.rasterizer, device)
             return self.gaussians.rasterize(viewmats, Ks, cams.width, cams.height, background, backend)
 
     def opacity_proxy(self, alpha: torch.Tensor, meta: RasterMeta) -> torch.Tensor:
@@ -224,13 +226,16 @@ class GaussianDreamerSystem(System):
             if self.weight(w.lambda_opaque) > 0:
                 terms["opaque"] = self.weight(w.lambda_opaque) * losses.opaque(opacity)
         out = sum_losses(terms)
-        out["loss"].backward()
+        with section("backward"):
+            out["loss"].backward()
         # upstream order: statistics and densification before the Adam step (new Gaussians skip that step)
-        report = self.strategy.step_post_backward(
-            self.gaussians.params, optimizer, self.densify_state, step, meta, self.split_generator
-        )
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        with section("densify"):
+            report = self.strategy.step_post_backward(
+                self.gaussians.params, optimizer, self.densify_state, step, meta, self.split_generator
+            )
+        with section("optimizer"):
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
         out["num_gaussians"] = report.num_gaussians
         return out
 

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..profiling import section
 from .checkpoint import CheckpointError, make_checkpoint, save_checkpoint, set_rng_state
 from .outputs import MetricsLogger, TrialDir, compose_views, remove_tree, save_image, save_video
 from .progress import ProgressBar
@@ -214,32 +215,37 @@ class Trainer:
             for step in range(start, max_steps):
                 system.global_step = step
                 system.update_step(step, max_steps)
-                batch = datamodule.train_batch(step)
-                batch = batch.to(self.device) if hasattr(batch, "to") else batch
-                with self.autocast():
+                with section("data"):
+                    batch = datamodule.train_batch(step)
+                    batch = batch.to(self.device) if hasattr(batch, "to") else batch
+                with self.autocast(), section("forward"):
                     out = system.training_step(batch, step)
                 if not isinstance(out, dict) or "loss" not in out:
                     raise TypeError(f"{type(system).__name__}.training_step must return a dict with a 'loss' entry")
                 loss = out["loss"]
                 if system.automatic_optimization:
-                    (scaler.scale(loss) if scaler is not None else loss).backward()
+                    with section("backward"):
+                        (scaler.scale(loss) if scaler is not None else loss).backward()
                     if scaler is not None:
                         scaler.unscale_(optimizer)
-                    system.on_before_optimizer_step(optimizer, step)
-                    if clip is not None:
-                        torch.nn.utils.clip_grad_norm_(system.parameters(), clip)
-                    if scaler is not None:
-                        scaler.step(optimizer)
-                        scaler.update()
-                    else:
-                        optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
-                    if scheduler is not None:
-                        scheduler.step()
-                    system.on_after_optimizer_step(optimizer, step)
+                    with section("optimizer"):
+                        system.on_before_optimizer_step(optimizer, step)
+                        if clip is not None:
+                            torch.nn.utils.clip_grad_norm_(system.parameters(), clip)
+                        if scaler is not None:
+                            scaler.step(optimizer)
+                            scaler.update()
+                        else:
+                            optimizer.step()
+                        optimizer.zero_grad(set_to_none=True)
+                        if scheduler is not None:
+                            scheduler.step()
+                        system.on_after_optimizer_step(optimizer, step)
                 self.global_step = gstep = step + 1
                 bar.update()
                 if gstep % log_every == 0 or gstep == max_steps:
+                    if self.device.type == "cuda":  # the host runs ahead of the GPU: time (and it/s) of finished work
+                        torch.cuda.synchronize(self.device)
                     now = time.perf_counter()
                     values: dict[str, Any] = {}
                     for key, value in out.items():

@@ -8,10 +8,12 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
+from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
 from ...cache.config import CacheConfig
 from ..schedule import ScheduleValue, check_schedule, schedule_value
 from ...cuda_graphs import GraphedFunction, cuda_graphs_available
+from ...profiling import section, time_backward
 from ..unet_cache import UNetCache, apply_hash_cache
 
 Weighting = Literal["sds", "uniform", "fantasia3d"]
@@ -124,6 +126,9 @@ class SDSGuidance(torch.nn.Module):
         self.device = device
         self.unet = unet
         self.vae = vae
+        # diffusers' ModelMixin.dtype walks every submodule (about 1 ms for a full UNet): read the dtypes once
+        self.unet_dtype = next(unet.parameters()).dtype
+        self.vae_dtype = next(vae.parameters()).dtype
         self.image_size = int(unet.config.sample_size) * 2 ** (len(vae.config.block_out_channels) - 1)
         """Side of the square images the model works at; renders are resized to it."""
         self.scheduler = scheduler
@@ -136,6 +141,9 @@ class SDSGuidance(torch.nn.Module):
             GraphedFunction(lambda x, t, c: self.unet(x, t, encoder_hidden_states=c, return_dict=False)[0])
             if config.cuda_graphs and cuda_graphs_available(device)
             else None
+        )
+        self._vae_graphs: dict[tuple, object] | None = (
+            {} if config.cuda_graphs and cuda_graphs_available(device) else None
         )
         self.set_cache(config.cache)
         self.global_step = 0
@@ -200,13 +208,44 @@ class SDSGuidance(torch.nn.Module):
             self.cache.load_state_dict(state["cache"])
 
     # ---------------------------------------------------------------- the step
+    def __call__(self, *args, **kwargs) -> GuidanceOutput:
+        with section("guidance"):
+            return super().__call__(*args, **kwargs)
+
     def resize(self, rgb: torch.Tensor) -> torch.Tensor:
         return F.interpolate(rgb, (self.image_size, self.image_size), mode="bilinear", align_corners=False)
 
     def encode_images(self, rgb: torch.Tensor) -> torch.Tensor:
         """rgb [B, 3, H, W] in [0, 1] -> scaled VAE latents [B, 4, h, w] (differentiable)."""
-        posterior = self.vae.encode((self.resize(rgb) * 2 - 1).to(self.vae.dtype)).latent_dist
-        return (posterior.sample(generator=self.generator) * self.vae.config.scaling_factor).float()
+        with section("vae_encode"):
+            x = (self.resize(rgb) * 2 - 1).to(self.vae_dtype)
+            posterior = DiagonalGaussianDistribution(self._encoder_moments(x))
+            latents = (posterior.sample(generator=self.generator) * self.vae.config.scaling_factor).float()
+        time_backward("vae_backward", latents, x)
+        return latents
+
+    def _encoder_moments(self, x: torch.Tensor) -> torch.Tensor:
+        """VAE encoder output (mean and log-variance stacked), as `AutoencoderKL.encode` computes it.
+
+        With CUDA graphs on, a differentiable call replays the encoder's forward and backward as CUDA graphs (one pair
+        per input shape, `torch.cuda.make_graphed_callables`): at SDS sizes the encoder is launch-bound too.
+        """
+        if self._vae_graphs is None or not x.requires_grad:
+            return self.vae.encode(x).latent_dist.parameters
+        key = (tuple(x.shape), x.dtype)
+        with torch.autocast(x.device.type, enabled=False):
+            graphed = self._vae_graphs.get(key)
+            if graphed is None:
+                sample = x.detach().clone().requires_grad_(True)
+                graphed = self._vae_graphs[key] = torch.cuda.make_graphed_callables(self._plain_moments, (sample,))
+            return graphed(x)
+
+    def _plain_moments(self, x: torch.Tensor) -> torch.Tensor:
+        vae = self.vae
+        if getattr(vae, "use_tiling", False) or getattr(vae, "use_slicing", False):
+            return vae.encode(x).latent_dist.parameters
+        h = vae.encoder(x)
+        return vae.quant_conv(h) if getattr(vae, "quant_conv", None) is not None else h
 
     def _unet_input(self, x_t: torch.Tensor) -> torch.Tensor:
         """What the UNet sees besides x_t (Zero123 concatenates the condition latents)."""
@@ -218,14 +257,15 @@ class SDSGuidance(torch.nn.Module):
         """ε̂ with classifier-free guidance; `context` is [cond; uncond] encoder states for the 2B batch."""
         x_in = self._unet_input(torch.cat([x_t, x_t]))
         t_in = torch.cat([t, t])
-        x_in, context = x_in.to(self.unet.dtype), context.to(self.unet.dtype)
-        if self.cache is not None:
-            with self.cache.request(keys, x_t):
+        x_in, context = x_in.to(self.unet_dtype), context.to(self.unet_dtype)
+        with section("unet"):
+            if self.cache is not None:
+                with self.cache.request(keys, x_t):
+                    pred = self.unet(x_in, t_in, encoder_hidden_states=context).sample
+            elif self._graphed_unet is not None:
+                pred = self._graphed_unet(x_in, t_in, context)
+            else:
                 pred = self.unet(x_in, t_in, encoder_hidden_states=context).sample
-        elif self._graphed_unet is not None:
-            pred = self._graphed_unet(x_in, t_in, context)
-        else:
-            pred = self.unet(x_in, t_in, encoder_hidden_states=context).sample
         alpha_bar = self.alphas_cumprod[torch.cat([t, t])].view(-1, *([1] * (x_t.ndim - 1)))
         eps = epsilon_from_prediction(pred.float(), torch.cat([x_t, x_t]).float(), alpha_bar, self.prediction_type)
         return classifier_free_guidance(eps, self.config.guidance_scale)

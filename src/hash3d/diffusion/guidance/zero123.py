@@ -62,6 +62,7 @@ class Zero123Guidance(SDSGuidance):
         self.image_encoder = parts.image_encoder
         self.feature_extractor = parts.feature_extractor
         self.cc_projection = parts.cc_projection
+        self.cc_dtype = next(self.cc_projection.parameters()).dtype
         kind = config.camera_embedding
         if kind == "auto":
             kind = "stable" if "stable" in config.pretrained_model_name_or_path.lower() else "xl"
@@ -118,7 +119,7 @@ class Zero123Guidance(SDSGuidance):
         )
         B = camera.shape[0]
         clip = self.clip_embedding.float().expand(B, -1, -1)
-        cond = self.cc_projection(torch.cat([clip, camera[:, None]], dim=-1).to(self.cc_projection.dtype))
+        cond = self.cc_projection(torch.cat([clip, camera[:, None]], dim=-1).to(self.cc_dtype))
         return torch.cat([cond, torch.zeros_like(cond)])
 
     def _unet_input(self, x_t: torch.Tensor) -> torch.Tensor:

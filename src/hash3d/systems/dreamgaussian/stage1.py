@@ -36,6 +36,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from hash3d.profiling import section
 from hash3d.render.gaussian_raster import resolve_backend
 from hash3d.scene.gaussian_density import GaussianDensifyStrategy
 from hash3d.scene.gaussian_mesh import GaussianField, GaussianMeshConfig, extract_gaussian_mesh
@@ -202,10 +203,13 @@ def run_stage1(cfg: DreamGaussianConfig, progress: bool = True) -> Stage1Result:
         guidance.update_step(step, cfg.iters)
         out = guidance(images, views.elevation, views.azimuth, views.distance)
         loss = loss + cfg.lambda_zero123 * out.loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        strategy.step_post_backward(model.params, optimizer, state, step, meta, split_generator)
+        with section("backward"):
+            loss.backward()
+        with section("optimizer"):
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        with section("densify"):
+            strategy.step_post_backward(model.params, optimizer, state, step, meta, split_generator)
         bar.update()
         if step % cfg.log_every == 0 or step == cfg.iters:
             bar.set_postfix(float(loss.detach()), guidance.cache_stats())
