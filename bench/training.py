@@ -12,7 +12,8 @@ weight set to 0 (everything but the guidance); cache on in each mode at each has
 as few steps as take the time of the fastest cached run.
 
 Per run: total training time, it/s, speed-up vs cache off, peak GPU memory, the share of UNet samples answered from
-the cache, and where a step's time goes (GPU time from CUDA events, `hash3d.profiling`): rendering, VAE encoder
+the cache, the CUDA graphs the cache captured (one per phase and batch shape, each costing a few eager passes that
+a short run does not amortise), and where a step's time goes (GPU time from CUDA events, `hash3d.profiling`): rendering, VAE encoder
 forward and backward, UNet (with the cache's lookups and inserts), the rest of the guidance (timestep and noise
 sampling, conditioning, ε, CFG, the SDS gradient), the rest of the backward pass, optimiser (+ densification) and
 what is left (the host, data, losses). Trailing key=value pairs override every run.
@@ -93,7 +94,8 @@ def _launcher_run(pipe: Pipeline, config: str, out: Path, steps: int, extra: lis
         last = list(csv.DictReader(f))[-1]
     saved = float(last.get("cache/cached_samples") or 0)
     run = float(last.get("cache/full_samples") or 0)
-    return {"train_s": float(last["elapsed_s"]), "saved": saved, "unet_samples": saved + run}
+    return {"train_s": float(last["elapsed_s"]), "saved": saved, "unet_samples": saved + run,
+            "graphs_captured": int(float(last.get("cache/graphs_captured") or 0))}
 
 
 def _dreamgaussian_run(
@@ -109,7 +111,7 @@ def _dreamgaussian_run(
         report = json.loads(run_stage1(cfg, progress=False).report.read_text())
     row = {"train_s": report["train_time_s"], "saved": report["cache"]["unet_calls_saved"],
            "unet_samples": report["cache"]["unet_calls_saved"] + report["cache"]["unet_calls_run"],
-           "num_gaussians": report["num_gaussians"]}  # fmt: skip
+           "num_gaussians": report["num_gaussians"], "graphs_captured": report["cache"]["graphs_captured"]}  # fmt: skip
     if stage2:
         from hash3d.systems.dreamgaussian.stage2 import run_stage2
 
@@ -200,13 +202,15 @@ def main() -> None:
 
 
 def format_table(rows: list[dict], off: dict) -> str:
-    head = ["run", "steps", "train s", "it/s", "speed-up", "UNet samples from cache", "peak GB"] + [f"{p} ms" for p in PARTS]
+    head = ["run", "steps", "train s", "it/s", "speed-up", "UNet samples from cache", "cache graphs", "peak GB"]
+    head += [f"{p} ms" for p in PARTS]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     off_step = off["train_s"] / off["steps"]
     for r in rows:
         saved = f"{r['saved'] / r['unet_samples']:.0%}" if r["unet_samples"] else "-"
         cells = [r["label"], str(r["steps"]), f"{r['train_s']:.1f}", f"{r['it_per_s']:.2f}",
-                 f"{off_step / (r['train_s'] / r['steps']):.2f}x", saved, f"{r['peak_gb']:.1f}"]  # fmt: skip
+                 f"{off_step / (r['train_s'] / r['steps']):.2f}x", saved, str(r.get("graphs_captured", 0)),
+                 f"{r['peak_gb']:.1f}"]  # fmt: skip
         cells += [f"{r['parts_ms'][p]:.1f}" for p in PARTS]
         if "stage2_s" in r:
             cells[2] += f" (+{r['stage2_s']:.1f} stage 2)"

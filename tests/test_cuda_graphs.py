@@ -106,3 +106,19 @@ def test_graphed_vae_encoder_matches_eager(written_models):
         torch.testing.assert_close(lat_g, lat_e, rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(grad_g, grad_e, rtol=1e-4, atol=1e-5)
     assert not torch.equal(results[True][0][0], results[True][1][0])  # the posterior sample is drawn anew each call
+
+
+def test_cache_reports_its_graph_captures(written_models):
+    """Every phase and batch shape is captured once: a miss (full pass with the deep feature recorded, table query and
+    insert) then a hit (shallow pass, query) of the same batch, and replays of both add none."""
+    g = make(written_models["zero123"], "features", True)
+    latents = torch.randn(2, 4, 8, 8, device="cuda")
+    cams = (torch.tensor([10.0, 20.0], device="cuda"), torch.tensor([0.0, 90.0], device="cuda"), torch.full((2,), 1.2, device="cuda"))
+    assert g.cache.stats["graphs_captured"] == 0
+    g(latents, *cams, rgb_as_latents=True)
+    g(latents, *cams, rgb_as_latents=True)
+    captured = g.cache.stats["graphs_captured"]
+    assert captured >= 3
+    for _ in range(2):
+        g(latents, *cams, rgb_as_latents=True)
+    assert g.cache.stats["graphs_captured"] == captured

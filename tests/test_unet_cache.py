@@ -312,3 +312,13 @@ def test_load_state_dict_refuses_another_mode_depth_or_grid():
             attached.load_state_dict(state)
         assert attached.stats["calls"] == 0  # nothing was loaded
         attached.remove()
+
+
+def test_no_graphs_on_the_cpu(written_models):
+    """Without CUDA graphs the cache reports no captures (the statistic is there for the GPU benchmarks)."""
+    from hash3d.diffusion.loading import load_zero123
+
+    parts = load_zero123(written_models["zero123"], torch.float32, torch.device("cpu"))
+    cache = apply_hash_cache(parts.unet, CacheConfig(mode="noise"), "cpu", cuda_graphs=True)
+    assert cache.stats["graphs_captured"] == 0
+    cache.remove()

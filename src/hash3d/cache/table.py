@@ -266,6 +266,11 @@ class HashTable:
         alive.index_fill_(0, torch.where(live, slots, torch.full_like(slots, self.capacity)).reshape(-1), True)
         return alive[:-1].sum()
 
+    @property
+    def graphs_captured(self) -> int:
+        """CUDA graphs captured so far (one per core and batch shape; 0 without graphs)."""
+        return sum(len(fn.graphs) for fn in self._graphs.values()) if self._graphs else 0
+
     def _run(self, name: str, core, *tensors: torch.Tensor):
         """Call a core directly, or replay it as a CUDA graph (captured once per batch shape; no warm-up runs,
         since a core changes the table)."""

@@ -137,14 +137,13 @@ class SDSGuidance(torch.nn.Module):
         self.register_buffer("alphas_cumprod", scheduler.alphas_cumprod.to(device=device, dtype=torch.float32), persistent=False)
         self.generator = torch.Generator(device=device).manual_seed(config.seed)
         self.cache: UNetCache | None = None
+        graphs = config.cuda_graphs and cuda_graphs_available(device)
         self._graphed_unet = (
             GraphedFunction(lambda x, t, c: self.unet(x, t, encoder_hidden_states=c, return_dict=False)[0])
-            if config.cuda_graphs and cuda_graphs_available(device)
+            if graphs
             else None
         )
-        self._vae_graphs: dict[tuple, object] | None = (
-            {} if config.cuda_graphs and cuda_graphs_available(device) else None
-        )
+        self._vae_graphs: dict[tuple, object] | None = {} if graphs else None
         self.set_cache(config.cache)
         self.global_step = 0
         self.max_steps = 1

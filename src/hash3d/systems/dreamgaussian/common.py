@@ -242,6 +242,7 @@ def cache_summary(guidance) -> dict[str, Any]:
         "unet_calls_run": run,
         "saved_fraction": saved / (saved + run) if saved + run else 0.0,
         "entries": int(stats.get("entries", 0)),
+        "graphs_captured": int(stats.get("graphs_captured", 0)),
     }
 
 
