@@ -22,7 +22,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from hash3d.testing.models import build_component, clip_image_processor_config
+from hash3d.testing.models import build_component, clip_image_processor_config, model_index
 
 __all__ = [
     "PRESETS",
@@ -147,21 +147,6 @@ def model_configs(preset: str = "default", scaling_factor: float = 1.0) -> dict[
     }
 
 
-def model_index() -> dict[str, Any]:
-    return {
-        "_class_name": "Zero1to3StableDiffusionPipeline",
-        "_diffusers_version": _DIFFUSERS_VERSION,
-        "cc_projection": ["pipeline_zero1to3", "CCProjection"],
-        "feature_extractor": ["transformers", "CLIPImageProcessor"],
-        "image_encoder": ["transformers", "CLIPVisionModelWithProjection"],
-        "requires_safety_checker": False,
-        "safety_checker": [None, None],
-        "scheduler": ["diffusers", "DDIMScheduler"],
-        "unet": ["diffusers", "UNet2DConditionModel"],
-        "vae": ["diffusers", "AutoencoderKL"],
-    }
-
-
 def build_parts(configs: dict[str, dict[str, Any]]) -> dict[str, torch.nn.Module]:
     """The trainable parts (unet, vae, image_encoder, cc_projection) on the current default device."""
     return {name: build_component(name, configs[name]) for name in PARTS}
@@ -227,7 +212,7 @@ def save_model(parts: dict[str, torch.nn.Module], configs: dict[str, dict[str, A
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    _write_json(path / "model_index.json", model_index())
+    _write_json(path / "model_index.json", model_index("zero123"))
     _write_json(path / "scheduler" / "scheduler_config.json", configs["scheduler"])
     _write_json(path / "feature_extractor" / "preprocessor_config.json", configs["feature_extractor"])
     progress = hf_logging.is_progress_bar_enabled()

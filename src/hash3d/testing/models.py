@@ -241,7 +241,8 @@ def _scheduler_config(family: str, prediction_type: str) -> dict[str, Any]:
             "clip_sample_range": 1.0, "timestep_spacing": "leading", "rescale_betas_zero_snr": False}
 
 
-def _model_index(family: str) -> dict[str, Any]:
+def model_index(family: str) -> dict[str, Any]:
+    """`model_index.json` of a pipeline of `family` in the diffusers layout."""
     if family == "sd":
         return {
             "_class_name": "StableDiffusionPipeline",
@@ -274,7 +275,7 @@ def model_configs(family: Family, size: Size, prediction_type: str = "epsilon") 
     """Config dicts of every part, keyed by subfolder (plus ``model_index`` for model_index.json)."""
     _check(family, size, prediction_type)
     configs: dict[str, dict[str, Any]] = {
-        "model_index": _model_index(family),
+        "model_index": model_index(family),
         "unet": _unet_config(family, size),
         "vae": _vae_config(family, size),
         "scheduler": _scheduler_config(family, prediction_type),
