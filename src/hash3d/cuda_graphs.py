@@ -72,5 +72,10 @@ class GraphedFunction:
         self.pool = None
 
 
+def count_captured(functions) -> int:
+    """CUDA graphs captured so far by a collection of GraphedFunctions (one per function and input signature)."""
+    return sum(len(fn.graphs) for fn in functions)
+
+
 def cuda_graphs_available(device: torch.device) -> bool:
     return device.type == "cuda" and torch.cuda.is_available()

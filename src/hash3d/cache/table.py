@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from .keys import bucket_index, hash_primes, quantize
-from ..cuda_graphs import GraphedFunction
+from ..cuda_graphs import GraphedFunction, count_captured
 from .stats import CacheStats, Counters
 
 
@@ -269,7 +269,7 @@ class HashTable:
     @property
     def graphs_captured(self) -> int:
         """CUDA graphs captured so far (one per core and batch shape; 0 without graphs)."""
-        return sum(len(fn.graphs) for fn in self._graphs.values()) if self._graphs else 0
+        return count_captured(self._graphs.values()) if self._graphs else 0
 
     def _run(self, name: str, core, *tensors: torch.Tensor):
         """Call a core directly, or replay it as a CUDA graph (captured once per batch shape; no warm-up runs,

@@ -35,7 +35,7 @@ from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
 
 from ..cache.config import CacheConfig
 from ..cache.table import RESTORE_FIX, HashTable
-from ..cuda_graphs import GraphedFunction, cuda_graphs_available
+from ..cuda_graphs import GraphedFunction, count_captured, cuda_graphs_available
 
 _UNET_HOOK = "hash3d_cache"
 _SKIP_HOOK = "hash3d_cache_skip"
@@ -407,7 +407,7 @@ class UNetCache:
             unet_calls_saved=st.cached_samples,
             # each new batch shape of a phase is captured once (a UNet capture costs a few eager passes): short runs
             # with many split-batch sizes pay for them in the step time
-            graphs_captured=sum(len(fn.graphs) for fn in (st.graphs or {}).values()) + st.table.graphs_captured,
+            graphs_captured=count_captured((st.graphs or {}).values()) + st.table.graphs_captured,
         )
         return out
 
