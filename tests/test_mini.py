@@ -138,6 +138,40 @@ def test_default_model_is_at_most_25_mb_and_fits_the_guidance():
     assert configs["scheduler"]["beta_schedule"] == "squaredcos_cap_v2"
 
 
+def test_whitening_the_latents_keeps_decoding_and_normalises_each_channel():
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    vae = AutoencoderKL(**{k: v for k, v in mini_model.model_configs("tiny")["vae"].items() if not k.startswith("_")})
+    vae.eval()
+    x = torch.rand(6, 3, 64, 64) * 2 - 1
+    with torch.no_grad():
+        before = vae.encode(x).latent_dist
+        decoded = vae.decode(before.mean).sample
+        mean = torch.tensor([0.3, -1.0, 2.0, 0.0])
+        std = torch.tensor([2.0, 0.5, 4.0, 1.0])
+        mini_model.whiten_latents(vae, mean, std)
+        after = vae.encode(x).latent_dist
+        view = lambda v: v.view(1, 4, 1, 1)  # noqa: E731
+        torch.testing.assert_close(after.mean, (before.mean - view(mean)) / view(std), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(after.std, before.std / view(std), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(vae.decode(after.mean).sample, decoded, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="positive std"):
+        mini_model.whiten_latents(vae, mean, torch.tensor([1.0, 0.0, 1.0, 1.0]))
+
+
+def test_a_channels_last_model_saves_contiguous_fp16_weights(tmp_path):
+    configs = mini_model.model_configs("tiny")
+    parts = mini_model.build_parts(configs)
+    parts["unet"].to(memory_format=torch.channels_last)
+    mini_model.save_model(parts, configs, tmp_path / "m")
+    from hash3d.diffusion.loading import load_zero123
+
+    loaded = load_zero123(str(tmp_path / "m"), dtype=torch.float32)
+    for (name, a), b in zip(parts["unet"].state_dict().items(), loaded.unet.state_dict().values()):
+        torch.testing.assert_close(b, a.half().float(), msg=name)
+
+
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     """One --tiny training run on the CPU (3 diffusion steps), written like the real one."""
@@ -192,6 +226,7 @@ def test_resume_continues_the_step_count(tiny_run):
 
     before = torch.load(tiny_run / CHECKPOINT, map_location="cpu", weights_only=False)["state"]
     assert before["step"] == 3 and before["vae_step"] == 2
+    assert len(before["raw_channel_std"]) == 4  # the frozen VAE's latents were whitened per channel
     main(["--out", str(tiny_run), "--tiny", "--device", "cpu", "--steps", "9"])
     after = torch.load(tiny_run / CHECKPOINT, map_location="cpu", weights_only=False)["state"]
     assert after["step"] == 9 and after["vae_step"] == 2
@@ -199,3 +234,25 @@ def test_resume_continues_the_step_count(tiny_run):
     last = after["sessions"][-1]
     assert last["start_phase"] == "diffusion" and last["start_step"] == 3 and last["end_step"] == 9
     assert after["diffusion_seconds"] > before["diffusion_seconds"]
+
+
+def test_a_failing_compiled_unet_falls_back_to_eager(tmp_path, capsys):
+    from hash3d.mini.train import TINY, Trainer, TrainConfig
+
+    trainer = Trainer(TrainConfig(**{**TINY, "out": str(tmp_path / "run"), "device": "cpu", "vae_steps": 1,
+                                     "steps": 2}))
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("inductor exploded")
+
+    trainer.unet_fn, trainer.unet_compiled = broken, True  # as if torch.compile had returned it
+    trainer.cfg.compile_unet = "auto"
+    assert trainer.train()
+    assert trainer.unet_fn is trainer.parts["unet"] and not trainer.unet_compiled
+    assert trainer.state["step"] == 2
+    assert "torch.compile of the UNet failed (RuntimeError: inductor exploded); training eagerly" in capsys.readouterr().out
+    assert all(torch.isfinite(p).all() for p in trainer.params)
+    trainer.unet_fn, trainer._compile_checked = broken, False
+    trainer.cfg.compile_unet, trainer.cfg.steps = "on", 3
+    with pytest.raises(RuntimeError, match="inductor exploded"):  # asked for explicitly: no silent fallback
+        trainer.train()

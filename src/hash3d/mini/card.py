@@ -26,6 +26,9 @@ def write_card(path: str | Path, trainer, metrics: dict[str, Any]) -> Path:
     n = trainer.n_params
     total = sum(n.values())
     vae_min, diff_min = st["vae_seconds"] / 60, st["diffusion_seconds"] / 60
+    modes = (["compiled by torch.compile"] if getattr(trainer, "unet_compiled", False) else []) + (
+        ["channels-last"] if st["device_name"] != "cpu" else [])
+    unet_mode = f"UNet {' and '.join(modes)}, " if modes else ""
     lines = [
         "# Hash3D-mini Zero123",
         "",
@@ -91,13 +94,16 @@ def write_card(path: str | Path, trainer, metrics: dict[str, Any]) -> Path:
         f"{'; bf16 autocast' if st['device_name'] != 'cpu' else ''}; {len(st['sessions'])} command(s) "
         f"(`{st['sessions'][-1].get('command', 'tools/train_mini.py')}`).",
         f"- VAE phase: {st['vae_step']} steps, {vae_min:.2f} min, batch {cfg.vae_batch} (10 % random smooth colour "
-        f"fields), AdamW lr {cfg.vae_lr:g}, L1 + L2 + 1e-4·KL per pixel; then frozen. Held-out reconstruction "
+        f"fields), AdamW lr {cfg.vae_lr:g}, L1 + L2 + 1e-4·KL per pixel; then frozen and its latent channels "
+        f"whitened (raw channel means {st.get('raw_channel_mean', '?')}, stds {st.get('raw_channel_std', '?')}, "
+        "folded into `quant_conv` / `post_quant_conv`, so decoding is unchanged). Held-out reconstruction "
         f"PSNR {metrics['vae_reconstruction_psnr']:.2f} dB; posterior std / latent std "
         f"{st.get('posterior_std_ratio', float('nan')):.3f} (the diffusion targets are posterior samples, as the "
         "guidance's `encode_images`).",
         f"- Diffusion phase: {st['step']} steps, {diff_min:.2f} min, batch {cfg.batch} (input, target) pairs of one "
         f"object, AdamW lr {cfg.lr:g} (warm-up {cfg.warmup_steps} steps, cosine to 10 %), weight decay "
         f"{cfg.weight_decay:g}, grad clip 1, EMA {cfg.ema:g} (exported), v-prediction MSE, t uniform in 0…999, "
+        f"{unet_mode}"
         f"condition dropped {100 * cfg.cfg_drop:.0f} % (CFG), same view as target {100 * cfg.same_view:.0f} %.",
         f"- Total training time {vae_min + diff_min:.2f} min.",
         "",

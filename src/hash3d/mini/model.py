@@ -34,6 +34,7 @@ __all__ = [
     "condition",
     "save_model",
     "folder_bytes",
+    "whiten_latents",
 ]
 
 _DIFFUSERS_VERSION = "0.42.1"
@@ -196,6 +197,28 @@ def condition(image_encoder, cc_projection, cond_rgb: torch.Tensor, camera: torc
     return cc_projection(torch.cat([embeds, camera.to(embeds.dtype)], dim=-1))[:, None]
 
 
+@torch.no_grad()
+def whiten_latents(vae, mean: torch.Tensor, std: torch.Tensor) -> None:
+    """Re-parametrise an AutoencoderKL's latent space in place so that latents z become (z − mean) / std per
+    channel, with decode(encode(x)) unchanged: folded into the 1×1 `quant_conv` (posterior mean rows; the
+    log-variance rows shift by −2·log std) and `post_quant_conv` (its input columns scaled back, the mean moved into
+    its bias). The stock diffusers class loads the result; only the latent statistics change."""
+    if vae.quant_conv is None or vae.post_quant_conv is None:
+        raise ValueError("whiten_latents needs a VAE with quant_conv and post_quant_conv (use_quant_conv=True)")
+    c = vae.config.latent_channels
+    mean = mean.to(vae.quant_conv.weight).reshape(c)
+    std = std.to(vae.quant_conv.weight).reshape(c)
+    if not bool((std > 0).all()):
+        raise ValueError("whiten_latents needs a positive std per latent channel")
+    q, pq = vae.quant_conv, vae.post_quant_conv
+    q.weight[:c] /= std.view(c, 1, 1, 1)
+    q.bias[:c] = (q.bias[:c] - mean) / std
+    q.bias[c:] -= 2.0 * torch.log(std)
+    w = pq.weight.clone()  # [out, in, 1, 1]
+    pq.bias += (w[:, :, 0, 0] @ mean)
+    pq.weight *= std.view(1, c, 1, 1)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Writing the folder
 
@@ -220,7 +243,8 @@ def save_model(parts: dict[str, torch.nn.Module], configs: dict[str, dict[str, A
     try:
         for name in PARTS:
             module = copy.deepcopy(parts[name]).to("cpu")
-            torch.nn.Module.to(module, dtype=dtype).eval()
+            # safetensors wants contiguous tensors; training may keep convolutions channels-last
+            torch.nn.Module.to(module, dtype=dtype, memory_format=torch.contiguous_format).eval()
             if name == "vae":
                 module.register_to_config(scaling_factor=float(configs["vae"]["scaling_factor"]))
             module.save_pretrained(path / name, safe_serialization=True)

@@ -72,6 +72,9 @@ class TrainConfig:
     """Objects re-rendered per step (in batches every 8 steps); default: automatic, so that rendering takes about
     `render_share` of the time."""
     render_share: float = 0.3
+    compile_unet: str = "auto"
+    """torch.compile the UNet's training forward/backward: "auto" (on a GPU, falling back to eager if compiling
+    fails), "on" or "off". On a GPU the UNet also runs channels-last."""
     compile_render: str = "off"
     """torch.compile the sphere tracer's march step ("on"/"off"): faster rendering for ~1 min of compiling per
     command; off by default because the pool refresh adapts to the eager renderer's speed anyway."""
@@ -99,7 +102,8 @@ class TrainConfig:
 
 
 TINY = dict(preset="tiny", batch=4, vae_batch=4, pool_objects=8, pool_views=3, steps=3, vae_steps=2,
-            eval_objects=2, eval_steps=4, grid_rows=2, warmup_steps=2, compile_render="off", log_every_s=5.0,
+            eval_objects=2, eval_steps=4, grid_rows=2, warmup_steps=2, compile_render="off", compile_unet="off",
+            log_every_s=5.0,
             eval_cfg=(1.0, 3.0))
 
 
@@ -160,6 +164,8 @@ class Trainer:
             with torch.device(self.device):
                 self.parts = mini_model.build_parts(self.configs)
         self.vae = self.parts["vae"]
+        if self.cuda:  # cuDNN's bf16 convolutions are fastest channels-last
+            self.parts["unet"].to(memory_format=torch.channels_last)
         self.trainable = [self.parts["unet"], self.parts["image_encoder"], self.parts["cc_projection"]]
         self.params = [p for m in self.trainable for p in m.parameters()]
         self.opt = torch.optim.AdamW(self.params, lr=self.cfg.lr, betas=(0.9, 0.99), weight_decay=self.cfg.weight_decay)
@@ -177,6 +183,11 @@ class Trainer:
              + f" (fp16 folder ≈ {2 * sum(n_params.values()) / 1e6:.1f} MB)")
         self.pool = ViewPool(self.cfg.pool_objects, self.cfg.pool_views, self.device, self.compile_render)
         self.refresh_count = self.cfg.refresh if self.cfg.refresh is not None else 4
+        unet = self.parts["unet"]
+        want_compile = self.cfg.compile_unet == "on" or (self.cfg.compile_unet == "auto" and self.cuda)
+        self.unet_fn = torch.compile(unet) if want_compile else unet
+        self.unet_compiled = want_compile
+        self._compile_checked = False
         self.timing: dict[str, float | None] = {"render_per_object": None, "step": None, "last_refresh_end": None}
 
     # ------------------------------------------------------------------------------------------- state
@@ -301,17 +312,31 @@ class Trainer:
         self.vae.eval().requires_grad_(False)
         flat = self.pool.rgb.flatten(0, 1)
         idx = torch.randperm(flat.shape[0], generator=torch.Generator().manual_seed(self.cfg.seed))[:2048]
-        posterior = self.vae.encode(flat[idx.to(self.device)].float() * 2 - 1).latent_dist
-        lat = posterior.sample(generator=torch.Generator(device=self.device).manual_seed(self.cfg.seed)).float()
+        images = flat[idx.to(self.device)].float() * 2 - 1
+
+        def posterior_samples():
+            posterior = self.vae.encode(images).latent_dist
+            gen = torch.Generator(device=self.device).manual_seed(self.cfg.seed)
+            return posterior, posterior.sample(generator=gen).float()
+
+        _, lat = posterior_samples()
+        # Per-channel whitening, folded into the VAE's 1x1 convs: the raw channels' spreads differed by up to 8x,
+        # so one global scaling_factor left the narrow channels almost drowned at every noise level.
+        ch_mean, ch_std = lat.mean((0, 2, 3)), lat.std((0, 2, 3))
+        mini_model.whiten_latents(self.vae, ch_mean, ch_std)
+        posterior, lat = posterior_samples()
         std = lat.std().item()  # of posterior samples: what the guidance scales (encode_images samples)
+        self.state["raw_channel_mean"] = [round(v, 4) for v in ch_mean.tolist()]
+        self.state["raw_channel_std"] = [round(v, 4) for v in ch_std.tolist()]
         self.state["scaling_factor"] = 1.0 / std
         self.state["latent_mean"] = lat.mean().item()
         # the guidance samples the posterior of renders; its spread must be small next to the latents' own
         self.state["posterior_std_ratio"] = posterior.std.float().mean().item() / std
         self.configs["vae"]["scaling_factor"] = 1.0 / std
         self.vae.register_to_config(scaling_factor=1.0 / std)
-        _log(f"VAE frozen: latent std {std:.4f} (scaling_factor {1 / std:.4f}), mean {lat.mean().item():+.4f}, "
-             f"posterior std / latent std {self.state['posterior_std_ratio']:.3f}")
+        _log(f"VAE frozen: raw latent channels mean {self.state['raw_channel_mean']}, std "
+             f"{self.state['raw_channel_std']} (whitened); latent std {std:.4f} (scaling_factor {1 / std:.4f}), "
+             f"mean {lat.mean().item():+.4f}, posterior std / latent std {self.state['posterior_std_ratio']:.3f}")
 
     @torch.no_grad()
     def _encode(self, rgb: torch.Tensor) -> torch.Tensor:
@@ -353,15 +378,45 @@ class Trainer:
                                            self.configs["feature_extractor"])
             context = context * keep.view(-1, 1, 1).to(context.dtype)
             c_concat = cond_lat * keep.view(-1, 1, 1, 1)
-            pred = self.parts["unet"](torch.cat([x_t, c_concat], 1), t, encoder_hidden_states=context).sample
-        loss = F.mse_loss(pred.float(), target)
+            x_in = torch.cat([x_t, c_concat], 1)
+            if self.cuda:
+                x_in = x_in.contiguous(memory_format=torch.channels_last)
         self.opt.zero_grad(set_to_none=True)
-        loss.backward()
+        loss = self._unet_loss(x_in, t, context, target)
         torch.nn.utils.clip_grad_norm_(self.params, 1.0)
         self.opt.step()
         decay = min(self.cfg.ema, (1 + step) / (10 + step))
         torch._foreach_lerp_(self.ema, [p.detach().float() for p in self.params], 1 - decay)
         return loss.detach()
+
+    def _unet_loss(self, x_in: torch.Tensor, t: torch.Tensor, context: torch.Tensor, target: torch.Tensor):
+        """v-prediction MSE, backpropagated. A compiled UNet that fails on its first call (compiling happens there)
+        falls back to eager, unless compiling was asked for explicitly."""
+        eager = self.parts["unet"]
+        first_compiled = self.unet_fn is not eager and not self._compile_checked
+
+        def run(fn, retain: bool):
+            with self._autocast():
+                pred = fn(x_in, t, encoder_hidden_states=context).sample
+            loss = F.mse_loss(pred.float(), target)
+            loss.backward(retain_graph=retain)  # retained once, so that a failed compiled backward can be redone
+            return loss
+
+        if not first_compiled:
+            return run(self.unet_fn, False)
+        try:
+            loss = run(self.unet_fn, True)
+        except Exception as err:  # noqa: BLE001 - any compiler failure
+            if self.cfg.compile_unet == "on":
+                raise
+            _log(f"torch.compile of the UNet failed ({type(err).__name__}: {str(err).splitlines()[0][:200]}); "
+                 "training eagerly")
+            self.unet_fn, self.unet_compiled = eager, False
+            for p in self.params:
+                p.grad = None
+            loss = run(eager, False)
+        self._compile_checked = True
+        return loss
 
     # ------------------------------------------------------------------------------------------- loop
     def _run_phase(self, phase: str) -> None:
@@ -509,6 +564,8 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     ap.add_argument("--pool-views", type=int)
     ap.add_argument("--refresh", type=int, help="objects re-rendered per step (default: automatic)")
     ap.add_argument("--compile-render", choices=["on", "off"], help="torch.compile the renderer (default off)")
+    ap.add_argument("--compile-unet", choices=["auto", "on", "off"],
+                    help="torch.compile the UNet (default auto: on a GPU, eager if compiling fails)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--seed", type=int)
     ap.add_argument("--eval-objects", type=int)
@@ -519,7 +576,7 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     values.update(out=args.out, minutes=args.minutes, session_minutes=args.session_minutes, tiny=args.tiny,
                   device=args.device)
     for key in ("steps", "vae_steps", "vae_minutes", "batch", "lr", "pool_objects", "pool_views", "refresh",
-                "compile_render", "seed", "eval_objects", "model_dir", "export_parts"):
+                "compile_render", "compile_unet", "seed", "eval_objects", "model_dir", "export_parts"):
         value = getattr(args, key)
         if value is not None:
             values[key] = value
