@@ -7,7 +7,9 @@ mod T. A point's feature at a level is the trilinear blend of its cell's 8 corne
 concatenates the L levels' F features.
 
 All levels are computed at once (one gather from one flat table), with no data-dependent Python branches,
-so the forward can be compiled with `torch.compile` and differentiates twice (analytic normals).
+so the forward can be compiled with `torch.compile`. `hash_grid_encode_with_jacobian` also returns the features'
+derivatives along x, y and z as ordinary forward ops on the same gathered corners (analytic normals then need only
+first-order autograd).
 """
 
 from __future__ import annotations
@@ -110,15 +112,10 @@ def _corner_index(corner: torch.Tensor, resolution: torch.Tensor, dense: bool, h
     return (h0[:, :, :, None, None] ^ h1[:, :, None, :, None] ^ h2[:, :, None, None, :]) & hash_mask
 
 
-def hash_grid_encode(
-    x: torch.Tensor,  # [N, 3] in [0, 1] (clamped)
-    table: torch.Tensor,  # [E, F] all levels' entries, level l at rows offset[l] : offset[l] + size[l]
-    resolution: torch.Tensor,  # [L] int64 cells per axis
-    offset: torch.Tensor,  # [L] int64
-    n_dense: int,  # the first n_dense levels are dense, the others hashed
-    hash_mask: int,  # 2**log2_hashmap_size − 1
-) -> torch.Tensor:  # [N, L·F]
-    """Trilinearly interpolated multi-level grid features of points in the unit cube."""
+def _cell_and_corners(
+    x: torch.Tensor, table: torch.Tensor, resolution: torch.Tensor, offset: torch.Tensor, n_dense: int, hash_mask: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Points [N, 3] in [0, 1]³ (clamped) -> position inside the cell [N, L, 3] and corner entries [N·L, 8, F]."""
     n, n_levels, n_feat = x.shape[0], resolution.shape[0], table.shape[1]
     x = x.clamp(0.0, 1.0)
     pos = x[:, None, :] * resolution.to(x.dtype)[None, :, None]  # [N, L, 3]
@@ -134,12 +131,58 @@ def hash_grid_encode(
         parts.append(_corner_index(corner[:, n_dense:], resolution[n_dense:], False, hash_mask))
     index = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
     index = (index + offset[None, :, None, None, None]).reshape(n * n_levels * 8)  # corner (i, j, k) at 4i + 2j + k
+    return frac, table.index_select(0, index).view(n * n_levels, 8, n_feat)
 
-    w = torch.stack([1.0 - frac, frac], dim=2)  # [N, L, 2, 3]
-    weight = w[..., 0][:, :, :, None, None] * w[..., 1][:, :, None, :, None] * w[..., 2][:, :, None, None, :]
-    feats = table.index_select(0, index).view(n * n_levels, 8, n_feat)
+
+def _outer3(wx: torch.Tensor, wy: torch.Tensor, wz: torch.Tensor) -> torch.Tensor:
+    """Per-axis corner factors [..., 2] -> corner weights [..., 2, 2, 2] (corner (i, j, k) = wx_i · wy_j · wz_k)."""
+    return wx[..., :, None, None] * wy[..., None, :, None] * wz[..., None, None, :]
+
+
+def hash_grid_encode(
+    x: torch.Tensor,  # [N, 3] in [0, 1] (clamped)
+    table: torch.Tensor,  # [E, F] all levels' entries, level l at rows offset[l] : offset[l] + size[l]
+    resolution: torch.Tensor,  # [L] int64 cells per axis
+    offset: torch.Tensor,  # [L] int64
+    n_dense: int,  # the first n_dense levels are dense, the others hashed
+    hash_mask: int,  # 2**log2_hashmap_size − 1
+) -> torch.Tensor:  # [N, L·F]
+    """Trilinearly interpolated multi-level grid features of points in the unit cube."""
+    n, n_levels, n_feat = x.shape[0], resolution.shape[0], table.shape[1]
+    frac, feats = _cell_and_corners(x, table, resolution, offset, n_dense, hash_mask)
+    w = torch.stack([1.0 - frac, frac], dim=-1)  # [N, L, 3, 2]
+    weight = _outer3(w[:, :, 0], w[:, :, 1], w[:, :, 2])
     out = torch.bmm(weight.reshape(n * n_levels, 1, 8).to(feats.dtype), feats)  # [N·L, 1, F]
     return out.reshape(n, n_levels * n_feat)
+
+
+def hash_grid_encode_with_jacobian(
+    x: torch.Tensor,  # [N, 3] in [0, 1] (clamped)
+    table: torch.Tensor,  # [E, F]
+    resolution: torch.Tensor,  # [L] int64
+    offset: torch.Tensor,  # [L] int64
+    n_dense: int,
+    hash_mask: int,
+) -> torch.Tensor:  # [N, 4, L·F]
+    """`hash_grid_encode` and its derivatives: [:, 0] the features, [:, 1 + a] their derivative along x_a.
+
+    The derivative of the trilinear weights along axis a swaps that axis' factor (1 − f, f) for (−1, +1)·N_l.
+    It is what autograd of `hash_grid_encode` gives, also where autograd's choices are arbitrary: zero outside
+    [0, 1] along a clamped axis but not on its faces, and on the upper face the last cell's (inner) slope.
+    Both rows come out of one gather and one bmm; first-order autograd of the result gives the encoding's
+    second derivatives.
+    """
+    n, n_levels, n_feat = x.shape[0], resolution.shape[0], table.shape[1]
+    frac, feats = _cell_and_corners(x, table, resolution, offset, n_dense, hash_mask)
+    w = torch.stack([1.0 - frac, frac], dim=-1)  # [N, L, 3, 2]
+    inside = ((x >= 0.0) & (x <= 1.0)).to(x.dtype)  # [N, 3]
+    slope = inside[:, None, :] * resolution.to(x.dtype)[None, :, None]  # [N, L, 3]
+    dw = torch.stack([-slope, slope], dim=-1)  # [N, L, 3, 2]
+    wx, wy, wz = w.unbind(2)
+    dx, dy, dz = dw.unbind(2)
+    weight = torch.stack([_outer3(wx, wy, wz), _outer3(dx, wy, wz), _outer3(wx, dy, wz), _outer3(wx, wy, dz)], dim=2)
+    out = torch.bmm(weight.reshape(n * n_levels, 4, 8).to(feats.dtype), feats)  # [N·L, 4, F]
+    return out.view(n, n_levels, 4, n_feat).transpose(1, 2).reshape(n, 4, n_levels * n_feat)
 
 
 class HashGrid(nn.Module):
@@ -177,6 +220,13 @@ class HashGrid(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x [N, 3] in [0, 1]³ (clamped) -> [N, L·F]."""
         out = hash_grid_encode(x, self.table, self.resolution, self.offset, self.n_dense, self.hash_mask)
+        if self.config.otype == "HashGrid":
+            return out
+        return out * self.level_mask.to(out.dtype)
+
+    def forward_with_jacobian(self, x: torch.Tensor) -> torch.Tensor:
+        """x [N, 3] in [0, 1]³ (clamped) -> [N, 4, L·F]: the features ([:, 0]) and d features / d x_a ([:, 1 + a])."""
+        out = hash_grid_encode_with_jacobian(x, self.table, self.resolution, self.offset, self.n_dense, self.hash_mask)
         if self.config.otype == "HashGrid":
             return out
         return out * self.level_mask.to(out.dtype)

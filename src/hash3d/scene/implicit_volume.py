@@ -18,7 +18,7 @@ from ..config.registry import register
 from .field import FieldOutput
 from .hash_grid import HashGrid, HashGridConfig
 from .isosurface import Mesh, extract_mesh
-from .mlp import MLPConfig, make_mlp
+from .mlp import MLPConfig, make_mlp, mlp_with_jacobian
 
 
 @dataclass
@@ -42,7 +42,7 @@ class ImplicitVolumeConfig:
     density_blob_std: float = 0.5
     """Width of the blob bias (world units)."""
     normal_type: Literal["analytic", "finite_difference", "none"] = "analytic"
-    """Normals: −∇σ/|∇σ| by autograd, by central differences, or not available."""
+    """Normals: −∇σ/|∇σ| with ∇σ computed exactly in the forward pass, by central differences, or not available."""
     finite_difference_normal_eps: float = 0.01
     """Step (world units) of the central differences."""
     albedo_activation: Literal["sigmoid", "none"] = "sigmoid"
@@ -91,6 +91,19 @@ def density_activation(raw: torch.Tensor, kind: str) -> torch.Tensor:
     raise ValueError(f"unknown density_activation {kind!r}")
 
 
+def density_activation_derivative(raw: torch.Tensor, kind: str) -> torch.Tensor:
+    """d density / d raw, as autograd of `density_activation` gives it."""
+    if kind == "softplus":
+        return torch.sigmoid(raw)
+    if kind == "shifted_softplus":
+        return torch.sigmoid(raw - 1.0)
+    if kind == "exp":
+        # _TruncExp's backward, clamp included, so ∂σ/∂x is what autograd gave before. The normal divides this
+        # positive factor out either way; the clamp keeps it finite where exp(raw) would overflow (and the normal be NaN).
+        return torch.exp(raw.clamp(max=15.0))
+    raise ValueError(f"unknown density_activation {kind!r}")
+
+
 def density_blob(points: torch.Tensor, kind: str, scale: float, std: float) -> torch.Tensor:
     """World points [N, 3] -> bias [N, 1] added to the raw density."""
     if kind == "blob_magic3d":
@@ -99,6 +112,20 @@ def density_blob(points: torch.Tensor, kind: str, scale: float, std: float) -> t
         return scale * torch.exp(-0.5 * (points * points).sum(-1, keepdim=True) / std**2)
     if kind == "none":
         return points.new_zeros(points.shape[0], 1)
+    raise ValueError(f"unknown density_bias {kind!r}")
+
+
+def density_blob_gradient(points: torch.Tensor, kind: str, scale: float, std: float) -> torch.Tensor:
+    """World points [N, 3] -> d density_blob / d points [N, 3]."""
+    if kind == "blob_magic3d":
+        norm = points.norm(dim=-1, keepdim=True)
+        # 0 at the centre, as autograd of the norm gives; no 1/0 even in the unused branch (its backward would be NaN)
+        inv_norm = torch.where(norm > 0, 1.0 / torch.where(norm > 0, norm, 1.0), 0.0)
+        return (-scale / std) * points * inv_norm
+    if kind == "blob_dreamfusion":
+        return (-scale / std**2) * torch.exp(-0.5 * (points * points).sum(-1, keepdim=True) / std**2) * points
+    if kind == "none":
+        return torch.zeros_like(points)
     raise ValueError(f"unknown density_bias {kind!r}")
 
 
@@ -146,6 +173,26 @@ class ImplicitVolume(nn.Module):
         features = self.feature_network(enc) if with_features else None
         return density, features
 
+    def density_and_gradient(
+        self, points: torch.Tensor, with_features: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """points [N, 3] world -> density [N, 1], d density / d points [N, 3], and the features if asked.
+
+        The gradient is built in the forward pass (hash-grid Jacobian, forward-mode MLP, blob and activation
+        derivatives), so losses on it train the field with first-order autograd.
+        """
+        cfg = self.config
+        enc = self.encoding.forward_with_jacobian(contract_to_unit(points, self.radius))  # [N, 4, L·F], d / d unit coords
+        raw_and_grad = mlp_with_jacobian(self.density_network, enc)[..., 0]  # [N, 4]
+        raw = raw_and_grad[:, :1] + density_blob(points, cfg.density_bias, cfg.density_blob_scale, cfg.density_blob_std)
+        raw_grad = raw_and_grad[:, 1:] / (2.0 * self.radius) + density_blob_gradient(
+            points, cfg.density_bias, cfg.density_blob_scale, cfg.density_blob_std
+        )
+        density = density_activation(raw, cfg.density_activation)
+        grad = density_activation_derivative(raw, cfg.density_activation) * raw_grad
+        features = self.feature_network(enc[:, 0]) if with_features else None
+        return density, grad, features
+
     def forward_density(self, points: torch.Tensor) -> torch.Tensor:
         """points [N, 3] world -> density [N, 1]."""
         return self._raw(points, with_features=False)[0]
@@ -157,8 +204,8 @@ class ImplicitVolume(nn.Module):
     def forward(self, points: torch.Tensor, with_normal: bool = False) -> FieldOutput:
         """points [N, 3] world -> density [N, 1], albedo [N, 3], features, and normal [N, 3] if asked.
 
-        Analytic normals differentiate the density by autograd; when grad mode is on, the graph is kept
-        (create_graph), so losses on normals train the field. Under no_grad every output comes back detached.
+        Analytic normals come from `density_and_gradient`: plain forward ops, so losses on normals train the field
+        through ordinary autograd (no double backward). Under no_grad every output comes back detached.
         """
         if not with_normal or self.config.normal_type == "none":
             if with_normal:
@@ -171,16 +218,8 @@ class ImplicitVolume(nn.Module):
             normal = self._finite_difference_normal(points)
             return FieldOutput(density, self.albedo_from_features(features), normal, features)
 
-        keep_graph = torch.is_grad_enabled()
-        with torch.enable_grad():
-            x = points if points.requires_grad else points.detach().requires_grad_(True)
-            density, features = self._raw(x, with_features=True)
-            (grad,) = torch.autograd.grad(density, x, torch.ones_like(density), create_graph=keep_graph)
-        normal = -F.normalize(grad, dim=-1)
-        out = FieldOutput(density, self.albedo_from_features(features), normal, features)
-        if not keep_graph:
-            out = FieldOutput(*(t.detach() for t in (out.density, out.albedo, out.normal, out.features)))
-        return out
+        density, grad, features = self.density_and_gradient(points, with_features=True)
+        return FieldOutput(density, self.albedo_from_features(features), -F.normalize(grad, dim=-1), features)
 
     def _finite_difference_normal(self, points: torch.Tensor) -> torch.Tensor:
         eps = self.config.finite_difference_normal_eps

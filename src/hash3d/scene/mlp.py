@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -36,3 +38,27 @@ def make_mlp(n_in: int, n_out: int, config: MLPConfig) -> nn.Sequential:
         layers += [nn.Linear(config.n_neurons, config.n_neurons, bias=config.bias), act()]
     layers.append(nn.Linear(config.n_neurons, n_out, bias=config.bias))
     return nn.Sequential(*layers)
+
+
+def mlp_with_jacobian(mlp: nn.Sequential, h: torch.Tensor) -> torch.Tensor:
+    """Forward-mode pass of a `make_mlp` network: h [N, 1 + K, n_in] -> [N, 1 + K, n_out].
+
+    Row 0 of h is the input, rows 1..K are tangents (derivatives of the input along K directions); row 0 of the
+    result is the output, rows 1..K its derivatives along the same directions. Every row goes through the same
+    Linear (one matmul); the bias enters row 0 only, and the tangents are scaled by the activation's derivative
+    at row 0's pre-activation.
+    """
+    for layer in mlp:
+        if isinstance(layer, nn.Linear):
+            h = F.linear(h, layer.weight)
+            if layer.bias is not None:
+                h = h + F.pad(layer.bias[None], (0, 0, 0, h.shape[1] - 1))
+        elif isinstance(layer, nn.ReLU):
+            h = h * (h[:, :1] > 0).to(h.dtype)  # relu(p) = p·[p > 0]: the output and the tangents in one product
+        elif isinstance(layer, nn.SiLU):
+            pre, tangents = h[:, :1], h[:, 1:]
+            s = torch.sigmoid(pre)
+            h = torch.cat([F.silu(pre), tangents * (s * (1.0 + pre * (1.0 - s)))], dim=1)
+        else:
+            raise TypeError(f"mlp_with_jacobian: unsupported layer {type(layer).__name__}")
+    return h
