@@ -25,6 +25,7 @@ import argparse
 import csv
 import json
 import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -164,7 +165,10 @@ def main() -> None:
     rows: list[dict] = []
 
     def go(config: str, n: int, extra: list[str], label: str) -> dict:
-        out = work / f"{len(rows):02d}"
+        # one folder per run (the warm-up's too): a run reads its own metrics.csv, never an earlier run's
+        out = work / f"{len(rows):02d}-{label.replace(' ', '_').replace('=', '')}"
+        if out.exists():
+            shutil.rmtree(out)
         options = [f"{pipe.model_key}={model}", *pipe.options, *args.extra, *extra]
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
