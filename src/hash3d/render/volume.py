@@ -32,8 +32,9 @@ class VolumeRenderConfig:
     """In training, shift each ray's samples by a random fraction of a step."""
     prune_alpha_threshold: float = 0.01
     """Drop samples whose alpha (density-only pass, no gradient) is below this; 0 = keep all."""
-    early_stop_eps: float = 0.0
-    """Also drop samples behind which the transmittance has fallen below this (0 = never)."""
+    early_stop_eps: float = 1e-4
+    """Also drop samples behind which the transmittance has fallen below this (0 = never); 1e-4 is nerfacc's
+    OccGridEstimator default, which threestudio keeps."""
     near_plane: float = 0.0
     """Samples start no closer than this to the camera."""
     grid: OccupancyGridConfig = field(default_factory=OccupancyGridConfig)
