@@ -10,6 +10,9 @@ All levels are computed at once (one gather from one flat table), with no data-d
 so the forward can be compiled with `torch.compile`. `hash_grid_encode_with_jacobian` also returns the features'
 derivatives along x, y and z as ordinary forward ops on the same gathered corners (analytic normals then need only
 first-order autograd).
+
+`HashGridConfig.backend = "triton"` swaps both for fused Triton kernels (hash_grid_triton.py: CUDA, float32, gradients
+to the table only); the default "torch" is this file's code.
 """
 
 from __future__ import annotations
@@ -50,6 +53,10 @@ class HashGridConfig:
     """ProgressiveBandHashGrid: step at which levels start being added."""
     update_steps: int = 500
     """ProgressiveBandHashGrid: steps between two added levels."""
+    backend: Literal["torch", "triton"] = "torch"
+    """torch: the pure-torch encoding (any device and dtype; gradients to the table and the points, compilable).
+    triton: fused Triton kernels (hash_grid_triton.py; needs a CUDA GPU with triton installed, float32), same
+    outputs, gradients to the table only (the points must not require grad). Off by default."""
 
     def __post_init__(self) -> None:
         if self.n_levels < 1 or self.n_features_per_level < 1:
@@ -60,6 +67,8 @@ class HashGridConfig:
             raise ValueError("hash grid needs base_resolution >= 1 and per_level_scale >= 1")
         if self.update_steps < 1:
             raise ValueError(f"hash grid update_steps must be >= 1; got {self.update_steps}")
+        if self.backend not in ("torch", "triton"):
+            raise ValueError(f"hash grid backend must be 'torch' or 'triton'; got {self.backend!r}")
 
     def active_levels(self, step: int) -> int:
         """Levels in use at a training step."""
@@ -217,16 +226,36 @@ class HashGrid(nn.Module):
     def reset_parameters(self) -> None:
         nn.init.uniform_(self.table, -self.config.init_scale, self.config.init_scale)
 
+    def _triton_encode(self, x: torch.Tensor, with_jacobian: bool) -> torch.Tensor:
+        """The fused path (imported only when chosen), after checking it can run on x's device."""
+        from .hash_grid_triton import hash_grid_encode_triton, triton_available
+
+        if not triton_available(x.device):
+            raise ValueError(
+                f"geometry.pos_encoding_config.backend is 'triton', but the triton hash-grid path cannot run on "
+                f"device {x.device} (it needs a CUDA GPU and the triton package); set "
+                f"geometry.pos_encoding_config.backend: torch, or run on a CUDA GPU with triton installed"
+            )
+        return hash_grid_encode_triton(
+            x, self.table, self.resolution, self.offset, self.n_dense, self.hash_mask, with_jacobian=with_jacobian
+        )
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x [N, 3] in [0, 1]³ (clamped) -> [N, L·F]."""
-        out = hash_grid_encode(x, self.table, self.resolution, self.offset, self.n_dense, self.hash_mask)
+        if self.config.backend == "triton":
+            out = self._triton_encode(x, with_jacobian=False)
+        else:
+            out = hash_grid_encode(x, self.table, self.resolution, self.offset, self.n_dense, self.hash_mask)
         if self.config.otype == "HashGrid":
             return out
         return out * self.level_mask.to(out.dtype)
 
     def forward_with_jacobian(self, x: torch.Tensor) -> torch.Tensor:
         """x [N, 3] in [0, 1]³ (clamped) -> [N, 4, L·F]: the features ([:, 0]) and d features / d x_a ([:, 1 + a])."""
-        out = hash_grid_encode_with_jacobian(x, self.table, self.resolution, self.offset, self.n_dense, self.hash_mask)
+        if self.config.backend == "triton":
+            out = self._triton_encode(x, with_jacobian=True)
+        else:
+            out = hash_grid_encode_with_jacobian(x, self.table, self.resolution, self.offset, self.n_dense, self.hash_mask)
         if self.config.otype == "HashGrid":
             return out
         return out * self.level_mask.to(out.dtype)
