@@ -62,6 +62,21 @@ if triton is not None:
         return cell, pos - cell.to(tl.float32)
 
     @triton.jit
+    def _load_points(x_ptr, pts, pmask):
+        """Points [BLOCK] of an [N, 3] array -> clamped x, y, z and, per axis, the clamp's derivative: 1 inside
+        [0, 1] (faces included), 0 outside."""
+        xr = tl.load(x_ptr + pts * 3 + 0, mask=pmask, other=0.0)
+        yr = tl.load(x_ptr + pts * 3 + 1, mask=pmask, other=0.0)
+        zr = tl.load(x_ptr + pts * 3 + 2, mask=pmask, other=0.0)
+        in_x = ((xr >= 0.0) & (xr <= 1.0)).to(tl.float32)
+        in_y = ((yr >= 0.0) & (yr <= 1.0)).to(tl.float32)
+        in_z = ((zr >= 0.0) & (zr <= 1.0)).to(tl.float32)
+        x = tl.minimum(tl.maximum(xr, 0.0), 1.0)
+        y = tl.minimum(tl.maximum(yr, 0.0), 1.0)
+        z = tl.minimum(tl.maximum(zr, 0.0), 1.0)
+        return x, y, z, in_x, in_y, in_z
+
+    @triton.jit
     def _corner_entry(cx, cy, cz, verts, dense, hash_mask, off):
         """Corner vertex -> flat table row (int64): dense x + y·V + z·V², else the spatial hash & mask; + offset."""
         dense_idx = cx + cy * verts + cz * verts * verts
@@ -78,16 +93,7 @@ if triton is not None:
         pmask = pts < n_points
         feat = tl.arange(0, F_PAD)
         mask2 = pmask[:, None] & (feat < N_FEAT)[None, :]
-        xr = tl.load(x_ptr + pts * 3 + 0, mask=pmask, other=0.0)
-        yr = tl.load(x_ptr + pts * 3 + 1, mask=pmask, other=0.0)
-        zr = tl.load(x_ptr + pts * 3 + 2, mask=pmask, other=0.0)
-        # derivative factor 1 inside [0, 1] (faces included), 0 outside along that axis (clamp's gradient)
-        in_x = ((xr >= 0.0) & (xr <= 1.0)).to(tl.float32)
-        in_y = ((yr >= 0.0) & (yr <= 1.0)).to(tl.float32)
-        in_z = ((zr >= 0.0) & (zr <= 1.0)).to(tl.float32)
-        x = tl.minimum(tl.maximum(xr, 0.0), 1.0)
-        y = tl.minimum(tl.maximum(yr, 0.0), 1.0)
-        z = tl.minimum(tl.maximum(zr, 0.0), 1.0)
+        x, y, z, in_x, in_y, in_z = _load_points(x_ptr, pts, pmask)
         width = n_levels * N_FEAT
         row0 = pts[:, None] * (ROWS * width) + feat[None, :]
         for lvl in range(n_levels):
@@ -99,9 +105,7 @@ if triton is not None:
             cx, fx = _level_cell(x, res_f, res_i)
             cy, fy = _level_cell(y, res_f, res_i)
             cz, fz = _level_cell(z, res_f, res_i)
-            sx = in_x * res_f
-            sy = in_y * res_f
-            sz = in_z * res_f
+            sx, sy, sz = in_x * res_f, in_y * res_f, in_z * res_f
             acc0 = tl.zeros([BLOCK, F_PAD], dtype=tl.float32)
             acc1 = tl.zeros([BLOCK, F_PAD], dtype=tl.float32)
             acc2 = tl.zeros([BLOCK, F_PAD], dtype=tl.float32)
@@ -140,15 +144,7 @@ if triton is not None:
         pmask = pts < n_points
         feat = tl.arange(0, F_PAD)
         mask2 = pmask[:, None] & (feat < N_FEAT)[None, :]
-        xr = tl.load(x_ptr + pts * 3 + 0, mask=pmask, other=0.0)
-        yr = tl.load(x_ptr + pts * 3 + 1, mask=pmask, other=0.0)
-        zr = tl.load(x_ptr + pts * 3 + 2, mask=pmask, other=0.0)
-        in_x = ((xr >= 0.0) & (xr <= 1.0)).to(tl.float32)
-        in_y = ((yr >= 0.0) & (yr <= 1.0)).to(tl.float32)
-        in_z = ((zr >= 0.0) & (zr <= 1.0)).to(tl.float32)
-        x = tl.minimum(tl.maximum(xr, 0.0), 1.0)
-        y = tl.minimum(tl.maximum(yr, 0.0), 1.0)
-        z = tl.minimum(tl.maximum(zr, 0.0), 1.0)
+        x, y, z, in_x, in_y, in_z = _load_points(x_ptr, pts, pmask)
         width = n_levels * N_FEAT
         row0 = pts[:, None] * (ROWS * width) + feat[None, :]
         for lvl in range(n_levels):
@@ -160,9 +156,7 @@ if triton is not None:
             cx, fx = _level_cell(x, res_f, res_i)
             cy, fy = _level_cell(y, res_f, res_i)
             cz, fz = _level_cell(z, res_f, res_i)
-            sx = in_x * res_f
-            sy = in_y * res_f
-            sz = in_z * res_f
+            sx, sy, sz = in_x * res_f, in_y * res_f, in_z * res_f
             base = row0 + lvl * N_FEAT
             g0 = tl.load(grad_out_ptr + base, mask=mask2, other=0.0)
             if ROWS == 4:
