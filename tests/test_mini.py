@@ -245,7 +245,8 @@ def test_a_failing_compiled_unet_falls_back_to_eager(tmp_path, capsys):
     def broken(*args, **kwargs):
         raise RuntimeError("inductor exploded")
 
-    trainer.unet_fn, trainer.unet_compiled = broken, True  # as if torch.compile had returned it
+    trainer.unet_fn = broken  # as if torch.compile had returned it
+    assert trainer.unet_compiled
     trainer.cfg.compile_unet = "auto"
     assert trainer.train()
     assert trainer.unet_fn is trainer.parts["unet"] and not trainer.unet_compiled

@@ -26,7 +26,7 @@ def write_card(path: str | Path, trainer, metrics: dict[str, Any]) -> Path:
     n = trainer.n_params
     total = sum(n.values())
     vae_min, diff_min = st["vae_seconds"] / 60, st["diffusion_seconds"] / 60
-    modes = (["compiled by torch.compile"] if getattr(trainer, "unet_compiled", False) else []) + (
+    modes = (["compiled by torch.compile"] if trainer.unet_compiled else []) + (
         ["channels-last"] if st["device_name"] != "cpu" else [])
     unet_mode = f"UNet {' and '.join(modes)}, " if modes else ""
     lines = [

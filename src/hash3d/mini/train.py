@@ -186,7 +186,6 @@ class Trainer:
         unet = self.parts["unet"]
         want_compile = self.cfg.compile_unet == "on" or (self.cfg.compile_unet == "auto" and self.cuda)
         self.unet_fn = torch.compile(unet) if want_compile else unet
-        self.unet_compiled = want_compile
         self._compile_checked = False
         self.timing: dict[str, float | None] = {"render_per_object": None, "step": None, "last_refresh_end": None}
 
@@ -389,11 +388,16 @@ class Trainer:
         torch._foreach_lerp_(self.ema, [p.detach().float() for p in self.params], 1 - decay)
         return loss.detach()
 
+    @property
+    def unet_compiled(self) -> bool:
+        """Whether the UNet trains through torch.compile (False after a fallback to eager)."""
+        return self.unet_fn is not self.parts["unet"]
+
     def _unet_loss(self, x_in: torch.Tensor, t: torch.Tensor, context: torch.Tensor, target: torch.Tensor):
         """v-prediction MSE, backpropagated. A compiled UNet that fails on its first call (compiling happens there)
         falls back to eager, unless compiling was asked for explicitly."""
         eager = self.parts["unet"]
-        first_compiled = self.unet_fn is not eager and not self._compile_checked
+        first_compiled = self.unet_compiled and not self._compile_checked
 
         def run(fn, retain: bool):
             with self._autocast():
@@ -411,7 +415,7 @@ class Trainer:
                 raise
             _log(f"torch.compile of the UNet failed ({type(err).__name__}: {str(err).splitlines()[0][:200]}); "
                  "training eagerly")
-            self.unet_fn, self.unet_compiled = eager, False
+            self.unet_fn = eager
             for p in self.params:
                 p.grad = None
             loss = run(eager, False)
