@@ -149,7 +149,22 @@ def test_triton_backend_unavailable_raises_a_clear_error(monkeypatch):
         grid.forward_with_jacobian(x)
     with pytest.raises(ValueError, match="backend must be"):
         replace(SMALL, backend="cuda")
-    assert HashGridConfig().backend == "torch"
+    assert HashGridConfig().backend == "auto"
+
+
+def test_auto_backend_takes_torch_where_the_fused_kernels_cannot_run(monkeypatch):
+    """auto on the CPU (interpreter off), for float64, or for points that need a gradient: the torch path, exactly."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    torch.manual_seed(0)
+    auto, plain = HashGrid(replace(SMALL, backend="auto")), HashGrid(replace(SMALL, backend="torch"))
+    plain.load_state_dict(auto.state_dict())
+    x = torch.rand(7, 3, requires_grad=True)
+    assert torch.equal(auto(x), plain(x))
+    assert torch.equal(auto.forward_with_jacobian(x), plain.forward_with_jacobian(x))
+    (g_auto,) = torch.autograd.grad(auto(x).sum(), x)
+    (g_plain,) = torch.autograd.grad(plain(x).sum(), x)
+    assert torch.equal(g_auto, g_plain)
+    assert not auto._fused(x.double()) and not auto._fused(x)
 
 
 @pytest.mark.skipif(not HAS_TRITON or INTERPRET, reason="needs triton, with the interpreter off")

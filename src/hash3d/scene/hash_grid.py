@@ -11,8 +11,10 @@ so the forward can be compiled with `torch.compile`. `hash_grid_encode_with_jaco
 derivatives along x, y and z as ordinary forward ops on the same gathered corners (analytic normals then need only
 first-order autograd).
 
-`HashGridConfig.backend = "triton"` swaps both for fused Triton kernels (hash_grid_triton.py: CUDA, float32, gradients
-to the table only); the default "torch" is this file's code.
+`HashGridConfig.backend` picks the implementation: "triton" swaps both for fused Triton kernels (hash_grid_triton.py:
+CUDA, float32, gradients to the table only), "torch" is this file's code, and the default "auto" takes the fused
+kernels wherever they can run (CUDA float32 inputs whose points need no gradient, triton installed) and this file's
+code elsewhere.
 """
 
 from __future__ import annotations
@@ -53,10 +55,11 @@ class HashGridConfig:
     """ProgressiveBandHashGrid: step at which levels start being added."""
     update_steps: int = 500
     """ProgressiveBandHashGrid: steps between two added levels."""
-    backend: Literal["torch", "triton"] = "torch"
+    backend: Literal["auto", "torch", "triton"] = "auto"
     """torch: the pure-torch encoding (any device and dtype; gradients to the table and the points, compilable).
     triton: fused Triton kernels (hash_grid_triton.py; needs a CUDA GPU with triton installed, float32), same
-    outputs, gradients to the table only (the points must not require grad). Off by default."""
+    outputs, gradients to the table only (the points must not require grad); 4x faster forward and backward on an
+    H100 (docs/benchmarks.md). auto: triton for each call that it can serve, torch for the others."""
 
     def __post_init__(self) -> None:
         if self.n_levels < 1 or self.n_features_per_level < 1:
@@ -67,8 +70,8 @@ class HashGridConfig:
             raise ValueError("hash grid needs base_resolution >= 1 and per_level_scale >= 1")
         if self.update_steps < 1:
             raise ValueError(f"hash grid update_steps must be >= 1; got {self.update_steps}")
-        if self.backend not in ("torch", "triton"):
-            raise ValueError(f"hash grid backend must be 'torch' or 'triton'; got {self.backend!r}")
+        if self.backend not in ("auto", "torch", "triton"):
+            raise ValueError(f"hash grid backend must be 'auto', 'torch' or 'triton'; got {self.backend!r}")
 
     def active_levels(self, step: int) -> int:
         """Levels in use at a training step."""
@@ -207,6 +210,7 @@ class HashGrid(nn.Module):
         self.register_buffer("offset", torch.tensor([lv.offset for lv in self.levels], dtype=torch.int64), persistent=False)
         self.n_dense = sum(lv.dense for lv in self.levels)  # dense levels come first (resolution only grows)
         self.hash_mask = 2**self.config.log2_hashmap_size - 1
+        self._triton_ok: bool | None = None  # backend "auto": can the fused kernels run here (checked once)
         # 1 for the channels of active levels (all of them unless the grid is progressive); a buffer, so the
         # forward has no step-dependent branch and stays compilable
         self.register_buffer("level_mask", torch.ones(self.n_output_dims), persistent=False)
@@ -240,9 +244,24 @@ class HashGrid(nn.Module):
             x, self.table, self.resolution, self.offset, self.n_dense, self.hash_mask, with_jacobian=with_jacobian
         )
 
+    def _fused(self, x: torch.Tensor) -> bool:
+        """Whether this call takes the Triton kernels (always for "triton", which raises where they cannot run)."""
+        backend = self.config.backend
+        if backend != "auto":
+            return backend == "triton"
+        if not x.is_cuda or x.dtype != torch.float32 or self.table.dtype != torch.float32:
+            return False
+        if x.requires_grad and torch.is_grad_enabled():
+            return False  # the fused kernels give no gradient with respect to the points
+        if self._triton_ok is None:
+            from .hash_grid_triton import triton_available
+
+            self._triton_ok = triton_available(x.device)
+        return self._triton_ok
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x [N, 3] in [0, 1]³ (clamped) -> [N, L·F]."""
-        if self.config.backend == "triton":
+        if self._fused(x):
             out = self._triton_encode(x, with_jacobian=False)
         else:
             out = hash_grid_encode(x, self.table, self.resolution, self.offset, self.n_dense, self.hash_mask)
@@ -252,7 +271,7 @@ class HashGrid(nn.Module):
 
     def forward_with_jacobian(self, x: torch.Tensor) -> torch.Tensor:
         """x [N, 3] in [0, 1]³ (clamped) -> [N, 4, L·F]: the features ([:, 0]) and d features / d x_a ([:, 1 + a])."""
-        if self.config.backend == "triton":
+        if self._fused(x):
             out = self._triton_encode(x, with_jacobian=True)
         else:
             out = hash_grid_encode_with_jacobian(x, self.table, self.resolution, self.offset, self.n_dense, self.hash_mask)
