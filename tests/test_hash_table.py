@@ -893,3 +893,247 @@ def test_load_state_dict_refuses_another_layout():
     keys, latents, _ = _random_batch(g, 2)
     with pytest.raises(ValueError, match="restored from the checkpoint holds latents .*save_in_checkpoint=false"):
         restored.query(keys, latents[:, :1])
+
+
+# --------------------------------------------------------------------------------------------- masked insert
+def _random_mask(rng: random.Random, B: int) -> torch.Tensor:
+    """All False, all True, a single True, or each row kept with a random probability."""
+    kind = rng.choice(["none", "all", "one", "random", "random", "random"])
+    if kind == "none":
+        return torch.zeros(B, dtype=torch.bool)
+    if kind == "all":
+        return torch.ones(B, dtype=torch.bool)
+    if kind == "one":
+        return torch.arange(B) == rng.randrange(B)
+    p = rng.random()
+    return torch.tensor([rng.random() < p for _ in range(B)], dtype=torch.bool)
+
+
+def _spoil_dropped_rows(rng: random.Random, mask, keys, lats, vals):
+    """Rows not kept may hold anything: NaN, inf or huge keys, latents and values."""
+    keys, lats, vals = keys.clone(), lats.clone(), vals.clone()
+    for i in (~mask).nonzero().flatten().tolist():
+        junk = rng.choice([math.nan, math.inf, -math.inf, 1e30])
+        keys[i, rng.randrange(4)] = junk
+        lats[i].fill_(junk)
+        vals[i].fill_(rng.choice([math.nan, -1e30]))
+    return keys, lats, vals
+
+
+def _assert_same_table(masked: HashTable, twin: HashTable):
+    """Same counters, ids and bucket index (scratch row n excepted); the pool bit-identical, or, where the twin has
+    not allocated one yet (only masked inserts keeping nothing so far), the masked table's pool still empty."""
+    sm, st = masked.stats, twin.stats
+    fields = ("queries", "hits", "inserts", "evictions", "entries")
+    assert [getattr(sm, f) for f in fields] == [getattr(st, f) for f in fields]
+    assert sm.bytes == st.bytes or twin._pool_values is None  # bytes differ only by a pool the twin has yet to allocate
+    assert masked._next_id.item() == twin._next_id.item()
+    a, b = masked.state_dict(), twin.state_dict()
+    n = masked.n_buckets
+    for name in ("cells", "ref_slot", "ref_id", "head", "score"):
+        assert torch.equal(a[name][:, :n], b[name][:, :n]), name
+    for name in ("pool_ids", "next_id", "live", "counters"):
+        assert torch.equal(a[name], b[name]), name
+    assert a["pool_capacity"] == b["pool_capacity"]
+    if b["pool_values"] is None:
+        assert b["next_id"].item() == 0
+        if a["pool_values"] is not None:
+            assert not a["pool_latents"].any() and not a["pool_values"].any() and not a["pool_norms"].any()
+    else:
+        assert (a["latent_shape"], a["value_shape"]) == (b["latent_shape"], b["value_shape"])
+        for name in ("pool_latents", "pool_values", "pool_norms"):
+            assert torch.equal(a[name], b[name]), name
+
+
+MASK_CONFIGS = [
+    pytest.param(dict(kind="grid", n_buckets=7, bucket_size=3, capacity=10), id="grid-7-capacity10"),
+    pytest.param(dict(kind="grid", n_buckets=1, bucket_size=4, capacity=16), id="grid-1"),
+    pytest.param(dict(kind="grid", n_buckets=16, bucket_size=2, max_bytes=40 * 20), id="grid-16-max_bytes"),
+    pytest.param(dict(kind="adaptive", n_buckets=7, bucket_size=2, capacity=9), id="adaptive-7-capacity9"),
+    pytest.param(dict(kind="adaptive", n_buckets=3, bucket_size=3, capacity=13), id="adaptive-3"),
+    pytest.param(dict(kind="adaptive", n_buckets=64, bucket_size=3, capacity=24), id="adaptive-64"),
+]
+
+
+@pytest.mark.parametrize("cfg", MASK_CONFIGS)
+def test_masked_insert_equals_inserting_the_kept_rows(cfg):
+    cfg = dict(cfg)
+    kind = cfg.pop("kind")
+    masked, _ = make_pair(kind, **cfg)
+    twin, _ = make_pair(kind, **cfg)
+    rng = random.Random(zlib.crc32(repr((kind, sorted(cfg.items()))).encode()))
+    sample = KeySampler(rng)
+    n_hits = n_queries = n_kept = n_dropped = 0
+    seen = set()
+    for step in range(300):
+        if rng.random() < 0.6:
+            B = rng.choice([1, 2, 3, 5, 8])
+            keys, lats, vals = sample(B)
+            mask = _random_mask(rng, B)
+            seen.add("none" if not mask.any() else "all" if mask.all() else "one" if mask.sum() == 1 else "some")
+            if rng.random() < 0.3:
+                keys, lats, vals = _spoil_dropped_rows(rng, mask, keys, lats, vals)
+            masked.insert(keys, lats, vals, mask=mask)
+            if mask.any():
+                twin.insert(keys[mask], lats[mask], vals[mask])
+            n_kept += int(mask.sum())
+            n_dropped += int((~mask).sum())
+        else:
+            B = rng.choice([1, 4, 9])
+            keys, lats, _ = sample(B)
+            (got_m, hit_m), (got_t, hit_t) = masked.query(keys, lats), twin.query(keys, lats)
+            assert torch.equal(hit_m, hit_t)
+            if got_t is None:  # the twin has stored nothing yet; the masked table may have allocated its pool
+                assert not hit_m.any() and (got_m is None or not got_m.any())
+            else:
+                assert torch.equal(got_m, got_t)
+            n_hits += int(hit_t.sum())
+            n_queries += B
+        _assert_same_table(masked, twin)
+        if step == 200:
+            masked.reset()
+            twin.reset()
+    assert seen == {"none", "all", "one", "some"}
+    assert n_kept > 100 and n_dropped > 100
+    assert 0 < n_hits < n_queries
+    assert twin.stats.evictions > 0 and twin._next_id.item() > twin.capacity  # buckets overflowed, the pool wrapped
+
+
+@pytest.mark.parametrize("kind", ["grid", "adaptive"])
+def test_masked_insert_by_hand(kind):
+    table, _ = make_pair(kind, n_buckets=1, bucket_size=2, capacity=4)
+    a, b = (5.0, 5.0, 1.05, 5.0), (45.0, 5.0, 1.05, 5.0)  # different cells in every grid, one bucket
+    # nothing kept: nothing counted, no id taken (the pool is allocated, as by any first insert)
+    table.insert(k64(a, b), torch.zeros(2, 1), torch.ones(2, 1), mask=torch.tensor([False, False]))
+    assert table.stats.inserts == table.stats.entries == table._next_id.item() == 0
+    got, hit = table.query(k64(a, b), torch.zeros(2, 1))
+    assert not hit.any() and not got.any()
+    # only b kept, NaN in the dropped row
+    junk = k64((math.nan, 0, 0, 0), b)
+    table.insert(junk, torch.zeros(2, 1), torch.tensor([[math.nan], [2.0]]), mask=torch.tensor([False, True]))
+    got, hit = table.query(k64(a, b), torch.zeros(2, 1))
+    assert hit.tolist() == [False, True] and got.flatten().tolist() == [0.0, 2.0]
+    s = table.stats
+    assert (s.inserts, s.evictions, s.entries, table._next_id.item()) == (1, 0, 1, 1)
+    # a kept, then three dropped rows of a: the bucket keeps b and a (bucket_size 2)
+    table.insert(k64(a, a, a, a), torch.zeros(4, 1), torch.tensor([[3.0], [7.0], [8.0], [9.0]]), torch.arange(4) == 0)
+    got, hit = table.query(k64(a, b), torch.zeros(2, 1))
+    assert hit.tolist() == [True, True] and got.flatten().tolist() == [3.0, 2.0]
+    s = table.stats
+    assert (s.inserts, s.evictions, s.entries, table._next_id.item()) == (2, 0, 2, 2)
+    if kind == "adaptive":
+        assert not table._score.any()  # no kept row found an entry of its own cell, and dropped rows score nothing
+
+
+@pytest.mark.parametrize(
+    "mask",
+    [
+        pytest.param(torch.ones(3, dtype=torch.bool), id="too long"),
+        pytest.param(torch.ones(1, dtype=torch.bool), id="too short"),
+        pytest.param(torch.ones(2, 1, dtype=torch.bool), id="2-d"),
+        pytest.param(torch.tensor(True), id="0-d"),
+        pytest.param(torch.ones(2, dtype=torch.int64), id="int64"),
+        pytest.param(torch.ones(2, dtype=torch.uint8), id="uint8"),
+        pytest.param(torch.ones(2), id="float"),
+        pytest.param([True, True], id="list"),
+    ],
+)
+def test_bad_mask(mask):
+    table = GridHashTable(n_buckets=8)
+    with pytest.raises(ValueError, match="mask"):
+        table.insert(KEY, torch.zeros(2, 3), torch.zeros(2, 2), mask=mask)
+    assert table._pool_values is None and table.stats.inserts == 0  # nothing stored, nothing allocated
+    table.insert(KEY, torch.zeros(2, 3), torch.zeros(2, 2))
+    with pytest.raises(ValueError, match="mask"):
+        table.insert(KEY, torch.zeros(2, 3), torch.zeros(2, 2), mask=mask)
+    assert table.stats.inserts == 2
+
+
+def test_non_finite_keys_rejected_only_in_kept_rows():
+    table = GridHashTable(n_buckets=8)
+    keys = k64((5.0, 5.0, 1.05, 5.0), (math.nan, 5.0, 1.05, 5.0))
+    with pytest.raises(ValueError, match="keys"):
+        table.insert(keys, torch.zeros(2, 3), torch.zeros(2, 2))
+    with pytest.raises(ValueError, match="keys"):
+        table.insert(keys, torch.zeros(2, 3), torch.zeros(2, 2), mask=torch.tensor([False, True]))
+    assert table.stats.inserts == 0
+    table.insert(keys, torch.zeros(2, 3), torch.ones(2, 2), mask=torch.tensor([True, False]))
+    assert table.stats.inserts == 1
+
+
+_SYNCING = {"item", "tolist", "__bool__", "__int__", "__float__", "__index__", "nonzero", "argwhere", "masked_select",
+            "unique", "unique_consecutive", "repeat_interleave", "numpy", "cpu"}
+
+
+class _NoSyncMode(torch.overrides.TorchFunctionMode):
+    """Raises on every torch call that reads device data on the host or makes a data-dependent shape: the calls of
+    `_SYNCING` and indexing with a boolean mask. Records the names of all calls."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls: list[str] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        name = getattr(func, "__name__", repr(func))
+        self.calls.append(name)
+        if name in _SYNCING:
+            raise AssertionError(f"host synchronisation or data-dependent shape: {name}")
+        if name in ("__getitem__", "__setitem__", "index_put", "index_put_", "index", "index_select"):
+            index = args[1] if len(args) > 1 else None
+            for t in index if isinstance(index, (tuple, list)) else (index,):
+                if isinstance(t, torch.Tensor) and t.dtype in (torch.bool, torch.uint8):
+                    raise AssertionError(f"boolean-mask indexing: {name}")
+        return func(*args, **(kwargs or {}))
+
+
+def test_no_sync_mode_catches_syncing_calls():
+    x = torch.arange(4)
+    for bad in (lambda: x[0].item(), lambda: x.tolist(), lambda: bool(x[0]), lambda: int(x[1]), lambda: x.nonzero(),
+                lambda: torch.nonzero(x), lambda: x[x > 1], lambda: x.__setitem__(x > 1, 0), lambda: range(x[2])):
+        with pytest.raises(AssertionError, match="synchronisation|boolean"):
+            with _NoSyncMode():
+                bad()
+    with _NoSyncMode():
+        torch.where(x > 1, x, 0).cumsum(0)[torch.tensor([0, 2])]
+
+
+@pytest.mark.parametrize("kind", ["grid", "adaptive"])
+def test_insert_core_with_mask_has_no_host_sync(kind):
+    g = torch.Generator().manual_seed(11)
+    table = TABLE_KINDS[kind]()
+    table.insert(*_random_batch(g, 4))  # allocates the pool (the host-side part of insert)
+    masks = [torch.tensor([True, False, True, True, False]), torch.zeros(5, dtype=torch.bool)]
+    masks.append(torch.ones(5, dtype=torch.bool))
+    for mask in masks:
+        keys, latents, values = _random_batch(g, 5)
+        with _NoSyncMode() as mode:
+            table._insert_core(keys, latents, values, mask)
+        assert {"where", "cumsum"} <= set(mode.calls)  # the mode really saw the core's calls
+    assert table.stats.inserts == 4 + 3 + 0 + 5
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+@pytest.mark.parametrize("kind", ["grid", "adaptive"])
+def test_graphed_masked_insert_matches_eager_twin(kind):
+    def build(graphs):
+        if kind == "grid":
+            return GridHashTable(DEFAULT_CELL, 7, 2, capacity=9, device="cuda", cuda_graphs=graphs, check_finite=False)
+        return AdaptiveGridHashTable(n_buckets=7, bucket_size=2, capacity=9, device="cuda", cuda_graphs=graphs,
+                                     check_finite=False)
+
+    graphed, twin = build(True), build(False)
+    rng = random.Random(3)
+    sample = KeySampler(rng)
+    for step in range(40):
+        keys, lats, vals = sample(5)
+        mask = _random_mask(rng, 5)
+        graphed.insert(keys.cuda(), lats.cuda(), vals.cuda(), mask=mask.cuda())
+        if mask.any():
+            twin.insert(keys[mask].cuda(), lats[mask].cuda(), vals[mask].cuda())
+        q, x, _ = sample(6)
+        (got_g, hit_g), (got_t, hit_t) = graphed.query(q.cuda(), x.cuda()), twin.query(q.cuda(), x.cuda())
+        assert torch.equal(hit_g, hit_t)
+        if got_t is not None:
+            torch.testing.assert_close(got_g, got_t)
+        assert graphed.stats == twin.stats
+    assert graphed.graphs_captured >= 2  # one insert graph for every mask, plus the query

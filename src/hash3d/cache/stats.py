@@ -39,7 +39,8 @@ class Counters:
         if hit is not None:
             self.values[1] += hit.sum()
 
-    def add_insert(self, n: int, evicted: torch.Tensor) -> None:
+    def add_insert(self, n: int | torch.Tensor, evicted: torch.Tensor) -> None:
+        """n: entries inserted, a Python int or a device tensor (e.g. the kept rows of a masked insert)."""
         self.values[2] += n
         self.values[3] += evicted
 

@@ -11,6 +11,8 @@ Semantics, which tests check against a slow dictionary reference:
 - The pool keeps the last `capacity` inserted entries (a ring); an entry overwritten there is gone from every grid.
 - A batched insert equals inserting its samples one by one in order, except that the adaptive score update of
   each sample compares against the entries present before the batch.
+- A masked insert `insert(keys, latents, values, mask=m)` equals `insert(keys[m], latents[m], values[m])` (same
+  entries, scores, pool, ids and counters), computed with static shapes only, so it can run inside a CUDA graph.
 - A query hits when some grid has an entry of the query's cell. It reads from the grid whose bucket has the highest
   score (ties: the first grid) and returns the blend of that bucket's same-cell entries with weights
   softmax(-||x - x_i||^2 / temperature) over the stored latents x_i (the paper's Eq. 6).
@@ -218,19 +220,28 @@ class HashTable:
         return sum(t.numel() * t.element_size() for t in tensors)
 
     # ---------------------------------------------------------------- checks
-    def _check_batch(self, keys: torch.Tensor, **tensors: torch.Tensor) -> int:
+    def _check_batch(self, keys: torch.Tensor, mask: torch.Tensor | None = None, **tensors: torch.Tensor) -> int:
+        """Shape checks (and, with check_finite, one host read of whether the keys of the kept rows are finite)."""
         if not isinstance(keys, torch.Tensor) or keys.ndim != 2 or keys.shape[1] != 4:
             shape = list(keys.shape) if isinstance(keys, torch.Tensor) else type(keys).__name__
             raise ValueError(f"keys must be a [B, 4] tensor of (elevation, azimuth, radius, timestep); got {shape}")
         if not keys.is_floating_point():
             raise ValueError(f"keys must be floating point; got {keys.dtype}")
-        if self.check_finite and not bool(torch.isfinite(keys).all()):
-            raise ValueError("keys contain NaN or inf; every (elevation, azimuth, radius, timestep) must be finite")
         B = keys.shape[0]
         for name, t in tensors.items():
             if not isinstance(t, torch.Tensor) or t.ndim < 1 or t.shape[0] != B:
                 shape = list(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
                 raise ValueError(f"{name} must be a tensor with batch size {B} (the number of keys); got {shape}")
+        bad_mask = not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool or tuple(mask.shape) != (B,)
+        if mask is not None and bad_mask:
+            got = f"{mask.dtype} {list(mask.shape)}" if isinstance(mask, torch.Tensor) else type(mask).__name__
+            raise ValueError(f"mask must be a bool tensor of shape [{B}] (one flag per key); got {got}")
+        if self.check_finite:
+            finite = torch.isfinite(keys).all(-1)
+            if mask is not None:  # rows that are not kept may hold anything
+                finite = finite | ~mask.to(finite.device)
+            if not bool(finite.all()):
+                raise ValueError("keys contain NaN or inf; every (elevation, azimuth, radius, timestep) must be finite")
         return B
 
     def _check_shape(self, name: str, t: torch.Tensor, expected: tuple[int, ...] | None) -> None:
@@ -336,9 +347,18 @@ class HashTable:
         self._pool_values = torch.zeros((P, values[0].numel()), dtype=values.dtype, device=self.device)
         self._pool_norms = torch.zeros(P, dtype=torch.float32, device=self.device)
 
-    def insert(self, keys: torch.Tensor, latents: torch.Tensor, values: torch.Tensor) -> None:
-        """Store values [B, ...] under keys [B, 4] with the noisy latents [B, ...] they were computed from."""
-        B = self._check_batch(keys, latents=latents, values=values)
+    def insert(
+        self, keys: torch.Tensor, latents: torch.Tensor, values: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> None:
+        """Store values [B, ...] under keys [B, 4] with the noisy latents [B, ...] they were computed from.
+
+        mask: optional bool [B]: store only the rows where it is True. The table ends up exactly as after
+        `insert(keys[mask], latents[mask], values[mask])`, but without host synchronisation or data-dependent shapes
+        (for callers inside a CUDA graph capture that know which rows to keep only on the device). The checks still
+        see all B rows (B <= capacity, entry shapes), and the first insert allocates the pool even when no row is
+        kept. Rows not kept may hold anything, NaN included: they are never read into the table.
+        """
+        B = self._check_batch(keys, mask, latents=latents, values=values)
         if B == 0:
             return
         if B > self.capacity:  # checked before allocating, so a rejected first batch leaves the table empty
@@ -347,44 +367,63 @@ class HashTable:
             self._allocate(latents, values)  # may shrink the capacity to max_bytes, never below B
         self._check_shape("latents", latents, self._latent_shape)
         self._check_shape("values", values, self._value_shape)
-        self._run("insert", self._insert_core, keys.to(self.device), latents.to(self.device), values.to(self.device))
+        if mask is None:
+            mask = torch.ones(B, dtype=torch.bool, device=self.device)  # one core signature with or without a mask
+        args = (keys.to(self.device), latents.to(self.device), values.to(self.device), mask.to(self.device))
+        self._run("insert", self._insert_core, *args)
 
-    def _insert_core(self, keys: torch.Tensor, latents: torch.Tensor, values: torch.Tensor) -> None:
-        # every state update is in place, so the whole insert can be replayed as a CUDA graph
+    def _insert_core(self, keys: torch.Tensor, latents: torch.Tensor, values: torch.Tensor, mask: torch.Tensor) -> None:
+        """Insert the rows where mask [B] is True. Every state update is in place and every shape depends on B only,
+        so the whole insert can be replayed as a CUDA graph.
+
+        Rows not kept take no entry id, no bucket position and no score update: they are sent to the scratch bucket
+        row n (whose writes nobody reads), and their pool slots (the ones the next inserts would use) are rewritten
+        with what those slots already hold.
+        """
         B, dev, M, n, Q = keys.shape[0], self.device, self.n_grids, self.n_buckets, self.bucket_size
         cells, buckets = self._locate(keys)
+        buckets = torch.where(mask, buckets, torch.full_like(buckets, n))  # [M, B]
         flat_values = values.reshape(B, -1)
         norms = flat_values.float().norm(dim=-1)
         if M > 1:
-            self._update_scores(cells, buckets, flat_values, norms)
+            self._update_scores(cells, buckets, flat_values, norms, mask)
 
-        ids = self._next_id + torch.arange(B, device=dev)
+        # kept rows take ids next_id, next_id + 1, ... in order; the others the ids after them, so all B slots differ
+        kept = mask.long()
+        n_kept = kept.sum()
+        dropped = 1 - kept
+        order = torch.where(mask, torch.cumsum(kept, 0) - kept, n_kept + torch.cumsum(dropped, 0) - dropped)
+        ids = self._next_id + order
         slots = ids % self.capacity
-        self._pool_latents[slots] = latents.reshape(B, -1).to(self._pool_latents.dtype)
-        self._pool_values[slots] = flat_values.to(self._pool_values.dtype)
-        self._pool_norms[slots] = norms
-        self._pool_ids[slots] = ids
-        self._next_id += B
+        keep_row = mask[:, None]
+        new_latents = latents.reshape(B, -1).to(self._pool_latents.dtype)
+        new_values = flat_values.to(self._pool_values.dtype)
+        self._pool_latents[slots] = torch.where(keep_row, new_latents, self._pool_latents[slots])
+        self._pool_values[slots] = torch.where(keep_row, new_values, self._pool_values[slots])
+        self._pool_norms[slots] = torch.where(mask, norms, self._pool_norms[slots])
+        self._pool_ids[slots] = torch.where(mask, ids, self._pool_ids[slots])
+        self._next_id += n_kept
 
         grid = self._grid.expand(M, B)
+        # rows not kept sit in bucket n, a group of their own per grid: they do not shift the ranks of kept rows
         rank, count = _group_rank((grid * (n + 1) + buckets).reshape(-1))
         rank, count = rank.view(M, B), count.view(M, B)
-        keep = rank >= count - Q  # earlier samples of an over-full bucket would be evicted within this batch
+        keep = (rank >= count - Q) & mask  # earlier samples of an over-full bucket would be evicted within this batch
         pos = torch.remainder(self._head[grid, buckets] + rank, Q)
         row = torch.where(keep, buckets, torch.full_like(buckets, n))
         pos = torch.where(keep, pos, torch.zeros_like(pos))
         self._ref_slot[grid, row, pos] = slots.expand(M, B)
         self._ref_id[grid, row, pos] = ids.expand(M, B)
         self._cells[grid, row, pos] = cells
-        self._head.index_put_((grid, buckets), torch.ones_like(buckets), accumulate=True)
+        self._head.index_put_((grid, buckets), kept.expand(M, B), accumulate=True)
         self._head.remainder_(Q)
 
         live_after = self._count_live()
-        self.counters.add_insert(B, self._live + B - live_after)
+        self.counters.add_insert(n_kept, self._live + n_kept - live_after)
         self._live.copy_(live_after)
 
-    def _update_scores(self, cells, buckets, flat_values, norms) -> None:
-        """Adaptive-grid score update (see the module docstring) for every grid's bucket of every sample."""
+    def _update_scores(self, cells, buckets, flat_values, norms, mask) -> None:
+        """Adaptive-grid score update (see the module docstring) for every grid's bucket of every kept sample."""
         dev, M, n, g = self.device, self.n_grids, self.n_buckets, self.gamma
         slots, valid = self._bucket_entries(cells, buckets)  # [M, B, Q]
         unit = (flat_values.float() / norms.clamp_min(1e-12)[:, None]).to(self._pool_values.dtype)
@@ -396,15 +435,16 @@ class HashTable:
         ) / self._pool_norms[slots].clamp_min(1e-12)
         n_valid = valid.sum(-1)
         mean_cos = (cos * valid).sum(-1) / n_valid.clamp_min(1)
-        updating = n_valid > 0  # [M, B]
+        updating = (n_valid > 0) & mask  # [M, B]
 
         grid = torch.arange(M, device=dev)[:, None].expand_as(buckets)
         group = torch.where(updating, grid * (n + 1) + buckets, torch.full_like(buckets, M * (n + 1)))
         rank, count = _group_rank(group.reshape(-1))
         rank, count = rank.view_as(buckets), count.view_as(buckets)
         contribution = torch.where(updating, (1 - g) * g ** (count - 1 - rank).float() * mean_cos, torch.zeros_like(mean_cos))
-        added = torch.zeros_like(self._score).index_put_((grid, buckets), contribution, accumulate=True)
-        n_updates = torch.zeros_like(self._score).index_put_((grid, buckets), updating.float(), accumulate=True)
+        target = torch.where(updating, buckets, torch.full_like(buckets, n))  # the others add nothing, to scratch row n
+        added = torch.zeros_like(self._score).index_put_((grid, target), contribution, accumulate=True)
+        n_updates = torch.zeros_like(self._score).index_put_((grid, target), updating.float(), accumulate=True)
         self._score.mul_(g**n_updates).add_(added)
 
 
