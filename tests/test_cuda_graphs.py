@@ -122,3 +122,97 @@ def test_cache_reports_its_graph_captures(written_models):
     for _ in range(2):
         g(latents, *cams, rgb_as_latents=True)
     assert g.cache.stats["graphs_captured"] == captured
+
+
+def _cuda_requests(steps: int, n_keys: int, seed: int, spread: float = 10.0):
+    from test_unet_cache import _request_sequence
+
+    for request in _request_sequence(steps, n_keys, seed, spread):
+        yield tuple(t.cuda() for t in request)
+
+
+@pytest.mark.parametrize("mode", ["features", "noise"])
+@pytest.mark.parametrize("adaptive", [False, True])
+def test_conditional_request_graphs_match_eager(mode, adaptive):
+    """Random sequences with all-hit, all-miss and split batches: the one-graph-per-request path (no host read) gives
+    the eager path's hit masks, outputs, counters and table statistics."""
+    from hash3d.cuda_graphs import conditional_nodes_available
+    from hash3d.diffusion import apply_hash_cache, remove_hash_cache
+    from test_unet_cache import tiny_unet
+
+    if not conditional_nodes_available():
+        pytest.skip("needs CUDA-graph conditional nodes (CUDA >= 12.4)")
+    unet = tiny_unet().cuda()
+    config = CacheConfig(enabled=True, mode=mode, adaptive=adaptive, n_buckets=8, bucket_size=2, capacity=12,
+                         policy=CachePolicyConfig(1.0))
+    results = {}
+    for graphs in (False, True):
+        cache = apply_hash_cache(unet, config, cuda_graphs=graphs)
+        assert (cache._state.request_graphs is not None) == graphs
+        seq = []
+        for keys, x, ctx, t in _cuda_requests(24, 5, seed=3, spread=30.0 if adaptive else 10.0):
+            with torch.no_grad(), cache.request(keys, x[:, :4]):
+                out = unet(torch.cat([x, x]), t, encoder_hidden_states=ctx).sample
+            seq.append((out, cache.last_hits.clone()))
+        stats = cache.stats
+        results[graphs] = (seq, stats)
+        remove_hash_cache(unet)
+    (eager, s_e), (graphed, s_g) = results[False], results[True]
+    kinds = set()
+    for (out_e, hit_e), (out_g, hit_g) in zip(eager, graphed):
+        assert torch.equal(hit_e, hit_g)
+        kinds.add(int(hit_e.sum()))
+        torch.testing.assert_close(out_g, out_e, rtol=1e-4, atol=1e-5)
+    assert {0, 5} <= kinds and len(kinds) > 2, "the sequence must hold all-miss, all-hit and split batches"
+    for name in ("queries", "hits", "inserts", "evictions", "entries", "full_samples", "cached_samples"):
+        assert s_g[name] == s_e[name], name
+    assert s_g["graphs_captured"] > 0
+
+
+def test_conditional_request_graph_replays_without_host_sync():
+    """After capture, a tried UNet call (query, branches, inserts) makes no host synchronisation."""
+    from hash3d.cuda_graphs import conditional_nodes_available
+    from hash3d.diffusion import apply_hash_cache
+    from test_unet_cache import tiny_unet
+
+    if not conditional_nodes_available():
+        pytest.skip("needs CUDA-graph conditional nodes (CUDA >= 12.4)")
+    unet = tiny_unet().cuda()
+    cache = apply_hash_cache(unet, CacheConfig(enabled=True, mode="features", policy=CachePolicyConfig(1.0)), cuda_graphs=True)
+    requests = list(_cuda_requests(6, 4, seed=5))
+    for keys, x, ctx, t in requests[:3]:  # allocate the table, capture
+        with torch.no_grad(), cache.request(keys, x[:, :4]):
+            unet(torch.cat([x, x]), t, encoder_hidden_states=ctx)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for keys, x, ctx, t in requests[3:]:
+            with torch.no_grad(), cache.request(keys, x[:, :4]):
+                unet(torch.cat([x, x]), t, encoder_hidden_states=ctx)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert cache.stats["tried"] == 6
+
+
+def test_nonfinite_keys_with_graphs_are_never_stored_and_reported():
+    from hash3d.cuda_graphs import conditional_nodes_available
+    from hash3d.diffusion import apply_hash_cache
+    from test_unet_cache import tiny_unet
+
+    if not conditional_nodes_available():
+        pytest.skip("needs CUDA-graph conditional nodes (CUDA >= 12.4)")
+    unet = tiny_unet().cuda()
+    cache = apply_hash_cache(unet, CacheConfig(enabled=True, mode="noise", policy=CachePolicyConfig(1.0)), cuda_graphs=True)
+    (keys, x, ctx, t), = _cuda_requests(1, 3, seed=7)
+    for _ in range(2):
+        with torch.no_grad(), cache.request(keys, x[:, :4]):
+            unet(torch.cat([x, x]), t, encoder_hidden_states=ctx)
+    entries = cache.table.stats.entries
+    bad = keys.clone()
+    bad[1, 0] = float("nan")
+    with torch.no_grad(), cache.request(bad, x[:, :4]):
+        unet(torch.cat([x, x]), t, encoder_hidden_states=ctx)
+    assert cache.last_hits.tolist() == [True, False, True]
+    assert cache.table.stats.entries == entries
+    with pytest.raises(ValueError, match="NaN or inf"):
+        cache.stats

@@ -322,3 +322,56 @@ def test_no_graphs_on_the_cpu(written_models):
     cache = apply_hash_cache(parts.unet, CacheConfig(mode="noise"), "cpu", cuda_graphs=True)
     assert cache.stats["graphs_captured"] == 0
     cache.remove()
+
+
+def _request_sequence(steps: int, n_keys: int, seed: int, spread: float = 10.0):
+    """Keys from a few cells (all-hit, all-miss and split batches all occur), inputs, conditioning, timesteps."""
+    g = torch.Generator().manual_seed(seed)
+    keys = None
+    for step in range(steps):
+        if step % 3 == 2:  # the same cameras again: an all-hit batch
+            yield keys, torch.randn(n_keys, 8, 8, 8, generator=g), torch.randn(2 * n_keys, 2, 16, generator=g), keys[:, 3].long().repeat(2)
+            continue
+        keys = torch.stack(
+            [torch.randint(0, 2, (n_keys,), generator=g) * spread + 5.0, torch.randint(0, 3, (n_keys,), generator=g) * spread + 5.0,
+             torch.full((n_keys,), 1.5), torch.randint(0, 2, (n_keys,), generator=g) * 100.0 + 50.0], -1
+        )
+        yield keys, torch.randn(n_keys, 8, 8, 8, generator=g), torch.randn(2 * n_keys, 2, 16, generator=g), keys[:, 3].long().repeat(2)
+
+
+@pytest.mark.parametrize("mode", ["features", "noise"])
+@pytest.mark.parametrize("adaptive", [False, True])
+def test_request_step_without_host_decisions_matches_the_eager_dispatch(mode, adaptive):
+    """The one-graph request step (cache_graph.RequestGraphs: misses-first / hits-first buckets, masked inserts), run
+    eagerly here, gives the host-dispatched path's hits, outputs, counters and table state on random sequences."""
+    from hash3d.diffusion.cache_graph import RequestGraphs
+
+    unet = tiny_unet()
+    config = CacheConfig(enabled=True, mode=mode, adaptive=adaptive, n_buckets=8, bucket_size=2, capacity=12,
+                         policy=CachePolicyConfig(1.0))
+    results = {}
+    for stepwise in (False, True):
+        cache = apply_hash_cache(unet, config)
+        if stepwise:
+            cache._state.request_graphs = RequestGraphs(cache.table, mode, cache._state.graph_counts, capture=False)
+        seq = []
+        for keys, x, ctx, t in _request_sequence(18, 5, seed=3, spread=30.0 if adaptive else 10.0):
+            with torch.no_grad(), cache.request(keys, x[:, :4]):
+                out = unet(torch.cat([x, x]), t, encoder_hidden_states=ctx).sample
+            seq.append((out, cache.last_hits.clone()))
+        results[stepwise] = (seq, cache.stats, cache.table.state_dict())
+        remove_hash_cache(unet)
+    (eager, s_e, t_e), (stepwise, s_s, t_s) = results[False], results[True]
+    counts = set()
+    for (out_e, hit_e), (out_s, hit_s) in zip(eager, stepwise):
+        assert torch.equal(hit_e, hit_s)
+        counts.add(int(hit_e.sum()))
+        torch.testing.assert_close(out_s, out_e, rtol=1e-5, atol=1e-6)
+    assert {0, 5} <= counts and len(counts) > 3, "the sequence must hold all-miss, all-hit and split batches"
+    for name in ("queries", "hits", "inserts", "evictions", "entries", "full_samples", "cached_samples"):
+        assert s_s[name] == s_e[name], name
+    for name in ("cells", "ref_slot", "ref_id", "head", "score"):  # the last bucket row of each grid is scratch
+        torch.testing.assert_close(t_s[name][:, :-1], t_e[name][:, :-1], msg=name)
+    for name in ("pool_ids", "next_id", "pool_latents"):
+        torch.testing.assert_close(t_s[name], t_e[name], msg=name)
+    torch.testing.assert_close(t_s["pool_values"], t_e["pool_values"], rtol=1e-5, atol=1e-6)

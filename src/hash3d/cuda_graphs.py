@@ -79,3 +79,25 @@ def count_captured(functions) -> int:
 
 def cuda_graphs_available(device: torch.device) -> bool:
     return device.type == "cuda" and torch.cuda.is_available()
+
+
+def conditional_nodes_available() -> bool:
+    """CUDA-graph conditional nodes (CUDA >= 12.4 and a torch that can capture into them)."""
+    if not torch.cuda.is_available() or not hasattr(torch.cuda.CUDAGraph, "begin_capture_to_if_node"):
+        return False
+    version = tuple(int(p) for p in (torch.version.cuda or "0.0").split(".")[:2])
+    return version >= (12, 4)
+
+
+def run_if(pred: torch.Tensor, body: Callable[[], None]) -> None:
+    """Run `body` where the one-element bool tensor `pred` is true: while capturing a CUDA graph, as a conditional
+    node decided on the GPU at each replay (no host read); otherwise eagerly, after reading pred on the host."""
+    if pred.is_cuda and torch.cuda.is_current_stream_capturing():
+        graph = torch.cuda.CUDAGraph.get_currently_capturing_graph()
+        graph.begin_capture_to_if_node(pred)
+        try:
+            body()
+        finally:
+            graph.end_capture_to_conditional_node()
+    elif bool(pred):
+        body()

@@ -17,8 +17,10 @@ Keys that hit are answered from the cache; the rest run the full UNet and are in
 - `noise`: a hit returns the blended stored UNet output; the UNet does not run for it.
 - `features`: a hit runs only the first `depth` down blocks and the last `depth` up blocks, with the blended stored
   input of up block `-depth` in place of the deep path (DeepCache-style; the paper's cache point is depth 1).
-Hit/miss decisions, blending and inserts are tensor code on the UNet's device; the only host read per tried call is
-the number of hits, which picks among the three paths (all hit / all miss / split batch).
+Hit/miss decisions, blending and inserts are tensor code on the UNet's device. With CUDA graphs on (and conditional
+graph nodes available, CUDA >= 12.4) a tried call is one graph replay with no host synchronisation at all
+(`cache_graph.RequestGraphs`); otherwise the only host read per tried call is the number of hits, which picks among
+the three paths (all hit / all miss / split batch).
 """
 
 from __future__ import annotations
@@ -35,7 +37,10 @@ from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
 
 from ..cache.config import CacheConfig
 from ..cache.table import RESTORE_FIX, HashTable
-from ..cuda_graphs import GraphedFunction, count_captured, cuda_graphs_available
+from ..cuda_graphs import GraphedFunction, conditional_nodes_available, count_captured, cuda_graphs_available
+from .cache_graph import RequestGraphs, from_entries, key_rows, to_entries
+
+NONFINITE_KEYS = "cache keys contain NaN or inf: check the cameras (elevation, azimuth, distance) and timesteps"
 
 _UNET_HOOK = "hash3d_cache"
 _SKIP_HOOK = "hash3d_cache_skip"
@@ -46,6 +51,8 @@ _FEATURE_HOOK = "hash3d_cache_feature"
 class _Request:
     keys: torch.Tensor
     latents: torch.Tensor
+    finite: torch.Tensor | None = None
+    """[B] bool on the device: keys checked without a host read (CUDA graphs); non-finite ones are never stored."""
 
 
 class _CacheState:
@@ -57,6 +64,11 @@ class _CacheState:
         # one GraphedFunction per phase when UNet calls are replayed as CUDA graphs
         self.graphs: dict[str, GraphedFunction] | None = {} if cuda_graphs else None
         self.request: _Request | None = None
+        # [full samples, cached samples, non-finite keys] advanced on the device by the conditional request graphs
+        self.graph_counts = torch.zeros(3, dtype=torch.int64, device=table.device)
+        self.request_graphs = (
+            RequestGraphs(table, config.mode, self.graph_counts) if cuda_graphs and conditional_nodes_available() else None
+        )
         # output structure of the skipped blocks; survives resets, since a replayed CUDA graph of a full pass does
         # not run the Python hooks that record it
         self.block_outputs: dict[str, Any] = {}
@@ -72,6 +84,7 @@ class _CacheState:
         self.phase = "full"  # "full": run blocks; "record": run and keep the deep feature; "reuse": cached feature
         self.deep: torch.Tensor | None = None
         self.last_hits: torch.Tensor | None = None
+        self.graph_counts.zero_()
 
     def state_dict(self) -> dict[str, Any]:
         """The policy's random stream and counters; with `config.save_in_checkpoint`, the table too."""
@@ -82,8 +95,8 @@ class _CacheState:
             "policy_rng": self.rng.getstate(),
             "calls": self.calls,
             "tried": self.tried,
-            "full_samples": self.full_samples,
-            "cached_samples": self.cached_samples,
+            "full_samples": self.full_samples + int(self.graph_counts[0]),
+            "cached_samples": self.cached_samples + int(self.graph_counts[1]),
             "table": self.table.state_dict() if with_table else None,
             "block_outputs": {k: _spec_to_data(v) for k, v in self.block_outputs.items()} if with_table else {},
         }
@@ -140,20 +153,13 @@ def _pad_rows(t: torch.Tensor, n: int, size: int) -> torch.Tensor:
     return torch.cat([t, t[:1].expand((size - n,) + t.shape[1:])])
 
 
-def _rows(keys_index: torch.Tensor, n_keys: int, groups: int) -> torch.Tensor:
-    """UNet-batch rows of the given keys: key i owns rows i, i + B, i + 2B, ..."""
-    offsets = torch.arange(groups, device=keys_index.device)[:, None] * n_keys
-    return (keys_index[None, :] + offsets).reshape(-1)
+def _extra(kwargs: dict) -> dict:
+    """Keyword arguments of a UNet call besides return_dict (a call with any is never replayed as a graph)."""
+    return {k: v for k, v in kwargs.items() if k != "return_dict"}
 
 
-def _to_entries(t: torch.Tensor, groups: int) -> torch.Tensor:
-    """[groups * b, ...] -> [b, groups, ...] (one cache entry per key)."""
-    return t.reshape((groups, -1) + t.shape[1:]).transpose(0, 1)
-
-
-def _from_entries(t: torch.Tensor) -> torch.Tensor:
-    """[b, groups, ...] -> [groups * b, ...]."""
-    return t.transpose(0, 1).reshape((-1,) + t.shape[2:])
+def _all_tensors(args: tuple) -> bool:
+    return all(isinstance(a, torch.Tensor) for a in args)
 
 
 class _UNetHook(ModelHook):
@@ -181,11 +187,16 @@ class _UNetHook(ModelHook):
         values, hit = None, None
         if st.should_try():
             st.tried += 1
+            graphs = st.request_graphs
+            if graphs is not None and st.table._pool_values is not None and not _extra(kwargs) and _all_tensors(call):
+                st.table._check_shape("latents", req.latents, st.table._latent_shape)
+                out, st.last_hits = graphs(self._phase_runner(forward, len(call), {}), call, req.keys, req.latents, groups)
+                return UNet2DConditionOutput(sample=out) if kwargs.get("return_dict", True) else (out,)
             values, hit = st.table.query(req.keys, req.latents)
             st.last_hits = hit
         n_hits = 0 if values is None else int(hit.sum())
         if n_hits == 0:
-            out = self._full(forward, call, kwargs, req.keys, req.latents, groups)
+            out = self._full(forward, call, kwargs, req.keys, req.latents, groups, req.finite)
             st.full_samples += n_keys
         elif n_hits == n_keys:
             out = self._cached(forward, call, kwargs, values, groups)
@@ -193,7 +204,7 @@ class _UNetHook(ModelHook):
         else:
             hits = torch.nonzero(hit).squeeze(1)
             misses = torch.nonzero(~hit).squeeze(1)
-            miss_rows, hit_rows = _rows(misses, n_keys, groups), _rows(hits, n_keys, groups)
+            miss_rows, hit_rows = key_rows(misses, n_keys, groups), key_rows(hits, n_keys, groups)
             full_out = self._full(
                 forward, _take(call, miss_rows, batch), _take(kwargs, miss_rows, batch),
                 req.keys[misses], req.latents[misses], groups,
@@ -208,6 +219,22 @@ class _UNetHook(ModelHook):
             st.full_samples += n_keys - n_hits
         return UNet2DConditionOutput(sample=out) if kwargs.get("return_dict", True) else (out,)
 
+    def _phase_runner(self, forward, n_call: int, extra: dict):
+        """(phase, call tensors, deep feature for "reuse") -> (UNet output, recorded deep feature or None)."""
+        st = self.state
+
+        def run(phase: str, tensors: tuple, deep: torch.Tensor | None):
+            st.phase = phase
+            if phase == "reuse":
+                st.deep = deep
+            try:
+                out = forward(*tensors[:n_call], **extra, return_dict=False)[0]
+                return out, (st.deep if phase == "record" else None)
+            finally:
+                st.phase, st.deep = "full", None
+
+        return run
+
     def _execute(self, forward, phase: str, call: tuple, kwargs: dict, deep: torch.Tensor | None = None):
         """Run the UNet with the block hooks in `phase` -> (output, recorded deep feature or None).
 
@@ -215,21 +242,15 @@ class _UNetHook(ModelHook):
         and batch shape.
         """
         st = self.state
-        extra = {k: v for k, v in kwargs.items() if k != "return_dict"}
+        extra = _extra(kwargs)
         n_call = len(call)
+        runner = self._phase_runner(forward, n_call, extra)
 
         def run(*tensors):
-            st.phase = phase
-            if phase == "reuse":
-                st.deep = tensors[n_call]
-            try:
-                out = forward(*tensors[:n_call], **extra, return_dict=False)[0]
-                return out, (st.deep if phase == "record" else None)
-            finally:
-                st.phase, st.deep = "full", None
+            return runner(phase, tensors[:n_call], tensors[n_call] if phase == "reuse" else None)
 
         args = tuple(call) + ((deep,) if phase == "reuse" else ())
-        if st.graphs is not None and not extra and all(isinstance(a, torch.Tensor) for a in args):
+        if st.graphs is not None and not extra and _all_tensors(args):
             if phase not in st.graphs:
                 st.graphs[phase] = GraphedFunction(run)
             # split batches come in every size from 1 to B: pad to a power of two so a handful of graphs serve
@@ -240,19 +261,19 @@ class _UNetHook(ModelHook):
             return out[:n], (None if recorded is None else recorded[:n])
         return run(*args)
 
-    def _full(self, forward, call, kwargs, keys, latents, groups) -> torch.Tensor:
-        """Run the whole UNet and insert what the mode stores."""
+    def _full(self, forward, call, kwargs, keys, latents, groups, finite: torch.Tensor | None = None) -> torch.Tensor:
+        """Run the whole UNet and insert what the mode stores (only the keys marked finite, when given)."""
         features = self.state.config.mode == "features"
         out, deep = self._execute(forward, "record" if features else "full", call, kwargs)
         stored = deep if features else out
-        self.state.table.insert(keys, latents, _to_entries(stored.detach(), groups))
+        self.state.table.insert(keys, latents, to_entries(stored.detach(), groups), mask=finite)
         return out
 
     def _cached(self, forward, call, kwargs, values, groups) -> torch.Tensor:
         """Answer from cached values [b, groups, ...]: directly (noise) or through the shallow blocks (features)."""
         if self.state.config.mode == "noise":
-            return _from_entries(values)
-        return self._execute(forward, "reuse", call, kwargs, _from_entries(values))[0]
+            return from_entries(values)
+        return self._execute(forward, "reuse", call, kwargs, from_entries(values))[0]
 
 
 class _TensorSpec(NamedTuple):
@@ -365,10 +386,16 @@ class UNetCache:
             raise ValueError(f"keys must be [B, 4] (elevation, azimuth, radius, timestep); got {list(keys.shape)}")
         if latents.shape[0] != keys.shape[0]:
             raise ValueError(f"latents batch {latents.shape[0]} must equal the number of keys {keys.shape[0]}")
-        if self.config.check_keys and not bool(torch.isfinite(keys).all()):
-            raise ValueError("cache keys contain NaN or inf: check the cameras (elevation, azimuth, distance) and timesteps")
+        finite = None
+        if self.config.check_keys:
+            if self._state.request_graphs is not None:
+                # no host read here: such keys are never stored, and `stats` raises about them
+                finite = torch.isfinite(keys).all(-1)
+                self._state.graph_counts[2] += (~finite).sum()
+            elif not bool(torch.isfinite(keys).all()):
+                raise ValueError(NONFINITE_KEYS)
         previous = self._state.request
-        self._state.request = _Request(keys.detach().float(), latents.detach())
+        self._state.request = _Request(keys.detach().float(), latents.detach(), finite)
         self._state.last_hits = None
         try:
             yield
@@ -398,16 +425,21 @@ class UNetCache:
     def stats(self) -> dict[str, float]:
         """Table statistics plus UNet work: samples run in full, samples answered from the cache."""
         st = self._state
+        full, cached, nonfinite = st.graph_counts.tolist()
+        if nonfinite:
+            raise ValueError(f"{NONFINITE_KEYS} ({nonfinite} keys since the last reset; those calls ran the full UNet "
+                             "and nothing was stored for them)")
         out = st.table.stats.as_dict()
         out.update(
             calls=st.calls,
             tried=st.tried,
-            full_samples=st.full_samples,
-            cached_samples=st.cached_samples,
-            unet_calls_saved=st.cached_samples,
+            full_samples=st.full_samples + full,
+            cached_samples=st.cached_samples + cached,
+            unet_calls_saved=st.cached_samples + cached,
             # each new batch shape of a phase is captured once (a UNet capture costs a few eager passes): short runs
             # with many split-batch sizes pay for them in the step time
-            graphs_captured=count_captured((st.graphs or {}).values()) + st.table.graphs_captured,
+            graphs_captured=count_captured((st.graphs or {}).values()) + st.table.graphs_captured
+            + (st.request_graphs.captured if st.request_graphs is not None else 0),
         )
         return out
 
