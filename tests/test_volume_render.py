@@ -322,3 +322,133 @@ def replace_grid(config, enabled):
     from dataclasses import replace
 
     return replace(config, grid=replace(config.grid, enabled=enabled))
+
+
+# --- marching: the tight occupied box must give exactly the samples of a full-box march -----------------------------
+
+
+def reference_march(rays_o, rays_d, radius, step_size, near_plane=0.0, jitter=None, occupancy=None):
+    """The former march_rays: every step of the whole box, the occupancy test on every candidate (no chunks)."""
+    n_rays = rays_o.shape[0]
+    t_near, t_far, hit = ray_aabb(rays_o, rays_d, radius, near_plane)
+    if jitter is None:
+        jitter = torch.zeros(n_rays)
+    t_first = t_near + jitter * step_size
+    span = torch.where(hit, t_far - t_first, torch.zeros_like(t_far)).clamp(min=0)
+    max_steps = int(math.ceil(span.max().item() / step_size)) + 1 if n_rays else 0
+    k = torch.arange(max_steps, dtype=rays_o.dtype)
+    start = t_first[:, None] + k[None, :] * step_size
+    far = t_far[:, None]
+    valid = hit[:, None] & (start < far)
+    end = torch.minimum(start + step_size, far)
+    if occupancy is not None:
+        mid = 0.5 * (start + end)
+        points = rays_o[:, None, :] + rays_d[:, None, :] * mid[..., None]
+        valid = valid & occupancy.query(points.reshape(-1, 3)).view_as(valid)
+    r, s = valid.nonzero(as_tuple=True)
+    return r, start[r, s], end[r, s]
+
+
+def random_rays(n, radius, gen, dtype=torch.float32):
+    """Origins inside and outside the box, aimed near the centre or anywhere; a quarter axis-aligned, some of those
+    on cell-corner planes (rays grazing cell faces)."""
+    origins = (torch.rand(n, 3, generator=gen, dtype=torch.float64) * 2 - 1) * radius * 2.5
+    target = (torch.rand(n, 3, generator=gen, dtype=torch.float64) * 2 - 1) * radius * 0.7
+    dirs = torch.where(torch.rand(n, 1, generator=gen) < 0.5, target - origins, torch.randn(n, 3, generator=gen, dtype=torch.float64))
+    axis = torch.randint(0, 3, (n,), generator=gen)
+    sign = torch.randint(0, 2, (n,), generator=gen) * 2 - 1
+    aligned = torch.rand(n, generator=gen) < 0.25
+    dirs[aligned] = F.one_hot(axis[aligned], 3).double() * sign[aligned, None]
+    on_planes = aligned & (torch.rand(n, generator=gen) < 0.5)
+    corners = (torch.randint(0, 17, (n, 3), generator=gen).double() / 8 - 1) * radius  # cell corners of res 8 and 16
+    origins[on_planes] = torch.where(F.one_hot(axis[on_planes], 3).bool(), origins[on_planes], corners[on_planes])
+    return origins.to(dtype), F.normalize(dirs, dim=-1).to(dtype)
+
+
+def grid_with(radius, resolution, pattern, gen):
+    grid = OccupancyGrid(radius, OccupancyGridConfig(resolution=resolution))
+    res = resolution
+    ijk = torch.stack(torch.meshgrid(*[torch.arange(res)] * 3, indexing="ij"), -1).float()
+    if pattern == "full":
+        binary = torch.ones(res, res, res, dtype=torch.bool)
+    elif pattern == "empty":
+        binary = torch.zeros(res, res, res, dtype=torch.bool)
+    elif pattern == "single":
+        binary = torch.zeros(res, res, res, dtype=torch.bool)
+        binary[tuple(torch.randint(0, res, (3,), generator=gen).tolist())] = True
+    elif pattern == "blob":
+        centre = res / 2 + (torch.rand(3, generator=gen) - 0.5) * res / 3
+        binary = (ijk + 0.5 - centre).norm(dim=-1) < res / 5
+    elif pattern == "corner":  # touching the box faces
+        binary = (ijk < res / 4).all(-1) | (ijk >= res - 2).all(-1)
+    elif pattern == "sparse":
+        binary = torch.rand(res, res, res, generator=gen) < 0.03
+    else:
+        raise ValueError(pattern)
+    grid.binary.copy_(binary)
+    grid.refresh_bounds()
+    return grid
+
+
+@pytest.mark.parametrize("pattern", ["disabled", "full", "empty", "single", "blob", "corner", "sparse"])
+def test_march_rays_equals_the_full_box_march(pattern):
+    from hash3d.render import march_rays
+
+    gen = torch.Generator().manual_seed(sum(map(ord, pattern)))  # str hash() varies between runs
+    cases = [(1.0, 8, 16, 0.0, torch.float32), (2.0, 16, 512, 0.0, torch.float32), (1.3, 16, 97, 0.4, torch.float32),
+             (2.0, 32, 200, 0.0, torch.float64), (0.7, 8, 5, 0.0, torch.float32)]
+    for radius, res, n_steps, near, dtype in cases:
+        grid = None if pattern == "disabled" else grid_with(radius, res, pattern, gen)
+        o, d = random_rays(300, radius, gen, dtype)
+        cams = orbit_c2w(torch.tensor([-10.0, 30.0, 80.0]), torch.tensor([0.0, 45.0, -120.0]), torch.full((3,), radius * 1.9))
+        from hash3d.data.cameras import rays
+
+        co, cd = rays(cams, torch.full((3,), 20.0), 6, 6)
+        o, d = torch.cat([o, co.reshape(-1, 3).to(dtype)]), torch.cat([d, cd.reshape(-1, 3).to(dtype)])
+        step = 1.732 * 2 * radius / n_steps
+        for jitter in (None, torch.rand(o.shape[0], generator=gen, dtype=dtype)):
+            expected = reference_march(o, d, radius, step, near, jitter, grid)
+            for chunk in (2**22, 777):
+                got = march_rays(o, d, radius, step, near, jitter, grid, chunk)
+                label = f"{pattern} r={radius} res={res} n={n_steps} near={near} {dtype} jitter={jitter is not None} chunk={chunk}"
+                assert torch.equal(got.ray_indices, expected[0]), label
+                assert torch.equal(got.t_starts, expected[1]), label
+                assert torch.equal(got.t_ends, expected[2]), label
+    if pattern == "empty":
+        assert len(got) == 0
+
+
+def test_march_rays_examines_fewer_candidates_for_a_small_blob():
+    from hash3d.render import march_rays
+
+    o, d = sphere_rays(24, distance=3.8, fovy=40.0)
+    radius, step = 2.0, 1.732 * 4 / 512
+    jitter = torch.rand(o.shape[0], generator=torch.Generator().manual_seed(0))
+    blob = OccupancyGrid(radius, OccupancyGridConfig(resolution=32))
+    assert blob.update(0, SphereField(radius, ball=0.5).forward_density, step)  # cells within 0.5 of the centre
+    full = OccupancyGrid(radius, OccupancyGridConfig(resolution=32))
+    plain, everything, tight = (march_rays(o, d, radius, step, 0.0, jitter, g) for g in (None, full, blob))
+    assert plain.n_candidates == everything.n_candidates > 0
+    assert 0 < len(tight) and tight.n_candidates < 0.3 * plain.n_candidates
+    assert tight.n_candidates >= len(tight)
+
+
+def test_occupancy_grid_keeps_the_box_of_its_occupied_cells():
+    grid = OccupancyGrid(2.0, OccupancyGridConfig(resolution=16))
+    lo, hi, any_occupied = grid.occupied_box()  # all cells occupied from the start
+    assert torch.equal(lo, torch.full((3,), -2.0)) and torch.equal(hi, torch.full((3,), 2.0)) and bool(any_occupied)
+    assert grid.update(0, BoxField(radius=2.0, half=0.5).forward_density, 0.01)  # cells [6, 10) per axis
+    lo, hi, any_occupied = grid.occupied_box()
+    assert torch.equal(lo, torch.full((3,), -0.5)) and torch.equal(hi, torch.full((3,), 0.5)) and bool(any_occupied)
+    assert "occupied_cells" not in grid.state_dict()  # derived from binary, refreshed on load
+    restored = OccupancyGrid(2.0, OccupancyGridConfig(resolution=16))
+    restored.load_state_dict(grid.state_dict())
+    assert torch.equal(restored.occupied_cells, grid.occupied_cells)
+    grid.binary.zero_()
+    grid.binary[3, 15, 0] = True
+    grid.refresh_bounds()
+    lo, hi, _ = grid.occupied_box()
+    assert torch.equal(lo, torch.tensor([-1.25, 1.75, -2.0])) and torch.equal(hi, torch.tensor([-1.0, 2.0, -1.75]))
+    grid.binary.zero_()
+    grid.refresh_bounds()
+    assert not bool(grid.occupied_box()[2])

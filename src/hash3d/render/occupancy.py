@@ -5,6 +5,10 @@ with an exponential moving average from random points inside each cell, and a bi
 value exceeds min(threshold, mean occupancy). It starts all occupied, so before the first update it changes
 nothing. The caller owns the grid (it is an nn.Module, so its buffers go into checkpoints) and calls `update`
 once per training step.
+
+The grid also keeps the axis-aligned box around its occupied cells (`occupied_box`), so marching can skip the
+empty margin of the scene box. It is refreshed by `update` and on loading a state dict; code that writes `binary`
+by hand must call `refresh_bounds`.
 """
 
 from __future__ import annotations
@@ -46,6 +50,32 @@ class OccupancyGrid(nn.Module):
         res = self.config.resolution
         self.register_buffer("occupancy", torch.zeros(res**3))
         self.register_buffer("binary", torch.ones(res, res, res, dtype=torch.bool))
+        # [2, 3] first and last occupied cell index per axis (first > last: no cell occupied); derived from
+        # `binary`, so not saved in checkpoints
+        self.register_buffer("occupied_cells", torch.tensor([[0] * 3, [res - 1] * 3]), persistent=False)
+
+    @torch.no_grad()
+    def refresh_bounds(self) -> None:
+        """Recompute `occupied_cells` from `binary` (on the device, no host synchronisation)."""
+        res = self.config.resolution
+        index = torch.arange(res, device=self.binary.device)
+        per_axis = [self.binary.any(dim=(1, 2)), self.binary.any(dim=(0, 2)), self.binary.any(dim=(0, 1))]
+        first = torch.stack([torch.where(m, index, res).amin() for m in per_axis])
+        last = torch.stack([torch.where(m, index, -1).amax() for m in per_axis])
+        self.occupied_cells.copy_(torch.stack([first, last]))
+
+    def occupied_box(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """World-space corners lo [3], hi [3] (cell corners) of the box around the occupied cells, and a 0-dim
+        bool: whether any cell is occupied (lo and hi mean nothing otherwise)."""
+        if self.radius is None:
+            raise ValueError("occupancy grid radius is not set")
+        cell = 2.0 * self.radius / self.config.resolution
+        first, last = self.occupied_cells.unbind(0)
+        return first * cell - self.radius, (last + 1) * cell - self.radius, (first <= last).all()
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self.refresh_bounds()
 
     def cell_index(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """points [N, 3] -> flat cell index [N] and inside-the-box mask [N]."""
@@ -101,6 +131,7 @@ class OccupancyGrid(nn.Module):
         self.occupancy[indices] = torch.maximum(self.occupancy[indices] * cfg.ema_decay, occ.to(self.occupancy.dtype))
         threshold = torch.clamp(self.occupancy.mean(), max=cfg.threshold)
         self.binary.copy_((self.occupancy > threshold).view_as(self.binary))
+        self.refresh_bounds()
         return True
 
     def occupied_fraction(self) -> float:

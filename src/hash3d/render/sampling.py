@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 
 from .occupancy import OccupancyGrid
-from .rays import ray_aabb
+from .rays import ray_aabb, ray_box
 
 
 @dataclass
@@ -21,6 +20,8 @@ class PackedSamples:
     """[M] distance of the interval's start along its (unit) ray."""
     t_ends: torch.Tensor
     """[M] distance of the interval's end."""
+    n_candidates: int = 0
+    """Candidate intervals `march_rays` examined to find these (a statistic; 0 when not known)."""
 
     def __len__(self) -> int:
         return self.ray_indices.shape[0]
@@ -38,7 +39,34 @@ class PackedSamples:
         return rays_o[self.ray_indices] + rays_d[self.ray_indices] * self.t_mid[:, None]
 
     def select(self, mask: torch.Tensor) -> "PackedSamples":
-        return PackedSamples(self.ray_indices[mask], self.t_starts[mask], self.t_ends[mask])
+        return PackedSamples(self.ray_indices[mask], self.t_starts[mask], self.t_ends[mask], self.n_candidates)
+
+
+def _tight_steps(
+    rays_o: torch.Tensor,
+    rays_d: torch.Tensor,
+    t_first: torch.Tensor,
+    step_size: float,
+    k_end: torch.Tensor,
+    occupancy: OccupancyGrid,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """First step index [R] and step count [R] of each ray's lattice steps that may fall in an occupied cell.
+
+    The midpoint of step k lies in [t_first + k·step, t_first + (k + ½)·step] (less than the full step when clipped
+    at the exit), so steps with k outside [(t_in − t_first)/step − ½, (t_out − t_first)/step] cannot reach the
+    occupied box [t_in, t_out]. The box is widened by a step in space (positions rounded into a cell, rays nearly
+    parallel to a face) and the index range by a step each way (rounding of t); the occupancy test then decides
+    exactly as it would for the full box. Rays that miss the widened box, and all rays of an empty grid, get none.
+    """
+    lo, hi, any_occupied = occupancy.occupied_box()
+    t_in, t_out = ray_box(rays_o, rays_d, lo - step_size, hi + step_size)
+    bound = 2.0**40  # keeps the index arithmetic finite for rays (nearly) parallel to a face
+    k_lo = ((t_in - t_first) / step_size).floor().clamp(-bound, bound).long() - 1
+    k_hi = ((t_out - t_first) / step_size).floor().clamp(-bound, bound).long() + 2  # exclusive
+    k_lo = torch.minimum(k_lo.clamp(min=0), k_end)
+    counts = torch.minimum(k_hi, k_end) - k_lo
+    counts = torch.where((t_in <= t_out) & any_occupied, counts.clamp(min=0), torch.zeros_like(counts))
+    return k_lo, counts
 
 
 @torch.no_grad()
@@ -55,8 +83,10 @@ def march_rays(
     """Intervals of length `step_size` from each ray's box entry to its exit (the last one clipped at the exit).
 
     Interval k of ray r starts at t_near + (k + jitter_r)·step. With an occupancy grid, intervals whose midpoint
-    lies in an empty cell are dropped. Rays are processed in chunks of about `chunk_elements` candidate samples,
-    so memory stays bounded; the samples come back packed (ray-major, ascending t).
+    lies in an empty cell are dropped, and only the steps of each ray that cross the box around the occupied cells
+    are examined at all (the lattice, and so the samples, are those of the full box). Candidates are packed
+    (ray-major) and processed in chunks of `chunk_elements`, so memory stays bounded; the samples come back packed
+    (ray-major, ascending t). Reads one number back from the device (the candidate count).
     """
     n_rays, device = rays_o.shape[0], rays_o.device
     t_near, t_far, hit = ray_aabb(rays_o, rays_d, radius, near_plane)
@@ -64,25 +94,34 @@ def march_rays(
         jitter = torch.zeros(n_rays, device=device)
     t_first = t_near + jitter * step_size
     span = torch.where(hit, t_far - t_first, torch.zeros_like(t_far)).clamp(min=0)
-    max_steps = int(math.ceil(span.max().item() / step_size)) + 1 if n_rays else 0
-    rays_per_chunk = max(1, chunk_elements // max(max_steps, 1))
+    # one step past the last interval that starts before the exit (the `start < far` test trims the rest)
+    k_end = torch.where(hit, (span / step_size).ceil().long() + 1, torch.zeros_like(hit, dtype=torch.long))
+    if occupancy is None:
+        k_first, counts = torch.zeros_like(k_end), k_end
+    else:
+        k_first, counts = _tight_steps(rays_o, rays_d, t_first, step_size, k_end, occupancy)
+    ends = torch.cumsum(counts, 0)
+    total = int(ends[-1].item()) if n_rays else 0
+    # candidate c lies on ray searchsorted(ends, c) at step k_first + (c − first candidate of that ray)
+    offset = k_first - (ends - counts)
     out_r, out_s, out_e = [], [], []
-    k = torch.arange(max_steps, device=device, dtype=rays_o.dtype)
-    for lo in range(0, n_rays, rays_per_chunk):
-        hi = min(lo + rays_per_chunk, n_rays)
-        start = t_first[lo:hi, None] + k[None, :] * step_size  # [c, S]
-        far = t_far[lo:hi, None]
-        valid = hit[lo:hi, None] & (start < far)
+    for lo in range(0, total, chunk_elements):
+        candidate = torch.arange(lo, min(lo + chunk_elements, total), device=device)
+        ray = torch.searchsorted(ends, candidate, right=True)
+        of_ray = lambda values: values.index_select(0, ray)  # noqa: E731  (faster than values[ray] on CPU)
+        k = (candidate + of_ray(offset)).to(t_first.dtype)
+        start = of_ray(t_first) + k * step_size
+        far = of_ray(t_far)
         end = torch.minimum(start + step_size, far)
+        valid = start < far
         if occupancy is not None:
             mid = 0.5 * (start + end)
-            points = rays_o[lo:hi, None, :] + rays_d[lo:hi, None, :] * mid[..., None]
-            valid = valid & occupancy.query(points.reshape(-1, 3)).view_as(valid)
-        r, s = valid.nonzero(as_tuple=True)
-        out_r.append(r + lo)
-        out_s.append(start[r, s])
-        out_e.append(end[r, s])
+            valid &= occupancy.query(of_ray(rays_o) + of_ray(rays_d) * mid[:, None])
+        keep = valid.nonzero().squeeze(-1)
+        out_r.append(ray.index_select(0, keep))
+        out_s.append(start.index_select(0, keep))
+        out_e.append(end.index_select(0, keep))
     if not out_r:
-        empty = torch.zeros(0, device=device)
-        return PackedSamples(torch.zeros(0, dtype=torch.long, device=device), empty, empty)
-    return PackedSamples(torch.cat(out_r), torch.cat(out_s), torch.cat(out_e))
+        empty = t_first.new_zeros(0)
+        return PackedSamples(torch.zeros(0, dtype=torch.long, device=device), empty, empty, total)
+    return PackedSamples(torch.cat(out_r), torch.cat(out_s), torch.cat(out_e), total)
