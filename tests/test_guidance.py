@@ -204,3 +204,20 @@ def test_zero123_input_errors(written_models):
         g.set_image(torch.rand(2, 16, 16))
     with pytest.raises(ValueError, match="weighting"):
         Zero123GuidanceConfig(weighting="dreamfusion")
+
+
+@pytest.mark.parametrize("reduction, scale", [("sum", 1.0), ("batch_mean", 1.0 / 3)])
+def test_sds_loss_value_and_gradient(reduction, scale):
+    """Value 0.5·s·‖grad‖² (threestudio's 0.5·‖x − (x − grad)‖²), gradient s·grad, in the latents' dtype."""
+    from hash3d.diffusion.guidance import sds_loss
+
+    g = torch.Generator().manual_seed(0)
+    for dtype in (torch.float32, torch.float64):
+        x = torch.randn(3, 4, 5, 5, generator=g, dtype=dtype, requires_grad=True)
+        grad = torch.randn(3, 4, 5, 5, generator=g, dtype=dtype)
+        loss = sds_loss(x, grad, reduction)
+        reference = 0.5 * ((x.detach() - (x.detach() - grad)) ** 2).sum() * scale
+        torch.testing.assert_close(loss.double(), reference.double(), rtol=1e-5, atol=0)
+        (2.0 * loss).backward()
+        assert x.grad.dtype == dtype
+        torch.testing.assert_close(x.grad, 2.0 * scale * grad, rtol=1e-6, atol=0)

@@ -102,13 +102,28 @@ def sds_weight(alpha_bar: torch.Tensor, weighting: Weighting) -> torch.Tensor:
     raise ValueError(f"unknown weighting {weighting!r}")
 
 
+class _SDSLoss(torch.autograd.Function):
+    """0.5·scale·‖grad‖², whose gradient with respect to `latents` is scale·grad: the value of threestudio's
+    0.5·‖latents − (latents − grad)‖² without its half-dozen kernels forward and backward."""
+
+    @staticmethod
+    def forward(ctx, latents: torch.Tensor, grad: torch.Tensor, scale: float) -> torch.Tensor:
+        ctx.save_for_backward(grad)
+        ctx.scale, ctx.dtype = scale, latents.dtype
+        return grad.float().square().sum() * (0.5 * scale)
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor):
+        (grad,) = ctx.saved_tensors
+        return (grad * (grad_output * ctx.scale)).to(ctx.dtype), None, None
+
+
 def sds_loss(
     latents: torch.Tensor, grad: torch.Tensor, reduction: Literal["sum", "batch_mean"] = "sum"
 ) -> torch.Tensor:
     """A loss whose gradient with respect to `latents` is `grad` (or grad / B for batch_mean)."""
-    target = (latents - grad).detach()
-    loss = 0.5 * F.mse_loss(latents.float(), target.float(), reduction="sum")
-    return loss / latents.shape[0] if reduction == "batch_mean" else loss
+    scale = 1.0 / latents.shape[0] if reduction == "batch_mean" else 1.0
+    return _SDSLoss.apply(latents, grad.detach(), scale)
 
 
 def classifier_free_guidance(noise_pred: torch.Tensor, scale: float) -> torch.Tensor:
@@ -265,8 +280,11 @@ class SDSGuidance(torch.nn.Module):
                 pred = self._graphed_unet(x_in, t_in, context)
             else:
                 pred = self.unet(x_in, t_in, encoder_hidden_states=context).sample
-        alpha_bar = self.alphas_cumprod[torch.cat([t, t])].view(-1, *([1] * (x_t.ndim - 1)))
-        eps = epsilon_from_prediction(pred.float(), torch.cat([x_t, x_t]).float(), alpha_bar, self.prediction_type)
+        if self.prediction_type == "epsilon":  # the common case needs neither x_t nor ᾱ_t
+            eps = pred.float()
+        else:
+            alpha_bar = self.alphas_cumprod[torch.cat([t, t])].view(-1, *([1] * (x_t.ndim - 1)))
+            eps = epsilon_from_prediction(pred.float(), torch.cat([x_t, x_t]).float(), alpha_bar, self.prediction_type)
         return classifier_free_guidance(eps, self.config.guidance_scale)
 
     def sds_from_latents(
