@@ -452,3 +452,25 @@ def test_occupancy_grid_keeps_the_box_of_its_occupied_cells():
     grid.binary.zero_()
     grid.refresh_bounds()
     assert not bool(grid.occupied_box()[2])
+
+
+def test_pruning_selects_samples_and_their_positions_together():
+    from dataclasses import replace
+
+    from hash3d.render import PackedSamples
+
+    field = tiny_volume()
+    o, d = sphere_rays(10, distance=2.5)
+    config = VolumeRenderConfig(num_samples_per_ray=96, prune_alpha_threshold=0.02, early_stop_eps=1e-3)
+    out = render_rays(field, o, d, config, training=True, generator=torch.Generator().manual_seed(0))
+    full = render_rays(field, o, d, replace_grid(replace(config, prune_alpha_threshold=0.0, early_stop_eps=0.0), True),
+                       training=True, generator=torch.Generator().manual_seed(0))
+    assert 0 < len(out.ray_indices) < len(full.ray_indices)
+    mid = 0.5 * (out.t_starts + out.t_ends)
+    assert torch.equal(out.positions, o[out.ray_indices] + d[out.ray_indices] * mid[:, None])
+    samples = PackedSamples(full.ray_indices, full.t_starts, full.t_ends, 7)
+    mask = torch.rand(len(samples), generator=torch.Generator().manual_seed(1)) < 0.4
+    for picked in (samples.select(mask), samples.select(mask.nonzero().squeeze(-1))):
+        assert picked.n_candidates == 7
+        for name in ("ray_indices", "t_starts", "t_ends"):
+            assert torch.equal(getattr(picked, name), getattr(samples, name)[mask])

@@ -38,8 +38,11 @@ class PackedSamples:
         """World points [M, 3] at the interval midpoints."""
         return rays_o[self.ray_indices] + rays_d[self.ray_indices] * self.t_mid[:, None]
 
-    def select(self, mask: torch.Tensor) -> "PackedSamples":
-        return PackedSamples(self.ray_indices[mask], self.t_starts[mask], self.t_ends[mask], self.n_candidates)
+    def select(self, keep: torch.Tensor) -> "PackedSamples":
+        """The samples at `keep`: a bool mask [M] or ascending indices (a mask costs one nonzero, not one per field)."""
+        index = keep.nonzero().squeeze(-1) if keep.dtype == torch.bool else keep
+        pick = lambda values: values.index_select(0, index)  # noqa: E731
+        return PackedSamples(pick(self.ray_indices), pick(self.t_starts), pick(self.t_ends), self.n_candidates)
 
 
 def _tight_steps(

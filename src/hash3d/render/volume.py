@@ -143,18 +143,19 @@ def _render_packed(
         rays_o, rays_d, field.radius, step, config.near_plane, jitter, grid, config.march_chunk_elements
     )
 
+    positions = samples.positions(rays_o, rays_d)
     if (config.prune_alpha_threshold > 0 or config.early_stop_eps > 0) and len(samples) > 0:
         with torch.no_grad():
-            sigma = _density_in_chunks(field, samples.positions(rays_o, rays_d), config.field_chunk_size)
+            sigma = _density_in_chunks(field, positions, config.field_chunk_size)
             _, transmittance, alphas = render_weights(sigma, samples.deltas, samples.ray_indices, n_rays)
             keep = alphas >= config.prune_alpha_threshold
             if config.early_stop_eps > 0:
                 keep &= transmittance >= config.early_stop_eps
-            samples = samples.select(keep)
+            keep = keep.nonzero().squeeze(-1)  # one host sync for all the selections
+            samples, positions = samples.select(keep), positions.index_select(0, keep)
 
     shading = shading or Shading()
     need_normal = config.return_normal or shading.needs_normals
-    positions = samples.positions(rays_o, rays_d)
     out = _field_in_chunks(field, positions, need_normal, config.field_chunk_size)
     sigma = out.density.reshape(-1)
     weights, _, _ = render_weights(sigma, samples.deltas, samples.ray_indices, n_rays)
