@@ -144,7 +144,7 @@ def test_conditional_request_graphs_match_eager(mode, adaptive):
         pytest.skip("needs CUDA-graph conditional nodes (CUDA >= 12.4)")
     unet = tiny_unet().cuda()
     config = CacheConfig(enabled=True, mode=mode, adaptive=adaptive, n_buckets=8, bucket_size=2, capacity=12,
-                         policy=CachePolicyConfig(1.0))
+                         gpu_dispatch=True, policy=CachePolicyConfig(1.0))
     results = {}
     for graphs in (False, True):
         cache = apply_hash_cache(unet, config, cuda_graphs=graphs)
@@ -178,7 +178,8 @@ def test_conditional_request_graph_replays_without_host_sync():
     if not conditional_nodes_available():
         pytest.skip("needs CUDA-graph conditional nodes (CUDA >= 12.4)")
     unet = tiny_unet().cuda()
-    cache = apply_hash_cache(unet, CacheConfig(enabled=True, mode="features", policy=CachePolicyConfig(1.0)), cuda_graphs=True)
+    cache = apply_hash_cache(unet, CacheConfig(enabled=True, mode="features", gpu_dispatch=True, policy=CachePolicyConfig(1.0)),
+                            cuda_graphs=True)
     requests = list(_cuda_requests(6, 4, seed=5))
     for keys, x, ctx, t in requests[:3]:  # allocate the table, capture
         with torch.no_grad(), cache.request(keys, x[:, :4]):
@@ -194,15 +195,18 @@ def test_conditional_request_graph_replays_without_host_sync():
     assert cache.stats["tried"] == 6
 
 
-def test_nonfinite_keys_with_graphs_are_never_stored_and_reported():
+@pytest.mark.parametrize("gpu_dispatch", [False, True])
+def test_nonfinite_keys_on_a_gpu_are_never_stored_and_reported(gpu_dispatch):
+    """On a GPU the keys are checked without a host read: a NaN key runs in full, is not stored, and stats raises."""
     from hash3d.cuda_graphs import conditional_nodes_available
     from hash3d.diffusion import apply_hash_cache
     from test_unet_cache import tiny_unet
 
-    if not conditional_nodes_available():
+    if gpu_dispatch and not conditional_nodes_available():
         pytest.skip("needs CUDA-graph conditional nodes (CUDA >= 12.4)")
     unet = tiny_unet().cuda()
-    cache = apply_hash_cache(unet, CacheConfig(enabled=True, mode="noise", policy=CachePolicyConfig(1.0)), cuda_graphs=True)
+    config = CacheConfig(enabled=True, mode="noise", gpu_dispatch=gpu_dispatch, policy=CachePolicyConfig(1.0))
+    cache = apply_hash_cache(unet, config, cuda_graphs=True)
     (keys, x, ctx, t), = _cuda_requests(1, 3, seed=7)
     for _ in range(2):
         with torch.no_grad(), cache.request(keys, x[:, :4]):
@@ -210,9 +214,10 @@ def test_nonfinite_keys_with_graphs_are_never_stored_and_reported():
     entries = cache.table.stats.entries
     bad = keys.clone()
     bad[1, 0] = float("nan")
-    with torch.no_grad(), cache.request(bad, x[:, :4]):
-        unet(torch.cat([x, x]), t, encoder_hidden_states=ctx)
-    assert cache.last_hits.tolist() == [True, False, True]
+    for _ in range(2):  # the second time, the NaN key would hit had the first stored it
+        with torch.no_grad(), cache.request(bad, x[:, :4]):
+            unet(torch.cat([x, x]), t, encoder_hidden_states=ctx)
+        assert cache.last_hits.tolist() == [True, False, True]
     assert cache.table.stats.entries == entries
     with pytest.raises(ValueError, match="NaN or inf"):
         cache.stats

@@ -353,7 +353,7 @@ def test_request_step_without_host_decisions_matches_the_eager_dispatch(mode, ad
     for stepwise in (False, True):
         cache = apply_hash_cache(unet, config)
         if stepwise:
-            cache._state.request_graphs = RequestGraphs(cache.table, mode, cache._state.graph_counts, capture=False)
+            cache._state.request_graphs = RequestGraphs(cache.table, mode, cache._state.device_counts, capture=False)
         seq = []
         for keys, x, ctx, t in _request_sequence(18, 5, seed=3, spread=30.0 if adaptive else 10.0):
             with torch.no_grad(), cache.request(keys, x[:, :4]):

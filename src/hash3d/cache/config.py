@@ -54,7 +54,13 @@ class CacheConfig:
     temperature: float = 1.0
     """Softmax temperature of the latent-distance blend of a cell's entries."""
     check_keys: bool = True
-    """Reject NaN/inf keys (one host read per call); turn off for CUDA-graph capture."""
+    """Reject NaN/inf keys (one host read per call; with `gpu_dispatch` active none: such keys are never stored and
+    the statistics' next read raises)."""
+    gpu_dispatch: bool = False
+    """With CUDA graphs: run each tried UNet call as one CUDA graph whose conditional nodes pick the branches on the
+    GPU (`hash3d.diffusion.cache_graph`), with no host read per call. Needs conditional graph nodes (CUDA >= 12.4 and a
+    torch that captures them; torch 2.11 does not), else the host-dispatched path runs. Off by default: it passes its
+    tests against the host-dispatched path on the CPU, but has not yet run on a GPU."""
     save_in_checkpoint: bool = True
     """Save the table (entries, bucket indices, scores, counters) in training checkpoints, so that a resumed run
     continues exactly like an uninterrupted one. The entry pool can be large (up to `max_memory_mb`, e.g. GBs of

@@ -17,10 +17,10 @@ Keys that hit are answered from the cache; the rest run the full UNet and are in
 - `noise`: a hit returns the blended stored UNet output; the UNet does not run for it.
 - `features`: a hit runs only the first `depth` down blocks and the last `depth` up blocks, with the blended stored
   input of up block `-depth` in place of the deep path (DeepCache-style; the paper's cache point is depth 1).
-Hit/miss decisions, blending and inserts are tensor code on the UNet's device. With CUDA graphs on (and conditional
-graph nodes available, CUDA >= 12.4) a tried call is one graph replay with no host synchronisation at all
-(`cache_graph.RequestGraphs`); otherwise the only host read per tried call is the number of hits, which picks among
-the three paths (all hit / all miss / split batch).
+Hit/miss decisions, blending and inserts are tensor code on the UNet's device. The only host read per tried call is
+the number of hits, which picks among the three paths (all hit / all miss / split batch); with `config.gpu_dispatch`
+(CUDA graphs and conditional graph nodes) a tried call is one graph replay with no host read at all
+(`cache_graph.RequestGraphs`).
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ class _Request:
     keys: torch.Tensor
     latents: torch.Tensor
     finite: torch.Tensor | None = None
-    """[B] bool on the device: keys checked without a host read (CUDA graphs); non-finite ones are never stored."""
+    """[B] bool on a GPU table: keys checked without a host read; non-finite ones never hit and are never stored."""
 
 
 class _CacheState:
@@ -64,10 +64,12 @@ class _CacheState:
         # one GraphedFunction per phase when UNet calls are replayed as CUDA graphs
         self.graphs: dict[str, GraphedFunction] | None = {} if cuda_graphs else None
         self.request: _Request | None = None
-        # [full samples, cached samples, non-finite keys] advanced on the device by the conditional request graphs
-        self.graph_counts = torch.zeros(3, dtype=torch.int64, device=table.device)
+        # [full samples (gpu_dispatch), cached samples (gpu_dispatch), non-finite keys (GPU tables)], on the device
+        self.device_counts = torch.zeros(3, dtype=torch.int64, device=table.device)
         self.request_graphs = (
-            RequestGraphs(table, config.mode, self.graph_counts) if cuda_graphs and conditional_nodes_available() else None
+            RequestGraphs(table, config.mode, self.device_counts)
+            if cuda_graphs and config.gpu_dispatch and conditional_nodes_available()
+            else None
         )
         # output structure of the skipped blocks; survives resets, since a replayed CUDA graph of a full pass does
         # not run the Python hooks that record it
@@ -84,7 +86,7 @@ class _CacheState:
         self.phase = "full"  # "full": run blocks; "record": run and keep the deep feature; "reuse": cached feature
         self.deep: torch.Tensor | None = None
         self.last_hits: torch.Tensor | None = None
-        self.graph_counts.zero_()
+        self.device_counts.zero_()
 
     def state_dict(self) -> dict[str, Any]:
         """The policy's random stream and counters; with `config.save_in_checkpoint`, the table too."""
@@ -95,8 +97,8 @@ class _CacheState:
             "policy_rng": self.rng.getstate(),
             "calls": self.calls,
             "tried": self.tried,
-            "full_samples": self.full_samples + int(self.graph_counts[0]),
-            "cached_samples": self.cached_samples + int(self.graph_counts[1]),
+            "full_samples": self.full_samples + int(self.device_counts[0]),
+            "cached_samples": self.cached_samples + int(self.device_counts[1]),
             "table": self.table.state_dict() if with_table else None,
             "block_outputs": {k: _spec_to_data(v) for k, v in self.block_outputs.items()} if with_table else {},
         }
@@ -193,8 +195,10 @@ class _UNetHook(ModelHook):
                 out, st.last_hits = graphs(self._phase_runner(forward, len(call), {}), call, req.keys, req.latents, groups)
                 return UNet2DConditionOutput(sample=out) if kwargs.get("return_dict", True) else (out,)
             values, hit = st.table.query(req.keys, req.latents)
+            if req.finite is not None:
+                hit = hit & req.finite
             st.last_hits = hit
-        n_hits = 0 if values is None else int(hit.sum())
+        n_hits = 0 if values is None else int(hit.sum())  # the one host read of a tried call
         if n_hits == 0:
             out = self._full(forward, call, kwargs, req.keys, req.latents, groups, req.finite)
             st.full_samples += n_keys
@@ -202,12 +206,13 @@ class _UNetHook(ModelHook):
             out = self._cached(forward, call, kwargs, values, groups)
             st.cached_samples += n_keys
         else:
-            hits = torch.nonzero(hit).squeeze(1)
-            misses = torch.nonzero(~hit).squeeze(1)
+            # misses then hits, each in index order, without another host read
+            order = torch.argsort(hit.to(torch.int8), stable=True)
+            misses, hits = order[: n_keys - n_hits], order[n_keys - n_hits :]
             miss_rows, hit_rows = key_rows(misses, n_keys, groups), key_rows(hits, n_keys, groups)
             full_out = self._full(
                 forward, _take(call, miss_rows, batch), _take(kwargs, miss_rows, batch),
-                req.keys[misses], req.latents[misses], groups,
+                req.keys[misses], req.latents[misses], groups, None if req.finite is None else req.finite[misses],
             )
             cached_out = self._cached(
                 forward, _take(call, hit_rows, batch), _take(kwargs, hit_rows, batch), values[hits], groups
@@ -388,10 +393,10 @@ class UNetCache:
             raise ValueError(f"latents batch {latents.shape[0]} must equal the number of keys {keys.shape[0]}")
         finite = None
         if self.config.check_keys:
-            if self._state.request_graphs is not None:
-                # no host read here: such keys are never stored, and `stats` raises about them
-                finite = torch.isfinite(keys).all(-1)
-                self._state.graph_counts[2] += (~finite).sum()
+            if self._state.table.device.type == "cuda":
+                # no host read on a GPU: such keys never hit and are never stored, and `stats` raises about them
+                finite = torch.isfinite(keys).all(-1).to(self._state.table.device)
+                self._state.device_counts[2] += (~finite).sum()
             elif not bool(torch.isfinite(keys).all()):
                 raise ValueError(NONFINITE_KEYS)
         previous = self._state.request
@@ -425,7 +430,7 @@ class UNetCache:
     def stats(self) -> dict[str, float]:
         """Table statistics plus UNet work: samples run in full, samples answered from the cache."""
         st = self._state
-        full, cached, nonfinite = st.graph_counts.tolist()
+        full, cached, nonfinite = st.device_counts.tolist()
         if nonfinite:
             raise ValueError(f"{NONFINITE_KEYS} ({nonfinite} keys since the last reset; those calls ran the full UNet "
                              "and nothing was stored for them)")
