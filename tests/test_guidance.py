@@ -221,3 +221,38 @@ def test_sds_loss_value_and_gradient(reduction, scale):
         (2.0 * loss).backward()
         assert x.grad.dtype == dtype
         torch.testing.assert_close(x.grad, 2.0 * scale * grad, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("mode", ["features", "noise"])
+@pytest.mark.parametrize("family", ["zero123", "zero123_v"])
+def test_hit_step_matches_the_host_dispatched_step(written_models, mode, family):
+    """The SDS step with the prepare/answer stages of hit_step.HitStepGraphs (run eagerly here; CUDA graphs on a GPU)
+    gives the plain cached step's gradients, hits, noise stream and counters, over all-hit, split and all-miss
+    batches, with the policy trying only some requests and a gradient clip."""
+    from hash3d.diffusion.guidance.hit_step import HitStepGraphs
+
+    cache = CacheConfig(enabled=True, mode=mode, cell_size=(10, 10, 0.1, 1000), policy=CachePolicyConfig(0.7, seed=3))
+    results = {}
+    for staged in (False, True):
+        g = zero123(written_models[family], cache=cache, grad_clip=0.5)
+        if staged:
+            g._hit_step = HitStepGraphs(g, g.cache, capture=False)
+        latents = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+        seq = []
+        for azim in ([0.0, 90.0, 180.0], [0.0, 90.0, 180.0], [0.0, 135.0, 180.0], [0.0, 135.0, 180.0],
+                     [40.0, 135.0, 180.0], [0.0, 90.0, 180.0], [0.0, 90.0, 180.0], [0.0, 90.0, 180.0]):
+            x = latents.clone().requires_grad_(True)
+            out = g(x, torch.tensor([10.0, 20.0, 30.0]), torch.tensor(azim), torch.full((3,), 1.2), rgb_as_latents=True)
+            out.loss.backward()
+            seq.append((x.grad, out.noise, None if out.cache_hits is None else out.cache_hits.tolist()))
+        results[staged] = (seq, g.cache.stats)
+    (plain, s_p), (staged, s_s) = results[False], results[True]
+    patterns = set()
+    for (grad_p, noise_p, hits_p), (grad_s, noise_s, hits_s) in zip(plain, staged):
+        assert hits_p == hits_s
+        patterns.add(None if hits_p is None else sum(hits_p))
+        assert torch.equal(noise_p, noise_s)
+        torch.testing.assert_close(grad_s, grad_p, rtol=1e-5, atol=1e-6)
+    assert {None, 0, 3} <= patterns and len(patterns) > 3, patterns  # untried, all-miss, all-hit and split steps
+    for name in ("calls", "tried", "queries", "hits", "inserts", "full_samples", "cached_samples"):
+        assert s_s[name] == s_p[name], name

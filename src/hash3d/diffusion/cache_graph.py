@@ -54,6 +54,22 @@ def from_entries(t: torch.Tensor) -> torch.Tensor:
     return t.transpose(0, 1).reshape((-1,) + t.shape[2:])
 
 
+class StorageWatch:
+    """Tells whether a table's storage tensors were replaced (reset, restore, first allocation) since the last look:
+    graphs captured on the old ones must not be replayed. Holds weak references only."""
+
+    def __init__(self, table):
+        self.table = table
+        self._refs: tuple | None = None
+
+    def changed(self) -> bool:
+        current = (self.table._cells, self.table._pool_values)
+        if self._refs is not None and all((ref() if ref else None) is obj for ref, obj in zip(self._refs, current)):
+            return False
+        self._refs = tuple(None if obj is None else weakref.ref(obj) for obj in current)
+        return True
+
+
 def _signature(tensors: tuple) -> tuple:
     return tuple((tuple(t.shape), t.dtype) for t in tensors)
 
@@ -74,15 +90,10 @@ class RequestGraphs:
         """Device counters [full samples, cached samples, ...] whose first two the graphs advance."""
         self.graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, list[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]] = {}
         self.pool = None
-        self._storage: tuple | None = None
+        self._storage = StorageWatch(table)
 
     def _storage_changed(self) -> bool:
-        t = self.table
-        current = (t._cells, t._pool_values)
-        if self._storage is not None and all(ref() is obj for ref, obj in zip(self._storage, current)):
-            return False
-        self._storage = tuple(weakref.ref(obj) for obj in current)
-        return True
+        return self._storage.changed()
 
     @property
     def captured(self) -> int:

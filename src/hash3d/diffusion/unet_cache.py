@@ -53,6 +53,10 @@ class _Request:
     latents: torch.Tensor
     finite: torch.Tensor | None = None
     """[B] bool on a GPU table: keys checked without a host read; non-finite ones never hit and are never stored."""
+    tried: bool | None = None
+    """The policy's decision when the caller already asked it (`UNetCache.try_now`); None: ask at the UNet call."""
+    query: tuple[torch.Tensor, torch.Tensor] | None = None
+    """(values, hit) when the caller already queried the table for this request (`UNetCache.query_core`)."""
 
 
 class _CacheState:
@@ -187,17 +191,21 @@ class _UNetHook(ModelHook):
         call = (sample, timestep, encoder_hidden_states) + args
 
         values, hit = None, None
-        if st.should_try():
+        if st.should_try() if req.tried is None else req.tried:
             st.tried += 1
-            graphs = st.request_graphs
+            if req.query is not None:
+                values, hit = req.query
+                st.last_hits = hit
+            graphs = None if req.query is not None else st.request_graphs
             if graphs is not None and st.table._pool_values is not None and not _extra(kwargs) and _all_tensors(call):
                 st.table._check_shape("latents", req.latents, st.table._latent_shape)
                 out, st.last_hits = graphs(self._phase_runner(forward, len(call), {}), call, req.keys, req.latents, groups)
                 return UNet2DConditionOutput(sample=out) if kwargs.get("return_dict", True) else (out,)
-            values, hit = st.table.query(req.keys, req.latents)
-            if req.finite is not None:
-                hit = hit & req.finite
-            st.last_hits = hit
+            if req.query is None:
+                values, hit = st.table.query(req.keys, req.latents)
+                if req.finite is not None:
+                    hit = hit & req.finite
+                st.last_hits = hit
         n_hits = 0 if values is None else int(hit.sum())  # the one host read of a tried call
         if n_hits == 0:
             out = self._full(forward, call, kwargs, req.keys, req.latents, groups, req.finite)
@@ -385,14 +393,24 @@ class UNetCache:
         return self._state.table
 
     @contextlib.contextmanager
-    def request(self, keys: torch.Tensor, latents: torch.Tensor) -> Iterator[None]:
-        """Key the UNet calls inside this block: keys [B, 4] and the noisy latents x_t [B, ...] they run on."""
+    def request(
+        self,
+        keys: torch.Tensor,
+        latents: torch.Tensor,
+        tried: bool | None = None,
+        query: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+    ) -> Iterator[None]:
+        """Key the UNet calls inside this block: keys [B, 4] and the noisy latents x_t [B, ...] they run on.
+
+        tried: the policy's decision if the caller already took it (`try_now`); query: (values, hit, finite) if the
+        caller already queried the table (`query_core`), so that the UNet call neither asks nor queries again.
+        """
         if keys.ndim != 2 or keys.shape[1] != 4:
             raise ValueError(f"keys must be [B, 4] (elevation, azimuth, radius, timestep); got {list(keys.shape)}")
         if latents.shape[0] != keys.shape[0]:
             raise ValueError(f"latents batch {latents.shape[0]} must equal the number of keys {keys.shape[0]}")
-        finite = None
-        if self.config.check_keys:
+        finite = None if query is None else query[2]
+        if self.config.check_keys and query is None:
             if self._state.table.device.type == "cuda":
                 # no host read on a GPU: such keys never hit and are never stored, and `stats` raises about them
                 finite = torch.isfinite(keys).all(-1).to(self._state.table.device)
@@ -400,7 +418,9 @@ class UNetCache:
             elif not bool(torch.isfinite(keys).all()):
                 raise ValueError(NONFINITE_KEYS)
         previous = self._state.request
-        self._state.request = _Request(keys.detach().float(), latents.detach(), finite)
+        self._state.request = _Request(
+            keys.detach().float(), latents.detach(), finite, tried, None if query is None else (query[0], query[1])
+        )
         self._state.last_hits = None
         try:
             yield
@@ -410,6 +430,46 @@ class UNetCache:
     def reset(self) -> None:
         """Forget all entries and counters (call at the start of every run, prompt or input image)."""
         self._state.reset()
+
+    # ---------------------------------------------------------------- for callers that graph their whole step
+    def try_now(self) -> bool:
+        """Ask the policy whether the next request tries the cache (pass the answer to `request(tried=...)`)."""
+        return self._state.should_try()
+
+    def ready_to_query(self, latents: torch.Tensor) -> bool:
+        """Whether `query_core` can run now on latents of this shape (the table holds entries of that shape)."""
+        table = self._state.table
+        if table._pool_values is None:
+            return False
+        table._check_shape("latents", latents, table._latent_shape)
+        return True
+
+    def query_core(self, keys: torch.Tensor, latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The table query of one request as capturable tensor code: (values [B, G, ...], hit [B], finite [B]).
+
+        Non-finite keys never hit (and with `check_keys` are counted for `stats` to report). Call only when
+        `ready_to_query`; follow with `request(keys, latents, tried=True, query=...)` or `record_hits`."""
+        finite = torch.isfinite(keys).all(-1)
+        if self.config.check_keys:
+            self._state.device_counts[2] += (~finite).sum()
+        values, hit = self._state.table._query_core(torch.where(finite[:, None], keys, torch.zeros_like(keys)), latents)
+        return values, hit & finite, finite
+
+    def cached_output(self, sample: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """The UNet output of a request whose samples all hit, as capturable tensor code: the stored outputs (noise)
+        or the shallow blocks on the stored deep features (features)."""
+        if self.config.mode == "noise":
+            return from_entries(values)
+        hook = self.unet._diffusers_hook.get_hook(_UNET_HOOK)
+        run = hook._phase_runner(hook.fn_ref.original_forward, 3, {})
+        return run("reuse", (sample, timestep, context), from_entries(values))[0]
+
+    def record_hits(self, hit: torch.Tensor) -> None:
+        """Count a tried request that `cached_output` answered in full (the caller saw every sample hit)."""
+        st = self._state
+        st.tried += 1
+        st.cached_samples += hit.shape[0]
+        st.last_hits = hit
 
     def state_dict(self) -> dict[str, Any]:
         """What a resumed run needs to continue exactly: the policy's random stream and counters, and (with

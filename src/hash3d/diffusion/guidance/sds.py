@@ -15,6 +15,7 @@ from ..schedule import ScheduleValue, check_schedule, schedule_value
 from ...cuda_graphs import GraphedFunction, cuda_graphs_available
 from ...profiling import section, time_backward
 from ..unet_cache import UNetCache, apply_hash_cache
+from .hit_step import HitStepGraphs
 
 Weighting = Literal["sds", "uniform", "fantasia3d"]
 
@@ -159,6 +160,8 @@ class SDSGuidance(torch.nn.Module):
             else None
         )
         self._vae_graphs: dict[tuple, object] | None = {} if graphs else None
+        self._graphs_on = graphs
+        self._hit_step: HitStepGraphs | None = None
         self.set_cache(config.cache)
         self.global_step = 0
         self.max_steps = 1
@@ -197,8 +200,11 @@ class SDSGuidance(torch.nn.Module):
             self.cache.remove()
             self.cache = None
         self.config.cache = config
+        self._hit_step = None
         if config.enabled:
             self.cache = apply_hash_cache(self.unet, config, self.device, cuda_graphs=self.config.cuda_graphs)
+            if self._graphs_on and not config.gpu_dispatch:
+                self._hit_step = HitStepGraphs(self, self.cache)
 
     def reset(self) -> None:
         """Start a new run: forget cached entries and restart the noise stream."""
@@ -265,27 +271,50 @@ class SDSGuidance(torch.nn.Module):
         """What the UNet sees besides x_t (Zero123 concatenates the condition latents)."""
         return x_t
 
-    def _predict_noise(
-        self, x_t: torch.Tensor, t: torch.Tensor, context: torch.Tensor, keys: torch.Tensor
-    ) -> torch.Tensor:
-        """ε̂ with classifier-free guidance; `context` is [cond; uncond] encoder states for the 2B batch."""
+    def _diffuse(self, latents: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """Forward diffusion: x_t = sqrt(ᾱ_t) x_0 + sqrt(1 - ᾱ_t) ε (float32)."""
+        alpha_bar = self.alphas_cumprod[t].view(-1, *([1] * (latents.ndim - 1)))
+        return alpha_bar.sqrt() * latents.float() + (1 - alpha_bar).sqrt() * noise
+
+    def _unet_call(self, x_t: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The classifier-free-guidance UNet batch: (sample [2B, ...], timesteps [2B], context [2B, L, D])."""
         x_in = self._unet_input(torch.cat([x_t, x_t]))
-        t_in = torch.cat([t, t])
-        x_in, context = x_in.to(self.unet_dtype), context.to(self.unet_dtype)
-        with section("unet"):
-            if self.cache is not None:
-                with self.cache.request(keys, x_t):
-                    pred = self.unet(x_in, t_in, encoder_hidden_states=context).sample
-            elif self._graphed_unet is not None:
-                pred = self._graphed_unet(x_in, t_in, context)
-            else:
-                pred = self.unet(x_in, t_in, encoder_hidden_states=context).sample
+        return x_in.to(self.unet_dtype), torch.cat([t, t]), context.to(self.unet_dtype)
+
+    def _guided_noise(self, pred: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """UNet output [2B, ...] -> CFG-combined ε̂ [B, ...] (float32)."""
         if self.prediction_type == "epsilon":  # the common case needs neither x_t nor ᾱ_t
             eps = pred.float()
         else:
             alpha_bar = self.alphas_cumprod[torch.cat([t, t])].view(-1, *([1] * (x_t.ndim - 1)))
             eps = epsilon_from_prediction(pred.float(), torch.cat([x_t, x_t]).float(), alpha_bar, self.prediction_type)
         return classifier_free_guidance(eps, self.config.guidance_scale)
+
+    def _sds_grad(
+        self, noise_pred: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, clip: float | torch.Tensor | None
+    ) -> torch.Tensor:
+        """w(t) (ε̂ - ε), clamped to ±clip, NaN-free."""
+        alpha_bar = self.alphas_cumprod[t].view(-1, *([1] * (noise.ndim - 1)))
+        grad = sds_weight(alpha_bar, self.config.weighting) * (noise_pred - noise)
+        if clip is not None:
+            grad = torch.clamp(grad, -clip, clip)
+        return torch.nan_to_num(grad)
+
+    def _predict_noise(
+        self, x_t: torch.Tensor, t: torch.Tensor, context: torch.Tensor, keys: torch.Tensor,
+        tried: bool | None = None, query: tuple | None = None,
+    ) -> torch.Tensor:
+        """ε̂ with classifier-free guidance; `context` is [cond; uncond] encoder states for the 2B batch."""
+        x_in, t_in, context = self._unet_call(x_t, t, context)
+        with section("unet"):
+            if self.cache is not None:
+                with self.cache.request(keys, x_t, tried=tried, query=query):
+                    pred = self.unet(x_in, t_in, encoder_hidden_states=context).sample
+            elif self._graphed_unet is not None:
+                pred = self._graphed_unet(x_in, t_in, context)
+            else:
+                pred = self.unet(x_in, t_in, encoder_hidden_states=context).sample
+        return self._guided_noise(pred, x_t, t)
 
     def sds_from_latents(
         self,
@@ -303,13 +332,21 @@ class SDSGuidance(torch.nn.Module):
         ).to(self.device)
         with torch.no_grad():
             noise = torch.randn(latents.shape, generator=self.generator, device=self.device, dtype=torch.float32)
-            alpha_bar = self.alphas_cumprod[t].view(-1, *([1] * (latents.ndim - 1)))
-            x_t = alpha_bar.sqrt() * latents.detach().float() + (1 - alpha_bar).sqrt() * noise  # forward diffusion
-            noise_pred = self._predict_noise(x_t, t, context, keys)
-            grad = sds_weight(alpha_bar, self.config.weighting) * (noise_pred - noise)
-            if self.grad_clip_value is not None:
-                grad = grad.clamp(-self.grad_clip_value, self.grad_clip_value)
-            grad = torch.nan_to_num(grad)
+            tried = query = x_t = grad = None
+            if self._hit_step is not None and self.cache is not None and self.cache.ready_to_query(latents):
+                tried = self.cache.try_now()
+                if tried:  # graphed prepare + (if every sample hit) answer; else hand x_t and the query over
+                    with section("unet"):
+                        answer = self._hit_step(latents.detach(), t, noise, context, keys, self.grad_clip_value)
+                    if answer.all_hit:
+                        self.cache.record_hits(answer.hit)
+                        grad, noise_pred = answer.grad, answer.noise_pred
+                    x_t, query = answer.x_t, answer.query
+            if grad is None:
+                if x_t is None:
+                    x_t = self._diffuse(latents.detach(), t, noise)
+                noise_pred = self._predict_noise(x_t, t, context, keys, tried, query)
+                grad = self._sds_grad(noise_pred, noise, t, self.grad_clip_value)
         loss = sds_loss(latents, grad.to(latents.dtype), self.config.loss_reduction)
         tried = self.cache is not None and self.cache.last_hits is not None
         return GuidanceOutput(

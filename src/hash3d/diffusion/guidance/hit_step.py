@@ -1,0 +1,133 @@
+"""A tried cache request of the SDS step as two CUDA graphs around one host read.
+
+Answering a request from the cache takes little GPU work but, step by step, some sixty small kernel launches
+(forward diffusion, the UNet batch, the table query, classifier-free guidance, the SDS gradient): at SDS sizes the
+host, not the GPU, sets the cost of a hit. Here:
+
+    graph P (prepare): x_t, the UNet batch, the table query and the number of hits;
+    host: read that number (the one synchronisation a tried request makes);
+    graph Q (answer), only when every sample hit: the cached UNet output (the stored outputs, or the shallow blocks on
+    the stored deep features), classifier-free guidance and the SDS gradient.
+
+Otherwise the guidance goes on with its host-dispatched path, handing over P's x_t and query so the table is not
+queried twice. Both graphs read the table's storage in place: they are captured again whenever it is replaced.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..cache_graph import StorageWatch
+
+
+@dataclass
+class HitAnswer:
+    all_hit: bool
+    hit: torch.Tensor
+    grad: torch.Tensor | None = None
+    noise_pred: torch.Tensor | None = None
+    x_t: torch.Tensor | None = None
+    query: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+    """(values, hit, finite) for `UNetCache.request(query=...)` when some sample missed."""
+
+
+@dataclass
+class _Captured:
+    prepare: torch.cuda.CUDAGraph
+    answer: torch.cuda.CUDAGraph
+    inputs: list[torch.Tensor]
+    clip: torch.Tensor | None
+    x_t: torch.Tensor
+    values: torch.Tensor
+    hit: torch.Tensor
+    finite: torch.Tensor
+    n_hit: torch.Tensor
+    grad: torch.Tensor
+    noise_pred: torch.Tensor
+
+
+class HitStepGraphs:
+    """One pair of graphs per input signature of an SDS guidance with a cache attached (CUDA graphs on)."""
+
+    def __init__(self, guidance, cache, capture: bool = True):
+        self.guidance = guidance
+        self.cache = cache
+        self.capture = capture
+        """False: run the same two stages eagerly (CPU tests, debugging)."""
+        self.captured: dict[tuple, _Captured] = {}
+        self.pool = None
+        self._storage = StorageWatch(cache.table)
+
+    def __call__(
+        self,
+        latents: torch.Tensor,  # [B, C, h, w] x_0 (detached)
+        t: torch.Tensor,  # [B]
+        noise: torch.Tensor,  # [B, C, h, w]
+        context: torch.Tensor,  # [2B, L, D]
+        keys: torch.Tensor,  # [B, 4]
+        clip: float | None,
+    ) -> HitAnswer:
+        if self._storage.changed():
+            self.captured.clear()
+            self.pool = None
+        inputs = (latents, t, noise, context, keys)
+        if not self.capture:
+            with torch.no_grad():
+                x_t, x_in, t_in, ctx, values, hit, finite, n_hit = self._prepare(*inputs)
+                if int(n_hit) == latents.shape[0]:
+                    noise_pred, grad = self._answer(x_t, x_in, t_in, ctx, values, t, noise, clip)
+                    return HitAnswer(True, hit, grad=grad, noise_pred=noise_pred)
+            return HitAnswer(False, hit, x_t=x_t, query=(values, hit, finite))
+        signature = tuple((tuple(a.shape), a.dtype) for a in inputs) + (clip is None,)
+        c = self.captured.get(signature)
+        if c is None:
+            c = self.captured[signature] = self._capture(inputs, clip is not None)
+        for buffer, value in zip(c.inputs, inputs):
+            buffer.copy_(value)
+        if c.clip is not None:
+            c.clip.fill_(clip)
+        c.prepare.replay()
+        if int(c.n_hit) == latents.shape[0]:
+            c.answer.replay()
+            return HitAnswer(True, c.hit.clone(), grad=c.grad.clone(), noise_pred=c.noise_pred.clone())
+        hit = c.hit.clone()
+        return HitAnswer(False, hit, x_t=c.x_t.clone(), query=(c.values.clone(), hit, c.finite.clone()))
+
+    def _capture(self, inputs: tuple, with_clip: bool) -> _Captured:
+        g, cache = self.guidance, self.cache
+        latents, t, noise, context, keys = static = [a.clone() for a in inputs]
+        clip = torch.zeros((), device=latents.device) if with_clip else None
+        table = cache.table
+        if cache.config.mode == "features":  # run the shallow blocks once outside capture (kernel choice, lazy init)
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side), torch.no_grad():
+                x_in, t_in, ctx = g._unet_call(g._diffuse(latents, t, noise), t, context)
+                shape = (latents.shape[0], x_in.shape[0] // latents.shape[0]) + tuple(table._value_shape)
+                cache.cached_output(x_in, t_in, ctx, torch.zeros(shape, dtype=table._pool_values.dtype, device=x_in.device))
+            torch.cuda.current_stream().wait_stream(side)
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        if self.pool is None:
+            self.pool = torch.cuda.graph_pool_handle()
+        prepare, answer = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
+        with torch.no_grad():
+            with torch.cuda.graph(prepare, pool=self.pool):
+                x_t, x_in, t_in, ctx, values, hit, finite, n_hit = self._prepare(latents, t, noise, context, keys)
+            with torch.cuda.graph(answer, pool=self.pool):
+                noise_pred, grad = self._answer(x_t, x_in, t_in, ctx, values, t, noise, clip)
+        return _Captured(prepare, answer, static, clip, x_t, values, hit, finite, n_hit, grad, noise_pred)
+
+    def _prepare(self, latents, t, noise, context, keys):
+        g = self.guidance
+        x_t = g._diffuse(latents, t, noise)
+        x_in, t_in, ctx = g._unet_call(x_t, t, context)
+        values, hit, finite = self.cache.query_core(keys, x_t)
+        return x_t, x_in, t_in, ctx, values, hit, finite, hit.sum()
+
+    def _answer(self, x_t, x_in, t_in, ctx, values, t, noise, clip):
+        g = self.guidance
+        noise_pred = g._guided_noise(self.cache.cached_output(x_in, t_in, ctx, values), x_t, t)
+        return noise_pred, g._sds_grad(noise_pred, noise, t, clip)
