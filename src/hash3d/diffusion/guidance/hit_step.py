@@ -105,8 +105,9 @@ class HitStepGraphs:
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side), torch.no_grad():
                 x_in, t_in, ctx = g._unet_call(g._diffuse(latents, t, noise), t, context)
-                shape = (latents.shape[0], x_in.shape[0] // latents.shape[0]) + tuple(table._value_shape)
-                cache.cached_output(x_in, t_in, ctx, torch.zeros(shape, dtype=table._pool_values.dtype, device=x_in.device))
+                values = torch.zeros((latents.shape[0],) + tuple(table._value_shape), dtype=table._pool_values.dtype,
+                                     device=x_in.device)  # [B, groups, ...] as a query returns them
+                cache.cached_output(x_in, t_in, ctx, values)
             torch.cuda.current_stream().wait_stream(side)
         torch.cuda.synchronize()
         torch.cuda.empty_cache()
