@@ -185,6 +185,14 @@ def test_text_to_3d_train(written_models, tmp_path, cache):
         assert float(metrics(trial)[-1]["cache/hits"]) > 0
 
 
+def test_text_to_3d_with_zero_sds_weight_never_calls_the_diffusion_model(written_models, tmp_path):
+    extra = ('system.prompt_processor.prompt="a small red chair"', "system.loss.lambda_sds=0") + HIT_FRIENDLY
+    trial = run("dreamfusion-sd_hash3d.yaml", written_models["sd"], tmp_path, "--train", steps=2, extra=extra)
+    last = metrics(trial)[-1]
+    assert int(float(last["step"])) == 2
+    assert float(last["cache/calls"]) == 0 and float(last["cache/queries"]) == 0
+
+
 def test_bad_inputs_fail_before_writing(written_models, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(FRONT)
     base = overrides(CONFIGS / "stable-zero123.yaml", written_models["zero123"], tmp_path)

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import random
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -68,6 +68,8 @@ class _CacheState:
         # one GraphedFunction per phase when UNet calls are replayed as CUDA graphs
         self.graphs: dict[str, GraphedFunction] | None = {} if cuda_graphs else None
         self.request: _Request | None = None
+        # captured-graph counts of callers that graph whole steps around this cache (guidance.hit_step)
+        self.graph_sources: list[Callable[[], int]] = []
         # [full samples (gpu_dispatch), cached samples (gpu_dispatch), non-finite keys (GPU tables)], on the device
         self.device_counts = torch.zeros(3, dtype=torch.int64, device=table.device)
         self.request_graphs = (
@@ -504,7 +506,8 @@ class UNetCache:
             # each new batch shape of a phase is captured once (a UNet capture costs a few eager passes): short runs
             # with many split-batch sizes pay for them in the step time
             graphs_captured=count_captured((st.graphs or {}).values()) + st.table.graphs_captured
-            + (st.request_graphs.captured if st.request_graphs is not None else 0),
+            + (st.request_graphs.captured if st.request_graphs is not None else 0)
+            + sum(source() for source in st.graph_sources),
         )
         return out
 

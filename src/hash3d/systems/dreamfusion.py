@@ -49,6 +49,9 @@ class DreamFusionSystem(NeRFSystem):
     def training_step(self, batch: CameraBatch, step: int) -> dict:
         w = self.cfg.loss
         out = self.render(batch, self.training_shading(batch))
-        terms = self.sds(out, batch, w.lambda_sds)
+        # as in the image-to-3D system, a zero SDS weight (e.g. a schedule's start) skips the diffusion model
+        terms = self.sds(out, batch, w.lambda_sds) if self.weight(w.lambda_sds) > 0 else {}
         terms.update(self.regularizers(out, batch, w, sds_pass=True))
+        if not terms:
+            terms["sds"] = 0.0 * out.rgb.sum()  # nothing to learn from this step, but keep the loss differentiable
         return sum_losses(terms)

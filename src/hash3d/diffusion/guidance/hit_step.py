@@ -59,6 +59,7 @@ class HitStepGraphs:
         self.captured: dict[tuple, _Captured] = {}
         self.pool = None
         self._storage = StorageWatch(cache.table)
+        cache._state.graph_sources.append(lambda: 2 * len(self.captured))  # reported in the cache's stats
 
     def __call__(
         self,
