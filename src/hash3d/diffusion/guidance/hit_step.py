@@ -4,13 +4,14 @@ Answering a request from the cache takes little GPU work but, step by step, some
 (forward diffusion, the UNet batch, the table query, classifier-free guidance, the SDS gradient): at SDS sizes the
 host, not the GPU, sets the cost of a hit. Here:
 
-    graph P (prepare): x_t, the UNet batch, the table query and the number of hits;
+    graph P (prepare): the conditioning for the cameras, the cache keys, x_t, the UNet batch, the table query and the
+    number of hits;
     host: read that number (the one synchronisation a tried request makes);
     graph Q (answer), only when every sample hit: the cached UNet output (the stored outputs, or the shallow blocks on
     the stored deep features), classifier-free guidance and the SDS gradient.
 
-Otherwise the guidance goes on with its host-dispatched path, handing over P's x_t and query so the table is not
-queried twice. Both graphs read the table's storage in place: they are captured again whenever it is replaced.
+Otherwise the guidance goes on with its host-dispatched path, handing over P's conditioning, keys, x_t and query so
+the table is not queried twice. Both graphs read the table's storage in place: they are captured again whenever it is replaced.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ class HitAnswer:
     grad: torch.Tensor | None = None
     noise_pred: torch.Tensor | None = None
     x_t: torch.Tensor | None = None
+    context: torch.Tensor | None = None
+    keys: torch.Tensor | None = None
     query: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
     """(values, hit, finite) for `UNetCache.request(query=...)` when some sample missed."""
 
@@ -40,6 +43,8 @@ class _Captured:
     inputs: list[torch.Tensor]
     clip: torch.Tensor | None
     x_t: torch.Tensor
+    context: torch.Tensor
+    keys: torch.Tensor
     values: torch.Tensor
     hit: torch.Tensor
     finite: torch.Tensor
@@ -66,21 +71,20 @@ class HitStepGraphs:
         latents: torch.Tensor,  # [B, C, h, w] x_0 (detached)
         t: torch.Tensor,  # [B]
         noise: torch.Tensor,  # [B, C, h, w]
-        context: torch.Tensor,  # [2B, L, D]
-        keys: torch.Tensor,  # [B, 4]
+        cameras: tuple[torch.Tensor, torch.Tensor, torch.Tensor],  # elevation, azimuth, distance [B] each
         clip: float | None,
     ) -> HitAnswer:
         if self._storage.changed():
             self.captured.clear()
             self.pool = None
-        inputs = (latents, t, noise, context, keys)
+        inputs = (latents, t, noise) + tuple(cameras)
         if not self.capture:
             with torch.no_grad():
-                x_t, x_in, t_in, ctx, values, hit, finite, n_hit = self._prepare(*inputs)
+                x_t, context, keys, x_in, t_in, ctx, values, hit, finite, n_hit = self._prepare(*inputs)
                 if int(n_hit) == latents.shape[0]:
                     noise_pred, grad = self._answer(x_t, x_in, t_in, ctx, values, t, noise, clip)
                     return HitAnswer(True, hit, grad=grad, noise_pred=noise_pred)
-            return HitAnswer(False, hit, x_t=x_t, query=(values, hit, finite))
+            return HitAnswer(False, hit, x_t=x_t, context=context, keys=keys, query=(values, hit, finite))
         signature = tuple((tuple(a.shape), a.dtype) for a in inputs) + (clip is None,)
         c = self.captured.get(signature)
         if c is None:
@@ -94,18 +98,20 @@ class HitStepGraphs:
             c.answer.replay()
             return HitAnswer(True, c.hit.clone(), grad=c.grad.clone(), noise_pred=c.noise_pred.clone())
         hit = c.hit.clone()
-        return HitAnswer(False, hit, x_t=c.x_t.clone(), query=(c.values.clone(), hit, c.finite.clone()))
+        return HitAnswer(False, hit, x_t=c.x_t.clone(), context=c.context.clone(), keys=c.keys.clone(),
+                         query=(c.values.clone(), hit, c.finite.clone()))
 
     def _capture(self, inputs: tuple, with_clip: bool) -> _Captured:
         g, cache = self.guidance, self.cache
-        latents, t, noise, context, keys = static = [a.clone() for a in inputs]
+        static = [a.clone() for a in inputs]
+        latents, t, noise = static[:3]
         clip = torch.zeros((), device=latents.device) if with_clip else None
         table = cache.table
         if cache.config.mode == "features":  # run the shallow blocks once outside capture (kernel choice, lazy init)
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side), torch.no_grad():
-                x_in, t_in, ctx = g._unet_call(g._diffuse(latents, t, noise), t, context)
+                x_in, t_in, ctx = g._unet_call(g._diffuse(latents, t, noise), t, g._context(*static[3:]))
                 values = torch.zeros((latents.shape[0],) + tuple(table._value_shape), dtype=table._pool_values.dtype,
                                      device=x_in.device)  # [B, groups, ...] as a query returns them
                 cache.cached_output(x_in, t_in, ctx, values)
@@ -117,17 +123,18 @@ class HitStepGraphs:
         prepare, answer = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
         with torch.no_grad():
             with torch.cuda.graph(prepare, pool=self.pool):
-                x_t, x_in, t_in, ctx, values, hit, finite, n_hit = self._prepare(latents, t, noise, context, keys)
+                x_t, context, keys, x_in, t_in, ctx, values, hit, finite, n_hit = self._prepare(*static)
             with torch.cuda.graph(answer, pool=self.pool):
                 noise_pred, grad = self._answer(x_t, x_in, t_in, ctx, values, t, noise, clip)
-        return _Captured(prepare, answer, static, clip, x_t, values, hit, finite, n_hit, grad, noise_pred)
+        return _Captured(prepare, answer, static, clip, x_t, context, keys, values, hit, finite, n_hit, grad, noise_pred)
 
-    def _prepare(self, latents, t, noise, context, keys):
+    def _prepare(self, latents, t, noise, elevation, azimuth, distances):
         g = self.guidance
+        context, keys = g._context(elevation, azimuth, distances), g._keys(elevation, azimuth, distances, t)
         x_t = g._diffuse(latents, t, noise)
         x_in, t_in, ctx = g._unet_call(x_t, t, context)
         values, hit, finite = self.cache.query_core(keys, x_t)
-        return x_t, x_in, t_in, ctx, values, hit, finite, hit.sum()
+        return x_t, context, keys, x_in, t_in, ctx, values, hit, finite, hit.sum()
 
     def _answer(self, x_t, x_in, t_in, ctx, values, t, noise, clip):
         g = self.guidance

@@ -316,34 +316,40 @@ class SDSGuidance(torch.nn.Module):
                 pred = self.unet(x_in, t_in, encoder_hidden_states=context).sample
         return self._guided_noise(pred, x_t, t)
 
+    def _context(self, elevation: torch.Tensor, azimuth: torch.Tensor, camera_distances: torch.Tensor) -> torch.Tensor:
+        """The UNet's encoder states for a batch of cameras, stacked [cond (B); uncond (B)] (capturable)."""
+        raise NotImplementedError
+
+    def _keys(self, elevation, azimuth, camera_distances, t) -> torch.Tensor:
+        """Cache keys [B, 4]: (elevation °, azimuth °, camera distance, timestep)."""
+        return torch.stack([elevation.float(), azimuth.float(), camera_distances.float(), t.float()], dim=-1)
+
     def sds_from_latents(
         self,
         latents: torch.Tensor,
-        context: torch.Tensor,
         elevation: torch.Tensor,
         azimuth: torch.Tensor,
         camera_distances: torch.Tensor,
     ) -> GuidanceOutput:
-        """One SDS step on latents [B, C, h, w] (differentiable) given the CFG context [2B, L, D]."""
+        """One SDS step on latents [B, C, h, w] (differentiable) seen from the given cameras [B]."""
         B = latents.shape[0]
         t = self.sample_timesteps(B)
-        keys = torch.stack(
-            [elevation.float(), azimuth.float(), camera_distances.float(), t.float()], dim=-1
-        ).to(self.device)
+        cameras = tuple(c.to(self.device) for c in (elevation, azimuth, camera_distances))
         with torch.no_grad():
             noise = torch.randn(latents.shape, generator=self.generator, device=self.device, dtype=torch.float32)
-            tried = query = x_t = grad = None
+            tried = query = x_t = grad = context = keys = None
             if self._hit_step is not None and self.cache is not None and self.cache.ready_to_query(latents):
                 tried = self.cache.try_now()
                 if tried:  # graphed prepare + (if every sample hit) answer; else hand x_t and the query over
                     with section("unet"):
-                        answer = self._hit_step(latents.detach(), t, noise, context, keys, self.grad_clip_value)
+                        answer = self._hit_step(latents.detach(), t, noise, cameras, self.grad_clip_value)
                     if answer.all_hit:
                         self.cache.record_hits(answer.hit)
                         grad, noise_pred = answer.grad, answer.noise_pred
-                    x_t, query = answer.x_t, answer.query
+                    x_t, context, keys, query = answer.x_t, answer.context, answer.keys, answer.query
             if grad is None:
                 if x_t is None:
+                    context, keys = self._context(*cameras), self._keys(*cameras, t)
                     x_t = self._diffuse(latents.detach(), t, noise)
                 noise_pred = self._predict_noise(x_t, t, context, keys, tried, query)
                 grad = self._sds_grad(noise_pred, noise, t, self.grad_clip_value)

@@ -80,6 +80,8 @@ class StableDiffusionGuidance(SDSGuidance):
         if self.prompt is None:
             raise RuntimeError("call set_prompt(prompt) before using the Stable Diffusion guidance")
         latents = rgb.float() if rgb_as_latents else self.encode_images(rgb)
-        direction = view_direction(elevation.to(self.device), azimuth.to(self.device), self.config)
-        context = torch.cat([self.cond_embeddings[direction], self.uncond_embeddings[direction]])
-        return self.sds_from_latents(latents, context, elevation, azimuth, camera_distances)
+        return self.sds_from_latents(latents, elevation, azimuth, camera_distances)
+
+    def _context(self, elevation: torch.Tensor, azimuth: torch.Tensor, camera_distances: torch.Tensor) -> torch.Tensor:
+        direction = view_direction(elevation, azimuth, self.config)
+        return torch.cat([self.cond_embeddings[direction], self.uncond_embeddings[direction]])

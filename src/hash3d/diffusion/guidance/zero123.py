@@ -139,6 +139,4 @@ class Zero123Guidance(SDSGuidance):
         if not self.image_set:
             raise RuntimeError("call set_image(image) before using the Zero123 guidance")
         latents = rgb.float() if rgb_as_latents else self.encode_images(rgb)
-        with torch.no_grad():
-            context = self._context(elevation, azimuth, camera_distances)
-        return self.sds_from_latents(latents, context, elevation, azimuth, camera_distances)
+        return self.sds_from_latents(latents, elevation, azimuth, camera_distances)
