@@ -256,3 +256,23 @@ def test_hit_step_matches_the_host_dispatched_step(written_models, mode, family)
     assert {None, 0, 3} <= patterns and len(patterns) > 3, patterns  # untried, all-miss, all-hit and split steps
     for name in ("calls", "tried", "queries", "hits", "inserts", "full_samples", "cached_samples"):
         assert s_s[name] == s_p[name], name
+
+
+def test_hit_step_is_freed_without_the_cycle_collector(written_models):
+    """Captured graphs left in a reference cycle get freed by the cyclic collector at an arbitrary moment, which
+    breaks any capture in progress: dropping the cache must free the hit step at once."""
+    import gc
+    import weakref
+
+    from hash3d.diffusion.guidance.hit_step import HitStepGraphs
+
+    g = zero123(written_models["zero123"], cache=CacheConfig(enabled=True, mode="noise"))
+    g._hit_step = HitStepGraphs(g, g.cache, capture=False)
+    ref = weakref.ref(g._hit_step)
+    assert g.cache.stats["graphs_captured"] == 0
+    gc.disable()
+    try:
+        g.set_cache(CacheConfig(enabled=False))
+        assert ref() is None
+    finally:
+        gc.enable()

@@ -11,10 +11,26 @@ that follows it runs fn once).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import gc
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
+
+
+@contextlib.contextmanager
+def capturing() -> Iterator[None]:
+    """Around a capture: collect garbage first and not during it. A CUDA graph freed by the cyclic garbage collector
+    in the middle of another capture (e.g. one left in a reference cycle) invalidates that capture."""
+    gc.collect()
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def _signature(args: tuple) -> tuple:
@@ -51,7 +67,7 @@ class GraphedFunction:
         if self.pool is None:
             self.pool = torch.cuda.graph_pool_handle()
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool):
+        with capturing(), torch.cuda.graph(graph, pool=self.pool):
             out = self.fn(*static)
         return graph, static, out
 

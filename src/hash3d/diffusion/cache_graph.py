@@ -23,7 +23,7 @@ import weakref
 from collections.abc import Callable
 import torch
 
-from ..cuda_graphs import run_if
+from ..cuda_graphs import capturing, run_if
 
 RunPhase = Callable[[str, tuple, "torch.Tensor | None"], "tuple[torch.Tensor, torch.Tensor | None]"]
 """(phase, UNet call tensors, deep feature for "reuse") -> (UNet output, recorded deep feature or None)."""
@@ -143,7 +143,7 @@ class RequestGraphs:
         if self.pool is None:
             self.pool = torch.cuda.graph_pool_handle()
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool):
+        with capturing(), torch.cuda.graph(graph, pool=self.pool):
             result = self._step(run_phase, call, keys, latents, groups, out_spec)
         return graph, static, result
 

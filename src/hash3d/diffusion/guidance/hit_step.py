@@ -16,10 +16,12 @@ the table is not queried twice. Both graphs read the table's storage in place: t
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 import torch
 
+from ...cuda_graphs import capturing
 from ..cache_graph import StorageWatch
 
 
@@ -64,7 +66,8 @@ class HitStepGraphs:
         self.captured: dict[tuple, _Captured] = {}
         self.pool = None
         self._storage = StorageWatch(cache.table)
-        cache._state.graph_sources.append(lambda: 2 * len(self.captured))  # reported in the cache's stats
+        me = weakref.ref(self)  # no reference cycle through the cache: freed as soon as the guidance drops it
+        cache._state.graph_sources.append(lambda: 2 * len(me().captured) if me() is not None else 0)
 
     def __call__(
         self,
@@ -121,7 +124,7 @@ class HitStepGraphs:
         if self.pool is None:
             self.pool = torch.cuda.graph_pool_handle()
         prepare, answer = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
-        with torch.no_grad():
+        with torch.no_grad(), capturing():
             with torch.cuda.graph(prepare, pool=self.pool):
                 x_t, context, keys, x_in, t_in, ctx, values, hit, finite, n_hit = self._prepare(*static)
             with torch.cuda.graph(answer, pool=self.pool):

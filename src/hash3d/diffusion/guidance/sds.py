@@ -12,7 +12,7 @@ from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
 from ...cache.config import CacheConfig
 from ..schedule import ScheduleValue, check_schedule, schedule_value
-from ...cuda_graphs import GraphedFunction, cuda_graphs_available
+from ...cuda_graphs import GraphedFunction, capturing, cuda_graphs_available
 from ...profiling import section, time_backward
 from ..unet_cache import UNetCache, apply_hash_cache
 from .hit_step import HitStepGraphs
@@ -257,7 +257,9 @@ class SDSGuidance(torch.nn.Module):
             graphed = self._vae_graphs.get(key)
             if graphed is None:
                 sample = x.detach().clone().requires_grad_(True)
-                graphed = self._vae_graphs[key] = torch.cuda.make_graphed_callables(self._plain_moments, (sample,))
+                with capturing():
+                    graphed = torch.cuda.make_graphed_callables(self._plain_moments, (sample,))
+                self._vae_graphs[key] = graphed
             return graphed(x)
 
     def _plain_moments(self, x: torch.Tensor) -> torch.Tensor:
