@@ -203,7 +203,9 @@ class SDSGuidance(torch.nn.Module):
         self._hit_step = None
         if config.enabled:
             self.cache = apply_hash_cache(self.unet, config, self.device, cuda_graphs=self.config.cuda_graphs)
-            if self._graphs_on and not config.gpu_dispatch:
+            # noise mode only: in features mode the graphed step measured slower in training runs (batch 12 of
+            # stable-zero123, docs/benchmarks.md), where most tried batches split and take the host path anyway
+            if self._graphs_on and not config.gpu_dispatch and config.mode == "noise":
                 self._hit_step = HitStepGraphs(self, self.cache)
 
     def reset(self) -> None:
