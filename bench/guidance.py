@@ -56,8 +56,9 @@ def peak_mb(fn) -> float:
     return torch.cuda.max_memory_allocated() / 2**20
 
 
-def build(family: str, path: str, graphs: bool):
-    common = dict(pretrained_model_name_or_path=path, dtype="fp16", timestep_sampling="random_shared", cuda_graphs=graphs)
+def build(family: str, path: str, graphs: bool, channels_last: bool = True):
+    common = dict(pretrained_model_name_or_path=path, dtype="fp16", timestep_sampling="random_shared", cuda_graphs=graphs,
+                  channels_last=channels_last)
     if family == "sd":
         g = StableDiffusionGuidance(StableDiffusionGuidanceConfig(**common), "cuda")
         g.set_prompt("a DSLR photo of a corgi")
@@ -88,8 +89,10 @@ def profile(fn, label: str, steps: int = 10) -> None:
     print(prof.key_averages().table(sort_by="cpu_time_total", row_limit=40, max_name_column_width=70))
 
 
-def bench_family(family: str, path: str, batches: list[int], iters: int, graphs: bool, profiling: bool = False) -> list[dict]:
-    g = build(family, path, graphs)
+def bench_family(
+    family: str, path: str, batches: list[int], iters: int, graphs: bool, profiling: bool = False, channels_last: bool = True
+) -> list[dict]:
+    g = build(family, path, graphs, channels_last)
     latent = int(g.unet.config.sample_size)
     rows = []
     for B in batches:
@@ -104,7 +107,7 @@ def bench_family(family: str, path: str, batches: list[int], iters: int, graphs:
         def new_cams(i):  # a new elevation cell every call: always a miss
             return (torch.full((B,), 10.0 * (i % 1000) + 5.0 + 10000.0 * graphs, device="cuda"),) + fixed[1:]
 
-        row = {"family": family, "batch": B, "graphs": graphs}
+        row = {"family": family, "batch": B, "graphs": graphs, "channels_last": channels_last}
         g.set_cache(CacheConfig(enabled=False))
         row["off_ms"] = timed(lambda i: step(fixed), iters)
         row["off_peak_mb"] = peak_mb(lambda i: step(fixed))
@@ -146,24 +149,25 @@ def bench_family(family: str, path: str, batches: list[int], iters: int, graphs:
 
 def print_tables(rows: list[dict], device: str) -> None:
     print(f"\n### Guidance step (ms, median), fp16, {device}")
-    print("| model | batch | CUDA graphs | off | feat. miss | feat. hit | hit/miss | noise miss | noise hit | hit/miss | table q+i feat. | q+i / miss | VAE enc fwd+bwd | peak MB off / feat. / noise |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| model | batch | CUDA graphs | NHWC | off | feat. miss | feat. hit | hit/miss | noise miss | noise hit | hit/miss | table q+i feat. | q+i / miss | VAE enc fwd+bwd | peak MB off / feat. / noise |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(
-            f"| {r['family']} | {r['batch']} | {'on' if r['graphs'] else 'off'} | {r['off_ms']:.1f} | {r['features_miss_ms']:.1f} | {r['features_hit_ms']:.1f} | "
+            f"| {r['family']} | {r['batch']} | {'on' if r['graphs'] else 'off'} | {'on' if r.get('channels_last', False) else 'off'} | {r['off_ms']:.1f} | {r['features_miss_ms']:.1f} | {r['features_hit_ms']:.1f} | "
             f"{r['features_hit_ms'] / r['features_miss_ms']:.0%} | {r['noise_miss_ms']:.1f} | {r['noise_hit_ms']:.2f} | "
             f"{r['noise_hit_ms'] / r['noise_miss_ms']:.1%} | {r['features_table_ms']:.2f} | "
             f"{r['features_table_ms'] / r['features_miss_ms']:.1%} | {r['vae_encode_fwd_bwd_ms']:.1f} | "
             f"{r['off_peak_mb']:.0f} / {r['features_peak_mb']:.0f} / {r['noise_peak_mb']:.0f} |"
         )
     print("\n### Guidance-time speed-up vs cache off if every try hits: off / ((1-η)·miss + η·hit)")
-    print("| model | batch | CUDA graphs | mode | " + " | ".join(f"η={e:g}" for e in ETAS) + " |")
-    print("|---|---|---|---|" + "---|" * len(ETAS))
+    print("| model | batch | CUDA graphs | NHWC | mode | " + " | ".join(f"η={e:g}" for e in ETAS) + " |")
+    print("|---|---|---|---|---|" + "---|" * len(ETAS))
     for r in rows:
         for mode in ("features", "noise"):
             miss, hit = r[f"{mode}_miss_ms"], r[f"{mode}_hit_ms"]
             ratios = [r["off_ms"] / ((1 - e) * miss + e * hit) for e in ETAS]
-            print(f"| {r['family']} | {r['batch']} | {'on' if r['graphs'] else 'off'} | {mode} | " + " | ".join(f"{x:.2f}x" for x in ratios) + " |")
+            nhwc = "on" if r.get("channels_last", False) else "off"
+            print(f"| {r['family']} | {r['batch']} | {'on' if r['graphs'] else 'off'} | {nhwc} | {mode} | " + " | ".join(f"{x:.2f}x" for x in ratios) + " |")
 
 
 def main() -> None:
@@ -172,6 +176,7 @@ def main() -> None:
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 4, 8])
     parser.add_argument("--iters", type=int, default=30)
     parser.add_argument("--graphs", choices=["off", "on", "both"], default="both", help="CUDA-graph replay of UNet passes")
+    parser.add_argument("--channels-last", choices=["off", "on", "both"], default="on", help="NHWC UNet and VAE")
     parser.add_argument("--models", default="/tmp/hash3d-bench-models", help="where the written models go")
     parser.add_argument("--out", help="write the rows as JSON here")
     parser.add_argument("--profile", action="store_true", help="also print torch.profiler tables of off and hit steps")
@@ -185,7 +190,8 @@ def main() -> None:
         if not (path / "model_index.json").exists():
             write_model(family, "full", path, dtype=torch.float16, device="cuda")
         for graphs in {"off": [False], "on": [True], "both": [False, True]}[args.graphs]:
-            rows += bench_family(family, str(path), args.batches, args.iters, graphs, args.profile)
+            for nhwc in {"off": [False], "on": [True], "both": [False, True]}[args.channels_last]:
+                rows += bench_family(family, str(path), args.batches, args.iters, graphs, args.profile, nhwc)
     print_tables(rows, device)
     if args.out:
         Path(args.out).write_text(json.dumps({"device": device, "rows": rows}, indent=2))

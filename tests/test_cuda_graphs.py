@@ -221,3 +221,21 @@ def test_nonfinite_keys_on_a_gpu_are_never_stored_and_reported(gpu_dispatch):
     assert cache.table.stats.entries == entries
     with pytest.raises(ValueError, match="NaN or inf"):
         cache.stats
+
+
+def test_channels_last_matches_contiguous(written_models):
+    """NHWC UNet and VAE (the CUDA default) compute what the NCHW ones do: SDS gradients, ε̂ and encoded latents."""
+    outs = {}
+    for nhwc in (False, True):
+        g = Zero123Guidance(
+            Zero123GuidanceConfig(pretrained_model_name_or_path=written_models["zero123"], dtype="fp32", channels_last=nhwc),
+            "cuda",
+        )
+        g.set_image(torch.rand(4, 64, 64, generator=torch.Generator().manual_seed(0)))
+        assert g.memory_format == (torch.channels_last if nhwc else torch.contiguous_format)
+        rgb = torch.rand(2, 3, 64, 64, device="cuda", generator=torch.Generator("cuda").manual_seed(1), requires_grad=True)
+        out = g(rgb, torch.tensor([10.0, 20.0], device="cuda"), torch.tensor([0.0, 90.0], device="cuda"), torch.full((2,), 1.2, device="cuda"))
+        out.loss.backward()
+        outs[nhwc] = (out.noise_pred, out.grad, rgb.grad)
+    for a, b in zip(outs[True], outs[False]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)

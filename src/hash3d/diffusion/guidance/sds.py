@@ -43,6 +43,9 @@ class GuidanceConfig:
     cuda_graphs: bool = True
     """Replay UNet passes and cache lookups as CUDA graphs (CUDA only; ignored on the CPU). At SDS sizes the UNet is
     bound by kernel launches: graphs make a cache-off step 2.5-3.6x faster on an H100 (docs/benchmarks.md)."""
+    channels_last: bool = True
+    """On CUDA, keep the UNet's and the VAE's weights and inputs channels-last (NHWC), the layout in which fp16
+    convolutions run on tensor cores without transposes (docs/benchmarks.md). Ignored on the CPU."""
     cache: CacheConfig = field(default_factory=CacheConfig)
 
     def __post_init__(self) -> None:
@@ -147,6 +150,12 @@ class SDSGuidance(torch.nn.Module):
         self.vae_dtype = next(vae.parameters()).dtype
         self.image_size = int(unet.config.sample_size) * 2 ** (len(vae.config.block_out_channels) - 1)
         """Side of the square images the model works at; renders are resized to it."""
+        self.memory_format = (
+            torch.channels_last if config.channels_last and torch.device(device).type == "cuda" else torch.contiguous_format
+        )
+        if self.memory_format == torch.channels_last:
+            unet.to(memory_format=torch.channels_last)
+            vae.to(memory_format=torch.channels_last)
         self.scheduler = scheduler
         self.num_train_timesteps = int(scheduler.config.num_train_timesteps)
         self.prediction_type = scheduler.config.prediction_type
@@ -240,7 +249,7 @@ class SDSGuidance(torch.nn.Module):
     def encode_images(self, rgb: torch.Tensor) -> torch.Tensor:
         """rgb [B, 3, H, W] in [0, 1] -> scaled VAE latents [B, 4, h, w] (differentiable)."""
         with section("vae_encode"):
-            x = (self.resize(rgb) * 2 - 1).to(self.vae_dtype)
+            x = (self.resize(rgb) * 2 - 1).to(self.vae_dtype).contiguous(memory_format=self.memory_format)
             posterior = DiagonalGaussianDistribution(self._encoder_moments(x))
             latents = (posterior.sample(generator=self.generator) * self.vae.config.scaling_factor).float()
         time_backward("vae_backward", latents, x)
@@ -282,8 +291,8 @@ class SDSGuidance(torch.nn.Module):
 
     def _unet_call(self, x_t: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """The classifier-free-guidance UNet batch: (sample [2B, ...], timesteps [2B], context [2B, L, D])."""
-        x_in = self._unet_input(torch.cat([x_t, x_t]))
-        return x_in.to(self.unet_dtype), torch.cat([t, t]), context.to(self.unet_dtype)
+        x_in = self._unet_input(torch.cat([x_t, x_t])).to(self.unet_dtype).contiguous(memory_format=self.memory_format)
+        return x_in, torch.cat([t, t]), context.to(self.unet_dtype)
 
     def _guided_noise(self, pred: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """UNet output [2B, ...] -> CFG-combined ε̂ [B, ...] (float32)."""
