@@ -56,7 +56,7 @@ def peak_mb(fn) -> float:
     return torch.cuda.max_memory_allocated() / 2**20
 
 
-def build(family: str, path: str, graphs: bool, channels_last: bool = True):
+def build(family: str, path: str, graphs: bool, channels_last: bool = False):
     common = dict(pretrained_model_name_or_path=path, dtype="fp16", timestep_sampling="random_shared", cuda_graphs=graphs,
                   channels_last=channels_last)
     if family == "sd":
@@ -90,7 +90,7 @@ def profile(fn, label: str, steps: int = 10) -> None:
 
 
 def bench_family(
-    family: str, path: str, batches: list[int], iters: int, graphs: bool, profiling: bool = False, channels_last: bool = True
+    family: str, path: str, batches: list[int], iters: int, graphs: bool, profiling: bool = False, channels_last: bool = False
 ) -> list[dict]:
     g = build(family, path, graphs, channels_last)
     latent = int(g.unet.config.sample_size)
@@ -176,7 +176,7 @@ def main() -> None:
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 4, 8])
     parser.add_argument("--iters", type=int, default=30)
     parser.add_argument("--graphs", choices=["off", "on", "both"], default="both", help="CUDA-graph replay of UNet passes")
-    parser.add_argument("--channels-last", choices=["off", "on", "both"], default="on", help="NHWC UNet and VAE")
+    parser.add_argument("--channels-last", choices=["off", "on", "both"], default="off", help="NHWC UNet and VAE")
     parser.add_argument("--models", default="/tmp/hash3d-bench-models", help="where the written models go")
     parser.add_argument("--out", help="write the rows as JSON here")
     parser.add_argument("--profile", action="store_true", help="also print torch.profiler tables of off and hit steps")

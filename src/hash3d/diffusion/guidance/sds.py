@@ -43,9 +43,10 @@ class GuidanceConfig:
     cuda_graphs: bool = True
     """Replay UNet passes and cache lookups as CUDA graphs (CUDA only; ignored on the CPU). At SDS sizes the UNet is
     bound by kernel launches: graphs make a cache-off step 2.5-3.6x faster on an H100 (docs/benchmarks.md)."""
-    channels_last: bool = True
-    """On CUDA, keep the UNet's and the VAE's weights and inputs channels-last (NHWC), the layout in which fp16
-    convolutions run on tensor cores without transposes (docs/benchmarks.md). Ignored on the CPU."""
+    channels_last: bool = False
+    """On CUDA, keep the UNet's and the VAE's weights and inputs channels-last (NHWC). Off by default: on an H100 it
+    made the Zero123 UNet faster at batch 1-4 (8.7 -> 6.2 ms a step) but the VAE encoder 1.3-1.5x slower and a
+    stable-zero123 training step slower overall (docs/benchmarks.md). Ignored on the CPU."""
     cache: CacheConfig = field(default_factory=CacheConfig)
 
     def __post_init__(self) -> None:
