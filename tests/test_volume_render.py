@@ -97,7 +97,7 @@ def test_exclusive_segment_sum_matches_per_ray_loop():
     torch.manual_seed(0)
     ray_indices = torch.sort(torch.randint(0, 7, (200,))).values
     values = torch.rand(200) * 100
-    got = exclusive_segment_sum(values, ray_indices, 9)
+    got = exclusive_segment_sum(values, ray_indices)
     expected = torch.zeros(200)
     for r in range(9):
         idx = (ray_indices == r).nonzero().squeeze(-1)

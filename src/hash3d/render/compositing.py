@@ -10,19 +10,19 @@ from __future__ import annotations
 import torch
 
 
-def exclusive_segment_sum(values: torch.Tensor, ray_indices: torch.Tensor, n_rays: int) -> torch.Tensor:
+def exclusive_segment_sum(values: torch.Tensor, ray_indices: torch.Tensor) -> torch.Tensor:
     """Σ of `values` [M] over earlier samples of the same ray -> [M] (0 at each ray's first sample).
 
     One global cumulative sum in float64 minus its value at the ray's start: no per-ray loop and no padding,
-    and the float64 sum keeps the difference exact to ~1e-16 of the running total.
+    and the float64 sum keeps the difference exact to ~1e-16 of the running total. Each sample finds its ray's first
+    sample by binary search in the sorted ray indices (no host read, unlike a bincount of data-dependent size).
     """
     if values.numel() == 0:
         return values
     v = values.double()
     before = torch.cumsum(v, 0) - v  # global exclusive sum
-    counts = torch.bincount(ray_indices, minlength=n_rays)
-    first = (torch.cumsum(counts, 0) - counts).clamp(max=values.numel() - 1)  # [R] first sample of each ray
-    return (before - before[first[ray_indices]]).to(values.dtype)
+    first = torch.searchsorted(ray_indices, ray_indices)  # [M] first sample of the same ray
+    return (before - before[first]).to(values.dtype)
 
 
 def render_weights(
@@ -33,7 +33,7 @@ def render_weights(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """-> weights [M], transmittance before each sample [M], alphas [M]."""
     tau = sigmas * deltas
-    transmittance = torch.exp(-exclusive_segment_sum(tau, ray_indices, n_rays))
+    transmittance = torch.exp(-exclusive_segment_sum(tau, ray_indices))
     alphas = 1.0 - torch.exp(-tau)
     return transmittance * alphas, transmittance, alphas
 
