@@ -19,6 +19,14 @@ from typing import Any
 import torch
 
 
+def capture_pool(pool):
+    """Ready to capture into `pool` (a new one when None): queued work finished and cached blocks released, since
+    freeing them is not allowed while capturing."""
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    return torch.cuda.graph_pool_handle() if pool is None else pool
+
+
 @contextlib.contextmanager
 def capturing() -> Iterator[None]:
     """Around a capture: no cyclic garbage collection during it. A CUDA graph freed by the collector in the middle of
@@ -61,11 +69,7 @@ class GraphedFunction:
                 for _ in range(self.warmup):
                     self.fn(*static)
             torch.cuda.current_stream().wait_stream(side)
-        # freeing cached blocks is not allowed while capturing: release them now so the capture never has to
-        torch.cuda.synchronize()
-        torch.cuda.empty_cache()
-        if self.pool is None:
-            self.pool = torch.cuda.graph_pool_handle()
+        self.pool = capture_pool(self.pool)
         graph = torch.cuda.CUDAGraph()
         with capturing(), torch.cuda.graph(graph, pool=self.pool):
             out = self.fn(*static)

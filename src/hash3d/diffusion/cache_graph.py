@@ -23,7 +23,7 @@ import weakref
 from collections.abc import Callable
 import torch
 
-from ..cuda_graphs import capturing, run_if
+from ..cuda_graphs import capture_pool, capturing, run_if
 
 RunPhase = Callable[[str, tuple, "torch.Tensor | None"], "tuple[torch.Tensor, torch.Tensor | None]"]
 """(phase, UNet call tensors, deep feature for "reuse") -> (UNet output, recorded deep feature or None)."""
@@ -138,10 +138,7 @@ class RequestGraphs:
         static = [t.clone() for t in inputs]
         call, keys, latents = tuple(static[:n_call]), static[n_call], static[n_call + 1]
         out_spec = self._warm_up(run_phase, call, keys.shape[0], groups)
-        torch.cuda.synchronize()
-        torch.cuda.empty_cache()
-        if self.pool is None:
-            self.pool = torch.cuda.graph_pool_handle()
+        self.pool = capture_pool(self.pool)
         graph = torch.cuda.CUDAGraph()
         with capturing(), torch.cuda.graph(graph, pool=self.pool):
             result = self._step(run_phase, call, keys, latents, groups, out_spec)

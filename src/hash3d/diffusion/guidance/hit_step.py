@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ...cuda_graphs import capturing
+from ...cuda_graphs import capture_pool, capturing
 from ..cache_graph import StorageWatch
 
 
@@ -119,10 +119,7 @@ class HitStepGraphs:
                                      device=x_in.device)  # [B, groups, ...] as a query returns them
                 cache.cached_output(x_in, t_in, ctx, values)
             torch.cuda.current_stream().wait_stream(side)
-        torch.cuda.synchronize()
-        torch.cuda.empty_cache()
-        if self.pool is None:
-            self.pool = torch.cuda.graph_pool_handle()
+        self.pool = capture_pool(self.pool)
         prepare, answer = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
         with torch.no_grad(), capturing():
             with torch.cuda.graph(prepare, pool=self.pool):
