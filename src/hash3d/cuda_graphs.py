@@ -54,10 +54,19 @@ def _clone(out: Any) -> Any:
 
 
 class GraphedFunction:
-    def __init__(self, fn: Callable[..., Any], warmup: int = 2):
+    """fn replayed as one CUDA graph per input signature (see the module docstring).
+
+    capture_after: capture a signature at its n-th call and run the earlier ones eagerly. A capture costs a few
+    eager calls plus a synchronisation, so signatures that come up once (e.g. the rarer split-batch sizes of a
+    cache) are cheaper eager.
+    """
+
+    def __init__(self, fn: Callable[..., Any], warmup: int = 2, capture_after: int = 1):
         self.fn = fn
         self.warmup = warmup
+        self.capture_after = capture_after
         self.graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, list, Any]] = {}
+        self.calls: dict[tuple, int] = {}
         self.pool = None
 
     def _capture(self, args: tuple):
@@ -79,6 +88,9 @@ class GraphedFunction:
         key = _signature(args)
         entry = self.graphs.get(key)
         if entry is None:
+            self.calls[key] = seen = self.calls.get(key, 0) + 1
+            if seen < self.capture_after:
+                return self.fn(*args)
             entry = self.graphs[key] = self._capture(args)
         graph, static, out = entry
         for buffer, a in zip(static, args):
@@ -89,6 +101,7 @@ class GraphedFunction:
 
     def reset(self) -> None:
         self.graphs.clear()
+        self.calls.clear()
         self.pool = None
 
 

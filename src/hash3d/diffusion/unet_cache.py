@@ -267,7 +267,8 @@ class _UNetHook(ModelHook):
         args = tuple(call) + ((deep,) if phase == "reuse" else ())
         if st.graphs is not None and not extra and _all_tensors(args):
             if phase not in st.graphs:
-                st.graphs[phase] = GraphedFunction(run)
+                # a split-batch size may come up only once in a run: capture a shape at its second call
+                st.graphs[phase] = GraphedFunction(run, warmup=1, capture_after=2)
             # split batches come in every size from 1 to B: pad to a power of two so a handful of graphs serve
             # them all (a launch-bound UNet pass costs about the same for a few more rows)
             n = call[0].shape[0]
