@@ -236,3 +236,24 @@ def test_channels_last_matches_contiguous(written_models):
         outs[nhwc] = (out.noise_pred, out.grad, rgb.grad)
     for a, b in zip(outs[True], outs[False]):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_split_batch_runs_in_full_where_that_measured_cheaper(written_models):
+    """With replay times that make the split dearer, a features-mode split batch runs the full UNet on every sample:
+    plain outputs, nothing served from the cache, every key inserted."""
+    g = make(written_models["zero123"], "features", True)
+    latents = torch.randn(3, 4, 8, 8, device="cuda")
+    elev, dist = torch.tensor([10.0, 20.0, 30.0], device="cuda"), torch.full((3,), 1.2, device="cuda")
+    same, moved = torch.tensor([0.0, 90.0, 180.0], device="cuda"), torch.tensor([0.0, 135.0, 180.0], device="cuda")
+    for _ in range(3):  # capture and time the full and shallow passes
+        g(latents, elev, same, dist, rgb_as_latents=True)
+    graphs = g.cache._state.graphs
+    for fn in graphs.values():
+        for rows in list(fn.replay_ms) + [2, 4, 8]:
+            fn.replay_ms[rows] = 100.0  # every padded size: a split (two passes) now costs more than one pass
+    before = g.cache.stats
+    out = g(latents, elev, moved, dist, rgb_as_latents=True)
+    after = g.cache.stats
+    assert not out.cache_hits.any()
+    assert after["full_samples"] - before["full_samples"] == 3 and after["cached_samples"] == before["cached_samples"]
+    assert after["inserts"] - before["inserts"] == 3

@@ -381,3 +381,23 @@ def test_request_step_without_host_decisions_matches_the_eager_dispatch(mode, ad
     for name in ("pool_ids", "next_id", "pool_latents"):
         torch.testing.assert_close(t_s[name], t_e[name], msg=name)
     torch.testing.assert_close(t_s["pool_values"], t_e["pool_values"], rtol=1e-5, atol=1e-6)
+
+
+def test_split_batches_follow_the_measured_pass_costs():
+    """features mode splits a batch (full pass on misses + shallow pass on hits) only where the replay times measured
+    at capture say that is cheaper than one full pass over all rows (padded to powers of two as replayed)."""
+    from types import SimpleNamespace
+
+    unet = tiny_unet()
+    cache = apply_hash_cache(unet, cfg("features"))
+    hook = unet._diffusers_hook.get_hook("hash3d_cache")
+    assert hook._split_pays(24, 10, 14)  # no graphs (CPU): always split
+    hook.state.graphs = {"record": SimpleNamespace(replay_ms={32: 25.0, 16: 20.0}), "reuse": SimpleNamespace(replay_ms={16: 8.0})}
+    assert not hook._split_pays(24, 10, 14)  # 20 + 8 > 25: one full pass
+    hook.state.graphs["record"].replay_ms[16] = 15.0
+    assert hook._split_pays(24, 10, 14)  # 15 + 8 < 25
+    assert hook._split_pays(24, 2, 22)  # a size not measured yet: split (and so get it measured)
+    hook.state.config = CacheConfig(enabled=True, mode="noise")
+    hook.state.graphs["record"].replay_ms[16] = 30.0
+    assert hook._split_pays(24, 10, 14)  # noise-mode hits cost no UNet: always split
+    cache.remove()

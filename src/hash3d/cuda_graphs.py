@@ -61,12 +61,16 @@ class GraphedFunction:
     cache) are cheaper eager.
     """
 
-    def __init__(self, fn: Callable[..., Any], warmup: int = 2, capture_after: int = 1):
+    def __init__(self, fn: Callable[..., Any], warmup: int = 2, capture_after: int = 1, time_replays: bool = False):
         self.fn = fn
         self.warmup = warmup
         self.capture_after = capture_after
+        self.time_replays = time_replays
         self.graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, list, Any]] = {}
         self.calls: dict[tuple, int] = {}
+        self.replay_ms: dict[int, float] = {}
+        """With time_replays: GPU ms of the first replay of each captured graph, by the first argument's batch size
+        (timed right after the capture, which synchronises anyway)."""
         self.pool = None
 
     def _capture(self, args: tuple):
@@ -92,6 +96,8 @@ class GraphedFunction:
             if seen < self.capture_after:
                 return self.fn(*args)
             entry = self.graphs[key] = self._capture(args)
+            if self.time_replays:
+                return self._timed_replay(entry, args)
         graph, static, out = entry
         for buffer, a in zip(static, args):
             if isinstance(a, torch.Tensor):
@@ -99,9 +105,23 @@ class GraphedFunction:
         graph.replay()
         return _clone(out)
 
+    def _timed_replay(self, entry, args):
+        graph, static, out = entry
+        for buffer, a in zip(static, args):
+            if isinstance(a, torch.Tensor):
+                buffer.copy_(a)
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        self.replay_ms[args[0].shape[0]] = start.elapsed_time(end)
+        return _clone(out)
+
     def reset(self) -> None:
         self.graphs.clear()
         self.calls.clear()
+        self.replay_ms.clear()
         self.pool = None
 
 

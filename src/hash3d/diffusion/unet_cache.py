@@ -215,6 +215,11 @@ class _UNetHook(ModelHook):
         elif n_hits == n_keys:
             out = self._cached(forward, call, kwargs, values, groups)
             st.cached_samples += n_keys
+        elif not self._split_pays(batch, groups * (n_keys - n_hits), groups * n_hits):
+            # features mode, where the full pass over the whole batch measured cheaper than the split one: no reuse
+            out = self._full(forward, call, kwargs, req.keys, req.latents, groups, req.finite)
+            st.full_samples += n_keys
+            st.last_hits = torch.zeros_like(hit)
         else:
             # misses then hits, each in index order, without another host read
             order = torch.argsort(hit.to(torch.int8), stable=True)
@@ -233,6 +238,22 @@ class _UNetHook(ModelHook):
             st.cached_samples += n_hits
             st.full_samples += n_keys - n_hits
         return UNet2DConditionOutput(sample=out) if kwargs.get("return_dict", True) else (out,)
+
+    def _split_pays(self, rows: int, miss_rows: int, hit_rows: int) -> bool:
+        """Whether a split batch (full pass on the misses, shallow pass on the hits) costs less than one full pass
+        over all rows, by the replay times measured when the passes were captured. Noise mode always splits (its hits
+        cost no UNet); so does anything not yet measured."""
+        st = self.state
+        if st.config.mode != "features" or st.graphs is None:
+            return True
+        full, reuse = st.graphs.get("record"), st.graphs.get("reuse")
+        if full is None or reuse is None:
+            return True
+        pad = lambda n: 1 << (n - 1).bit_length()  # noqa: E731  (as _execute pads split batches)
+        costs = (full.replay_ms.get(pad(rows)), full.replay_ms.get(pad(miss_rows)), reuse.replay_ms.get(pad(hit_rows)))
+        if None in costs:
+            return True
+        return costs[1] + costs[2] < costs[0]
 
     def _phase_runner(self, forward, n_call: int, extra: dict):
         """(phase, call tensors, deep feature for "reuse") -> (UNet output, recorded deep feature or None)."""
@@ -268,7 +289,7 @@ class _UNetHook(ModelHook):
         if st.graphs is not None and not extra and _all_tensors(args):
             if phase not in st.graphs:
                 # a split-batch size may come up only once in a run: capture a shape at its second call
-                st.graphs[phase] = GraphedFunction(run, warmup=1, capture_after=2)
+                st.graphs[phase] = GraphedFunction(run, warmup=1, capture_after=2, time_replays=True)
             # split batches come in every size from 1 to B: pad to a power of two so a handful of graphs serve
             # them all (a launch-bound UNet pass costs about the same for a few more rows)
             n = call[0].shape[0]
