@@ -195,19 +195,15 @@ class _UNetHook(ModelHook):
         values, hit = None, None
         if st.should_try() if req.tried is None else req.tried:
             st.tried += 1
-            if req.query is not None:
-                values, hit = req.query
-                st.last_hits = hit
-            graphs = None if req.query is not None else st.request_graphs
+            graphs = st.request_graphs if req.query is None else None
             if graphs is not None and st.table._pool_values is not None and not _extra(kwargs) and _all_tensors(call):
                 st.table._check_shape("latents", req.latents, st.table._latent_shape)
                 out, st.last_hits = graphs(self._phase_runner(forward, len(call), {}), call, req.keys, req.latents, groups)
                 return UNet2DConditionOutput(sample=out) if kwargs.get("return_dict", True) else (out,)
-            if req.query is None:
-                values, hit = st.table.query(req.keys, req.latents)
-                if req.finite is not None:
-                    hit = hit & req.finite
-                st.last_hits = hit
+            values, hit = req.query if req.query is not None else st.table.query(req.keys, req.latents)
+            if req.finite is not None:
+                hit = hit & req.finite
+            st.last_hits = hit
         n_hits = 0 if values is None else int(hit.sum())  # the one host read of a tried call
         if n_hits == 0:
             out = self._full(forward, call, kwargs, req.keys, req.latents, groups, req.finite)
