@@ -19,7 +19,7 @@ from ..scene.field import FieldOutput, RadianceField
 from .compositing import accumulate_along_rays, render_weights
 from .material import Shading, shade
 from .occupancy import OccupancyGrid, OccupancyGridConfig
-from .sampling import PackedSamples, march_rays
+from .sampling import march_rays
 
 
 @dataclass
