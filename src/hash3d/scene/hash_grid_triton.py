@@ -84,6 +84,33 @@ if triton is not None:
         return tl.where(dense, dense_idx, hashed_idx) + off
 
     @triton.jit
+    def _level(res_ptr, off_ptr, lvl, n_dense, x, y, z, in_x, in_y, in_z):
+        """One level's table offset, vertices per axis, dense flag, the points' cells and positions inside them, and the
+        derivative scale of the clamped coordinates (resolution inside [0, 1], 0 outside)."""
+        res_i = tl.load(res_ptr + lvl).to(tl.int64)
+        off = tl.load(off_ptr + lvl).to(tl.int64)
+        res_f = res_i.to(tl.float32)
+        cx, fx = _level_cell(x, res_f, res_i)
+        cy, fy = _level_cell(y, res_f, res_i)
+        cz, fz = _level_cell(z, res_f, res_i)
+        return off, res_i + 1, lvl < n_dense, cx, cy, cz, fx, fy, fz, in_x * res_f, in_y * res_f, in_z * res_f
+
+    @triton.jit
+    def _corner(c: tl.constexpr, cx, cy, cz, fx, fy, fz, sx, sy, sz, verts, dense, hash_mask, off):
+        """Corner c (bits i, j, k) of the cell -> its table row, trilinear weight and the weight's d/dx, d/dy, d/dz."""
+        bi: tl.constexpr = (c >> 2) & 1
+        bj: tl.constexpr = (c >> 1) & 1
+        bk: tl.constexpr = c & 1
+        wx = fx if bi else 1.0 - fx
+        wy = fy if bj else 1.0 - fy
+        wz = fz if bk else 1.0 - fz
+        dx = sx if bi else -sx
+        dy = sy if bj else -sy
+        dz = sz if bk else -sz
+        idx = _corner_entry(cx + bi, cy + bj, cz + bk, verts, dense, hash_mask, off)
+        return idx, (wx * wy) * wz, (dx * wy) * wz, (wx * dy) * wz, (wx * wy) * dz
+
+    @triton.jit
     def _hash_grid_fwd_kernel(
         x_ptr, table_ptr, res_ptr, off_ptr, out_ptr,
         n_points, n_levels, n_dense, hash_mask,
@@ -97,36 +124,21 @@ if triton is not None:
         width = n_levels * N_FEAT
         row0 = pts[:, None] * (ROWS * width) + feat[None, :]
         for lvl in range(n_levels):
-            res_i = tl.load(res_ptr + lvl).to(tl.int64)
-            off = tl.load(off_ptr + lvl).to(tl.int64)
-            res_f = res_i.to(tl.float32)
-            verts = res_i + 1
-            dense = lvl < n_dense
-            cx, fx = _level_cell(x, res_f, res_i)
-            cy, fy = _level_cell(y, res_f, res_i)
-            cz, fz = _level_cell(z, res_f, res_i)
-            sx, sy, sz = in_x * res_f, in_y * res_f, in_z * res_f
+            off, verts, dense, cx, cy, cz, fx, fy, fz, sx, sy, sz = _level(
+                res_ptr, off_ptr, lvl, n_dense, x, y, z, in_x, in_y, in_z
+            )
             acc0 = tl.zeros([BLOCK, F_PAD], dtype=tl.float32)
             acc1 = tl.zeros([BLOCK, F_PAD], dtype=tl.float32)
             acc2 = tl.zeros([BLOCK, F_PAD], dtype=tl.float32)
             acc3 = tl.zeros([BLOCK, F_PAD], dtype=tl.float32)
             for c in tl.static_range(8):
-                bi = (c >> 2) & 1
-                bj = (c >> 1) & 1
-                bk = c & 1
-                wx = fx if bi else 1.0 - fx
-                wy = fy if bj else 1.0 - fy
-                wz = fz if bk else 1.0 - fz
-                idx = _corner_entry(cx + bi, cy + bj, cz + bk, verts, dense, hash_mask, off)
+                idx, w, w_x, w_y, w_z = _corner(c, cx, cy, cz, fx, fy, fz, sx, sy, sz, verts, dense, hash_mask, off)
                 v = tl.load(table_ptr + idx[:, None] * N_FEAT + feat[None, :], mask=mask2, other=0.0)
-                acc0 += ((wx * wy) * wz)[:, None] * v
+                acc0 += w[:, None] * v
                 if ROWS == 4:
-                    dx = sx if bi else -sx
-                    dy = sy if bj else -sy
-                    dz = sz if bk else -sz
-                    acc1 += ((dx * wy) * wz)[:, None] * v
-                    acc2 += ((wx * dy) * wz)[:, None] * v
-                    acc3 += ((wx * wy) * dz)[:, None] * v
+                    acc1 += w_x[:, None] * v
+                    acc2 += w_y[:, None] * v
+                    acc3 += w_z[:, None] * v
             base = row0 + lvl * N_FEAT
             tl.store(out_ptr + base, acc0, mask=mask2)
             if ROWS == 4:
@@ -148,15 +160,9 @@ if triton is not None:
         width = n_levels * N_FEAT
         row0 = pts[:, None] * (ROWS * width) + feat[None, :]
         for lvl in range(n_levels):
-            res_i = tl.load(res_ptr + lvl).to(tl.int64)
-            off = tl.load(off_ptr + lvl).to(tl.int64)
-            res_f = res_i.to(tl.float32)
-            verts = res_i + 1
-            dense = lvl < n_dense
-            cx, fx = _level_cell(x, res_f, res_i)
-            cy, fy = _level_cell(y, res_f, res_i)
-            cz, fz = _level_cell(z, res_f, res_i)
-            sx, sy, sz = in_x * res_f, in_y * res_f, in_z * res_f
+            off, verts, dense, cx, cy, cz, fx, fy, fz, sx, sy, sz = _level(
+                res_ptr, off_ptr, lvl, n_dense, x, y, z, in_x, in_y, in_z
+            )
             base = row0 + lvl * N_FEAT
             g0 = tl.load(grad_out_ptr + base, mask=mask2, other=0.0)
             if ROWS == 4:
@@ -164,21 +170,12 @@ if triton is not None:
                 g2 = tl.load(grad_out_ptr + base + 2 * width, mask=mask2, other=0.0)
                 g3 = tl.load(grad_out_ptr + base + 3 * width, mask=mask2, other=0.0)
             for c in tl.static_range(8):
-                bi = (c >> 2) & 1
-                bj = (c >> 1) & 1
-                bk = c & 1
-                wx = fx if bi else 1.0 - fx
-                wy = fy if bj else 1.0 - fy
-                wz = fz if bk else 1.0 - fz
-                idx = _corner_entry(cx + bi, cy + bj, cz + bk, verts, dense, hash_mask, off)
-                contrib = ((wx * wy) * wz)[:, None] * g0
+                idx, w, w_x, w_y, w_z = _corner(c, cx, cy, cz, fx, fy, fz, sx, sy, sz, verts, dense, hash_mask, off)
+                contrib = w[:, None] * g0
                 if ROWS == 4:
-                    dx = sx if bi else -sx
-                    dy = sy if bj else -sy
-                    dz = sz if bk else -sz
-                    contrib += ((dx * wy) * wz)[:, None] * g1
-                    contrib += ((wx * dy) * wz)[:, None] * g2
-                    contrib += ((wx * wy) * dz)[:, None] * g3
+                    contrib += w_x[:, None] * g1
+                    contrib += w_y[:, None] * g2
+                    contrib += w_z[:, None] * g3
                 tl.atomic_add(grad_table_ptr + idx[:, None] * N_FEAT + feat[None, :], contrib, mask=mask2)
 
 
