@@ -84,6 +84,19 @@ if triton is not None:
         return tl.where(dense, dense_idx, hashed_idx) + off
 
     @triton.jit
+    def _block(x_ptr, n_points, n_levels, N_FEAT: tl.constexpr, F_PAD: tl.constexpr, ROWS: tl.constexpr,
+               BLOCK: tl.constexpr):
+        """This program's points: feature lanes, their mask, the output width, each point's first output offset,
+        and the clamped coordinates with their clamp derivatives."""
+        pts = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+        pmask = pts < n_points
+        feat = tl.arange(0, F_PAD)
+        mask2 = pmask[:, None] & (feat < N_FEAT)[None, :]
+        x, y, z, in_x, in_y, in_z = _load_points(x_ptr, pts, pmask)
+        width = n_levels * N_FEAT
+        return feat, mask2, width, pts[:, None] * (ROWS * width) + feat[None, :], x, y, z, in_x, in_y, in_z
+
+    @triton.jit
     def _level(res_ptr, off_ptr, lvl, n_dense, x, y, z, in_x, in_y, in_z):
         """One level's table offset, vertices per axis, dense flag, the points' cells and positions inside them, and the
         derivative scale of the clamped coordinates (resolution inside [0, 1], 0 outside)."""
@@ -116,13 +129,7 @@ if triton is not None:
         n_points, n_levels, n_dense, hash_mask,
         N_FEAT: tl.constexpr, F_PAD: tl.constexpr, ROWS: tl.constexpr, BLOCK: tl.constexpr,
     ):
-        pts = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-        pmask = pts < n_points
-        feat = tl.arange(0, F_PAD)
-        mask2 = pmask[:, None] & (feat < N_FEAT)[None, :]
-        x, y, z, in_x, in_y, in_z = _load_points(x_ptr, pts, pmask)
-        width = n_levels * N_FEAT
-        row0 = pts[:, None] * (ROWS * width) + feat[None, :]
+        feat, mask2, width, row0, x, y, z, in_x, in_y, in_z = _block(x_ptr, n_points, n_levels, N_FEAT, F_PAD, ROWS, BLOCK)
         for lvl in range(n_levels):
             off, verts, dense, cx, cy, cz, fx, fy, fz, sx, sy, sz = _level(
                 res_ptr, off_ptr, lvl, n_dense, x, y, z, in_x, in_y, in_z
@@ -152,13 +159,7 @@ if triton is not None:
         n_points, n_levels, n_dense, hash_mask,
         N_FEAT: tl.constexpr, F_PAD: tl.constexpr, ROWS: tl.constexpr, BLOCK: tl.constexpr,
     ):
-        pts = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-        pmask = pts < n_points
-        feat = tl.arange(0, F_PAD)
-        mask2 = pmask[:, None] & (feat < N_FEAT)[None, :]
-        x, y, z, in_x, in_y, in_z = _load_points(x_ptr, pts, pmask)
-        width = n_levels * N_FEAT
-        row0 = pts[:, None] * (ROWS * width) + feat[None, :]
+        feat, mask2, width, row0, x, y, z, in_x, in_y, in_z = _block(x_ptr, n_points, n_levels, N_FEAT, F_PAD, ROWS, BLOCK)
         for lvl in range(n_levels):
             off, verts, dense, cx, cy, cz, fx, fy, fz, sx, sy, sz = _level(
                 res_ptr, off_ptr, lvl, n_dense, x, y, z, in_x, in_y, in_z
