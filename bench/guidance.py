@@ -15,6 +15,7 @@ import argparse
 import json
 import statistics
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -29,6 +30,9 @@ from hash3d.diffusion.guidance import (  # noqa: E402
     Zero123GuidanceConfig,
 )
 from hash3d.testing.models import write_model  # noqa: E402
+from hash3d.triton_support import triton_available  # noqa: E402
+
+TABLE_BACKENDS = ("torch", "triton")
 
 ETAS = (0.1, 0.3, 0.5, 1.0)
 
@@ -127,18 +131,22 @@ def bench_family(
                 profile(lambda i: step(fixed), f"{family} batch {B} {mode} hit, graphs {graphs}")
             row[f"{mode}_peak_mb"] = peak_mb(lambda i: step(fixed))
             row[f"{mode}_entry_mb"] = g.cache.table._pool_values[0].numel() * 2 / 2**20
-            table = cache_config(mode).build_table("cuda", check_finite=False, cuda_graphs=graphs)
             keys = torch.stack([fixed[0], fixed[1], fixed[2], torch.full((B,), 500.0, device="cuda")], -1)
             values = g.cache.table._pool_values[:B].view((B,) + g.cache.table._value_shape).clone()
             x = torch.randn(B, 4, latent, latent, device="cuda")
-            table.insert(keys, x, values)
-
-            def query_insert(i):
-                table.query(keys, x)
+            for backend in TABLE_BACKENDS:
+                if backend == "triton" and not triton_available("cuda"):
+                    continue
+                config = replace(cache_config(mode), table_backend=backend)
+                table = config.build_table("cuda", check_finite=False, cuda_graphs=graphs)
                 table.insert(keys, x, values)
 
-            row[f"{mode}_table_ms"] = timed(query_insert, iters)
-            del table, values
+                def query_insert(i):
+                    table.query(keys, x)
+                    table.insert(keys, x, values)
+
+                row[f"{mode}_table_{backend}_ms"] = timed(query_insert, iters)
+            table = values = None  # free the entries before the next mode
         g.set_cache(CacheConfig(enabled=False))
         rows.append(row)
         print(json.dumps(row), flush=True)
@@ -149,16 +157,25 @@ def bench_family(
 
 def print_tables(rows: list[dict], device: str) -> None:
     print(f"\n### Guidance step (ms, median), fp16, {device}")
-    print("| model | batch | CUDA graphs | NHWC | off | feat. miss | feat. hit | hit/miss | noise miss | noise hit | hit/miss | table q+i feat. | q+i / miss | VAE enc fwd+bwd | peak MB off / feat. / noise |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| model | batch | CUDA graphs | NHWC | off | feat. miss | feat. hit | hit/miss | noise miss | noise hit | hit/miss | VAE enc fwd+bwd | peak MB off / feat. / noise |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(
             f"| {r['family']} | {r['batch']} | {'on' if r['graphs'] else 'off'} | {'on' if r.get('channels_last', False) else 'off'} | {r['off_ms']:.1f} | {r['features_miss_ms']:.1f} | {r['features_hit_ms']:.1f} | "
             f"{r['features_hit_ms'] / r['features_miss_ms']:.0%} | {r['noise_miss_ms']:.1f} | {r['noise_hit_ms']:.2f} | "
-            f"{r['noise_hit_ms'] / r['noise_miss_ms']:.1%} | {r['features_table_ms']:.2f} | "
-            f"{r['features_table_ms'] / r['features_miss_ms']:.1%} | {r['vae_encode_fwd_bwd_ms']:.1f} | "
+            f"{r['noise_hit_ms'] / r['noise_miss_ms']:.1%} | {r['vae_encode_fwd_bwd_ms']:.1f} | "
             f"{r['off_peak_mb']:.0f} / {r['features_peak_mb']:.0f} / {r['noise_peak_mb']:.0f} |"
         )
+    print("\n### Table query + insert (ms, median) and its share of a miss step of the same mode")
+    print("| model | batch | CUDA graphs | mode | " + " | ".join(f"{b} | share" for b in TABLE_BACKENDS) + " |")
+    print("|---|---|---|---|" + "---|---|" * len(TABLE_BACKENDS))
+    for r in rows:
+        for mode in ("features", "noise"):
+            cells = []
+            for backend in TABLE_BACKENDS:
+                ms = r.get(f"{mode}_table_{backend}_ms")
+                cells += ["n/a", "n/a"] if ms is None else [f"{ms:.3f}", f"{ms / r[f'{mode}_miss_ms']:.1%}"]
+            print(f"| {r['family']} | {r['batch']} | {'on' if r['graphs'] else 'off'} | {mode} | " + " | ".join(cells) + " |")
     print("\n### Guidance-time speed-up vs cache off if every try hits: off / ((1-η)·miss + η·hit)")
     print("| model | batch | CUDA graphs | NHWC | mode | " + " | ".join(f"η={e:g}" for e in ETAS) + " |")
     print("|---|---|---|---|---|" + "---|" * len(ETAS))

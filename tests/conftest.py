@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
+import importlib.util
+import os
+
 import pytest
+import torch
+
+# Without a GPU, the fused Triton paths (hash grid, hash table) run in Triton's interpreter, so that the tests comparing
+# them with the torch paths run on CPU machines too. It must be set before triton is first imported.
+if importlib.util.find_spec("triton") is not None and not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,9 @@
 """hash3d.cache hash tables against a slow reference written here from the specification (table.py's docstring).
 
+Every test here runs on both implementations of the table: the torch code and the fused Triton kernels (the latter
+where they can run: a CUDA GPU for the GPU tests, Triton's interpreter for the CPU ones, which conftest.py switches
+on when triton is installed and no GPU is present).
+
 The reference (`RefTable`) keeps plain Python state and handles one sample at a time: a dict of FIFO deques per
 grid (bucket -> (cell, entry id)), a dict pool holding only the last `capacity` entry ids, a dict of adaptive scores
 per (grid, bucket) and the counters. It re-derives cells with math.floor in float64 and borrows only the
@@ -19,10 +23,43 @@ import torch
 
 from hash3d.cache import AdaptiveGridHashTable, GridHashTable, HashTable, bucket_index, quantize
 from hash3d.cache.table import DEFAULT_ADAPTIVE_CELLS
+from hash3d.triton_support import triton_available, triton_interpreter_enabled
 
 DEFAULT_CELL = (10.0, 10.0, 0.1, 10.0)
 AZ_MAX = math.nextafter(360.0, 0.0)  # largest float64 below 360
 TOL = dict(rtol=1e-5, atol=1e-5)
+
+
+
+@pytest.fixture(autouse=True, params=["torch", "triton"])
+def backend(request, monkeypatch):
+    """Run the test with every table on this backend (tables built with the default backend "auto")."""
+    original = HashTable.__init__
+    if request.param == "torch":
+
+        def torch_init(self, *args, **kwargs):
+            original(self, *args, **kwargs)
+            if "backend" not in kwargs:
+                self.fused = False
+
+        monkeypatch.setattr(HashTable, "__init__", torch_init)
+    else:
+        if not (triton_interpreter_enabled() or (torch.cuda.is_available() and triton_available("cuda"))):
+            pytest.skip("the fused table needs triton and a CUDA GPU, or TRITON_INTERPRET=1")
+        if triton_interpreter_enabled() and request.node.get_closest_marker("long_sequence"):
+            pytest.skip("thousands of operations: too slow for Triton's interpreter (test_hash_table_triton.py "
+                        "compares the fused table with the torch table over long sequences)")
+
+        def fused_init(self, *args, **kwargs):
+            original(self, *args, **kwargs)
+            if "backend" in kwargs:  # chosen by the test itself
+                return
+            if not (triton_interpreter_enabled() or self.device.type == "cuda"):
+                pytest.skip("a CPU table outside Triton's interpreter")
+            self.fused = True
+
+        monkeypatch.setattr(HashTable, "__init__", fused_init)
+    return request.param
 
 
 # --------------------------------------------------------------------------------------------- reference
@@ -257,6 +294,7 @@ RANDOM_CONFIGS = [
 ]
 
 
+@pytest.mark.long_sequence
 @pytest.mark.parametrize("cfg", RANDOM_CONFIGS)
 def test_random_interleaved_batches_match_reference(cfg):
     cfg = dict(cfg)
@@ -617,6 +655,7 @@ def _tensor_bytes(obj) -> int:
     return total
 
 
+@pytest.mark.long_sequence
 @pytest.mark.parametrize(
     "adaptive,lat_dtype,val_dtype",
     [(False, torch.float32, torch.float32), (False, torch.float32, torch.float16), (True, torch.float32, torch.float32)],
@@ -632,7 +671,7 @@ def test_bytes_bounded_and_constant(adaptive, lat_dtype, val_dtype):
     lat_shape, val_shape = (4, 8, 8), (2, 8, 8)
     item_l, item_v = torch.empty((), dtype=lat_dtype).element_size(), torch.empty((), dtype=val_dtype).element_size()
     pool = P * (math.prod(lat_shape) * item_l + math.prod(val_shape) * item_v)
-    bookkeeping = M * (n + 1) * (Q * 64 + 16) + P * 16  # cells, references, heads, scores, ids, norms
+    bookkeeping = M * (n + 1) * (Q * 64 + 16) + P * 16  # cells, references, heads, scores, ids, live-count stamps
     before = table.stats.bytes
     assert 0 < before <= bookkeeping
     g = torch.Generator().manual_seed(1)
@@ -955,6 +994,7 @@ MASK_CONFIGS = [
 ]
 
 
+@pytest.mark.long_sequence
 @pytest.mark.parametrize("cfg", MASK_CONFIGS)
 def test_masked_insert_equals_inserting_the_kept_rows(cfg):
     cfg = dict(cfg)
@@ -1098,7 +1138,7 @@ def test_no_sync_mode_catches_syncing_calls():
 
 
 @pytest.mark.parametrize("kind", ["grid", "adaptive"])
-def test_insert_core_with_mask_has_no_host_sync(kind):
+def test_insert_core_with_mask_has_no_host_sync(kind, backend):
     g = torch.Generator().manual_seed(11)
     table = TABLE_KINDS[kind]()
     table.insert(*_random_batch(g, 4))  # allocates the pool (the host-side part of insert)
@@ -1108,7 +1148,8 @@ def test_insert_core_with_mask_has_no_host_sync(kind):
         keys, latents, values = _random_batch(g, 5)
         with _NoSyncMode() as mode:
             table._insert_core(keys, latents, values, mask)
-        assert {"where", "cumsum"} <= set(mode.calls)  # the mode really saw the core's calls
+        seen = {"where", "cumsum"} if backend == "torch" else {"contiguous", "zeros"}  # fused: kernel arguments
+        assert seen <= set(mode.calls)  # the mode really saw the core's calls
     assert table.stats.inserts == 4 + 3 + 0 + 5
 
 

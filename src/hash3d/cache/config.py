@@ -61,6 +61,10 @@ class CacheConfig:
     GPU (`hash3d.diffusion.cache_graph`), with no host read per call. Needs conditional graph nodes (CUDA >= 12.4 and a
     torch that captures them; torch 2.11 does not), else the host-dispatched path runs. Off by default: it passes its
     tests against the host-dispatched path on the CPU, but has not yet run on a GPU."""
+    table_backend: Literal["auto", "torch", "triton"] = "auto"
+    """Implementation of the table's query and insert: fused Triton kernels ("triton"; two kernels per query, three
+    or four per insert), the torch code ("torch"), or "auto": triton on CUDA when it is installed. Same results
+    (tested against each other)."""
     save_in_checkpoint: bool = True
     """Save the table (entries, bucket indices, scores, counters) in training checkpoints, so that a resumed run
     continues exactly like an uninterrupted one. The entry pool can be large (up to `max_memory_mb`, e.g. GBs of
@@ -71,6 +75,8 @@ class CacheConfig:
     def __post_init__(self) -> None:
         if self.mode not in ("features", "noise"):
             raise ValueError(f"cache.mode must be 'features' or 'noise'; got {self.mode!r}")
+        if self.table_backend not in ("auto", "torch", "triton"):
+            raise ValueError(f"cache.table_backend must be 'auto', 'torch' or 'triton'; got {self.table_backend!r}")
         if self.depth < 1:
             raise ValueError(f"cache.depth must be >= 1; got {self.depth}")
         if isinstance(self.policy, dict):
@@ -90,6 +96,7 @@ class CacheConfig:
             check_finite=self.check_keys if check_finite is None else check_finite,
             max_bytes=None if self.max_memory_mb is None else int(self.max_memory_mb * 2**20),
             cuda_graphs=cuda_graphs,
+            backend=self.table_backend,
         )
         if self.adaptive:
             return AdaptiveGridHashTable(self.adaptive_cell_sizes, gamma=self.gamma, **common)

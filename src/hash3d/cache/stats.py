@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-_FIELDS = ("queries", "hits", "inserts", "evictions")
+_FIELDS = ("queries", "hits", "inserts")
 
 
 @dataclass(frozen=True)
@@ -39,10 +39,13 @@ class Counters:
         if hit is not None:
             self.values[1] += hit.sum()
 
-    def add_insert(self, n: int | torch.Tensor, evicted: torch.Tensor) -> None:
+    def add_insert(self, n: int | torch.Tensor) -> None:
         """n: entries inserted, a Python int or a device tensor (e.g. the kept rows of a masked insert)."""
         self.values[2] += n
-        self.values[3] += evicted
+
+    def load(self, saved: torch.Tensor) -> None:
+        """Continue from saved `values` (states saved with a fourth, evictions, counter load too: it is derived now)."""
+        self.values.copy_(saved[: len(_FIELDS)])
 
     def reset(self) -> None:
         self.values.zero_()

@@ -19,7 +19,9 @@ Semantics, which tests check against a slow dictionary reference:
 - Adaptive score per bucket: s <- gamma * s + (1 - gamma) * mean_i cos(v_new, v_i) over the same-cell entries
   already in the bucket; unchanged when there are none; starts at 0.
 Everything runs as tensor code on the table's device: no Python loop over samples, no host synchronisation
-(unless `check_finite` is on, which reads one flag per call).
+(unless `check_finite` is on, which reads one flag per call). Two implementations of the same semantics: the torch
+code below, and fused Triton kernels (`table_triton.py`: two kernels per query, three or four per insert), which
+backend "auto" takes on CUDA when triton is installed; tests check one against the other.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import torch
 
 from .keys import bucket_index, hash_primes, quantize
 from ..cuda_graphs import GraphedFunction, count_captured
+from ..triton_support import triton_available
 from .stats import CacheStats, Counters
 
 
@@ -43,6 +46,7 @@ RESTORE_FIX = (
 # storage saved by `HashTable.state_dict` (attribute name without the leading underscore)
 _INDEX_TENSORS = ("cells", "ref_slot", "ref_id", "head", "score", "pool_ids", "next_id", "live")
 _POOL_TENSORS = ("pool_latents", "pool_values", "pool_norms")
+BACKENDS = ("auto", "torch", "triton")
 
 
 def _cpu_copy(t: torch.Tensor) -> torch.Tensor:
@@ -77,6 +81,8 @@ class HashTable:
         device: where all storage lives.
         check_finite: reject NaN/inf keys (costs one host read per call).
         cuda_graphs: replay query and insert as CUDA graphs (CUDA only): a few launches instead of ~100 small ones.
+        backend: "torch", "triton" (the fused kernels; CUDA, or anywhere under TRITON_INTERPRET=1) or "auto" (triton
+            on CUDA when it is installed, else torch).
     """
 
     def __init__(
@@ -91,6 +97,7 @@ class HashTable:
         check_finite: bool = True,
         max_bytes: int | None = None,
         cuda_graphs: bool = False,
+        backend: str = "auto",
     ):
         try:
             cells = torch.as_tensor(cell_sizes, dtype=torch.float64)
@@ -115,8 +122,18 @@ class HashTable:
             raise ValueError(f"capacity must be >= 1; got {capacity}")
         if max_bytes is not None and max_bytes <= 0:
             raise ValueError(f"max_bytes must be > 0; got {max_bytes}")
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
 
         self.device = torch.device(device) if device is not None else torch.device("cpu")
+        if backend == "triton" and not triton_available(self.device):
+            raise ValueError(
+                f"the hash table's backend is 'triton', but its fused kernels cannot run on {self.device} (they need "
+                "a CUDA GPU and the triton package); set the backend to 'auto' or 'torch'"
+            )
+        on_gpu = self.device.type == "cuda" and torch.cuda.is_available()
+        self.fused = backend == "triton" or (backend == "auto" and on_gpu and triton_available(self.device))
+        """Whether query and insert run the fused Triton kernels."""
         self.cell_sizes = cells.to(self.device)
         self.n_grids = cells.shape[0]
         self.n_buckets = int(n_buckets)
@@ -152,10 +169,16 @@ class HashTable:
         self._value_shape: tuple[int, ...] | None = None
         self._next_id = torch.zeros((), dtype=torch.int64, device=dev)  # on the device: graph replays advance it
         self._live = torch.zeros((), dtype=torch.int64, device=dev)
+        self._new_live_scratch()
         # new storage tensors: graphs captured on the old ones must not be replayed
         self._graphs: dict[str, GraphedFunction] | None = {} if self._use_graphs else None
         self._restored = False
         self.counters.reset()
+
+    def _new_live_scratch(self) -> None:
+        """The fused live count's per-slot stamps and epoch (not part of the saved state: any zeros will do)."""
+        self._stamp = torch.zeros(self.capacity, dtype=torch.int64, device=self.device)
+        self._epoch = torch.zeros((), dtype=torch.int64, device=self.device)
 
     # ---------------------------------------------------------------- saving and restoring
     def layout(self) -> dict[str, Any]:
@@ -206,16 +229,21 @@ class HashTable:
         if allocated:
             self._latent_shape = tuple(int(d) for d in state["latent_shape"])
             self._value_shape = tuple(int(d) for d in state["value_shape"])
-        self.counters.values.copy_(state["counters"])
+        self.counters.load(state["counters"])
+        self._new_live_scratch()
         self._restored = True
+        if allocated:
+            self._prime_kernels()
 
     @property
     def stats(self) -> CacheStats:
-        return CacheStats(**self.counters.read(), entries=int(self._live), bytes=self.nbytes)
+        counts, live = self.counters.read(), int(self._live)
+        # every entry inserted since the reset is either still live or was evicted once
+        return CacheStats(**counts, evictions=counts["inserts"] - live, entries=live, bytes=self.nbytes)
 
     @property
     def nbytes(self) -> int:
-        tensors = [self._cells, self._ref_slot, self._ref_id, self._head, self._score, self._pool_ids]
+        tensors = [self._cells, self._ref_slot, self._ref_id, self._head, self._score, self._pool_ids, self._stamp]
         tensors += [t for t in (self._pool_latents, self._pool_values, self._pool_norms) if t is not None]
         return sum(t.numel() * t.element_size() for t in tensors)
 
@@ -291,6 +319,19 @@ class HashTable:
             self._graphs[name] = GraphedFunction(core, warmup=0)
         return self._graphs[name](*tensors)
 
+    def _prime_kernels(self) -> None:
+        """Fused backend: compile and load the kernels now, eagerly, with a query and an insert that change nothing
+        (scratch counters; no row kept), so that no compile falls inside a CUDA graph capture later."""
+        if not self.fused:
+            return
+        from . import table_triton
+
+        keys = torch.zeros(1, 4, dtype=torch.float64, device=self.device)
+        latents = torch.zeros((1,) + self._latent_shape, dtype=self._pool_latents.dtype, device=self.device)
+        values = torch.zeros((1,) + self._value_shape, dtype=self._pool_values.dtype, device=self.device)
+        table_triton.query(self, keys, latents, torch.zeros_like(self.counters.values))
+        table_triton.insert(self, keys, latents, values, torch.zeros(1, dtype=torch.bool, device=self.device))
+
     # ---------------------------------------------------------------- query
     def query(self, keys: torch.Tensor, latents: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
         """keys [B, 4], latents [B, ...] -> (blended values [B, ...] (zeros where missed), hit [B] bool).
@@ -305,6 +346,10 @@ class HashTable:
         return self._run("query", self._query_core, keys.to(self.device), latents.to(self.device))
 
     def _query_core(self, keys: torch.Tensor, latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.fused:
+            from . import table_triton
+
+            return table_triton.query(self, keys.to(torch.float64), latents, self.counters.values)
         B = keys.shape[0]
         cells, buckets = self._locate(keys)
         slots, valid = self._bucket_entries(cells, buckets)
@@ -346,6 +391,8 @@ class HashTable:
         self._pool_latents = torch.zeros((P, latents[0].numel()), dtype=latents.dtype, device=self.device)
         self._pool_values = torch.zeros((P, values[0].numel()), dtype=values.dtype, device=self.device)
         self._pool_norms = torch.zeros(P, dtype=torch.float32, device=self.device)
+        self._new_live_scratch()
+        self._prime_kernels()
 
     def insert(
         self, keys: torch.Tensor, latents: torch.Tensor, values: torch.Tensor, mask: torch.Tensor | None = None
@@ -380,7 +427,11 @@ class HashTable:
         row n (whose writes nobody reads), and their pool slots (the ones the next inserts would use) are rewritten
         with what those slots already hold.
         """
-        B, dev, M, n, Q = keys.shape[0], self.device, self.n_grids, self.n_buckets, self.bucket_size
+        if self.fused:
+            from . import table_triton
+
+            return table_triton.insert(self, keys.to(torch.float64), latents, values, mask)
+        B, M, n, Q = keys.shape[0], self.n_grids, self.n_buckets, self.bucket_size
         cells, buckets = self._locate(keys)
         buckets = torch.where(mask, buckets, torch.full_like(buckets, n))  # [M, B]
         flat_values = values.reshape(B, -1)
@@ -418,9 +469,8 @@ class HashTable:
         self._head.index_put_((grid, buckets), kept.expand(M, B), accumulate=True)
         self._head.remainder_(Q)
 
-        live_after = self._count_live()
-        self.counters.add_insert(n_kept, self._live + n_kept - live_after)
-        self._live.copy_(live_after)
+        self.counters.add_insert(n_kept)
+        self._live.copy_(self._count_live())
 
     def _update_scores(self, cells, buckets, flat_values, norms, mask) -> None:
         """Adaptive-grid score update (see the module docstring) for every grid's bucket of every kept sample."""
@@ -462,11 +512,13 @@ class GridHashTable(HashTable):
         check_finite: bool = True,
         max_bytes: int | None = None,
         cuda_graphs: bool = False,
+        backend: str = "auto",
     ):
         if not isinstance(cell_size, (list, tuple, torch.Tensor)) or len(cell_size) != 4:
             raise ValueError(f"cell_size must be (d_elev_deg, d_azim_deg, d_radius, d_t); got {cell_size!r}")
         super().__init__(
-            [cell_size], n_buckets, bucket_size, temperature, 0.9, capacity, device, check_finite, max_bytes, cuda_graphs
+            [cell_size], n_buckets, bucket_size, temperature, 0.9, capacity, device, check_finite, max_bytes, cuda_graphs,
+            backend,
         )
 
 
@@ -488,7 +540,9 @@ class AdaptiveGridHashTable(HashTable):
         check_finite: bool = True,
         max_bytes: int | None = None,
         cuda_graphs: bool = False,
+        backend: str = "auto",
     ):
         super().__init__(
-            cell_sizes, n_buckets, bucket_size, temperature, gamma, capacity, device, check_finite, max_bytes, cuda_graphs
+            cell_sizes, n_buckets, bucket_size, temperature, gamma, capacity, device, check_finite, max_bytes, cuda_graphs,
+            backend,
         )

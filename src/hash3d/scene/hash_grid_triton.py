@@ -21,35 +21,14 @@ float32 points and table only. Validated against the torch path under Triton's C
 
 from __future__ import annotations
 
-import os
-
 import torch
 
-try:  # optional: nothing here is imported unless the triton backend is chosen
-    import triton
-    import triton.language as tl
-except ImportError:  # pragma: no cover - depends on the environment
-    triton = None
-    tl = None
+from ..triton_support import tl, triton, triton_available, triton_interpreter_enabled
 
 __all__ = ["hash_grid_encode_triton", "triton_available", "triton_interpreter_enabled"]
 
 BLOCK_POINTS = 128
 """Points per program."""
-
-
-def triton_interpreter_enabled() -> bool:
-    """TRITON_INTERPRET=1: kernels run (slowly) in Triton's interpreter, on CPU tensors too."""
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-
-
-def triton_available(device: torch.device | str) -> bool:
-    """True when the fused path can run on `device`: triton importable and a CUDA device, or the interpreter on."""
-    if triton is None:
-        return False
-    if triton_interpreter_enabled():
-        return True
-    return torch.device(device).type == "cuda" and torch.cuda.is_available()
 
 
 if triton is not None:
