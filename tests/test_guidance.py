@@ -210,6 +210,7 @@ def test_zero123_input_errors(written_models):
 def test_sds_loss_value_and_gradient(reduction, scale):
     """Value 0.5·s·‖grad‖² (threestudio's 0.5·‖x − (x − grad)‖²), gradient s·grad, in the latents' dtype."""
     from hash3d.diffusion.guidance import sds_loss
+    from hash3d.diffusion.guidance.losses import sds_loss_value
 
     g = torch.Generator().manual_seed(0)
     for dtype in (torch.float32, torch.float64):
@@ -221,6 +222,15 @@ def test_sds_loss_value_and_gradient(reduction, scale):
         (2.0 * loss).backward()
         assert x.grad.dtype == dtype
         torch.testing.assert_close(x.grad, 2.0 * scale * grad, rtol=1e-6, atol=0)
+
+        # a value computed beforehand (inside a CUDA graph) is returned as a new tensor; the gradient is unchanged
+        value = sds_loss_value(grad, scale)
+        x.grad = None
+        given = sds_loss(x, grad, reduction, value=value)
+        assert given.data_ptr() != value.data_ptr()
+        torch.testing.assert_close(given.double(), reference.double(), rtol=1e-5, atol=0)
+        given.backward()
+        torch.testing.assert_close(x.grad, scale * grad, rtol=1e-6, atol=0)
 
 
 @pytest.mark.parametrize("mode", ["features", "noise"])
@@ -244,15 +254,16 @@ def test_hit_step_matches_the_host_dispatched_step(written_models, mode, family)
             x = latents.clone().requires_grad_(True)
             out = g(x, torch.tensor([10.0, 20.0, 30.0]), torch.tensor(azim), torch.full((3,), 1.2), rgb_as_latents=True)
             out.loss.backward()
-            seq.append((x.grad, out.noise, None if out.cache_hits is None else out.cache_hits.tolist()))
+            seq.append((x.grad, out.noise, None if out.cache_hits is None else out.cache_hits.tolist(), out.loss))
         results[staged] = (seq, g.cache.stats)
     (plain, s_p), (staged, s_s) = results[False], results[True]
     patterns = set()
-    for (grad_p, noise_p, hits_p), (grad_s, noise_s, hits_s) in zip(plain, staged):
+    for (grad_p, noise_p, hits_p, loss_p), (grad_s, noise_s, hits_s, loss_s) in zip(plain, staged):
         assert hits_p == hits_s
         patterns.add(None if hits_p is None else sum(hits_p))
         assert torch.equal(noise_p, noise_s)
         torch.testing.assert_close(grad_s, grad_p, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(loss_s, loss_p, rtol=1e-5, atol=1e-6)  # computed inside the answer stage
     assert {None, 0, 3} <= patterns and len(patterns) > 3, patterns  # untried, all-miss, all-hit and split steps
     for name in ("calls", "tried", "queries", "hits", "inserts", "full_samples", "cached_samples"):
         assert s_s[name] == s_p[name], name
@@ -282,3 +293,24 @@ def test_channels_last_is_a_gpu_only_layout(written_models):
     g = zero123(written_models["zero123"], channels_last=True)
     assert g.memory_format == torch.contiguous_format  # on the CPU: plain NCHW whatever the option
     assert g.unet.conv_in.weight.is_contiguous()
+
+
+@pytest.mark.parametrize(
+    "hit_graphs,mode,attached",
+    [("noise", "noise", True), ("noise", "features", False), ("all", "features", True), ("all", "noise", True),
+     ("off", "noise", False)],
+)
+def test_hit_graphs_option_picks_the_modes(written_models, hit_graphs, mode, attached):
+    """Which cache modes get the graphed hit step (only where CUDA graphs are on: forced on here, nothing is captured)."""
+    g = zero123(written_models["zero123"], hit_graphs=hit_graphs)
+    g._graphs_on = True
+    g.set_cache(CacheConfig(enabled=True, mode=mode))
+    assert (g._hit_step is not None) == attached
+    g._graphs_on = False  # the CPU machine's real setting: never attached
+    g.set_cache(CacheConfig(enabled=True, mode=mode))
+    assert g._hit_step is None
+
+
+def test_hit_graphs_option_rejects_unknown_values():
+    with pytest.raises(ValueError, match="hit_graphs must be 'noise', 'all' or 'off'; got 'features'"):
+        Zero123GuidanceConfig(hit_graphs="features")

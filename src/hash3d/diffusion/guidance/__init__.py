@@ -1,6 +1,7 @@
 """SDS guidance per model family, all sharing `sds.SDSGuidance` and the Hash3D UNet cache."""
 
-from .sds import GuidanceConfig, GuidanceOutput, SDSGuidance, epsilon_from_prediction, sds_loss, sds_weight
+from .losses import sds_loss
+from .sds import GuidanceConfig, GuidanceOutput, SDSGuidance, epsilon_from_prediction, sds_weight
 from .stable_diffusion import StableDiffusionGuidance, StableDiffusionGuidanceConfig
 from .zero123 import Zero123Guidance, Zero123GuidanceConfig
 

@@ -6,9 +6,11 @@ host, not the GPU, sets the cost of a hit. Here:
 
     graph P (prepare): the conditioning for the cameras, the cache keys, x_t, the UNet batch, the table query and the
     number of hits;
-    host: read that number (the one synchronisation a tried request makes);
-    graph Q (answer), only when every sample hit: the cached UNet output (the stored outputs, or the shallow blocks on
-    the stored deep features), classifier-free guidance and the SDS gradient.
+    graph Q (answer): the cached UNet output (the stored outputs, or the shallow blocks on the stored deep features),
+    classifier-free guidance, the SDS gradient and the loss value;
+    host: read the number of hits (the one synchronisation a tried request makes). Q's results are used only when every
+    sample hit. In noise mode Q is launched right behind P, before the read (its work is small, and dropped when some
+    sample missed); in features mode only after the read, when every sample hit.
 
 Otherwise the guidance goes on with its host-dispatched path, handing over P's conditioning, keys, x_t and query so
 the table is not queried twice. Both graphs read the table's storage in place: they are captured again whenever it is replaced.
@@ -23,6 +25,7 @@ import torch
 
 from ...cuda_graphs import capture_pool, capturing
 from ..cache_graph import StorageWatch
+from .losses import sds_loss_value
 
 
 @dataclass
@@ -31,6 +34,8 @@ class HitAnswer:
     hit: torch.Tensor
     grad: torch.Tensor | None = None
     noise_pred: torch.Tensor | None = None
+    loss: torch.Tensor | None = None
+    """0.5·scale·‖grad‖² (`sds.sds_loss_value`)."""
     x_t: torch.Tensor | None = None
     context: torch.Tensor | None = None
     keys: torch.Tensor | None = None
@@ -43,6 +48,7 @@ class _Captured:
     prepare: torch.cuda.CUDAGraph
     answer: torch.cuda.CUDAGraph
     inputs: list[torch.Tensor]
+    cameras: torch.Tensor
     clip: torch.Tensor | None
     x_t: torch.Tensor
     context: torch.Tensor
@@ -53,6 +59,7 @@ class _Captured:
     n_hit: torch.Tensor
     grad: torch.Tensor
     noise_pred: torch.Tensor
+    loss: torch.Tensor
 
 
 class HitStepGraphs:
@@ -76,6 +83,7 @@ class HitStepGraphs:
         noise: torch.Tensor,  # [B, C, h, w]
         cameras: tuple[torch.Tensor, torch.Tensor, torch.Tensor],  # elevation, azimuth, distance [B] each
         clip: float | None,
+        loss_scale: float = 1.0,
     ) -> HitAnswer:
         if self._storage.changed():
             self.captured.clear()
@@ -85,28 +93,37 @@ class HitStepGraphs:
             with torch.no_grad():
                 x_t, context, keys, x_in, t_in, ctx, values, hit, finite, n_hit = self._prepare(*inputs)
                 if int(n_hit) == latents.shape[0]:
-                    noise_pred, grad = self._answer(x_t, x_in, t_in, ctx, values, t, noise, clip)
-                    return HitAnswer(True, hit, grad=grad, noise_pred=noise_pred)
+                    noise_pred, grad, loss = self._answer(x_t, x_in, t_in, ctx, values, t, noise, clip, loss_scale,
+                                                          latents.dtype)
+                    return HitAnswer(True, hit, grad=grad, noise_pred=noise_pred, loss=loss)
             return HitAnswer(False, hit, x_t=x_t, context=context, keys=keys, query=(values, hit, finite))
-        signature = tuple((tuple(a.shape), a.dtype) for a in inputs) + (clip is None,)
+        signature = tuple((tuple(a.shape), a.dtype) for a in inputs) + (clip is None, loss_scale)
         c = self.captured.get(signature)
         if c is None:
-            c = self.captured[signature] = self._capture(inputs, clip is not None)
-        for buffer, value in zip(c.inputs, inputs):
+            c = self.captured[signature] = self._capture(inputs, clip is not None, loss_scale)
+        for buffer, value in zip(c.inputs, inputs[:3]):
             buffer.copy_(value)
+        torch.stack(cameras, out=c.cameras)  # one launch for the three camera tensors
         if c.clip is not None:
             c.clip.fill_(clip)
         c.prepare.replay()
-        if int(c.n_hit) == latents.shape[0]:
+        speculative = self.cache.config.mode == "noise"  # a cheap answer: launch it before the host read
+        if speculative:
             c.answer.replay()
-            return HitAnswer(True, c.hit.clone(), grad=c.grad.clone(), noise_pred=c.noise_pred.clone())
+        if int(c.n_hit) == latents.shape[0]:
+            if not speculative:
+                c.answer.replay()
+            return HitAnswer(True, c.hit.clone(), grad=c.grad.clone(), noise_pred=c.noise_pred.clone(),
+                             loss=c.loss)  # sds_loss clones it
         hit = c.hit.clone()
         return HitAnswer(False, hit, x_t=c.x_t.clone(), context=c.context.clone(), keys=c.keys.clone(),
                          query=(c.values.clone(), hit, c.finite.clone()))
 
-    def _capture(self, inputs: tuple, with_clip: bool) -> _Captured:
+    def _capture(self, inputs: tuple, with_clip: bool, loss_scale: float) -> _Captured:
         g, cache = self.guidance, self.cache
-        static = [a.clone() for a in inputs]
+        static = [a.clone() for a in inputs[:3]]
+        cameras = torch.stack(inputs[3:])
+        static += list(cameras.unbind(0))  # views of the stacked buffer
         latents, t, noise = static[:3]
         clip = torch.zeros((), device=latents.device) if with_clip else None
         table = cache.table
@@ -125,8 +142,10 @@ class HitStepGraphs:
             with torch.cuda.graph(prepare, pool=self.pool):
                 x_t, context, keys, x_in, t_in, ctx, values, hit, finite, n_hit = self._prepare(*static)
             with torch.cuda.graph(answer, pool=self.pool):
-                noise_pred, grad = self._answer(x_t, x_in, t_in, ctx, values, t, noise, clip)
-        return _Captured(prepare, answer, static, clip, x_t, context, keys, values, hit, finite, n_hit, grad, noise_pred)
+                noise_pred, grad, loss = self._answer(x_t, x_in, t_in, ctx, values, t, noise, clip, loss_scale,
+                                                      latents.dtype)
+        return _Captured(prepare, answer, static[:3], cameras, clip, x_t, context, keys, values, hit, finite, n_hit,
+                         grad, noise_pred, loss)
 
     def _prepare(self, latents, t, noise, elevation, azimuth, distances):
         g = self.guidance
@@ -136,7 +155,8 @@ class HitStepGraphs:
         values, hit, finite = self.cache.query_core(keys, x_t)
         return x_t, context, keys, x_in, t_in, ctx, values, hit, finite, hit.sum()
 
-    def _answer(self, x_t, x_in, t_in, ctx, values, t, noise, clip):
+    def _answer(self, x_t, x_in, t_in, ctx, values, t, noise, clip, loss_scale, latents_dtype):
         g = self.guidance
         noise_pred = g._guided_noise(self.cache.cached_output(x_in, t_in, ctx, values), x_t, t)
-        return noise_pred, g._sds_grad(noise_pred, noise, t, clip)
+        grad = g._sds_grad(noise_pred, noise, t, clip)
+        return noise_pred, grad, sds_loss_value(grad.to(latents_dtype), loss_scale)

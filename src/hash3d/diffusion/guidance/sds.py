@@ -16,6 +16,7 @@ from ...cuda_graphs import GraphedFunction, capturing, cuda_graphs_available
 from ...profiling import section, time_backward
 from ..unet_cache import UNetCache, apply_hash_cache
 from .hit_step import HitStepGraphs
+from .losses import loss_scale, sds_loss
 
 Weighting = Literal["sds", "uniform", "fantasia3d"]
 
@@ -43,6 +44,11 @@ class GuidanceConfig:
     cuda_graphs: bool = True
     """Replay UNet passes and cache lookups as CUDA graphs (CUDA only; ignored on the CPU). At SDS sizes the UNet is
     bound by kernel launches: graphs make a cache-off step 2.5-3.6x faster on an H100 (docs/benchmarks.md)."""
+    hit_graphs: Literal["noise", "all", "off"] = "noise"
+    """With CUDA graphs and a cache: which modes answer a tried request through the graphed hit step
+    (`hit_step.py`: two graphs around one host read). "noise" (default): noise mode only; in features mode it measured
+    slower in training, where most tried batches are split between hits and misses. "all": features mode too (a
+    request whose samples all hit costs less; see docs/benchmarks.md)."""
     channels_last: bool = False
     """On CUDA, keep the UNet's and the VAE's weights and inputs channels-last (NHWC). Off by default: on an H100 it
     made the Zero123 UNet faster at batch 1-4 (8.7 -> 6.2 ms a step) but the VAE encoder 1.3-1.5x slower and a
@@ -58,6 +64,8 @@ class GuidanceConfig:
             check_schedule("grad_clip", self.grad_clip)
         if self.weighting not in ("sds", "uniform", "fantasia3d"):
             raise ValueError(f"weighting must be 'sds', 'uniform' or 'fantasia3d'; got {self.weighting!r}")
+        if self.hit_graphs not in ("noise", "all", "off"):
+            raise ValueError(f"hit_graphs must be 'noise', 'all' or 'off'; got {self.hit_graphs!r}")
         if self.timestep_sampling not in ("random", "random_shared", "annealed"):
             raise ValueError(
                 f"timestep_sampling must be 'random', 'random_shared' or 'annealed'; got {self.timestep_sampling!r}"
@@ -105,30 +113,6 @@ def sds_weight(alpha_bar: torch.Tensor, weighting: Weighting) -> torch.Tensor:
     if weighting == "fantasia3d":
         return alpha_bar.sqrt() * (1 - alpha_bar)
     raise ValueError(f"unknown weighting {weighting!r}")
-
-
-class _SDSLoss(torch.autograd.Function):
-    """0.5·scale·‖grad‖², whose gradient with respect to `latents` is scale·grad: the value of threestudio's
-    0.5·‖latents − (latents − grad)‖² without its half-dozen kernels forward and backward."""
-
-    @staticmethod
-    def forward(ctx, latents: torch.Tensor, grad: torch.Tensor, scale: float) -> torch.Tensor:
-        ctx.save_for_backward(grad)
-        ctx.scale, ctx.dtype = scale, latents.dtype
-        return grad.float().square().sum() * (0.5 * scale)
-
-    @staticmethod
-    def backward(ctx, grad_output: torch.Tensor):
-        (grad,) = ctx.saved_tensors
-        return (grad * (grad_output * ctx.scale)).to(ctx.dtype), None, None
-
-
-def sds_loss(
-    latents: torch.Tensor, grad: torch.Tensor, reduction: Literal["sum", "batch_mean"] = "sum"
-) -> torch.Tensor:
-    """A loss whose gradient with respect to `latents` is `grad` (or grad / B for batch_mean)."""
-    scale = 1.0 / latents.shape[0] if reduction == "batch_mean" else 1.0
-    return _SDSLoss.apply(latents, grad.detach(), scale)
 
 
 def classifier_free_guidance(noise_pred: torch.Tensor, scale: float) -> torch.Tensor:
@@ -215,7 +199,8 @@ class SDSGuidance(torch.nn.Module):
             self.cache = apply_hash_cache(self.unet, config, self.device, cuda_graphs=self.config.cuda_graphs)
             # noise mode only: in features mode the graphed step measured slower in training runs (batch 12 of
             # stable-zero123, docs/benchmarks.md), where most tried batches split and take the host path anyway
-            if self._graphs_on and not config.gpu_dispatch and config.mode == "noise":
+            hit_graphs = self.config.hit_graphs
+            if self._graphs_on and not config.gpu_dispatch and (hit_graphs == "all" or hit_graphs == config.mode):
                 self._hit_step = HitStepGraphs(self, self.cache)
 
     def reset(self) -> None:
@@ -351,15 +336,16 @@ class SDSGuidance(torch.nn.Module):
         cameras = tuple(c.to(self.device) for c in (elevation, azimuth, camera_distances))
         with torch.no_grad():
             noise = torch.randn(latents.shape, generator=self.generator, device=self.device, dtype=torch.float32)
-            tried = query = x_t = grad = context = keys = None
+            tried = query = x_t = grad = context = keys = loss_value = None
             if self._hit_step is not None and self.cache is not None and self.cache.ready_to_query(latents):
                 tried = self.cache.try_now()
                 if tried:  # graphed prepare + (if every sample hit) answer; else hand x_t and the query over
                     with section("unet"):
-                        answer = self._hit_step(latents.detach(), t, noise, cameras, self.grad_clip_value)
+                        answer = self._hit_step(latents.detach(), t, noise, cameras, self.grad_clip_value,
+                                                loss_scale(B, self.config.loss_reduction))
                     if answer.all_hit:
                         self.cache.record_hits(answer.hit)
-                        grad, noise_pred = answer.grad, answer.noise_pred
+                        grad, noise_pred, loss_value = answer.grad, answer.noise_pred, answer.loss
                     x_t, context, keys, query = answer.x_t, answer.context, answer.keys, answer.query
             if grad is None:
                 if x_t is None:
@@ -367,7 +353,7 @@ class SDSGuidance(torch.nn.Module):
                     x_t = self._diffuse(latents.detach(), t, noise)
                 noise_pred = self._predict_noise(x_t, t, context, keys, tried, query)
                 grad = self._sds_grad(noise_pred, noise, t, self.grad_clip_value)
-        loss = sds_loss(latents, grad.to(latents.dtype), self.config.loss_reduction)
+        loss = sds_loss(latents, grad.to(latents.dtype), self.config.loss_reduction, loss_value)
         tried = self.cache is not None and self.cache.last_hits is not None
         return GuidanceOutput(
             loss=loss,
