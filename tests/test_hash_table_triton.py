@@ -34,14 +34,19 @@ def _keys(rng: random.Random, B: int) -> torch.Tensor:
     )
 
 
-def _assert_twins(fused: HashTable, ref: HashTable) -> None:
+# The torch table multiplies stored and new values in their own dtype when it scores them (the fused one in float32):
+# its scores carry that dtype's rounding.
+SCORE_ATOL = {torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 5e-3}
+
+
+def _assert_twins(fused: HashTable, ref: HashTable, dtype: torch.dtype) -> None:
     assert fused.stats == ref.stats
     a, b = fused.state_dict(), ref.state_dict()
     for name in SCRATCH_FREE:
         assert torch.equal(a[name][:, :-1], b[name][:, :-1]), name
     for name in EXACT:
         assert (a[name] is None and b[name] is None) or torch.equal(a[name], b[name]), name
-    torch.testing.assert_close(a["score"][:, :-1], b["score"][:, :-1], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(a["score"][:, :-1], b["score"][:, :-1], rtol=1e-4, atol=SCORE_ATOL[dtype])
     if b["pool_norms"] is not None:
         torch.testing.assert_close(a["pool_norms"], b["pool_norms"], rtol=1e-5, atol=1e-6)
 
@@ -83,7 +88,7 @@ def test_fused_table_matches_torch_table(cells, n_buckets, bucket_size, capacity
             values[~mask] = float("inf")
         fused.insert(keys, latents, values, mask=mask)
         ref.insert(keys, latents, values, mask=mask)
-        _assert_twins(fused, ref)
+        _assert_twins(fused, ref, dtype)
         if step == STEPS * 2 // 3:
             fused.reset()
             ref.reset()
