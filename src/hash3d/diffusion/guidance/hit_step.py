@@ -57,9 +57,20 @@ class _Captured:
     hit: torch.Tensor
     finite: torch.Tensor
     n_hit: torch.Tensor
-    grad: torch.Tensor
-    noise_pred: torch.Tensor
-    loss: torch.Tensor
+    """The hit count, copied by P into pinned host memory: read after `done` without a device-to-host copy call."""
+    done: torch.cuda.Event
+    packed: torch.Tensor
+    """Q's outputs in one buffer (one copy out per step): grad, noise_pred, loss."""
+    shape: torch.Size
+
+
+def _pack(grad: torch.Tensor, noise_pred: torch.Tensor, loss: torch.Tensor) -> torch.Tensor:
+    return torch.cat([grad.reshape(-1).float(), noise_pred.reshape(-1).float(), loss.reshape(1).float()])
+
+
+def _unpack(packed: torch.Tensor, shape: torch.Size) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    n = shape.numel()
+    return packed[:n].view(shape), packed[n : 2 * n].view(shape), packed[2 * n]
 
 
 class HitStepGraphs:
@@ -110,11 +121,13 @@ class HitStepGraphs:
         speculative = self.cache.config.mode == "noise"  # a cheap answer: launch it before the host read
         if speculative:
             c.answer.replay()
+        c.done.record()
+        c.done.synchronize()
         if int(c.n_hit) == latents.shape[0]:
             if not speculative:
                 c.answer.replay()
-            return HitAnswer(True, c.hit.clone(), grad=c.grad.clone(), noise_pred=c.noise_pred.clone(),
-                             loss=c.loss)  # sds_loss clones it
+            grad, noise_pred, loss = _unpack(c.packed.clone(), c.shape)
+            return HitAnswer(True, c.hit.clone(), grad=grad, noise_pred=noise_pred, loss=loss)
         hit = c.hit.clone()
         return HitAnswer(False, hit, x_t=c.x_t.clone(), context=c.context.clone(), keys=c.keys.clone(),
                          query=(c.values.clone(), hit, c.finite.clone()))
@@ -138,14 +151,17 @@ class HitStepGraphs:
             torch.cuda.current_stream().wait_stream(side)
         self.pool = capture_pool(self.pool)
         prepare, answer = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
+        n_hit_host = torch.zeros((), dtype=torch.int64, pin_memory=True)
         with torch.no_grad(), capturing():
             with torch.cuda.graph(prepare, pool=self.pool):
                 x_t, context, keys, x_in, t_in, ctx, values, hit, finite, n_hit = self._prepare(*static)
+                n_hit_host.copy_(n_hit, non_blocking=True)
             with torch.cuda.graph(answer, pool=self.pool):
                 noise_pred, grad, loss = self._answer(x_t, x_in, t_in, ctx, values, t, noise, clip, loss_scale,
                                                       latents.dtype)
-        return _Captured(prepare, answer, static[:3], cameras, clip, x_t, context, keys, values, hit, finite, n_hit,
-                         grad, noise_pred, loss)
+                packed = _pack(grad, noise_pred, loss)
+        return _Captured(prepare, answer, static[:3], cameras, clip, x_t, context, keys, values, hit, finite,
+                         n_hit_host, torch.cuda.Event(), packed, grad.shape)
 
     def _prepare(self, latents, t, noise, elevation, azimuth, distances):
         g = self.guidance

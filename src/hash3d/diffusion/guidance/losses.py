@@ -15,7 +15,7 @@ class _SDSLoss(torch.autograd.Function):
     def forward(ctx, latents: torch.Tensor, grad: torch.Tensor, scale: float, value: torch.Tensor | None):
         ctx.save_for_backward(grad)
         ctx.scale, ctx.dtype = scale, latents.dtype
-        return sds_loss_value(grad, scale) if value is None else value.clone()
+        return sds_loss_value(grad, scale) if value is None else value
 
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor):
@@ -38,5 +38,6 @@ def sds_loss(
     value: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """A loss whose gradient with respect to `latents` is `grad` (or grad / B for batch_mean). value: its value
-    (`sds_loss_value`) when already computed, e.g. inside a CUDA graph."""
+    (`sds_loss_value`) when already computed, e.g. inside a CUDA graph; the loss is then that tensor itself (a view
+    of it), not a copy."""
     return _SDSLoss.apply(latents, grad.detach(), loss_scale(latents.shape[0], reduction), value)
