@@ -57,8 +57,6 @@ class _Captured:
     hit: torch.Tensor
     finite: torch.Tensor
     n_hit: torch.Tensor
-    """The hit count, copied by P into pinned host memory: read after `done` without a device-to-host copy call."""
-    done: torch.cuda.Event
     packed: torch.Tensor
     """Q's outputs in one buffer (one copy out per step): grad, noise_pred, loss."""
     shape: torch.Size
@@ -121,8 +119,6 @@ class HitStepGraphs:
         speculative = self.cache.config.mode == "noise"  # a cheap answer: launch it before the host read
         if speculative:
             c.answer.replay()
-        c.done.record()
-        c.done.synchronize()
         if int(c.n_hit) == latents.shape[0]:
             if not speculative:
                 c.answer.replay()
@@ -151,17 +147,15 @@ class HitStepGraphs:
             torch.cuda.current_stream().wait_stream(side)
         self.pool = capture_pool(self.pool)
         prepare, answer = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
-        n_hit_host = torch.zeros((), dtype=torch.int64, pin_memory=True)
         with torch.no_grad(), capturing():
             with torch.cuda.graph(prepare, pool=self.pool):
                 x_t, context, keys, x_in, t_in, ctx, values, hit, finite, n_hit = self._prepare(*static)
-                n_hit_host.copy_(n_hit, non_blocking=True)
             with torch.cuda.graph(answer, pool=self.pool):
                 noise_pred, grad, loss = self._answer(x_t, x_in, t_in, ctx, values, t, noise, clip, loss_scale,
                                                       latents.dtype)
                 packed = _pack(grad, noise_pred, loss)
         return _Captured(prepare, answer, static[:3], cameras, clip, x_t, context, keys, values, hit, finite,
-                         n_hit_host, torch.cuda.Event(), packed, grad.shape)
+                         n_hit, packed, grad.shape)
 
     def _prepare(self, latents, t, noise, elevation, azimuth, distances):
         g = self.guidance
