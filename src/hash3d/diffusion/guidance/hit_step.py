@@ -38,6 +38,7 @@ class HitAnswer:
     """0.5·scale·‖grad‖² (`sds.sds_loss_value`)."""
     x_t: torch.Tensor | None = None
     context: torch.Tensor | None = None
+    """The UNet's encoder states for the cameras (None in noise mode: the host path computes them)."""
     keys: torch.Tensor | None = None
     query: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
     """(values, hit, finite) for `UNetCache.request(query=...)` when some sample missed."""
@@ -51,7 +52,7 @@ class _Captured:
     cameras: torch.Tensor
     clip: torch.Tensor | None
     x_t: torch.Tensor
-    context: torch.Tensor
+    context: torch.Tensor | None
     keys: torch.Tensor
     values: torch.Tensor
     hit: torch.Tensor
@@ -125,7 +126,8 @@ class HitStepGraphs:
             grad, noise_pred, loss = _unpack(c.packed.clone(), c.shape)
             return HitAnswer(True, c.hit.clone(), grad=grad, noise_pred=noise_pred, loss=loss)
         hit = c.hit.clone()
-        return HitAnswer(False, hit, x_t=c.x_t.clone(), context=c.context.clone(), keys=c.keys.clone(),
+        context = None if c.context is None else c.context.clone()
+        return HitAnswer(False, hit, x_t=c.x_t.clone(), context=context, keys=c.keys.clone(),
                          query=(c.values.clone(), hit, c.finite.clone()))
 
     def _capture(self, inputs: tuple, with_clip: bool, loss_scale: float) -> _Captured:
@@ -158,10 +160,15 @@ class HitStepGraphs:
                          n_hit, packed, grad.shape)
 
     def _prepare(self, latents, t, noise, elevation, azimuth, distances):
+        """In noise mode an answer needs neither the conditioning nor the UNet batch: they are left to the host path
+        (context None), which only a request with a miss takes."""
         g = self.guidance
-        context, keys = g._context(elevation, azimuth, distances), g._keys(elevation, azimuth, distances, t)
+        keys = g._keys(elevation, azimuth, distances, t)
         x_t = g._diffuse(latents, t, noise)
-        x_in, t_in, ctx = g._unet_call(x_t, t, context)
+        context = x_in = t_in = ctx = None
+        if self.cache.config.mode != "noise":
+            context = g._context(elevation, azimuth, distances)
+            x_in, t_in, ctx = g._unet_call(x_t, t, context)
         values, hit, finite = self.cache.query_core(keys, x_t)
         return x_t, context, keys, x_in, t_in, ctx, values, hit, finite, hit.sum()
 

@@ -349,8 +349,10 @@ class SDSGuidance(torch.nn.Module):
                     x_t, context, keys, query = answer.x_t, answer.context, answer.keys, answer.query
             if grad is None:
                 if x_t is None:
-                    context, keys = self._context(*cameras), self._keys(*cameras, t)
+                    keys = self._keys(*cameras, t)
                     x_t = self._diffuse(latents.detach(), t, noise)
+                if context is None:
+                    context = self._context(*cameras)
                 noise_pred = self._predict_noise(x_t, t, context, keys, tried, query)
                 grad = self._sds_grad(noise_pred, noise, t, self.grad_clip_value)
         loss = sds_loss(latents, grad.to(latents.dtype), self.config.loss_reduction, loss_value)
