@@ -257,3 +257,15 @@ def test_split_batch_runs_in_full_where_that_measured_cheaper(written_models):
     assert not out.cache_hits.any()
     assert after["full_samples"] - before["full_samples"] == 3 and after["cached_samples"] == before["cached_samples"]
     assert after["inserts"] - before["inserts"] == 3
+
+
+def test_whole_request_passes_are_not_padded(written_models):
+    """Split batches are padded to a power of two, but never beyond the request's own UNet batch: a pass over a whole
+    request runs at its own size (as with the cache off), not at the next power of two."""
+    g = make(written_models["zero123"], "noise", True)
+    latents = torch.randn(3, 4, 8, 8, device="cuda")
+    azimuths, dist = torch.tensor([0.0, 90.0, 180.0], device="cuda"), torch.full((3,), 1.2, device="cuda")
+    for i in range(3):  # three misses (a new elevation cell each time): the full pass is captured at its second call
+        out = g(latents, torch.full((3,), 10.0 + 20.0 * i, device="cuda"), azimuths, dist, rgb_as_latents=True)
+        assert not out.cache_hits.any()
+    assert set(g.cache._state.graphs["full"].replay_ms) == {6}  # 3 keys x 2 CFG halves; formerly padded to 8

@@ -385,14 +385,15 @@ def test_request_step_without_host_decisions_matches_the_eager_dispatch(mode, ad
 
 def test_split_batches_follow_the_measured_pass_costs():
     """features mode splits a batch (full pass on misses + shallow pass on hits) only where the replay times measured
-    at capture say that is cheaper than one full pass over all rows (padded to powers of two as replayed)."""
+    at capture say that is cheaper than one full pass over all rows (parts padded to powers of two as replayed, the
+    whole batch not padded)."""
     from types import SimpleNamespace
 
     unet = tiny_unet()
     cache = apply_hash_cache(unet, cfg("features"))
     hook = unet._diffusers_hook.get_hook("hash3d_cache")
     assert hook._split_pays(24, 10, 14)  # no graphs (CPU): always split
-    hook.state.graphs = {"record": SimpleNamespace(replay_ms={32: 25.0, 16: 20.0}), "reuse": SimpleNamespace(replay_ms={16: 8.0})}
+    hook.state.graphs = {"record": SimpleNamespace(replay_ms={24: 25.0, 16: 20.0}), "reuse": SimpleNamespace(replay_ms={16: 8.0})}
     assert not hook._split_pays(24, 10, 14)  # 20 + 8 > 25: one full pass
     hook.state.graphs["record"].replay_ms[16] = 15.0
     assert hook._split_pays(24, 10, 14)  # 15 + 8 < 25
@@ -401,3 +402,14 @@ def test_split_batches_follow_the_measured_pass_costs():
     hook.state.graphs["record"].replay_ms[16] = 30.0
     assert hook._split_pays(24, 10, 14)  # noise-mode hits cost no UNet: always split
     cache.remove()
+
+
+def test_bucket_for_is_the_smallest_bucket_that_holds_the_rows():
+    from hash3d.diffusion.cache_graph import bucket_for, bucket_sizes
+
+    assert [bucket_for(c, 6) for c in range(1, 7)] == [1, 2, 4, 4, 6, 6]
+    assert bucket_for(24, 24) == 24 and bucket_for(17, 24) == 24 and bucket_for(9, 24) == 16
+    for n in range(1, 41):
+        sizes = bucket_sizes(n)
+        for count in range(1, n + 1):
+            assert bucket_for(count, n) == min(s for s in sizes if s >= count)

@@ -38,6 +38,12 @@ def bucket_sizes(n: int) -> list[int]:
     return sizes + [n]
 
 
+def bucket_for(count: int, n: int) -> int:
+    """The smallest of `bucket_sizes(n)` that holds `count` rows (1 <= count <= n): the next power of two, but never
+    more than n, so a pass over a whole request is not padded."""
+    return min(1 << (count - 1).bit_length(), n)
+
+
 def key_rows(keys_index: torch.Tensor, n_keys: int, groups: int) -> torch.Tensor:
     """UNet-batch rows of the given keys, group-major: key i owns rows i, i + B, i + 2B, ..."""
     offsets = torch.arange(groups, device=keys_index.device)[:, None] * n_keys

@@ -38,7 +38,7 @@ from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
 from ..cache.config import CacheConfig
 from ..cache.table import RESTORE_FIX, HashTable
 from ..cuda_graphs import GraphedFunction, conditional_nodes_available, count_captured, cuda_graphs_available
-from .cache_graph import RequestGraphs, from_entries, key_rows, to_entries
+from .cache_graph import RequestGraphs, bucket_for, from_entries, key_rows, to_entries
 
 NONFINITE_KEYS = "cache keys contain NaN or inf: check the cameras (elevation, azimuth, distance) and timesteps"
 
@@ -206,14 +206,14 @@ class _UNetHook(ModelHook):
             st.last_hits = hit
         n_hits = 0 if values is None else int(hit.sum())  # the one host read of a tried call
         if n_hits == 0:
-            out = self._full(forward, call, kwargs, req.keys, req.latents, groups, req.finite)
+            out = self._full(forward, call, kwargs, req.keys, req.latents, groups, req.finite, batch)
             st.full_samples += n_keys
         elif n_hits == n_keys:
-            out = self._cached(forward, call, kwargs, values, groups)
+            out = self._cached(forward, call, kwargs, values, groups, batch)
             st.cached_samples += n_keys
         elif not self._split_pays(batch, groups * (n_keys - n_hits), groups * n_hits):
             # features mode, where the full pass over the whole batch measured cheaper than the split one: no reuse
-            out = self._full(forward, call, kwargs, req.keys, req.latents, groups, req.finite)
+            out = self._full(forward, call, kwargs, req.keys, req.latents, groups, req.finite, batch)
             st.full_samples += n_keys
             st.last_hits = torch.zeros_like(hit)
         else:
@@ -223,10 +223,10 @@ class _UNetHook(ModelHook):
             miss_rows, hit_rows = key_rows(misses, n_keys, groups), key_rows(hits, n_keys, groups)
             full_out = self._full(
                 forward, _take(call, miss_rows, batch), _take(kwargs, miss_rows, batch),
-                req.keys[misses], req.latents[misses], groups, None if req.finite is None else req.finite[misses],
+                req.keys[misses], req.latents[misses], groups, None if req.finite is None else req.finite[misses], batch,
             )
             cached_out = self._cached(
-                forward, _take(call, hit_rows, batch), _take(kwargs, hit_rows, batch), values[hits], groups
+                forward, _take(call, hit_rows, batch), _take(kwargs, hit_rows, batch), values[hits], groups, batch
             )
             out = full_out.new_empty((batch,) + full_out.shape[1:])
             out[miss_rows] = full_out
@@ -245,8 +245,7 @@ class _UNetHook(ModelHook):
         full, reuse = st.graphs.get("record"), st.graphs.get("reuse")
         if full is None or reuse is None:
             return True
-        pad = lambda n: 1 << (n - 1).bit_length()  # noqa: E731  (as _execute pads split batches)
-        costs = (full.replay_ms.get(pad(rows)), full.replay_ms.get(pad(miss_rows)), reuse.replay_ms.get(pad(hit_rows)))
+        costs = tuple(g.replay_ms.get(bucket_for(n, rows)) for g, n in ((full, rows), (full, miss_rows), (reuse, hit_rows)))
         if None in costs:
             return True
         return costs[1] + costs[2] < costs[0]
@@ -267,8 +266,9 @@ class _UNetHook(ModelHook):
 
         return run
 
-    def _execute(self, forward, phase: str, call: tuple, kwargs: dict, deep: torch.Tensor | None = None):
-        """Run the UNet with the block hooks in `phase` -> (output, recorded deep feature or None).
+    def _execute(self, forward, phase: str, call: tuple, kwargs: dict, rows: int, deep: torch.Tensor | None = None):
+        """Run the UNet with the block hooks in `phase` -> (output, recorded deep feature or None). rows: the UNet
+        batch of the whole request (of which this call may be a part).
 
         With CUDA graphs on, a plain call (tensors only, no extra keyword arguments) replays a graph per phase
         and batch shape.
@@ -286,27 +286,27 @@ class _UNetHook(ModelHook):
             if phase not in st.graphs:
                 # a split-batch size may come up only once in a run: capture a shape at its second call
                 st.graphs[phase] = GraphedFunction(run, warmup=1, capture_after=2, time_replays=True)
-            # split batches come in every size from 1 to B: pad to a power of two so a handful of graphs serve
-            # them all (a launch-bound UNet pass costs about the same for a few more rows)
+            # split batches come in every size from 1 to B: pad to a power of two (at most B) so a handful of graphs
+            # serve them all (a launch-bound UNet pass costs about the same for a few more rows)
             n = call[0].shape[0]
-            size = 1 << (n - 1).bit_length()
+            size = bucket_for(n, rows)
             out, recorded = st.graphs[phase](*(_pad_rows(a, n, size) for a in args))
             return out[:n], (None if recorded is None else recorded[:n])
         return run(*args)
 
-    def _full(self, forward, call, kwargs, keys, latents, groups, finite: torch.Tensor | None = None) -> torch.Tensor:
+    def _full(self, forward, call, kwargs, keys, latents, groups, finite: torch.Tensor | None, rows: int) -> torch.Tensor:
         """Run the whole UNet and insert what the mode stores (only the keys marked finite, when given)."""
         features = self.state.config.mode == "features"
-        out, deep = self._execute(forward, "record" if features else "full", call, kwargs)
+        out, deep = self._execute(forward, "record" if features else "full", call, kwargs, rows)
         stored = deep if features else out
         self.state.table.insert(keys, latents, to_entries(stored.detach(), groups), mask=finite)
         return out
 
-    def _cached(self, forward, call, kwargs, values, groups) -> torch.Tensor:
+    def _cached(self, forward, call, kwargs, values, groups, rows: int) -> torch.Tensor:
         """Answer from cached values [b, groups, ...]: directly (noise) or through the shallow blocks (features)."""
         if self.state.config.mode == "noise":
             return from_entries(values)
-        return self._execute(forward, "reuse", call, kwargs, from_entries(values))[0]
+        return self._execute(forward, "reuse", call, kwargs, rows, from_entries(values))[0]
 
 
 class _TensorSpec(NamedTuple):
