@@ -1,5 +1,5 @@
-"""Whether Triton's fused kernels can run here. triton is optional: modules that define kernels import it from here
-and define them only when it is installed."""
+"""Whether Triton's fused kernels can run here. triton is optional and imported only when needed: modules that define
+kernels take `triton` and `tl` from here (None without triton) and are themselves imported only when chosen."""
 
 from __future__ import annotations
 
@@ -7,14 +7,20 @@ import os
 
 import torch
 
-try:
-    import triton
-    import triton.language as tl
-except ImportError:  # pragma: no cover - depends on the environment
-    triton = None
-    tl = None
+__all__ = ["triton_available", "triton_interpreter_enabled"]  # and, on first use, `triton` and `tl`
 
-__all__ = ["tl", "triton", "triton_available", "triton_interpreter_enabled"]
+
+def __getattr__(name: str):
+    """`triton` and `tl` on first use (importing triton takes a second; CPU runs that never need it skip that)."""
+    if name not in ("triton", "tl"):
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    try:
+        import triton
+        import triton.language as tl
+    except ImportError:  # pragma: no cover - depends on the environment
+        triton = tl = None
+    globals().update(triton=triton, tl=tl)
+    return globals()[name]
 
 
 def triton_interpreter_enabled() -> bool:
@@ -24,8 +30,6 @@ def triton_interpreter_enabled() -> bool:
 
 def triton_available(device: torch.device | str) -> bool:
     """True when a fused path can run on `device`: triton importable and a CUDA device, or the interpreter on."""
-    if triton is None:
+    if not triton_interpreter_enabled() and not (torch.device(device).type == "cuda" and torch.cuda.is_available()):
         return False
-    if triton_interpreter_enabled():
-        return True
-    return torch.device(device).type == "cuda" and torch.cuda.is_available()
+    return __getattr__("triton") is not None
