@@ -1148,7 +1148,7 @@ def test_insert_core_with_mask_has_no_host_sync(kind, backend):
         keys, latents, values = _random_batch(g, 5)
         with _NoSyncMode() as mode:
             table._insert_core(keys, latents, values, mask)
-        seen = {"where", "cumsum"} if backend == "torch" else {"contiguous", "zeros"}  # fused: kernel arguments
+        seen = {"where", "cumsum"} if backend == "torch" else {"contiguous", "empty"}  # fused: kernel arguments
         assert seen <= set(mode.calls)  # the mode really saw the core's calls
     assert table.stats.inserts == 4 + 3 + 0 + 5
 

@@ -276,7 +276,7 @@ def query(table, keys: torch.Tensor, latents: torch.Tensor, counters: torch.Tens
     B, dev, QP = keys.shape[0], table.device, _pow2(table.bucket_size)
     DL, DV = table._pool_latents.shape[1], table._pool_values.shape[1]
     out = torch.empty((B, DV), dtype=table._pool_values.dtype, device=dev)
-    hit = torch.zeros(B, dtype=torch.int8, device=dev)
+    hit = torch.empty(B, dtype=torch.int8, device=dev)  # every row written by the select kernel
     if B:
         weights = torch.empty((B, QP), dtype=torch.float32, device=dev)
         slots = torch.empty((B, QP), dtype=torch.int64, device=dev)
@@ -300,7 +300,7 @@ def insert(table, keys: torch.Tensor, latents: torch.Tensor, values: torch.Tenso
     value_chunks = triton.cdiv(DV, BLOCK)
     keys, values = _aligned(keys), _aligned(values.reshape(B, -1))
     mask = _aligned(mask.view(torch.uint8))
-    sq = torch.zeros((B, chunks), dtype=torch.float32, device=dev)
+    sq = torch.empty((B, chunks), dtype=torch.float32, device=dev)  # every (row, block) written by the copy kernel
     adaptive = M > 1
     dots = torch.empty((B, value_chunks, M, QP) if adaptive else (1,), dtype=torch.float32, device=dev)
     mean_cos = torch.empty((B, M) if adaptive else (1,), dtype=torch.float32, device=dev)

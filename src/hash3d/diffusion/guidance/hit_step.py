@@ -4,16 +4,16 @@ Answering a request from the cache takes little GPU work but, step by step, some
 (forward diffusion, the UNet batch, the table query, classifier-free guidance, the SDS gradient): at SDS sizes the
 host, not the GPU, sets the cost of a hit. Here:
 
-    graph P (prepare): the conditioning for the cameras, the cache keys, x_t, the UNet batch, the table query and the
-    number of hits;
+    graph P (prepare): the cache keys, x_t, the table query and the number of hits, and in features mode the
+    conditioning for the cameras and the UNet batch (a noise-mode answer needs neither);
     graph Q (answer): the cached UNet output (the stored outputs, or the shallow blocks on the stored deep features),
     classifier-free guidance, the SDS gradient and the loss value;
     host: read the number of hits (the one synchronisation a tried request makes). Q's results are used only when every
     sample hit. In noise mode Q is launched right behind P, before the read (its work is small, and dropped when some
     sample missed); in features mode only after the read, when every sample hit.
 
-Otherwise the guidance goes on with its host-dispatched path, handing over P's conditioning, keys, x_t and query so
-the table is not queried twice. Both graphs read the table's storage in place: they are captured again whenever it is replaced.
+Otherwise the guidance goes on with its host-dispatched path, handing over P's keys, x_t, query and (features mode)
+conditioning, so the table is not queried twice. Both graphs read the table's storage in place: they are captured again whenever it is replaced.
 """
 
 from __future__ import annotations
