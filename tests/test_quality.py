@@ -52,14 +52,16 @@ def _one_thread():
 
 
 def test_variant_names_round_trip_and_bad_names_fail():
-    for name in ("off", "on", "features@0.1", "noise@1", "features+adaptive@0.3", "noise+adaptive@0.5"):
+    for name in ("off", "on", "features@0.1", "noise@1", "features+adaptive@0.3", "noise+adaptive@0.5", "noise@auto"):
         assert parse_variant(name).name == name
     assert parse_variant("on") is AS_CONFIGURED and AS_CONFIGURED.overrides() == ["cache.enabled=true"]
     v = parse_variant("noise+adaptive@0.5")
     assert v.overrides("system.guidance.cache") == [
         "system.guidance.cache.enabled=true", "system.guidance.cache.mode=noise",
         "system.guidance.cache.adaptive=true", "system.guidance.cache.policy.probability=0.5",
+        "system.guidance.cache.policy.strategy=fixed",
     ]
+    assert parse_variant("features@auto").overrides()[-2:] == ["cache.policy.probability=1", "cache.policy.strategy=auto"]
     names = [v.name for v in default_variants()]
     assert len(names) == 13 and names[0] == "off" and "features+adaptive@1" in names and "noise@0.1" in names
     assert [v.name for v in parse_variants("off,default,noise@1")] == names
