@@ -196,3 +196,68 @@ def test_progress_bar_shows_the_policy_choice():
     assert format_postfix(1.0, stats) == {"loss": "1", "hit": "50.0%", "saved": "5", "cache": "skip"}
     assert format_postfix(None, {**stats, "policy_trying": 1.0})["cache"] == "try"
     assert "cache" not in format_postfix(None, {"queries": 1, "hit_rate": 0.0})
+
+
+class _FakeEvent:
+    """A stand-in for a CUDA event on a fake GPU clock: recorded at the clock's time, done once the GPU passed it."""
+
+    def __init__(self, clock):
+        self.clock, self.at = clock, None
+
+    def record(self):
+        self.at = self.clock["now"]
+
+    def query(self):
+        return self.clock["gpu"] >= self.at
+
+    def elapsed_time(self, end):
+        return end.at - self.at
+
+
+def test_request_timer_reads_only_finished_requests_in_order():
+    from hash3d.diffusion.request_timer import RequestTimer
+
+    clock = {"now": 0.0, "gpu": -1.0}
+    timer = RequestTimer(event=lambda: _FakeEvent(clock))
+    for i, ms in enumerate((3.0, 5.0, 7.0)):
+        start = timer.start()
+        clock["now"] += ms
+        timer.stop(start, (i,), i % 2 == 0)
+    assert list(timer.ready()) == []  # the GPU has not got there yet: nothing read, nothing waited for
+    clock["gpu"] = 8.0  # past the first two requests only
+    assert list(timer.ready()) == [((0,), True, 3.0), ((1,), False, 5.0)]
+    clock["gpu"] = 100.0
+    assert list(timer.ready()) == [((2,), True, 7.0)] and not timer.pending
+
+
+def test_cache_feeds_measured_request_times_to_the_auto_policy():
+    """With a GPU timer (a fake clock here), every request is timed from the policy's decision to its answer, and the
+    times reach the policy: when trying is dearer, the cache stops trying and its requests run the plain UNet."""
+    from test_unet_cache import inputs, run, tiny_unet
+
+    from hash3d.diffusion import apply_hash_cache
+    from hash3d.diffusion.request_timer import RequestTimer
+
+    unet = tiny_unet()
+    x, ctx, t, keys = inputs()
+    knobs = AutoPolicyConfig(warmup=2, explore_every=2, discard=0, min_samples=2, probe_every=50, probe_len=2)
+    cache = apply_hash_cache(unet, CacheConfig(enabled=True, mode="noise",
+                                               policy=CachePolicyConfig(strategy="auto", auto=knobs)))
+    clock = {"now": 0.0, "gpu": 1e9}
+    state = cache._state
+    state.timer = RequestTimer(event=lambda: _FakeEvent(clock))
+    original = state.finish_request
+
+    def finish():  # each request "takes" 30 ms when it tried the cache, 20 ms when it skipped
+        clock["now"] += 30.0 if state.timing[2] else 20.0
+        original()
+
+    state.finish_request = finish
+    for _ in range(12):
+        run(unet, x, ctx, t, cache, keys)
+    stats = cache.stats
+    assert stats["policy_trying"] == 0.0 and stats["policy_try_ms"] == 30.0 and stats["policy_skip_ms"] == 20.0
+    assert stats["skipped"] >= 4 and stats["tried"] + stats["skipped"] == 12
+    inserts = stats["inserts"]
+    run(unet, x, ctx, t, cache, keys)  # skipped: nothing stored
+    assert cache.stats["inserts"] == inserts and cache.stats["skipped"] == stats["skipped"] + 1

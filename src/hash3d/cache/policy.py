@@ -8,7 +8,7 @@ insert: what the request costs with the cache off), as the median of the latest 
 cheaper one:
 - the first `warmup` requests of a shape try (the table fills, the graphs are captured);
 - while trying, every `explore_every`-th request skips, so the cost of skipping stays known;
-- while skipping, a burst of `probe_len` tries every `probe_every` requests refreshes the table and the cost of
+- while skipping, a burst of `probe_len` tries at the end of every `probe_every` requests refreshes the table and the cost of
   trying, so a run that changes (annealed timesteps, a new resolution) can win the cache back;
 - it switches arm when the other one's median is lower by more than `margin`.
 The first `discard` measurements of each arm and shape are dropped (eager first calls and graph captures).
@@ -104,8 +104,8 @@ class AutoPolicy:
             return True
         if s.arm == "try":
             return auto.explore_every == 0 or s.requests % auto.explore_every != 0
-        s.since_probe += 1
-        return (s.since_probe - 1) % auto.probe_every < auto.probe_len
+        s.since_probe += 1  # the burst closes each period, so a switch to skipping is not followed by tries at once
+        return s.since_probe % auto.probe_every >= auto.probe_every - auto.probe_len
 
     def observe(self, shape: tuple, tried: bool, ms: float) -> None:
         """One measured request cost (ms) of `shape`, tried or not; may switch that shape's arm."""

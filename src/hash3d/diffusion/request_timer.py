@@ -9,23 +9,29 @@ later, so timing adds no synchronisation.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 
 
+def _cuda_event() -> torch.cuda.Event:
+    return torch.cuda.Event(enable_timing=True)
+
+
 class RequestTimer:
-    def __init__(self, max_pending: int = 256):
+    def __init__(self, max_pending: int = 256, event: Callable[[], torch.cuda.Event] = _cuda_event):
         self.pending: deque[tuple[torch.cuda.Event, torch.cuda.Event, tuple, bool]] = deque()
         self.max_pending = max_pending
+        self.event = event
+        """Makes an event with record(), query() and elapsed_time(other) (CUDA events; tests pass a stand-in)."""
 
     def start(self) -> torch.cuda.Event:
-        event = torch.cuda.Event(enable_timing=True)
+        event = self.event()
         event.record()
         return event
 
     def stop(self, start: torch.cuda.Event, shape: tuple, tried: bool) -> None:
-        end = torch.cuda.Event(enable_timing=True)
+        end = self.event()
         end.record()
         self.pending.append((start, end, shape, tried))
         while len(self.pending) > self.max_pending:  # never read: drop the oldest rather than grow
