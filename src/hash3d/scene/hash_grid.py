@@ -58,8 +58,8 @@ class HashGridConfig:
     backend: Literal["auto", "torch", "triton"] = "auto"
     """torch: the pure-torch encoding (any device and dtype; gradients to the table and the points, compilable).
     triton: fused Triton kernels (hash_grid_triton.py; needs a CUDA GPU with triton installed, float32), same
-    outputs, gradients to the table only (the points must not require grad); 4x faster forward and backward on an
-    H100 (docs/benchmarks.md). auto: triton for each call that it can serve, torch for the others."""
+    outputs, gradients to the table only (the points must not require grad); several times faster on a GPU
+    (docs/benchmarks.md, Renderers). auto: triton for each call that it can serve, torch for the others."""
 
     def __post_init__(self) -> None:
         if self.n_levels < 1 or self.n_features_per_level < 1:
