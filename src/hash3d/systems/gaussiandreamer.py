@@ -39,7 +39,7 @@ from ..data.batches import CameraBatch
 from ..data.cameras import world_to_camera_opencv
 from ..diffusion.schedule import ScheduleValue, schedule_value
 from ..profiling import section
-from ..render.gaussian_raster import RasterMeta, resolve_backend
+from ..render.gaussian_raster import RasterMeta, rasterize_splats, resolve_backend
 from ..scene.gaussian_density import GaussianDensifyStrategy
 from ..scene.gaussian_ply import write_point_cloud_ply
 from ..scene.gaussians import PARAM_NAMES, GaussianLRConfig, GaussianModel
@@ -200,7 +200,7 @@ class GaussianDreamerSystem(System):
             Ks = cams.intrinsics().to(viewmats)
             background = torch.tensor(self.cfg.background_color, device=device, dtype=torch.float32)
             backend = resolve_backend(self.cfg.rasterizer, device)
-            return self.gaussians.rasterize(viewmats, Ks, cams.width, cams.height, background, backend)
+            return rasterize_splats(self.gaussians.splats(), viewmats, Ks, cams.width, cams.height, background, backend)
 
     def opacity_proxy(self, alpha: torch.Tensor, meta: RasterMeta) -> torch.Tensor:
         if self.cfg.sparsity_source == "alpha":
