@@ -1,4 +1,4 @@
-"""Quality harness: does the Hash3D cache keep image-to-3D quality? (command line of `hash3d.quality`)
+"""Quality harness: does the Hash3D cache keep image-to-3D quality? (command line of `hash3d.image_to_3d`)
 
     python bench/quality.py [--pipeline dreamgaussian|threestudio] [--objects 2] [--variants default|off,noise@1,...]
                             [--out outputs/quality] [--no-random] [--refine] [--threads 2] [OPTION=VALUE ...]
@@ -29,9 +29,9 @@ sys.path.insert(0, str(REPO / "src"))
 
 import torch  # noqa: E402
 
-from hash3d.quality import HarnessConfig, format_table, parse_variants, run_harness  # noqa: E402
-from hash3d.quality.cases import DEFAULT_ID_OFFSET  # noqa: E402
-from hash3d.quality.paths import MINI_MODEL  # noqa: E402
+from hash3d.image_to_3d import HarnessConfig, format_table, parse_variants, run_harness  # noqa: E402
+from hash3d.image_to_3d.cases import DEFAULT_ID_OFFSET  # noqa: E402
+from hash3d.shipped import MINI_MODEL  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

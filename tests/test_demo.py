@@ -16,7 +16,7 @@ from hash3d.config import load_config, twin_differences
 from hash3d.config.loader import load_yaml
 from hash3d.config.typed import to_data
 from hash3d.demo import main
-from hash3d.quality.paths import DG_CONFIGS, EXAMPLE_INPUT, MINI_MODEL, TS_CONFIGS
+from hash3d.shipped import DG_CONFIGS, EXAMPLE_INPUT, MINI_MODEL, TS_CONFIGS
 from hash3d.systems.dreamgaussian import load_options
 
 # a few CPU seconds per run: 4 + 2 steps, a small Gaussian cloud, mesh, texture and video
@@ -71,8 +71,8 @@ def test_mini_configs_follow_the_model_card():
     assert ts.system.guidance.camera_embedding == "stable"
     # the model and example paths are relative to the front-end folders and name the shipped files
     for front, model, image in (
-        (DG_CONFIGS.parent, dg.guidance.pretrained_model_name_or_path, dg.input),
-        (TS_CONFIGS.parent, ts.system.guidance.pretrained_model_name_or_path, ts.data.image_path),
+        (DG_CONFIGS.resolve().parent, dg.guidance.pretrained_model_name_or_path, dg.input),
+        (TS_CONFIGS.resolve().parent, ts.system.guidance.pretrained_model_name_or_path, ts.data.image_path),
     ):
         assert (front / model).resolve() == MINI_MODEL.resolve()
         assert (front / image).resolve() == EXAMPLE_INPUT.resolve()

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from ..cli import run_cli
 from .base import DataError
 from .image import recenter
 
@@ -158,14 +159,13 @@ def main(argv: Sequence[str] | None = None, prog: str = "process.py") -> int:
     parser.add_argument("--border_ratio", default=0.2, type=float, help="empty border around the object")
     parser.add_argument("--recenter", type=_bool, default=True, help="recentre and rescale the object (true/false)")
     args = parser.parse_args(argv)
-    try:
+
+    def body() -> None:
         options = ProcessOptions(args.size, args.border_ratio, args.recenter, args.model)
         for out in process_path(args.path, options):
             print(f"wrote {out}")
-    except DataError as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+
+    return run_cli(body, prog)
 
 
 if __name__ == "__main__":

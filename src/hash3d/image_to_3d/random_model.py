@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from .paths import MINI_MODEL, require
+from ..shipped import MINI_MODEL, require
 
 __all__ = ["write_random_mini"]
 

@@ -1,7 +1,7 @@
 """The quality harness: held-out objects -> the image-to-3D pipeline with each cache variant -> 16 novel views ->
 PSNR / SSIM (/ LPIPS) against ground truth, time and cache statistics -> a table and a JSON file.
 
-    from hash3d.quality import HarnessConfig, run_harness
+    from hash3d.image_to_3d import HarnessConfig, run_harness
     result = run_harness(HarnessConfig(out="outputs/quality", objects=2, variants=parse_variants("off,features@0.5")))
 
 Layout under `out`:
@@ -32,14 +32,14 @@ from typing import Any
 import torch
 
 from .cases import DEFAULT_ID_OFFSET, Case, case_ids, make_case, save_rgb
-from .paths import MINI_MODEL
+from ..shipped import MINI_MODEL
 from .pipeline import PIPELINES, run_pipeline
 from .random_model import write_random_mini
 from .variants import Variant, default_variants
 
 __all__ = ["HarnessConfig", "run_harness", "format_table", "score_folder"]
 
-logger = logging.getLogger("hash3d.quality")
+logger = logging.getLogger(__name__)
 
 
 @dataclass

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from .paths import DG_CONFIGS, MINI_MODEL, TS_CONFIGS, require
+from ..shipped import DG_CONFIGS, MINI_MODEL, TS_CONFIGS, require
 from .variants import Variant
 
 __all__ = [
