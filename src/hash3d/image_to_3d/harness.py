@@ -32,6 +32,7 @@ from typing import Any
 import torch
 
 from .cases import DEFAULT_ID_OFFSET, Case, case_ids, make_case, save_rgb
+from ..config.errors import ConfigError
 from ..shipped import MINI_MODEL
 from .pipeline import PIPELINES, run_pipeline
 from .random_model import write_random_mini
@@ -71,9 +72,9 @@ class HarnessConfig:
     def __post_init__(self) -> None:
         self.out = Path(self.out)
         if self.pipeline not in PIPELINES:
-            raise ValueError(f"unknown pipeline {self.pipeline!r}; choose from {', '.join(PIPELINES)}")
+            raise ConfigError(f"unknown pipeline {self.pipeline!r}; choose from {', '.join(PIPELINES)}")
         if self.objects < 1:
-            raise ValueError(f"objects must be >= 1; got {self.objects}")
+            raise ConfigError(f"objects must be >= 1; got {self.objects}")
 
 
 def score_folder(gt_dir: Path, pred_dir: Path, lpips_net: str | None = None) -> dict[str, float]:

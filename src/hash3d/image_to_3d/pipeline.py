@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from ..config.errors import ConfigError
 from ..shipped import DG_CONFIGS, MINI_MODEL, TS_CONFIGS, require
 from .variants import Variant
 
@@ -48,7 +49,7 @@ CONFIGS = {
 
 def config_path(pipeline: str, variant: Variant) -> Path:
     if pipeline not in CONFIGS:
-        raise ValueError(f"unknown pipeline {pipeline!r}; choose from {', '.join(PIPELINES)}")
+        raise ConfigError(f"unknown pipeline {pipeline!r}; choose from {', '.join(PIPELINES)}")
     return require(CONFIGS[pipeline][1 if variant.enabled else 0], f"the {pipeline} mini config")
 
 
@@ -284,7 +285,7 @@ def _threestudio_test_views(run: PipelineRun, elevation: float, delta_azimuths: 
     n = len(delta_azimuths)
     expected = [360.0 * k / n for k in range(n)]
     if spec is None or spec[0] != elevation or spec[1] != n or spec[2] != size or list(delta_azimuths) != expected:
-        raise ValueError("threestudio runs can only be scored at the test views they rendered: run with "
+        raise ConfigError("threestudio runs can only be scored at the test views they rendered: run with "
                          f"test_views=({elevation}, {n}, {size}) and evenly spaced azimuths")
     frames = []
     for i in range(n):
@@ -298,4 +299,4 @@ def run_pipeline(pipeline: str, variant: Variant, input_path, outdir, **kwargs) 
         return run_dreamgaussian(variant, input_path, outdir, **kwargs)
     if pipeline == "threestudio":
         return run_threestudio(variant, input_path, outdir, **kwargs)
-    raise ValueError(f"unknown pipeline {pipeline!r}; choose from {', '.join(PIPELINES)}")
+    raise ConfigError(f"unknown pipeline {pipeline!r}; choose from {', '.join(PIPELINES)}")

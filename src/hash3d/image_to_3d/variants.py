@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..config.errors import ConfigError
+
 __all__ = ["ETAS", "AS_CONFIGURED", "Variant", "parse_variant", "parse_variants", "default_variants"]
 
 ETAS = (0.1, 0.3, 0.5, 1.0)
@@ -64,18 +66,18 @@ def parse_variant(text: str) -> Variant:
         return AS_CONFIGURED
     forms = "'off', 'on', 'features@0.3', 'noise@1', 'features+adaptive@0.1'"
     if "@" not in text:
-        raise ValueError(f"cache variant {text!r}: expected one of the forms {forms}")
+        raise ConfigError(f"cache variant {text!r}: expected one of the forms {forms}")
     head, eta_text = text.split("@", 1)
     parts = head.split("+")
     mode, flags = parts[0], set(parts[1:])
     if mode not in ("features", "noise") or not flags <= {"adaptive"}:
-        raise ValueError(f"cache variant {text!r}: expected one of the forms {forms}")
+        raise ConfigError(f"cache variant {text!r}: expected one of the forms {forms}")
     try:
         eta = float(eta_text)
     except ValueError:
-        raise ValueError(f"cache variant {text!r}: η must be a number in (0, 1]") from None
+        raise ConfigError(f"cache variant {text!r}: η must be a number in (0, 1]") from None
     if not 0 < eta <= 1:
-        raise ValueError(f"cache variant {text!r}: η must be in (0, 1]")
+        raise ConfigError(f"cache variant {text!r}: η must be in (0, 1]")
     return Variant(True, mode, eta, "adaptive" in flags)
 
 
@@ -89,7 +91,7 @@ def parse_variants(text: str) -> list[Variant]:
             if v not in out:
                 out.append(v)
     if not out:
-        raise ValueError("no cache variants given")
+        raise ConfigError("no cache variants given")
     return out
 
 

@@ -26,6 +26,8 @@ from typing import Literal
 import torch
 from torch import nn
 
+from ..config.errors import ConfigError
+
 HASH_PRIMES = (1, 2654435761, 805459861)
 """Per-axis multipliers of the spatial hash (instant-NGP)."""
 
@@ -235,7 +237,7 @@ class HashGrid(nn.Module):
         from .hash_grid_triton import hash_grid_encode_triton, triton_available
 
         if not triton_available(x.device):
-            raise ValueError(
+            raise ConfigError(
                 f"geometry.pos_encoding_config.backend is 'triton', but the triton hash-grid path cannot run on "
                 f"device {x.device} (it needs a CUDA GPU and the triton package); set "
                 f"geometry.pos_encoding_config.backend: torch, or run on a CUDA GPU with triton installed"

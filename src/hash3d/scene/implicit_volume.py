@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config.errors import ConfigError
 from ..config.registry import register
 from .field import FieldOutput
 from .hash_grid import HashGrid, HashGridConfig
@@ -209,7 +210,7 @@ class ImplicitVolume(nn.Module):
         """
         if not with_normal or self.config.normal_type == "none":
             if with_normal:
-                raise ValueError("normals asked for, but geometry.normal_type is 'none'")
+                raise ConfigError("normals asked for, but geometry.normal_type is 'none'")
             density, features = self._raw(points, with_features=True)
             return FieldOutput(density, self.albedo_from_features(features), None, features)
 

@@ -34,7 +34,7 @@ from typing import Any, Literal
 
 import torch
 
-from ..config import block, build_block, register
+from ..config import ConfigError, block, build_block, register
 from ..data.batches import CameraBatch
 from ..data.cameras import world_to_camera_opencv
 from ..diffusion.schedule import ScheduleValue, schedule_value
@@ -131,7 +131,7 @@ class GaussianDreamerSystem(System):
         cfg = self.cfg
         prompt = cfg.prompt_processor.prompt
         if not prompt.strip():
-            raise ValueError('the prompt is empty: pass system.prompt_processor.prompt="a fox playing a violin"')
+            raise ConfigError('the prompt is empty: pass system.prompt_processor.prompt="a fox playing a violin"')
         self.prior = ShapePrior(cfg.init, prompt)  # checks the .ply / Shap-E source now, before any output
         self.gaussians = self._empty_gaussians()
         self.initialised = False

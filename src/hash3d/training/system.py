@@ -38,6 +38,8 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from ..config.errors import ConfigError
+
 
 @dataclass
 class OptimizerArgs:
@@ -93,7 +95,7 @@ def build_optimizer(module: nn.Module, cfg: OptimizerConfig) -> torch.optim.Opti
         params = [p for n, p in named if (n == prefix or n.startswith(prefix + ".")) and n not in taken]
         taken.update(n for n, _ in named if n == prefix or n.startswith(prefix + "."))
         if not params:
-            raise ValueError(f"system.optimizer.params.{prefix}: the system has no trainable parameters under '{prefix}'")
+            raise ConfigError(f"system.optimizer.params.{prefix}: the system has no trainable parameters under '{prefix}'")
         g: dict[str, Any] = {"params": params, "name": prefix}
         if group.lr is not None:
             g["lr"] = group.lr
@@ -104,7 +106,7 @@ def build_optimizer(module: nn.Module, cfg: OptimizerConfig) -> torch.optim.Opti
     if rest:
         groups.append({"params": rest, "name": "default"})
     if not groups:
-        raise ValueError("the system has no trainable parameters to optimise")
+        raise ConfigError("the system has no trainable parameters to optimise")
     a = cfg.args
     if cfg.name == "SGD":
         return torch.optim.SGD(groups, lr=a.lr, weight_decay=a.weight_decay)
