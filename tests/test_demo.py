@@ -24,14 +24,6 @@ TINY = ["--steps", "4", "--refine-steps", "2", "--no-progress", "num_pts=200", "
         "texture_size=32", "video_frames=4", "video_size=32"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _leaves(data, prefix=""):
     if isinstance(data, dict):
         out = {}

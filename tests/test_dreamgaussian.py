@@ -28,14 +28,6 @@ CONFIGS = FRONT / "configs"
 EXAMPLE = FRONT / "data" / "mug_rgba.png"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def tiny(model: str, outdir: Path, **extra) -> list[str]:
     """Overrides that shrink a config to a few CPU seconds; the cache (when on) hits after its first call."""
     base = {
@@ -281,6 +273,7 @@ def test_stage1_starts_from_a_ply(written_models, tmp_path):
         run_stage1(cfg, progress=False)
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_both_stages_on_cuda(written_models, tmp_path):
     """device=auto on a GPU: gsplat (when installed) for the Gaussians, nvdiffrast (when installed) for the mesh."""
@@ -448,7 +441,6 @@ def test_command_lines_as_users_run_them(written_models, tmp_path):
         "photo_model.ply", "photo_mesh.obj", "photo_mesh.mtl", "photo_mesh_albedo.png", "photo_report.json",
         "photo.obj", "photo.mtl", "photo_albedo.png", "photo_refine_report.json",
     ])  # fmt: skip
-
 
 
 def test_command_line_errors(tmp_path, capsys, monkeypatch):

@@ -18,14 +18,6 @@ from hash3d.render.gaussian_raster import rasterize_splats
 from hash3d.scene.gaussians import GaussianLRConfig, GaussianModel, knn_mean_sq_dist
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _random_model(n=50, sh_degree=1, seed=0) -> GaussianModel:
     g = torch.Generator().manual_seed(seed)
     k1 = (sh_degree + 1) ** 2 - 1

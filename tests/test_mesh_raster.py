@@ -13,14 +13,6 @@ from hash3d.data.cameras import intrinsics, orbit_c2w, rays, world_to_camera_ope
 from hash3d.render.mesh_raster import has_nvdiffrast, rasterize_mesh, resolve_mesh_backend
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _scene(dtype=torch.float64):
     """A slanted box (12 triangles) with a triangle floating in front of it; vertex colours; uv per vertex."""
     g = torch.Generator().manual_seed(3)
@@ -258,6 +250,7 @@ def test_nvdiffrast_triangle_ids_decode():
     assert _triangle_ids(rast[..., 3]).tolist() == ids
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not (torch.cuda.is_available() and has_nvdiffrast()), reason="needs CUDA and diffrp-nvdiffrast")
 def test_nvdiffrast_matches_torch_backend(load_bench):
     """Same visibility (all but the pixels whose centres lie within a snapping step of an edge), same image, depth and

@@ -43,14 +43,6 @@ PSNR_FLOOR = 15.3  # random weights: 14.96; trained: 15.98 cache off, 15.63 cach
 MAX_DROP_DB = 0.5
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_variant_names_round_trip_and_bad_names_fail():
     for name in ("off", "on", "features@0.1", "noise@1", "features+adaptive@0.3", "noise+adaptive@0.5"):
         assert parse_variant(name).name == name

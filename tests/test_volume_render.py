@@ -26,8 +26,6 @@ from hash3d.render import (
 )
 from hash3d.scene import FieldOutput, HashGridConfig, ImplicitVolume, ImplicitVolumeConfig, MLPConfig
 
-torch.set_num_threads(1)
-
 
 class SphereField(nn.Module):
     """Constant density σ and colour inside a ball of radius a at the origin, nothing outside."""
