@@ -58,7 +58,6 @@ def build_parser(prog: str = "launch.py") -> argparse.ArgumentParser:
         "run falls back to the CPU with a note.",
     )
     p.add_argument("--verbose", action="store_true", help="debug logging and full tracebacks")
-    p.add_argument("--typecheck", action="store_true", help=argparse.SUPPRESS)  # accepted for threestudio compatibility
     return p
 
 

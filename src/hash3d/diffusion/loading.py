@@ -30,6 +30,7 @@ CLIPImageProcessor = getattr(transformers, "CLIPImageProcessorPil", None) or tra
 
 __all__ = [
     "ModelLoadError",
+    "is_hub_id",
     "StableDiffusionParts",
     "Zero123Parts",
     "load_stable_diffusion",
@@ -197,7 +198,8 @@ def _family_hint(family: str, components: frozenset[str]) -> str:
     return ""
 
 
-def _is_hub_id(name: str) -> bool:
+def is_hub_id(name: str) -> bool:
+    """Whether `name` reads as a Hugging Face hub id ('owner/name' or 'name'), not as a local path."""
     if not name or name.startswith((".", "/", "~")) or "\\" in name or name.count("/") > 1:
         return False
     try:
@@ -214,7 +216,7 @@ def _resolve(name_or_path: str | os.PathLike, family: str, local_files_only: boo
     path = Path(name).expanduser()
     if path.exists():
         return _resolve_local(path, family, local_files_only)
-    if not isinstance(name_or_path, str) or not _is_hub_id(name):
+    if not isinstance(name_or_path, str) or not is_hub_id(name):
         raise MissingFileError(
             f"No folder at '{path}', and '{name}' is not a Hugging Face hub id (like 'owner/name'). "
             f"Pass a folder in {_layout(family)}, or a hub id. " + _TEST_MODEL_HINT.format(family=family)

@@ -98,10 +98,10 @@ class PipelineRun:
         if self.pipeline != "dreamgaussian" or self.mesh_file is None:
             return None
         from hash3d.render.mesh_raster import resolve_mesh_backend
-        from hash3d.systems.dreamgaussian.stage2 import _textured, load_mesh, render_mesh
+        from hash3d.systems.dreamgaussian.stage2 import load_mesh, render_mesh, textured_mesh
 
         cfg, _ = self.handle
-        mesh = _textured(load_mesh(self.mesh_file), cfg.texture_size)
+        mesh = textured_mesh(load_mesh(self.mesh_file), cfg.texture_size)
         views = _dg_views(cfg, elevation, delta_azimuths, size, "cpu")
         image, _, _ = render_mesh(mesh.vertices, mesh, mesh.texture, views, resolve_mesh_backend(cfg.mesh_backend, "cpu"))
         return image.clamp(0, 1).cpu()

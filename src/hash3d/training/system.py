@@ -147,6 +147,11 @@ class System(nn.Module):
     def device(self) -> torch.device:
         return self._device
 
+    def move_to(self, device: str | torch.device) -> None:
+        """Move the system's parameters and buffers to `device`, and make `device` say so."""
+        self.to(device)
+        self._device = torch.device(device)
+
     def set_save_dir(self, path: str | Path) -> None:
         """The trial's save/ folder (threestudio's name), for systems that write files of their own there. The
         loop sets it before any stage (fit, validate, test, export); None when the system runs outside the loop."""
