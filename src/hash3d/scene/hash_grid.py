@@ -223,7 +223,7 @@ class HashGrid(nn.Module):
     def n_output_dims(self) -> int:
         return self.config.n_levels * self.config.n_features_per_level
 
-    def update_step(self, global_step: int) -> None:
+    def update_step(self, global_step: int, max_steps: int | None = None) -> None:
         """Progressive band: switch levels on as training proceeds (no-op for a plain HashGrid)."""
         active = self.config.active_levels(global_step)
         self.level_mask.fill_(0.0)

@@ -150,9 +150,9 @@ class ImplicitVolume(nn.Module):
         if device is not None:
             self.to(device)
 
-    def update_step(self, global_step: int) -> None:
+    def update_step(self, global_step: int, max_steps: int | None = None) -> None:
         """Per-step schedule (the progressive hash-grid band)."""
-        self.encoding.update_step(global_step)
+        self.encoding.update_step(global_step, max_steps)
 
     def extract_mesh(self, resolution: int | None = None, threshold: float | None = None) -> Mesh:
         """Isosurface with the config's isosurface_* settings (arguments override them)."""

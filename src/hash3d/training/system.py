@@ -29,7 +29,6 @@ it is the number of steps trained (what the loop names the test files by).
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -114,16 +113,6 @@ def build_optimizer(module: nn.Module, cfg: OptimizerConfig) -> torch.optim.Opti
     return cls(groups, lr=a.lr, betas=a.betas, eps=a.eps, weight_decay=a.weight_decay)
 
 
-def call_update_step(obj: Any, step: int, max_steps: int | None) -> None:
-    """Call `obj.update_step(step, max_steps)`, or `obj.update_step(step)` for components that take only the step."""
-    fn = obj.update_step
-    try:
-        n = len(inspect.signature(fn).parameters)
-    except (TypeError, ValueError):
-        n = 2
-    fn(step, max_steps) if n >= 2 else fn(step)
-
-
 class System(nn.Module):
     """Base of every system. Subclasses override `configure`, `training_step`, `test_step` (and optionally the rest)."""
 
@@ -177,11 +166,12 @@ class System(nn.Module):
         """Before the test orbit is rendered (after training, or after loading a checkpoint for --test)."""
 
     def update_step(self, step: int, max_steps: int | None = None) -> None:
-        """Step-dependent schedules. The default forwards to every direct child that has `update_step`."""
+        """Step-dependent schedules. The default forwards to every direct child that has `update_step`: everything
+        that changes with the step (guidance, geometry, hash grid) takes `update_step(global_step, max_steps=None)`."""
         self.global_step = step
         for child in self.children():
             if callable(getattr(child, "update_step", None)):
-                call_update_step(child, step, max_steps)
+                child.update_step(step, max_steps)
 
     def training_step(self, batch: Any, step: int) -> dict[str, Any]:
         """-> {"loss": scalar tensor to minimise, **other scalars to log}."""
