@@ -12,7 +12,7 @@ import pytest
 import torch
 import trimesh
 
-from hash3d.config import load_config, twin_differences
+from hash3d.config import flatten, load_config, twin_differences
 from hash3d.config.loader import load_yaml
 from hash3d.config.typed import to_data
 from hash3d.demo import main
@@ -24,22 +24,13 @@ TINY = ["--steps", "4", "--refine-steps", "2", "--no-progress", "num_pts=200", "
         "texture_size=32", "video_frames=4", "video_size=32"]
 
 
-def _leaves(data, prefix=""):
-    if isinstance(data, dict):
-        out = {}
-        for k, v in data.items():
-            out.update(_leaves(v, f"{prefix}.{k}" if prefix else str(k)))
-        return out
-    return {prefix: data}
-
-
 def test_dreamgaussian_mini_twins_differ_only_in_the_cache_block():
     a_raw, b_raw = dict(load_yaml(DG_CONFIGS / "image_mini.yaml")), dict(load_yaml(DG_CONFIGS / "image_mini_hash3d.yaml"))
     assert b_raw.pop("cache")["enabled"] is True
     a_raw.pop("cache", None)
     assert a_raw == b_raw
-    la = _leaves(to_data(load_options(DG_CONFIGS / "image_mini.yaml")))
-    lb = _leaves(to_data(load_options(DG_CONFIGS / "image_mini_hash3d.yaml")))
+    la = flatten(to_data(load_options(DG_CONFIGS / "image_mini.yaml")))
+    lb = flatten(to_data(load_options(DG_CONFIGS / "image_mini_hash3d.yaml")))
     diff = sorted(k for k in set(la) | set(lb) if la.get(k) != lb.get(k))
     assert diff and all(k.startswith("cache.") for k in diff), diff
 

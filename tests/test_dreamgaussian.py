@@ -16,6 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
+from hash3d.config import flatten
 from hash3d.config.errors import ConfigError
 from hash3d.config.loader import load_yaml
 from hash3d.config.typed import to_data
@@ -53,15 +54,6 @@ def tiny(model: str, outdir: Path, **extra) -> list[str]:
     return [f"{k}={v}" for k, v in base.items()]
 
 
-def _leaves(data, prefix=""):
-    if isinstance(data, dict):
-        out = {}
-        for k, v in data.items():
-            out.update(_leaves(v, f"{prefix}.{k}" if prefix else str(k)))
-        return out
-    return {prefix: data}
-
-
 # ------------------------------------------------------------------------------------------------ configs
 
 
@@ -74,7 +66,7 @@ def test_hash3d_twin_differs_only_in_the_cache_block(plain):
     b_raw.pop("cache")
     assert a_raw == b_raw
     a, b = (to_data(load_options(CONFIGS / f"{n}.yaml")) for n in (plain, f"{plain}_hash3d"))
-    la, lb = _leaves(a), _leaves(b)
+    la, lb = flatten(a), flatten(b)
     diff = sorted(k for k in set(la) | set(lb) if la.get(k) != lb.get(k))
     assert diff and all(k.startswith("cache.") for k in diff), diff
     assert a["cache"]["enabled"] is False and b["cache"]["enabled"] is True
@@ -84,7 +76,7 @@ def test_configs_carry_dreamgaussian_defaults():
     xl = load_options(CONFIGS / "image.yaml")
     sai = load_options(CONFIGS / "image_sai.yaml")
     # image.yaml and image_sai.yaml differ only in stable_zero123 and warmup_rgb_loss (and so the weights)
-    la, lb = _leaves(to_data(xl)), _leaves(to_data(sai))
+    la, lb = flatten(to_data(xl)), flatten(to_data(sai))
     assert sorted(k for k in la if la[k] != lb[k]) == ["guidance.pretrained_model_name_or_path", "stable_zero123", "warmup_rgb_loss"]
     assert xl.model_name == "ashawkey/zero123-xl-diffusers" and not xl.stable_zero123 and xl.warmup_rgb_loss
     assert sai.model_name == "ashawkey/stable-zero123-diffusers" and sai.stable_zero123 and not sai.warmup_rgb_loss
