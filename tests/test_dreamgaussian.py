@@ -303,7 +303,7 @@ def test_missing_input_fails_before_anything_is_written(written_models, tmp_path
     old = out / "mug_model.ply"
     old.write_text("an earlier result")
     cfg = load_options(CONFIGS / "image_sai.yaml", tiny(written_models["zero123"], out, input=str(tmp_path / "nope.png")))
-    with pytest.raises(DreamGaussianError, match="input image not found: .*nope.png"):
+    with pytest.raises(DreamGaussianError, match="input: image not found: .*nope.png"):
         _stage("1")(cfg, False)
     assert old.read_text() == "an earlier result" and sorted(p.name for p in out.iterdir()) == ["mug_model.ply"]
     cfg = load_options(CONFIGS / "image_sai.yaml", tiny(written_models["zero123"], out, input="null"))
@@ -447,7 +447,7 @@ def test_command_line_errors(tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err
     assert err.startswith("main2.py: error: stage-1 mesh not found") and "run stage 1 first" in err
     assert main_stage1(["--config", "configs/image_sai.yaml", "input=data/none.png", "save_path=x", f"outdir={tmp_path}"], "main.py") == 2
-    assert "input image not found: data/none.png" in capsys.readouterr().err
+    assert "input: image not found: data/none.png" in capsys.readouterr().err
     with pytest.raises(SystemExit):  # argparse: a flag that is not key=value
         main_stage1(["--config", "configs/image_sai.yaml", "--iters", "3"], "main.py")
     assert "config options are given as key=value" in capsys.readouterr().err
