@@ -47,7 +47,7 @@ sys.path.insert(0, str(REPO / "src"))
 
 from hash3d.launch import main as launch  # noqa: E402
 from hash3d.profiling import SectionTimer  # noqa: E402
-from hash3d.quality.variants import parse_variant  # noqa: E402
+from hash3d.image_to_3d.variants import parse_variant  # noqa: E402
 from hash3d.testing.models import write_model  # noqa: E402
 
 

@@ -8,7 +8,7 @@ import torch
 from hash3d.cache.config import CacheConfig, CachePolicyConfig
 from hash3d.diffusion.guidance import Zero123Guidance, Zero123GuidanceConfig
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
 
 @pytest.fixture(autouse=True)

@@ -24,14 +24,6 @@ CONFIGS = FRONT / "configs"
 TWINS = ["stable-zero123", "zero123", "dreamfusion-sd"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def overrides(config: Path, model: str, out: Path, steps: int = 2, extra: tuple[str, ...] = ()) -> list[str]:
     cfg, _ = load_config(config, [])
     return [

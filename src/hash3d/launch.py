@@ -16,13 +16,13 @@ import argparse
 import logging
 import os
 import sys
-import traceback
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 
 import torch
 
+from .cli import run_cli, setup_logging
 from .config import ConfigError, ExperimentConfig, UserInputError, build, load_config, to_yaml
 from .training.checkpoint import check_config, load_checkpoint
 from .training.loop import Trainer, resolve_precision, seed_everything
@@ -30,21 +30,6 @@ from .training.outputs import TrialDir
 
 log = logging.getLogger("hash3d")
 
-
-class _CurrentStderrHandler(logging.StreamHandler):
-    """Writes to whatever sys.stderr is at the time of each message (not the stream of the first launch in this
-    process, which an embedding program or a test harness may have replaced and closed since)."""
-
-    def __init__(self) -> None:
-        super().__init__(sys.stderr)
-
-    @property
-    def stream(self):  # type: ignore[override]
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, value) -> None:
-        pass
 
 MODES = ("train", "validate", "test", "export")
 
@@ -73,7 +58,6 @@ def build_parser(prog: str = "launch.py") -> argparse.ArgumentParser:
         "run falls back to the CPU with a note.",
     )
     p.add_argument("--verbose", action="store_true", help="debug logging and full tracebacks")
-    p.add_argument("--typecheck", action="store_true", help=argparse.SUPPRESS)  # accepted for threestudio compatibility
     return p
 
 
@@ -116,17 +100,6 @@ def select_device(gpu: str) -> tuple[torch.device, str | None]:
         note = f"multi-GPU training is not supported: using GPU {indices[0]} only"
     torch.cuda.set_device(indices[0])
     return torch.device("cuda", indices[0]), note
-
-
-def setup_logging(verbose: bool) -> None:
-    logger = logging.getLogger("hash3d")
-    if not any(getattr(h, "_hash3d", False) for h in logger.handlers):
-        handler = _CurrentStderrHandler()
-        handler.setFormatter(logging.Formatter("[%(levelname)s] %(message)s"))
-        handler._hash3d = True  # type: ignore[attr-defined]
-        logger.addHandler(handler)
-        logger.propagate = False
-    logger.setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
 def fill_trial_names(cfg: ExperimentConfig) -> None:
@@ -202,25 +175,14 @@ def run(argv: Sequence[str] | None = None, prog: str = "launch.py") -> Path:
 
 
 def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
-    """Entry point: returns the exit status (0 ok, 2 bad input, 130 interrupted)."""
+    """Entry point: returns the exit status (0 ok, 1 a bug, 2 bad input, 130 interrupted; `hash3d.cli.run_cli`)."""
     prog = prog or (os.path.basename(sys.argv[0]) if argv is None else "") or "launch.py"
     verbose = "--verbose" in (sys.argv[1:] if argv is None else argv)
-    try:
+
+    def body() -> None:
         run(argv, prog)
-    except UserInputError as exc:
-        if verbose:
-            traceback.print_exc()
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-        return 2
-    except (ValueError, OSError) as exc:
-        if verbose:
-            traceback.print_exc()
-        print(f"{prog}: error: {exc} (run with --verbose for the traceback)", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
-        return 130
-    return 0
+
+    return run_cli(body, prog, verbose=verbose)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ Gaussians starting from zero moments.
 
 One training step::
 
-    rgb, alpha, meta = model.rasterize(viewmats, Ks, W, H, bg)
+    rgb, alpha, meta = rasterize_splats(model.splats(), viewmats, Ks, W, H, bg)
     strategy.step_pre_backward(meta)          # keep the gradient of meta.means2d
     loss.backward()
     optimizer.step(); optimizer.zero_grad(set_to_none=True)
@@ -34,7 +34,7 @@ from typing import Callable, Literal
 import torch
 from torch import Tensor, nn
 
-from hash3d.render.gaussian_raster import RasterMeta, quat_to_rotmat
+from hash3d.splatting import RasterMeta, quat_to_rotmat
 
 __all__ = [
     "DensifyState",

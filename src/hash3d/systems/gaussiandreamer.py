@@ -34,12 +34,12 @@ from typing import Any, Literal
 
 import torch
 
-from ..config import block, build_block, register
+from ..config import ConfigError, block, build_block, register
 from ..data.batches import CameraBatch
 from ..data.cameras import world_to_camera_opencv
 from ..diffusion.schedule import ScheduleValue, schedule_value
 from ..profiling import section
-from ..render.gaussian_raster import RasterMeta, resolve_backend
+from ..render.gaussian_raster import RasterMeta, rasterize_splats, resolve_backend
 from ..scene.gaussian_density import GaussianDensifyStrategy
 from ..scene.gaussian_ply import write_point_cloud_ply
 from ..scene.gaussians import PARAM_NAMES, GaussianLRConfig, GaussianModel
@@ -131,7 +131,7 @@ class GaussianDreamerSystem(System):
         cfg = self.cfg
         prompt = cfg.prompt_processor.prompt
         if not prompt.strip():
-            raise ValueError('the prompt is empty: pass system.prompt_processor.prompt="a fox playing a violin"')
+            raise ConfigError('the prompt is empty: pass system.prompt_processor.prompt="a fox playing a violin"')
         self.prior = ShapePrior(cfg.init, prompt)  # checks the .ply / Shap-E source now, before any output
         self.gaussians = self._empty_gaussians()
         self.initialised = False
@@ -200,7 +200,7 @@ class GaussianDreamerSystem(System):
             Ks = cams.intrinsics().to(viewmats)
             background = torch.tensor(self.cfg.background_color, device=device, dtype=torch.float32)
             backend = resolve_backend(self.cfg.rasterizer, device)
-            return self.gaussians.rasterize(viewmats, Ks, cams.width, cams.height, background, backend)
+            return rasterize_splats(self.gaussians.splats(), viewmats, Ks, cams.width, cams.height, background, backend)
 
     def opacity_proxy(self, alpha: torch.Tensor, meta: RasterMeta) -> torch.Tensor:
         if self.cfg.sparsity_source == "alpha":

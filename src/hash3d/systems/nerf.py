@@ -94,8 +94,8 @@ class NeRFSystem(System):
     def update_step(self, step: int, max_steps: int | None = None) -> None:
         self.global_step = step
         self.max_steps = max_steps or self.max_steps
-        self.geometry.update_step(step)
-        self.renderer.update_step(step, self.geometry, self.render_generator)
+        self.geometry.update_step(step, max_steps)
+        self.renderer.refresh_occupancy(step, self.geometry, self.render_generator)
         if self.guidance is not None:
             self.guidance.update_step(step, max_steps)
 

@@ -97,8 +97,7 @@ class Trainer:
     # ------------------------------------------------------------------ helpers
     def place(self, system: System) -> None:
         """Move the system to the run's device (and keep `system.device` in step)."""
-        system.to(self.device)
-        system._device = self.device
+        system.move_to(self.device)
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.precision.dtype is None:

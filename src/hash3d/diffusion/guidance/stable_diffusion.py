@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ...config.errors import ConfigError
 from ..loading import load_stable_diffusion
 from .sds import TORCH_DTYPES, GuidanceConfig, GuidanceOutput, SDSGuidance
 
@@ -61,7 +62,7 @@ class StableDiffusionGuidance(SDSGuidance):
     def set_prompt(self, prompt: str, negative_prompt: str = "") -> None:
         """Embed the prompt for every view direction; starts a new run (the cache is cleared)."""
         if not isinstance(prompt, str) or not prompt.strip():
-            raise ValueError("the prompt is empty: give a text description, e.g. prompt=\"a fox playing a violin\"")
+            raise ConfigError("the prompt is empty: give a text description, e.g. prompt=\"a fox playing a violin\"")
         cfg = self.config
         self.prompt = prompt
         self.cond_embeddings = self._encode_text(view_prompts(prompt, cfg.view_dependent_prompting))

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..config.errors import ConfigError
+
 __all__ = ["ETAS", "AS_CONFIGURED", "Variant", "parse_variant", "parse_variants", "default_variants"]
 
 ETAS = (0.1, 0.3, 0.5, 1.0)
@@ -68,20 +70,20 @@ def parse_variant(text: str) -> Variant:
         return AS_CONFIGURED
     forms = "'off', 'on', 'features@0.3', 'noise@1', 'features+adaptive@0.1', 'noise@auto'"
     if "@" not in text:
-        raise ValueError(f"cache variant {text!r}: expected one of the forms {forms}")
+        raise ConfigError(f"cache variant {text!r}: expected one of the forms {forms}")
     head, eta_text = text.split("@", 1)
     parts = head.split("+")
     mode, flags = parts[0], set(parts[1:])
     if mode not in ("features", "noise") or not flags <= {"adaptive"}:
-        raise ValueError(f"cache variant {text!r}: expected one of the forms {forms}")
+        raise ConfigError(f"cache variant {text!r}: expected one of the forms {forms}")
     if eta_text == "auto":
         return Variant(True, mode, 1.0, "adaptive" in flags, auto=True)
     try:
         eta = float(eta_text)
     except ValueError:
-        raise ValueError(f"cache variant {text!r}: η must be a number in (0, 1]") from None
+        raise ConfigError(f"cache variant {text!r}: η must be a number in (0, 1]") from None
     if not 0 < eta <= 1:
-        raise ValueError(f"cache variant {text!r}: η must be in (0, 1]")
+        raise ConfigError(f"cache variant {text!r}: η must be in (0, 1]")
     return Variant(True, mode, eta, "adaptive" in flags)
 
 
@@ -95,7 +97,7 @@ def parse_variants(text: str) -> list[Variant]:
             if v not in out:
                 out.append(v)
     if not out:
-        raise ValueError("no cache variants given")
+        raise ConfigError("no cache variants given")
     return out
 
 
