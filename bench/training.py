@@ -3,8 +3,10 @@
     python bench/training.py --pipeline stable-zero123 [--steps 600] [--etas 0.1 0.5 1] [--modes features noise]
     python bench/training.py --pipeline dreamgaussian [--stage2]
     python bench/training.py --pipeline gaussiandreamer-sd
+    python bench/training.py --pipeline magic3d-refine-sd   (also magic3d-coarse-sd, magic123-coarse-sd, magic123-refine-sd)
 
-Pipelines: the threestudio-hash3d configs (stable-zero123, zero123, dreamfusion-sd) and gaussian-dreamer-hash3d's
+Pipelines: the threestudio-hash3d configs (stable-zero123, zero123, dreamfusion-sd, the Magic3D and Magic123 stages:
+a refine pipeline first trains its coarse config for a few hundred untimed steps and starts from that checkpoint) and gaussian-dreamer-hash3d's
 gaussiandreamer-sd run through the shared launcher (`--train`, no validation or test render); dreamgaussian runs
 dreamgaussian-hash3d's stage 1 (image_sai.yaml / image_sai_hash3d.yaml), and stage 2 after it with --stage2.
 Each `_hash3d` twin differs from its base only in the cache block. Runs: cache off; the base config with the SDS
@@ -56,6 +58,12 @@ class Pipeline:
     launcher: bool = True
     options: tuple[str, ...] = ()
     """Options of every run of this pipeline."""
+    more_models: tuple[tuple[str, str], ...] = ()
+    """(option, family) of further models (Magic123's second guidance)."""
+    more_caches: tuple[str, ...] = ()
+    """Cache blocks besides the guidance's that the cache options go to (Magic123's guidance_3d)."""
+    coarse: str | None = None
+    """Refine stages: the pipeline whose base config is first trained (untimed, `COARSE_STEPS`) to start from."""
 
 
 PIPELINES = {
@@ -73,7 +81,23 @@ PIPELINES = {
                               "guidance.pretrained_model_name_or_path", None, 500, launcher=False,
                               # the mesh written after training is not timed: keep it small
                               options=("mesh_resolution=64", "texture_size=256")),
+    # two-stage methods: the refine rows start from a short untimed coarse run (random weights: its density is
+    # still near the initial blob, so the conversion's auto threshold finds a surface)
+    "magic3d-coarse-sd": Pipeline("threestudio-hash3d", "magic3d-coarse-sd.yaml", "magic3d-coarse-sd_hash3d.yaml", "sd",
+                                  "system.guidance.pretrained_model_name_or_path", "system.loss.lambda_sds=0", 1000),
+    "magic3d-refine-sd": Pipeline("threestudio-hash3d", "magic3d-refine-sd.yaml", "magic3d-refine-sd_hash3d.yaml", "sd",
+                                  "system.guidance.pretrained_model_name_or_path", "system.loss.lambda_sds=0", 500,
+                                  coarse="magic3d-coarse-sd"),
+    "magic123-coarse-sd": Pipeline("threestudio-hash3d", "magic123-coarse-sd.yaml", "magic123-coarse-sd_hash3d.yaml",
+                                   "sd", "system.guidance.pretrained_model_name_or_path", None, 1000,
+                                   more_models=(("system.guidance_3d.pretrained_model_name_or_path", "zero123"),),
+                                   more_caches=("system.guidance_3d.cache.",)),
+    "magic123-refine-sd": Pipeline("threestudio-hash3d", "magic123-refine-sd.yaml", "magic123-refine-sd_hash3d.yaml",
+                                   "sd", "system.guidance.pretrained_model_name_or_path", None, 500,
+                                   more_models=(("system.guidance_3d.pretrained_model_name_or_path", "zero123"),),
+                                   more_caches=("system.guidance_3d.cache.",), coarse="magic123-coarse-sd"),
 }  # fmt: skip
+COARSE_STEPS = 300
 
 CACHE_PREFIX = {True: "system.guidance.cache.", False: "cache."}
 STEPS_KEY = {True: "trainer.max_steps", False: "iters"}
@@ -156,20 +180,36 @@ def main() -> None:
         raise SystemExit("bench/training.py needs a CUDA GPU")
     pipe = PIPELINES[args.pipeline]
     os.chdir(REPO / pipe.front_end)  # configs name their example inputs relative to the front-end folder
-    model = Path(args.models) / f"{pipe.family}-full"
-    if not (model / "model_index.json").exists():
-        write_model(pipe.family, "full", model, dtype=torch.float16, device="cuda")
+    def full_model(family: str) -> Path:
+        folder = Path(args.models) / f"{family}-full"
+        if not (folder / "model_index.json").exists():
+            write_model(family, "full", folder, dtype=torch.float16, device="cuda")
+        return folder
+
+    model = full_model(pipe.family)
+    model_options = [f"{key}={full_model(family)}" for key, family in pipe.more_models]
     steps = args.steps or pipe.steps
     work = Path("/tmp/hash3d-bench-runs") / args.pipeline
-    prefix = CACHE_PREFIX[pipe.launcher]
+    prefixes = [CACHE_PREFIX[pipe.launcher], *pipe.more_caches]
     rows: list[dict] = []
+    if pipe.coarse:
+        coarse = PIPELINES[pipe.coarse]
+        coarse_out = work / "coarse"
+        shutil.rmtree(coarse_out, ignore_errors=True)
+        _launcher_run(coarse, coarse.base, coarse_out, COARSE_STEPS, [f"{pipe.model_key}={model}", *model_options,
+                      *args.extra], SectionTimer())  # fmt: skip
+        trial = sorted(p for p in coarse_out.glob("*/*") if p.is_dir())[-1]
+        model_options.append(f"system.geometry_convert_from={trial / 'ckpts' / 'last.ckpt'}")
+
+    def cache(**values) -> list[str]:
+        return [f"{p}{k}={v}" for p in prefixes for k, v in values.items()]
 
     def go(config: str, n: int, extra: list[str], label: str) -> dict:
         # one folder per run (the warm-up's too): a run reads its own metrics.csv, never an earlier run's
         out = work / f"{len(rows):02d}-{label.replace(' ', '_').replace('=', '')}"
         if out.exists():
             shutil.rmtree(out)
-        options = [f"{pipe.model_key}={model}", *pipe.options, *args.extra, *extra]
+        options = [f"{pipe.model_key}={model}", *model_options, *pipe.options, *args.extra, *extra]
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         timer = SectionTimer()
@@ -185,14 +225,14 @@ def main() -> None:
         return row
 
     if not args.no_warmup:  # CUDA context, kernels compiled on first use, cuDNN autotuning: not the first run's bill
-        go(pipe.hashed, min(steps, 30), [f"{prefix}mode=features"], "warm-up")
+        go(pipe.hashed, min(steps, 30), cache(mode="features"), "warm-up")
         rows.clear()
     off = go(pipe.base, steps, [], "cache off")
     if not args.no_baselines and pipe.no_guidance:
         go(pipe.base, steps, [pipe.no_guidance], "no guidance (SDS weight 0)")
     for mode in args.modes:
         for eta in args.etas:
-            go(pipe.hashed, steps, [f"{prefix}mode={mode}", f"{prefix}policy.probability={eta}"], f"cache {mode} η={eta:g}")
+            go(pipe.hashed, steps, cache(mode=mode, **{"policy.probability": eta}), f"cache {mode} η={eta:g}")
     cached = [r for r in rows if r["label"].startswith("cache ") and r is not off]
     if cached and not args.no_baselines:
         fewer = max(1, round(steps * min(r["train_s"] for r in cached) / off["train_s"]))

@@ -41,6 +41,7 @@ def overrides(config: str, models: dict, out: Path, steps: int, extra=()) -> lis
         f"system.guidance.pretrained_model_name_or_path={models['sd']}",
         "system.guidance.dtype=fp32",
         "trainer.precision=32",
+        "system.exporter.texture_size=64",
         *SMALL_GRID,
     ]
     if "magic123" in config:
@@ -99,6 +100,7 @@ def test_coarse_trains_and_exports(coarse_runs, method):
     assert len(export(trial, 2).faces) > 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["magic3d", "magic123"])
 def test_refine_from_the_coarse_checkpoint_trains_resumes_exactly_and_exports(coarse_runs, written_models, tmp_path, method):
     config = f"{method}-refine-sd_hash3d.yaml"
