@@ -129,6 +129,10 @@ def test_refine_from_the_coarse_checkpoint_trains_resumes_exactly_and_exports(co
         assert torch.equal(wa[name], wb[name]), name
     mesh = export(full, 4)
     assert len(mesh.faces) > 0
+    ckpt = full / "ckpts" / "last.ckpt"
+    assert main(["--config", str(full / "configs" / "parsed.yaml"), "--export", f"resume={ckpt}",
+                 "system.exporter.fmt=glb"]) == 0  # fmt: skip
+    assert len(trimesh.load(full / "save" / "it4-export" / "model.glb", force="mesh").faces) == len(mesh.faces)
 
 
 def test_empty_threshold_names_the_override(coarse_runs, written_models, tmp_path, capsys):
