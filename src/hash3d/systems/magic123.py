@@ -54,6 +54,12 @@ class Magic123SystemConfig(NeRFSystemConfig, GeometryConvertConfig):
     loss: Magic123LossConfig = field(default_factory=Magic123LossConfig)
 
 
+def binary_cross_entropy(p: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """mean −(t·log p + (1 − t)·log(1 − p)), written out: torch's version refuses to run under autocast."""
+    p = p.float()
+    return -(target * torch.log(p) + (1 - target) * torch.log1p(-p)).mean()
+
+
 @register("system", "magic123-system", config=Magic123SystemConfig)
 class Magic123System(NeRFSystem):
     cfg: Magic123SystemConfig
@@ -93,7 +99,7 @@ class Magic123System(NeRFSystem):
         target = ref.rgb * mask + background.to(out_ref.rgb).expand_as(out_ref.rgb) * (1 - mask)
         terms = {
             "rgb": self.weight(w.lambda_rgb) * F.mse_loss(out_ref.rgb, target),
-            "mask": self.weight(w.lambda_mask) * F.binary_cross_entropy(out_ref.opacity.clamp(1e-5, 1 - 1e-5), mask),
+            "mask": self.weight(w.lambda_mask) * binary_cross_entropy(out_ref.opacity.clamp(1e-5, 1 - 1e-5), mask),
         }
         if batch.random is not None:
             cams = batch.random
