@@ -157,3 +157,32 @@ def test_mesh_renderer_on_cuda_matches_the_torch_backend():
         out = MeshRenderer(MeshRendererConfig(backend="auto"))(geometry, c2w, fovy, 128, 128)
     out.rgb.float().sum().backward()
     assert torch.isfinite(geometry.sdf.grad).all()
+
+
+def test_fixed_geometry_trains_only_the_texture():
+    cfg = TetrahedraSDFGridConfig(radius=1.0, isosurface_resolution=8, fix_geometry=True,
+                                  pos_encoding_config=HashGridConfig(n_levels=2, log2_hashmap_size=10))  # fmt: skip
+    geometry = TetrahedraSDFGrid(cfg)
+    names = {n for n, _ in geometry.named_parameters()}
+    assert not any(n.startswith(("sdf", "deformation")) for n in names) and "encoding.table" in names
+    assert {"sdf", "deformation", "isosurface_bbox"} <= set(geometry.state_dict())
+    # deformation moves a vertex by at most half a cube side (2/R in the unit cube) times the box size
+    free = TetrahedraSDFGrid(TetrahedraSDFGridConfig(radius=1.0, isosurface_resolution=8))
+    with torch.no_grad():
+        free.deformation.fill_(100.0)
+    moved = free.grid_positions() - (free.isosurface_bbox[0] + free.grid_vertices * 2.0)
+    assert torch.allclose(moved.abs().max(), torch.tensor(2.0 / 8), atol=1e-5)
+
+
+def test_last_picks_the_newest_trial(tmp_path):
+    from hash3d.config import ConfigError
+    from hash3d.systems.convert import resolve_last
+
+    for name in ("cat@20260101-000000", "cat@20260301-000000", "dog@20270101-000000", "cat@20260201-000000"):
+        (tmp_path / name / "ckpts").mkdir(parents=True)
+        (tmp_path / name / "ckpts" / "last.ckpt").write_bytes(b"")
+    (tmp_path / "cat@20260401-000000").mkdir()  # newest, but holds no checkpoint
+    assert resolve_last(f"{tmp_path}/cat@LAST/ckpts/last.ckpt") == tmp_path / "cat@20260301-000000" / "ckpts" / "last.ckpt"
+    assert resolve_last(f"{tmp_path}/LAST/ckpts/last.ckpt") == tmp_path / "dog@20270101-000000" / "ckpts" / "last.ckpt"
+    with pytest.raises(ConfigError, match="no folder"):
+        resolve_last(f"{tmp_path}/fox@LAST/ckpts/last.ckpt")
