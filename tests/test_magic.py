@@ -112,10 +112,15 @@ def test_refine_from_the_coarse_checkpoint_trains_resumes_exactly_and_exports(co
     extra = (convert, "trainer.test_after_fit=false", *hits)
     full = train(config, written_models, tmp_path / "full", steps=4, extra=extra)
     part = train(config, written_models, tmp_path / "part", steps=2, extra=extra)
-    assert main([
-        "--config", str(part / "configs" / "parsed.yaml"), "--train", f"resume={part / 'ckpts' / 'last.ckpt'}",
-        "trainer.max_steps=4", "checkpoint.every_n_train_steps=4",
-    ]) == 0  # fmt: skip
+    hidden = coarse.parent.with_name(coarse.parent.name + "-hidden")
+    coarse.parent.rename(hidden)  # a resume takes its state from its own checkpoint: the coarse run is not read again
+    try:
+        assert main([
+            "--config", str(part / "configs" / "parsed.yaml"), "--train", f"resume={part / 'ckpts' / 'last.ckpt'}",
+            "trainer.max_steps=4", "checkpoint.every_n_train_steps=4",
+        ]) == 0  # fmt: skip
+    finally:
+        hidden.rename(coarse.parent)
     a, b = metrics(full), metrics(part)
     assert [r["step"] for r in a] == [r["step"] for r in b] == ["1", "2", "3", "4"]
     for ra, rb in zip(a, b):

@@ -112,8 +112,8 @@ def check_refine_config(cfg: GeometryConvertConfig, geometry_type: str) -> None:
         )
 
 
-def start_from_coarse(geometry, cfg: GeometryConvertConfig, device: torch.device | str) -> None:
-    """On fit start: convert from the coarse checkpoint unless `system.weights` initialises the model (a resume
-    loads its own state afterwards, over this)."""
-    if cfg.geometry_convert_from and not getattr(cfg, "weights", None):
+def start_from_coarse(geometry, cfg: GeometryConvertConfig, device: torch.device | str, resuming: bool) -> None:
+    """On fit start: convert from the coarse checkpoint unless the model's state comes from elsewhere (a resume's
+    checkpoint, or `system.weights`), as threestudio does."""
+    if cfg.geometry_convert_from and not getattr(cfg, "weights", None) and not resuming:
         convert_geometry(geometry, cfg, device)

@@ -82,7 +82,7 @@ class Magic123System(NeRFSystem):
             self.guidance_3d.update_step(step, max_steps)
 
     def on_fit_start(self, datamodule) -> None:
-        start_from_coarse(self.geometry, self.cfg, self.device)
+        start_from_coarse(self.geometry, self.cfg, self.device, self.resuming)
         self.build_guidance()
         self.guidance.set_prompt(self.cfg.prompt_processor.prompt, self.cfg.prompt_processor.negative_prompt)
         ref = datamodule.cfg

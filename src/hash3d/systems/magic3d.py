@@ -25,5 +25,5 @@ class Magic3DSystem(DreamFusionSystem):
         super().configure()
 
     def on_fit_start(self, datamodule) -> None:
-        start_from_coarse(self.geometry, self.cfg, self.device)
+        start_from_coarse(self.geometry, self.cfg, self.device, self.resuming)
         super().on_fit_start(datamodule)
