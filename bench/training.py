@@ -234,6 +234,8 @@ def main() -> None:
         out = work / f"{len(rows):02d}-{label.replace(' ', '_').replace('=', '')}"
         if out.exists():
             shutil.rmtree(out)
+        # a cache option of a variant goes to every cache of the pipeline (Magic123: guidance and guidance_3d)
+        extra = [*extra, *[o.replace(prefix, c, 1) for o in extra if o.startswith(prefix) for c in pipe.more_caches]]
         options = [f"{pipe.model_key}={model}", *model_options, *pipe.options, *args.extra, *extra]
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -259,8 +261,7 @@ def main() -> None:
         go(pipe.base, steps, [pipe.no_guidance], "no guidance (SDS weight 0)")
     go(pipe.hashed, steps, [], "shipped")
     for variant in variants:
-        overrides = [o for p in [prefix, *pipe.more_caches] for o in variant.overrides(p.rstrip("."))]
-        go(pipe.hashed, steps, overrides, f"cache {variant.name}")
+        go(pipe.hashed, steps, variant.overrides(prefix.rstrip(".")), f"cache {variant.name}")
     cached = [r for r in rows if r.get("mode")]
     if cached and args.baselines:
         fewer = max(1, round(steps * min(r["train_s"] for r in cached) / off["train_s"]))
