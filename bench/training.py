@@ -7,7 +7,8 @@
 
 Pipelines: the threestudio-hash3d configs (stable-zero123, zero123, dreamfusion-sd; the Magic3D and Magic123 stages,
 where a refine pipeline first trains its coarse config for a few hundred untimed steps and starts from that
-checkpoint) and gaussian-dreamer-hash3d's gaussiandreamer-sd run through the shared launcher (`--train`, no validation or test render); dreamgaussian runs
+checkpoint) and gaussian-dreamer-hash3d's gaussiandreamer-sd run through the shared launcher (`--train`, no
+validation or test render); dreamgaussian runs
 dreamgaussian-hash3d's stage 1 (image_sai.yaml / image_sai_hash3d.yaml), and stage 2 after it with --stage2.
 Each `_hash3d` twin differs from its base only in the cache block. Runs: cache off; "shipped", the `_hash3d` config
 exactly as shipped; with --baselines, the base config with the SDS weight set to 0 (everything but the guidance) and
