@@ -3,9 +3,12 @@
     python bench/training.py --pipeline stable-zero123 [--steps 100] [--variants noise@1 features@auto ...] [--as-user]
     python bench/training.py --pipeline dreamgaussian [--stage2]
     python bench/training.py --pipeline gaussiandreamer-sd
+    python bench/training.py --pipeline magic3d-refine-sd   (also magic3d-coarse-sd, magic123-coarse-sd, magic123-refine-sd)
 
-Pipelines: the threestudio-hash3d configs (stable-zero123, zero123, dreamfusion-sd) and gaussian-dreamer-hash3d's
-gaussiandreamer-sd run through the shared launcher (`--train`, no validation or test render); dreamgaussian runs
+Pipelines: the threestudio-hash3d configs (stable-zero123, zero123, dreamfusion-sd; the Magic3D and Magic123 stages,
+where a refine pipeline first trains its coarse config for a few hundred untimed steps and starts from that
+checkpoint) and gaussian-dreamer-hash3d's gaussiandreamer-sd run through the shared launcher (`--train`, no
+validation or test render); dreamgaussian runs
 dreamgaussian-hash3d's stage 1 (image_sai.yaml / image_sai_hash3d.yaml), and stage 2 after it with --stage2.
 Each `_hash3d` twin differs from its base only in the cache block. Runs: cache off; "shipped", the `_hash3d` config
 exactly as shipped; with --baselines, the base config with the SDS weight set to 0 (everything but the guidance) and
@@ -66,6 +69,12 @@ class Pipeline:
     launcher: bool = True
     options: tuple[str, ...] = ()
     """Options of every run of this pipeline."""
+    more_models: tuple[tuple[str, str], ...] = ()
+    """(option, family) of further models (Magic123's second guidance)."""
+    more_caches: tuple[str, ...] = ()
+    """Cache blocks besides the guidance's that the cache options go to (Magic123's guidance_3d)."""
+    coarse: str | None = None
+    """Refine stages: the pipeline whose base config is first trained (untimed, `COARSE_STEPS`) to start from."""
 
 
 PIPELINES = {
@@ -83,7 +92,23 @@ PIPELINES = {
                               "guidance.pretrained_model_name_or_path", None, 500, launcher=False,
                               # the mesh written after training is not timed: keep it small
                               options=("mesh_resolution=64", "texture_size=256")),
+    # two-stage methods: the refine rows start from a short untimed coarse run (random weights: its density is
+    # still near the initial blob, so the conversion's auto threshold finds a surface)
+    "magic3d-coarse-sd": Pipeline("threestudio-hash3d", "magic3d-coarse-sd.yaml", "magic3d-coarse-sd_hash3d.yaml", "sd",
+                                  "system.guidance.pretrained_model_name_or_path", "system.loss.lambda_sds=0", 1000),
+    "magic3d-refine-sd": Pipeline("threestudio-hash3d", "magic3d-refine-sd.yaml", "magic3d-refine-sd_hash3d.yaml", "sd",
+                                  "system.guidance.pretrained_model_name_or_path", "system.loss.lambda_sds=0", 500,
+                                  coarse="magic3d-coarse-sd"),
+    "magic123-coarse-sd": Pipeline("threestudio-hash3d", "magic123-coarse-sd.yaml", "magic123-coarse-sd_hash3d.yaml",
+                                   "sd", "system.guidance.pretrained_model_name_or_path", None, 1000,
+                                   more_models=(("system.guidance_3d.pretrained_model_name_or_path", "zero123"),),
+                                   more_caches=("system.guidance_3d.cache.",)),
+    "magic123-refine-sd": Pipeline("threestudio-hash3d", "magic123-refine-sd.yaml", "magic123-refine-sd_hash3d.yaml",
+                                   "sd", "system.guidance.pretrained_model_name_or_path", None, 500,
+                                   more_models=(("system.guidance_3d.pretrained_model_name_or_path", "zero123"),),
+                                   more_caches=("system.guidance_3d.cache.",), coarse="magic123-coarse-sd"),
 }  # fmt: skip
+COARSE_STEPS = 300
 
 CACHE_PREFIX = {True: "system.guidance.cache.", False: "cache."}
 HIT_COST = {"noise": 0.05, "features": 0.35}
@@ -183,20 +208,36 @@ def main() -> None:
         raise SystemExit("bench/training.py needs a CUDA GPU")
     pipe = PIPELINES[args.pipeline]
     os.chdir(REPO / pipe.front_end)  # configs name their example inputs relative to the front-end folder
-    model = Path(args.models) / f"{pipe.family}-full"
-    if not (model / "model_index.json").exists():
-        write_model(pipe.family, "full", model, dtype=torch.float16, device="cuda")
+
+    def full_model(family: str) -> Path:
+        folder = Path(args.models) / f"{family}-full"
+        if not (folder / "model_index.json").exists():
+            write_model(family, "full", folder, dtype=torch.float16, device="cuda")
+        return folder
+
+    model = full_model(pipe.family)
+    model_options = [f"{key}={full_model(family)}" for key, family in pipe.more_models]
     steps = args.steps or pipe.steps
     work = Path("/tmp/hash3d-bench-runs") / args.pipeline
     prefix = CACHE_PREFIX[pipe.launcher]
     rows: list[dict] = []
+    if pipe.coarse:
+        coarse = PIPELINES[pipe.coarse]
+        coarse_out = work / "coarse"
+        shutil.rmtree(coarse_out, ignore_errors=True)
+        _launcher_run(coarse, coarse.base, coarse_out, COARSE_STEPS, [f"{pipe.model_key}={model}", *model_options,
+                      *args.extra], SectionTimer(), False)  # fmt: skip
+        trial = sorted(p for p in coarse_out.glob("*/*") if p.is_dir())[-1]
+        model_options.append(f"system.geometry_convert_from={trial / 'ckpts' / 'last.ckpt'}")
 
     def go(config: str, n: int, extra: list[str], label: str) -> dict:
         # one folder per run (the warm-up's too): a run reads its own metrics.csv, never an earlier run's
         out = work / f"{len(rows):02d}-{label.replace(' ', '_').replace('=', '')}"
         if out.exists():
             shutil.rmtree(out)
-        options = [f"{pipe.model_key}={model}", *pipe.options, *args.extra, *extra]
+        # a cache option of a variant goes to every cache of the pipeline (Magic123: guidance and guidance_3d)
+        extra = [*extra, *[o.replace(prefix, c, 1) for o in extra if o.startswith(prefix) for c in pipe.more_caches]]
+        options = [f"{pipe.model_key}={model}", *model_options, *pipe.options, *args.extra, *extra]
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         timer = SectionTimer()

@@ -24,6 +24,7 @@ import torch
 
 from .cli import run_cli, setup_logging
 from .config import ConfigError, ExperimentConfig, UserInputError, build, load_config, to_yaml
+from .config.loader import config_file
 from .training.checkpoint import check_config, load_checkpoint
 from .training.loop import Trainer, resolve_precision, seed_everything
 from .training.outputs import TrialDir
@@ -120,7 +121,7 @@ def run(argv: Sequence[str] | None = None, prog: str = "launch.py") -> Path:
     mode = next(m for m in MODES if getattr(args, m))
 
     # 1. everything that can be wrong with the input, before any output exists
-    config_path = Path(args.config)
+    config_path = config_file(args.config)
     cfg, _ = load_config(config_path, overrides)
     if not cfg.system_type:
         raise ConfigError("system_type is empty: name the system to run (e.g. system_type: zero123-system)")

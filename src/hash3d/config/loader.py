@@ -48,6 +48,17 @@ def _register_resolvers() -> None:
 _register_resolvers()
 
 
+def config_file(path: str | os.PathLike) -> Path:
+    """The file a `--config` path names: itself, or for the original Hash3D project's names (`X-hash3d.yaml`, with a
+    hyphen) that are not there, our `X_hash3d.yaml` beside it."""
+    path = Path(path)
+    if not path.is_file() and path.name.endswith("-hash3d.yaml"):
+        twin = path.with_name(path.name[: -len("-hash3d.yaml")] + "_hash3d.yaml")
+        if twin.is_file():
+            return twin
+    return path
+
+
 def load_yaml(path: str | os.PathLike, _chain: tuple[Path, ...] = ()) -> DictConfig:
     """Load one YAML file and, recursively, the files it extends.
 
@@ -55,7 +66,7 @@ def load_yaml(path: str | os.PathLike, _chain: tuple[Path, ...] = ()) -> DictCon
     `defaults: [base.yaml, _self_]`; paths are relative to the file. Later entries override earlier ones, and the
     file itself is merged last unless `_self_` appears earlier in its defaults list.
     """
-    path = Path(path)
+    path = Path(path) if _chain else config_file(path)
     if not path.is_file():
         where = f" (extended by {_chain[-1]})" if _chain else ""
         raise ConfigError(f"config file not found: {path}{where}")

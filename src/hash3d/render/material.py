@@ -32,6 +32,9 @@ class MaterialConfig:
     """In training after the ambient-only steps: chance of a shaded (diffuse or textureless) render."""
     textureless_prob: float = 0.5
     """Chance that a shaded training render is textureless."""
+    soft_shading: bool = False
+    """In training, light each batch with ambient = r and diffuse = 1 − r, r ~ U(0, 1) (Magic3D), instead of the
+    configured light colours (a system's own ambient ratio still wins)."""
 
 
 @dataclass
@@ -122,4 +125,32 @@ class DiffuseWithPointLight:
     ) -> Shading:
         """Shading for one render: `choose_shading`'s mode with the config's (or the ratio's) light colours."""
         mode = choose_shading(self.config, step, training, rng)
+        if training and self.config.soft_shading and ambient_ratio is None and mode != "albedo":
+            ambient_ratio = (rng or random).random()
         return Shading.from_config(self.config, mode, light_positions, ambient_ratio)
+
+
+@dataclass
+class NoMaterialConfig:
+    """threestudio's "no-material": the colour is the albedo, unlit (its other options are accepted)."""
+
+    n_output_dims: int = 3
+    color_activation: Literal["sigmoid", "none"] = "sigmoid"
+    requires_normal: bool = False
+    """Accepted for threestudio configs; whether normals are rendered is the renderer's setting."""
+
+    def __post_init__(self) -> None:
+        if self.n_output_dims != 3:
+            raise ValueError(f"material.n_output_dims must be 3 here (RGB albedo); got {self.n_output_dims}")
+
+
+@register("material", "no-material", config=NoMaterialConfig)
+class NoMaterial:
+    """Every render is the albedo."""
+
+    def __init__(self, config: NoMaterialConfig | None = None, **_runtime):
+        self.config = config or NoMaterialConfig()
+
+    def shading(self, step: int, training: bool, light_positions: torch.Tensor | None = None,
+                ambient_ratio: float | None = None, rng: random.Random | None = None) -> Shading:
+        return Shading("albedo", light_positions)

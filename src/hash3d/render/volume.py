@@ -10,6 +10,7 @@ Samples are packed (flat, with ray indices), so work and memory scale with the s
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, replace
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -87,6 +88,8 @@ class RenderOutput:
     """[M, 3] sample points (e.g. for normal perturbation losses)."""
     sample_normals: torch.Tensor | None = None
     """[M, 3] field normals at the samples (orientation loss)."""
+    mesh: Any = None
+    """The differentiable `Mesh` a mesh renderer drew (None for volume renders); mesh regularisers read it."""
 
     PER_RAY = ("rgb", "rgb_fg", "opacity", "depth", "normal", "normal_vis")
 

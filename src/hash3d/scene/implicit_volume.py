@@ -50,8 +50,8 @@ class ImplicitVolumeConfig:
     """Feature -> albedo map (threestudio's materials apply a sigmoid)."""
     isosurface_resolution: int = 128
     """Mesh export: grid vertices per axis."""
-    isosurface_threshold: float = 25.0
-    """Mesh export: density of the surface."""
+    isosurface_threshold: float | Literal["auto"] = 25.0
+    """Mesh export (and DMTet conversion): density of the surface, or "auto": the mean density above 1e-5."""
     isosurface_coarse_to_fine: bool = True
     """Mesh export: second pass inside the first mesh's bounding box grown by 10%."""
     isosurface_outlier_fraction: float = 0.01

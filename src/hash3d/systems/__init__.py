@@ -2,12 +2,18 @@
 
 from .dreamfusion import DreamFusionSystem, DreamFusionSystemConfig
 from .gaussiandreamer import GaussianDreamerSystem, GaussianDreamerSystemConfig
+from .magic123 import Magic123System, Magic123SystemConfig
+from .magic3d import Magic3DSystem, Magic3DSystemConfig
 from .nerf import NeRFSystem, NeRFSystemConfig
 from .zero123 import Zero123System, Zero123SystemConfig
 
 __all__ = [
     "DreamFusionSystem",
     "DreamFusionSystemConfig",
+    "Magic123System",
+    "Magic123SystemConfig",
+    "Magic3DSystem",
+    "Magic3DSystemConfig",
     "NeRFSystem",
     "NeRFSystemConfig",
     "Zero123System",

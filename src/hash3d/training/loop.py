@@ -183,6 +183,7 @@ class Trainer:
         system.max_steps = max_steps
         system.train()
         # first, so that what it resets (set_image / set_prompt reseed the guidance) is then overwritten by the checkpoint
+        system.resuming = ckpt is not None
         system.on_fit_start(datamodule)
         if ckpt is None and getattr(system.cfg, "weights", None):
             self.load_weights(system, system.cfg.weights, getattr(system.cfg, "weights_ignore_modules", []))

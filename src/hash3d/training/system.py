@@ -130,6 +130,7 @@ class System(nn.Module):
         self.max_steps = 0
         self.optimizer: torch.optim.Optimizer | None = None
         self.save_dir: Path | None = None
+        self.resuming = False  # set by the loop before on_fit_start: a checkpoint's state will be loaded after it
         self.configure()
 
     @property
