@@ -49,7 +49,8 @@ class MeshRenderer(nn.Module):
         super().__init__()
         self.config = config or MeshRendererConfig()
 
-    def update_step(self, global_step: int, geometry=None, generator=None) -> bool:
+    def refresh_occupancy(self, global_step: int, geometry=None, generator=None) -> bool:
+        """A mesh has no occupancy grid to refresh."""
         return False
 
     @timed("render")

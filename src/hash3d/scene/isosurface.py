@@ -14,6 +14,7 @@ from typing import Literal, Union
 import numpy as np
 import torch
 
+from ..config.errors import UserInputError
 from .field import RadianceField
 
 
@@ -57,7 +58,7 @@ class Mesh:
         return int(self.faces.shape[0])
 
 
-class NoSurfaceError(ValueError):
+class NoSurfaceError(UserInputError, ValueError):
     """The density never crosses the threshold on the grid; `suggested_threshold` may help."""
 
     def __init__(self, message: str, suggested_threshold: float | None):

@@ -85,8 +85,8 @@ class TetrahedraSDFGrid(nn.Module):
         if device is not None:
             self.to(device)
 
-    def update_step(self, global_step: int) -> None:
-        self.encoding.update_step(global_step)
+    def update_step(self, global_step: int, max_steps: int | None = None) -> None:
+        self.encoding.update_step(global_step, max_steps)
 
     def grid_positions(self) -> torch.Tensor:
         """[V, 3] world positions of the (deformed) grid vertices."""
