@@ -2,12 +2,15 @@
 
 from .dreamfusion import DreamFusionSystem, DreamFusionSystemConfig
 from .gaussiandreamer import GaussianDreamerSystem, GaussianDreamerSystemConfig
+from .latentnerf import LatentNeRFSystem, LatentNeRFSystemConfig
 from .nerf import NeRFSystem, NeRFSystemConfig
 from .zero123 import Zero123System, Zero123SystemConfig
 
 __all__ = [
     "DreamFusionSystem",
     "DreamFusionSystemConfig",
+    "LatentNeRFSystem",
+    "LatentNeRFSystemConfig",
     "NeRFSystem",
     "NeRFSystemConfig",
     "Zero123System",

@@ -102,11 +102,19 @@ class NeRFSystem(System):
     def render(
         self, cams: CameraBatch, shading: Shading | None = None, background: torch.Tensor | None = None
     ) -> RenderOutput:
-        bg = self.background() if background is None else background
+        bg = self.background_for(cams) if background is None else background
         return self.renderer(
             self.geometry, cams.c2w, cams.fovy, cams.height, cams.width, background=bg, shading=shading,
             generator=self.render_generator,
         )
+
+    def background_for(self, cams: CameraBatch) -> torch.Tensor:
+        """The background behind every pixel [B, H, W, C] (a directional one sees the unjittered ray directions), or
+        one colour [C] for a solid background."""
+        if getattr(self.background, "directional", False):
+            _, dirs = cams.rays(jitter=0.0)
+            return self.background(dirs)
+        return self.background()
 
     def training_shading(self, cams: CameraBatch, ambient_ratio: float | None = None) -> Shading:
         return self.material.shading(self.global_step, True, cams.light_positions, ambient_ratio, self.shading_rng)
