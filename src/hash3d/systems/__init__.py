@@ -1,6 +1,7 @@
 """Training systems: image-to-3D and text-to-3D on NeRF geometry (importing this registers them)."""
 
 from .dreamfusion import DreamFusionSystem, DreamFusionSystemConfig
+from .gaussian_splatting import GaussianSplattingSystem, GaussianZero123System
 from .gaussiandreamer import GaussianDreamerSystem, GaussianDreamerSystemConfig
 from .latentnerf import LatentNeRFSystem, LatentNeRFSystemConfig
 from .nerf import NeRFSystem, NeRFSystemConfig
@@ -9,6 +10,8 @@ from .zero123 import Zero123System, Zero123SystemConfig
 __all__ = [
     "DreamFusionSystem",
     "DreamFusionSystemConfig",
+    "GaussianSplattingSystem",
+    "GaussianZero123System",
     "LatentNeRFSystem",
     "LatentNeRFSystemConfig",
     "NeRFSystem",
