@@ -163,8 +163,9 @@ class GaussianSplattingSystem(GaussianSystemMixin, System):
     def optimise(self, terms: dict[str, torch.Tensor], step: int, meta) -> dict[str, Any]:
         """Backward of the summed terms, densification from `meta` (before the Adam step, as upstream), Adam step."""
         out = sum_losses(terms)
-        with section("backward"):
-            out["loss"].backward()
+        if torch.is_tensor(out["loss"]) and out["loss"].requires_grad:
+            with section("backward"):
+                out["loss"].backward()
         with section("densify"):
             report = self.strategy.step_post_backward(
                 self.gaussians.params, self.optimizer, self.densify_state, step, meta, self.split_generator
