@@ -135,10 +135,13 @@ class GaussianShadingSystem(GaussianSplattingSystem):
         w = self.cfg.loss
         out = self.render_shaded(batch, self.shading(batch, training=True))
         self.strategy.step_pre_backward(out.meta)
-        guided = self.guidance(out.rgb.permute(0, 3, 1, 2), batch.elevation, batch.azimuth, batch.camera_distances)
-        sds = self.weight(w.lambda_sds) * guided.loss
-        with section("backward"):
-            sds.backward(retain_graph=True)
+        if self.weight(w.lambda_sds) > 0:
+            guided = self.guidance(out.rgb.permute(0, 3, 1, 2), batch.elevation, batch.azimuth, batch.camera_distances)
+            sds = self.weight(w.lambda_sds) * guided.loss
+            with section("backward"):
+                sds.backward(retain_graph=True)
+        else:  # a zero SDS weight skips the diffusion model (the statistics then see no gradient)
+            sds = torch.zeros((), device=out.rgb.device)
         with torch.no_grad():  # statistics from the SDS gradient alone (as upstream)
             self.strategy.update_state(self._sized_state(), out.meta)
         g = self.gaussians
