@@ -65,6 +65,9 @@ class GaussianSplattingSystemConfig(SystemConfig):
     renderer: GaussianRendererConfig = field(default_factory=GaussianRendererConfig)
 
     def __post_init__(self) -> None:
+        if self.scheduler is not None:
+            raise ValueError("system.scheduler is not used here: the Gaussians' rates follow the geometry block's "
+                             "schedules (position_lr, feature_lr, ...); remove it")
         if self.geometry is not None and not isinstance(self.geometry, GaussianSplattingConfig):
             raise ValueError(f"the Gaussian-splatting systems need geometry_type gaussian-splatting; got {self.geometry_type!r}")
 

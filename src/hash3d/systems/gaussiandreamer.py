@@ -113,6 +113,8 @@ class GaussianDreamerSystemConfig(SystemConfig):
     loss: GaussianDreamerLossConfig = field(default_factory=GaussianDreamerLossConfig)
 
     def __post_init__(self) -> None:
+        if self.scheduler is not None:
+            raise ValueError("system.scheduler is not used here: the Gaussians' rates come from system.lr; remove it")
         if not 0 <= self.sh_degree <= 3:
             raise ValueError(f"sh_degree must be 0..3; got {self.sh_degree}")
         if not 0 < self.init_opacity < 1:
