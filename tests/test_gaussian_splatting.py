@@ -220,6 +220,18 @@ def test_shading_twins_and_scale_lr_comment():
     assert "scaling_lr" in line  # the comment names the key that acts
 
 
+def test_black_white_background_augmentation_draws_flat_views():
+    from hash3d.render.env_map_aug import AugmentedEnvironmentMapBackground, AugmentedEnvironmentMapConfig
+
+    bg = AugmentedEnvironmentMapBackground(AugmentedEnvironmentMapConfig(random_aug=True, random_aug_prob=1.0))
+    dirs = torch.randn(16, 4, 4, 3)
+    out = bg.train()(dirs)
+    flat = out.reshape(16, -1)
+    assert set(flat.unique().tolist()) == {0.0, 1.0}  # every view is pure black or pure white, both drawn
+    assert (flat.min(1).values == flat.max(1).values).all()
+    assert not torch.equal(bg.eval()(dirs), out)  # evaluation shows the environment map
+
+
 def test_shading_normal_of_a_rendered_plane_is_its_geometric_normal():
     """Flat Gaussians tiling a tilted plane through the origin, seen head-on-ish: the depth-derived shading normal
     of the covered pixels equals the plane's normal (facing the camera)."""

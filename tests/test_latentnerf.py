@@ -12,7 +12,6 @@ from diffusers.models.autoencoders.vae import Encoder
 
 from hash3d.config import load_config, twin_differences
 from hash3d.launch import main
-from hash3d.render.background import NeuralEnvironmentMapBackground, NeuralEnvironmentMapConfig, sh_encoding
 from hash3d.render.material import SD_LATENT_TO_RGB, latents_to_rgb
 from hash3d.training import load_checkpoint
 
@@ -82,29 +81,11 @@ def test_refine_without_weights_names_the_key(capsys, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_latent_to_rgb_matrix_and_sh_encoding():
+def test_latent_to_rgb_matrix():
     latent = torch.tensor([[1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, -1.0]])
     expected = torch.tensor([[(0.298 + 1) / 2, (0.207 + 1) / 2, (0.208 + 1) / 2],
                              [(0.184 + 1) / 2, (0.271 + 1) / 2, (0.473 + 1) / 2]])  # fmt: skip
     assert torch.allclose(latents_to_rgb(latent), expected)
-    d = torch.nn.functional.normalize(torch.randn(5, 3, dtype=torch.float64), dim=-1)
-    x, y, z = d.unbind(-1)
-    enc = sh_encoding(d, 3)
-    # tiny-cuda-nn's degree-3 basis: 1 constant, 3 linear, 5 quadratic terms
-    assert enc.shape == (5, 9)
-    assert torch.allclose(enc[:, 0], torch.full_like(x, 0.28209479177387814))
-    assert torch.allclose(enc[:, 1:4], 0.4886025119029199 * torch.stack([-y, z, -x], -1))
-    assert torch.allclose(enc[:, 6], 0.31539156525252005 * (2 * z * z - x * x - y * y))
-
-
-def test_black_white_background_augmentation_draws_flat_views():
-    bg = NeuralEnvironmentMapBackground(NeuralEnvironmentMapConfig(random_aug=True, random_aug_prob=1.0, aug_colors="black_white"))
-    dirs = torch.randn(16, 4, 4, 3)
-    out = bg.train()(dirs)
-    flat = out.reshape(16, -1)
-    assert set(flat.unique().tolist()) == {0.0, 1.0}  # every view is pure black or pure white, both drawn
-    assert (flat.min(1).values == flat.max(1).values).all()
-    assert not torch.equal(bg.eval()(dirs), out)
 
 
 def test_latent_guidance_never_runs_the_vae_encoder(written_models, encoder_calls):

@@ -42,3 +42,17 @@ register_lazy(
     builder="hash3d.export.gaussian_exporter:GaussianMeshExporter",
     description="3DGS .ply + a mesh of the Gaussians' opacity field",
 )
+register_lazy(
+    "background",
+    "neural-environment-map-background",
+    config="hash3d.render.env_map:NeuralEnvironmentMapConfig",
+    builder="hash3d.render.env_map:NeuralEnvironmentMapBackground",
+    description="background colour as an MLP of the ray direction",
+)
+register_lazy(
+    "background",
+    "gaussian-mvdream-neural-environment-map-background",
+    config="hash3d.render.env_map_aug:AugmentedEnvironmentMapConfig",
+    builder="hash3d.render.env_map_aug:AugmentedEnvironmentMapBackground",
+    description="neural environment map whose training views may turn pure black or white (threestudio-3dgs)",
+)

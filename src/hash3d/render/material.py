@@ -38,6 +38,9 @@ class MaterialConfig:
     """In training after the ambient-only steps: chance of a shaded (diffuse or textureless) render."""
     textureless_prob: float = 0.5
     """Chance that a shaded training render is textureless."""
+    soft_shading: bool = False
+    """In training, light each batch with ambient = r and diffuse = 1 − r, r ~ U(0, 1) (Magic3D), instead of the
+    configured light colours (a system's own ambient ratio still wins)."""
 
 
 @dataclass
@@ -130,10 +133,44 @@ class DiffuseWithPointLight:
     ) -> Shading:
         """Shading for one render: `choose_shading`'s mode with the config's (or the ratio's) light colours."""
         mode = choose_shading(self.config, step, training, rng)
+        if training and self.config.soft_shading and ambient_ratio is None and mode != "albedo":
+            ambient_ratio = (rng or random).random()
         return Shading.from_config(self.config, mode, light_positions, ambient_ratio)
 
 
-# ---------------------------------------------------------------------------------------------- feature materials
+@dataclass
+class NoMaterialConfig:
+    """threestudio's "no-material": the colour is the field's first `n_output_dims` features through
+    `color_activation`, unlit (RGB albedo with the defaults; Latent-NeRF's 4 latent channels with 4 and none)."""
+
+    n_output_dims: int = 3
+    color_activation: Literal["sigmoid", "none"] = "sigmoid"
+    requires_normal: bool = False
+    """Accepted for threestudio configs; whether normals are rendered is the renderer's setting."""
+
+    def __post_init__(self) -> None:
+        if self.n_output_dims < 1:
+            raise ValueError(f"material.n_output_dims must be >= 1; got {self.n_output_dims}")
+
+
+@register("material", "no-material", config=NoMaterialConfig)
+class NoMaterial(nn.Module):
+    """Every render is the features' colour, unlit."""
+
+    def __init__(self, config: NoMaterialConfig | None = None, **_runtime):
+        super().__init__()
+        self.config = config or NoMaterialConfig()
+
+    def colors(self, features: torch.Tensor) -> torch.Tensor:
+        c = features[..., : self.config.n_output_dims]
+        return torch.sigmoid(c) if self.config.color_activation == "sigmoid" else c
+
+    def shading(self, step: int, training: bool, light_positions: torch.Tensor | None = None,
+                ambient_ratio: float | None = None, rng: random.Random | None = None) -> Shading:
+        return Shading("albedo", light_positions, feature_map=self.colors)
+
+
+# ---------------------------------------------------------------------------------------------- Latent-NeRF
 
 SD_LATENT_TO_RGB = (
     (0.298, 0.207, 0.208),
@@ -148,35 +185,6 @@ def latents_to_rgb(latents: torch.Tensor, matrix: torch.Tensor | None = None) ->
     """[..., 4] Stable Diffusion latents -> [..., 3] colour in [0, 1] through a 4x3 matrix (default the approximation)."""
     a = torch.tensor(SD_LATENT_TO_RGB, dtype=latents.dtype, device=latents.device) if matrix is None else matrix
     return ((latents @ a.to(latents.dtype) + 1.0) / 2.0).clamp(0.0, 1.0)
-
-
-@dataclass
-class NoMaterialConfig:
-    """The field's raw features are the colour (threestudio's no-material)."""
-
-    n_output_dims: int = 3
-    """How many leading feature channels make the colour (Latent-NeRF: 4)."""
-    color_activation: Literal["sigmoid", "none"] = "sigmoid"
-
-    def __post_init__(self) -> None:
-        if self.n_output_dims < 1:
-            raise ValueError(f"material.n_output_dims must be >= 1; got {self.n_output_dims}")
-
-
-@register("material", "no-material", config=NoMaterialConfig)
-class NoMaterial(nn.Module):
-    """Colour = activation(features[:, :n_output_dims]); no lighting."""
-
-    def __init__(self, config: NoMaterialConfig | None = None, **_runtime):
-        super().__init__()
-        self.config = config or NoMaterialConfig()
-
-    def colors(self, features: torch.Tensor) -> torch.Tensor:
-        c = features[..., : self.config.n_output_dims]
-        return torch.sigmoid(c) if self.config.color_activation == "sigmoid" else c
-
-    def shading(self, step: int, training: bool, light_positions=None, ambient_ratio=None, rng=None) -> Shading:
-        return Shading("albedo", feature_map=self.colors)
 
 
 @dataclass
@@ -198,5 +206,6 @@ class SDLatentAdapterMaterial(nn.Module):
             raise ValueError(f"sd-latent-adapter-material needs 4 feature channels; the geometry gives {features.shape[-1]}")
         return latents_to_rgb(features[..., :4], self.adapter)
 
-    def shading(self, step: int, training: bool, light_positions=None, ambient_ratio=None, rng=None) -> Shading:
-        return Shading("albedo", feature_map=self.colors)
+    def shading(self, step: int, training: bool, light_positions: torch.Tensor | None = None,
+                ambient_ratio: float | None = None, rng: random.Random | None = None) -> Shading:
+        return Shading("albedo", light_positions, feature_map=self.colors)

@@ -5,7 +5,7 @@ A render: the Gaussians are rasterised on black; albedo = colour / (alpha + 1e-6
 expected z-depth (accumulated depth / alpha; upstream takes the accumulated depth itself, which pulls pixels of alpha
 < 1 towards the camera and tilts their normals) along the camera rays, and the shading normal from those positions (`hash3d.render.depth_normals`);
 the diffuse point-light material shades them (albedo only for the first `ambient_only_steps`, then albedo, textureless
-or diffuse with a random diffuse weight r and ambient 1 - r); final = shaded·alpha + (1 - alpha)·background(ray
+or diffuse, soft-shaded: ambient r and diffuse 1 - r with r ~ U(0, 1)); final = shaded·alpha + (1 - alpha)·background(ray
 direction), the background a neural environment map that training views replace by pure black or white (prob. 0.8).
 
 A step (upstream order): the SDS loss is backpropagated first and the densification statistics are read then, so they
@@ -25,7 +25,7 @@ from ..data.batches import CameraBatch
 from ..diffusion.schedule import ScheduleValue
 from ..profiling import section
 from ..render.depth_normals import normals_from_positions, positions_from_depth, z_depth_rays
-from ..render.material import MaterialConfig, Shading, choose_shading, shade
+from ..render.material import DiffuseWithPointLight, MaterialConfig, Shading, shade
 from .dreamfusion import PromptConfig
 from .gaussian_splatting import GaussianSplattingSystem, GaussianSplattingSystemConfig
 from .gaussiandreamer import NEGATIVE_PROMPT
@@ -42,7 +42,6 @@ class GaussianMaterialConfig(MaterialConfig):
     ambient_light_color: tuple[float, float, float] = (1.0, 1.0, 1.0)
     diffuse_light_color: tuple[float, float, float] = (0.0, 0.0, 0.0)
     soft_shading: bool = True
-    """In training, diffuse weight r ~ U(0, 1) and ambient 1 - r instead of the light colours."""
 
 
 @dataclass
@@ -65,7 +64,7 @@ class GaussianShadingSystemConfig(GaussianSplattingSystemConfig):
     prompt_processor: PromptConfig = field(default_factory=lambda: PromptConfig(negative_prompt=NEGATIVE_PROMPT))
     guidance_type: str = "stable-diffusion-guidance"
     material: GaussianMaterialConfig = field(default_factory=GaussianMaterialConfig)
-    background_type: str = "neural-environment-map-background"
+    background_type: str = "gaussian-mvdream-neural-environment-map-background"
     background: Any = block("background")
     loss: GaussianShadingLossConfig = field(default_factory=GaussianShadingLossConfig)
 
@@ -89,8 +88,10 @@ class GaussianShadingSystem(GaussianSplattingSystem):
             raise ValueError('the prompt is empty: pass system.prompt_processor.prompt="a hamburger"')
         super().configure()
         self.background = build_block(self.cfg, "background", device=self.device)
-        if getattr(self.background, "directional", False) is False:
-            raise ValueError("gaussian-splatting-system needs a directional background (neural-environment-map-background)")
+        if not getattr(self.background, "needs_directions", False):
+            raise ValueError("gaussian-splatting-system needs a background of the ray direction "
+                             "(gaussian-mvdream-neural-environment-map-background or neural-environment-map-background)")
+        self.material = DiffuseWithPointLight(self.cfg.material)
         self.shading_generator = torch.Generator().manual_seed(self.cfg.geometry.seed)
         self.shading_rng = _GeneratorRandom(self.shading_generator)
 
@@ -104,12 +105,7 @@ class GaussianShadingSystem(GaussianSplattingSystem):
 
     # ------------------------------------------------------------------ rendering
     def shading(self, cams: CameraBatch, training: bool) -> Shading:
-        cfg = self.cfg.material
-        mode = choose_shading(cfg, self.global_step, training, self.shading_rng)
-        if training and cfg.soft_shading:
-            r = self.shading_rng.random()
-            return Shading(mode, cams.light_positions, 1.0 - r, r)
-        return Shading.from_config(cfg, mode, cams.light_positions)
+        return self.material.shading(self.global_step, training, cams.light_positions, None, self.shading_rng)
 
     def render_shaded(self, cams: CameraBatch, shading: Shading) -> ShadedRender:
         black = torch.zeros(3, device=cams.c2w.device)

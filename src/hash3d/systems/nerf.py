@@ -99,6 +99,12 @@ class NeRFSystem(System):
         if self.guidance is not None:
             self.guidance.update_step(step, max_steps)
 
+    def background_for(self, cams: CameraBatch) -> torch.Tensor:
+        """The background of a camera batch: a colour [3], or [B, H, W, 3] for direction-dependent backgrounds."""
+        if getattr(self.background, "needs_directions", False):
+            return self.background(cams.rays(jitter=0.0)[1])
+        return self.background()
+
     def render(
         self, cams: CameraBatch, shading: Shading | None = None, background: torch.Tensor | None = None
     ) -> RenderOutput:
@@ -107,14 +113,6 @@ class NeRFSystem(System):
             self.geometry, cams.c2w, cams.fovy, cams.height, cams.width, background=bg, shading=shading,
             generator=self.render_generator,
         )
-
-    def background_for(self, cams: CameraBatch) -> torch.Tensor:
-        """The background behind every pixel [B, H, W, C] (a directional one sees the unjittered ray directions), or
-        one colour [C] for a solid background."""
-        if getattr(self.background, "directional", False):
-            _, dirs = cams.rays(jitter=0.0)
-            return self.background(dirs)
-        return self.background()
 
     def training_shading(self, cams: CameraBatch, ambient_ratio: float | None = None) -> Shading:
         return self.material.shading(self.global_step, True, cams.light_positions, ambient_ratio, self.shading_rng)
