@@ -21,7 +21,7 @@ from hash3d.training import load_checkpoint
 REPO = Path(__file__).resolve().parents[1]
 FRONT = REPO / "threestudio-hash3d"
 CONFIGS = FRONT / "configs"
-TWINS = ["stable-zero123", "zero123", "dreamfusion-sd", "latentnerf", "gaussian_splatting_zero123", "gaussian_splatting_shading"]
+TWINS = ["stable-zero123", "zero123", "dreamfusion-sd"]
 
 
 @pytest.fixture(autouse=True)
