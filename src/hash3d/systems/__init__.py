@@ -4,10 +4,9 @@ from .dreamfusion import DreamFusionSystem, DreamFusionSystemConfig
 from .gaussiandreamer import GaussianDreamerSystem, GaussianDreamerSystemConfig
 from .nerf import NeRFSystem, NeRFSystemConfig
 from .zero123 import Zero123System, Zero123SystemConfig
-
-from .gaussian_shading import GaussianShadingSystem  # noqa: E402 - threestudio-3dgs and Latent-NeRF
-from .gaussian_splatting import GaussianSplattingSystem, GaussianZero123System  # noqa: E402
-from .latentnerf import LatentNeRFSystem, LatentNeRFSystemConfig  # noqa: E402
+from .gaussian_shading import GaussianShadingSystem
+from .gaussian_splatting import GaussianSplattingSystem, GaussianZero123System
+from .latentnerf import LatentNeRFSystem, LatentNeRFSystemConfig
 
 __all__ = [
     "DreamFusionSystem",
