@@ -86,6 +86,10 @@ class StableDiffusionGuidance(SDSGuidance):
         latents = self.resize_latents(rgb) if rgb_as_latents else self.encode_images(rgb)
         return self.sds_from_latents(latents, elevation, azimuth, camera_distances)
 
+    def _context(self, elevation: torch.Tensor, azimuth: torch.Tensor, camera_distances: torch.Tensor) -> torch.Tensor:
+        direction = view_direction(elevation, azimuth, self.config)
+        return torch.cat([self.cond_embeddings[direction], self.uncond_embeddings[direction]])
+
     def resize_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """[B, 4, H, W] -> [B, 4, h, w] at the UNet's sample size (float32, differentiable)."""
         channels = int(self.unet.config.in_channels)
@@ -97,7 +101,3 @@ class StableDiffusionGuidance(SDSGuidance):
         if latents.shape[-2:] == (size, size):
             return latents
         return F.interpolate(latents, (size, size), mode="bilinear", align_corners=False)
-
-    def _context(self, elevation: torch.Tensor, azimuth: torch.Tensor, camera_distances: torch.Tensor) -> torch.Tensor:
-        direction = view_direction(elevation, azimuth, self.config)
-        return torch.cat([self.cond_embeddings[direction], self.uncond_embeddings[direction]])
