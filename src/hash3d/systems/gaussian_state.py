@@ -14,7 +14,7 @@ import torch
 
 from ..data.batches import CameraBatch
 from ..data.cameras import world_to_camera_opencv
-from ..render.gaussian_raster import RasterMeta, resolve_backend
+from ..render.gaussian_raster import RasterMeta, rasterize_gaussians, resolve_backend
 from ..scene.gaussian_ply import write_point_cloud_ply
 from ..scene.gaussians import PARAM_NAMES, GaussianModel
 
@@ -24,12 +24,15 @@ def rasterize_cameras(
 ) -> tuple[torch.Tensor, torch.Tensor, RasterMeta]:
     """rgb [B, H, W, 3], alpha [B, H, W, 1] and the rasteriser's meta (projected means, radii, depth) of a camera batch;
     background [3] or [B, 3]. Cameras and projections run in fp32 even under autocast."""
+    g = gaussians
     with torch.autocast(cams.c2w.device.type, enabled=False):
         viewmats = world_to_camera_opencv(cams.c2w.float())
         Ks = cams.intrinsics().to(viewmats)
-        return gaussians.rasterize(
-            viewmats, Ks, cams.width, cams.height, background.float(), resolve_backend(backend, cams.c2w.device)
-        )
+        K = (g.active_sh_degree + 1) ** 2
+        return rasterize_gaussians(
+            g.means, g.params["quats"], g.scales, g.opacities, g.sh_coeffs[:, :K], viewmats, Ks, cams.width,
+            cams.height, background.float(), resolve_backend(backend, cams.c2w.device), sh_degree=g.active_sh_degree,
+        )  # fmt: skip
 
 
 class GaussianSystemMixin:
