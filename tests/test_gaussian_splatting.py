@@ -293,3 +293,17 @@ def test_shading_trains_resumes_exactly_exports_and_densifies_from_sds_only(writ
                         "trainer.test_after_fit=false")  # fmt: skip
     rows = metrics(still)
     assert {int(float(r["train/num_gaussians"])) for r in rows} == {200} and float(rows[-1]["train/loss_tv"]) > 0
+
+
+def test_bad_inputs_name_the_problem(written_models, tmp_path, capsys):
+    sd, zero123 = written_models["sd"], written_models["zero123"]
+    args = shading_overrides(sd, tmp_path / "a", 1, 'system.prompt_processor.prompt=""')
+    assert main(["--config", str(CONFIGS / f"{SHADING}.yaml"), "--train", *args]) == 2
+    assert "prompt is empty" in capsys.readouterr().err
+    args = shading_overrides(sd, tmp_path / "b", 1, "system.geometry.sphere=true")
+    assert main(["--config", str(CONFIGS / f"{SHADING}.yaml"), "--train", *args]) == 2
+    assert "sphere" in capsys.readouterr().err
+    args = zero123_overrides(zero123, tmp_path / "c", 3, "system.geometry.opacity_reset_interval=2",
+                             f"data.image_path={FRONT / 'load/images/dog1_rgba.png'}")  # fmt: skip
+    assert main(["--config", str(CONFIGS / f"{ZERO123}.yaml"), "--train", *args]) == 2
+    assert "opacity_reset_interval" in capsys.readouterr().err

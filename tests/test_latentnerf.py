@@ -144,3 +144,10 @@ def test_train_resume_export_and_refine(written_models, tmp_path, encoder_calls)
     wr = load_checkpoint(refined / "ckpts" / "last.ckpt")["state_dict"]
     assert not torch.equal(wr["material.adapter"], torch.tensor(SD_LATENT_TO_RGB))  # the matrix is learned
     assert (refined / "save" / "it2-test.mp4").is_file()
+
+
+def test_latent_stage_with_rgb_material_names_the_fix(written_models, tmp_path, capsys):
+    args = small(written_models["sd"], tmp_path, 1, "system.material.n_output_dims=3")
+    assert main(["--config", str(CONFIGS / "latentnerf.yaml"), "--train", *args]) == 2
+    assert "system.material.n_output_dims=4" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []

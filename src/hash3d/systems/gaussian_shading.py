@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from ..config import block, build_block, register
+from ..config import ConfigError, block, build_block, register
 from ..data.batches import CameraBatch
 from ..diffusion.schedule import ScheduleValue
 from ..profiling import section
@@ -85,11 +85,11 @@ class GaussianShadingSystem(GaussianSplattingSystem):
 
     def configure(self) -> None:
         if not self.cfg.prompt_processor.prompt.strip():
-            raise ValueError('the prompt is empty: pass system.prompt_processor.prompt="a hamburger"')
+            raise ConfigError('the prompt is empty: pass system.prompt_processor.prompt="a hamburger"')
         super().configure()
         self.background = build_block(self.cfg, "background", device=self.device)
         if not getattr(self.background, "needs_directions", False):
-            raise ValueError("gaussian-splatting-system needs a background of the ray direction "
+            raise ConfigError("gaussian-splatting-system needs a background of the ray direction "
                              "(gaussian-mvdream-neural-environment-map-background or neural-environment-map-background)")
         self.material = DiffuseWithPointLight(self.cfg.material)
         self.shading_generator = torch.Generator().manual_seed(self.cfg.geometry.seed)

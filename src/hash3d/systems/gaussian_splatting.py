@@ -23,7 +23,7 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
-from ..config import block, build_block, register
+from ..config import ConfigError, block, build_block, register
 from ..data.batches import CameraBatch, SingleImageBatch
 from ..diffusion.schedule import ScheduleValue, schedule_value
 from ..profiling import section
@@ -106,7 +106,7 @@ class GaussianSplattingSystem(GaussianSystemMixin, System):
     def on_fit_start(self, datamodule) -> None:
         reset = self.cfg.geometry.opacity_reset_interval
         if reset < self.max_steps:
-            raise ValueError(
+            raise ConfigError(
                 f"system.geometry.opacity_reset_interval={reset} falls inside the run ({self.max_steps} steps): opacity "
                 "resets are not implemented; set it above trainer.max_steps"
             )

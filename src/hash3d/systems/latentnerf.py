@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..config import register
+from ..config import ConfigError, register
 from ..data.batches import CameraBatch
 from ..diffusion.schedule import ScheduleValue
 from ..render.material import latents_to_rgb
@@ -79,13 +79,13 @@ class LatentNeRFSystem(DreamFusionSystem):
         mat = getattr(cfg.material, "n_output_dims", 3)
         if cfg.refinement:
             if cfg.material_type != "sd-latent-adapter-material":
-                raise ValueError("latentnerf refinement renders RGB through system.material_type: sd-latent-adapter-material")
+                raise ConfigError("latentnerf refinement renders RGB through system.material_type: sd-latent-adapter-material")
         elif mat != 4:
-            raise ValueError(f"the latent stage renders 4 latent channels: set system.material.n_output_dims=4 (got {mat})")
+            raise ConfigError(f"the latent stage renders 4 latent channels: set system.material.n_output_dims=4 (got {mat})")
         if bg != want:
-            raise ValueError(f"system.background.n_output_dims must be {want} in this stage (got {bg})")
+            raise ConfigError(f"system.background.n_output_dims must be {want} in this stage (got {bg})")
         if cfg.geometry.n_feature_dims < 4:
-            raise ValueError(f"latentnerf needs system.geometry.n_feature_dims: 4 (got {cfg.geometry.n_feature_dims})")
+            raise ConfigError(f"latentnerf needs system.geometry.n_feature_dims: 4 (got {cfg.geometry.n_feature_dims})")
 
     def training_step(self, batch: CameraBatch, step: int) -> dict:
         w = self.cfg.loss

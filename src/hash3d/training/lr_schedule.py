@@ -19,6 +19,8 @@ from typing import Literal
 
 import torch
 
+from ..config.errors import ConfigError
+
 NESTING = ("SequentialLR", "ChainedScheduler")
 
 
@@ -60,4 +62,4 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: LRSchedulerConfig) ->
     try:
         return cls(optimizer, **cfg.args)
     except TypeError as exc:
-        raise ValueError(f"scheduler {cfg.name}: bad args {cfg.args}: {exc}") from exc
+        raise ConfigError(f"system.scheduler {cfg.name}: bad args {cfg.args}: {exc}") from exc
