@@ -88,6 +88,17 @@ PIPELINES = {
                                    "sd", "system.guidance.pretrained_model_name_or_path", "system.loss.lambda_sds=0", 1200,
                                    # Shap-E cannot be downloaded here: a ball of about as many points as its grown cloud
                                    options=("system.init.kind=sphere", "system.init.sphere.num_points=50000")),
+    # Latent-NeRF: no VAE encoder, so the UNet is most of the step (1,000 of the recipe's 10,000 steps keep 64x64
+    # latents throughout; the 256x256 milestone is at 5,000). UNet share of a step: parts_ms["unet"] / step time.
+    "latentnerf": Pipeline("threestudio-hash3d", "latentnerf.yaml", "latentnerf_hash3d.yaml", "sd",
+                           "system.guidance.pretrained_model_name_or_path", "system.loss.lambda_sds=0", 1000),
+    # threestudio-3dgs' recipes: gaussian_splatting_zero123 and gaussian_splatting_shading (its 5,000 steps cut to 1,000)
+    "gs-zero123": Pipeline("threestudio-hash3d", "gaussian_splatting_zero123.yaml",
+                           "gaussian_splatting_zero123_hash3d.yaml", "zero123",
+                           "system.guidance.pretrained_model_name_or_path", "system.loss.lambda_sds=0", 1000),
+    "gs-shading": Pipeline("threestudio-hash3d", "gaussian_splatting_shading.yaml",
+                           "gaussian_splatting_shading_hash3d.yaml", "sd",
+                           "system.guidance.pretrained_model_name_or_path", "system.loss.lambda_sds=0", 1000),
     "dreamgaussian": Pipeline("dreamgaussian-hash3d", "image_sai.yaml", "image_sai_hash3d.yaml", "zero123",
                               "guidance.pretrained_model_name_or_path", None, 500, launcher=False,
                               # the mesh written after training is not timed: keep it small

@@ -6,6 +6,9 @@ from .magic123 import Magic123System, Magic123SystemConfig
 from .magic3d import Magic3DSystem, Magic3DSystemConfig
 from .nerf import NeRFSystem, NeRFSystemConfig
 from .zero123 import Zero123System, Zero123SystemConfig
+from .gaussian_shading import GaussianShadingSystem
+from .gaussian_splatting import GaussianSplattingSystem, GaussianZero123System
+from .latentnerf import LatentNeRFSystem, LatentNeRFSystemConfig
 
 __all__ = [
     "DreamFusionSystem",
@@ -18,4 +21,9 @@ __all__ = [
     "NeRFSystemConfig",
     "Zero123System",
     "Zero123SystemConfig",
+    "GaussianShadingSystem",
+    "GaussianSplattingSystem",
+    "GaussianZero123System",
+    "LatentNeRFSystem",
+    "LatentNeRFSystemConfig",
 ]

@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from ..config.errors import ConfigError
+from .lr_schedule import LRSchedulerConfig, build_scheduler
 
 
 @dataclass
@@ -71,6 +72,8 @@ class SystemConfig:
     """Options every system has; systems subclass it and add their blocks (geometry, guidance, loss, …)."""
 
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    scheduler: LRSchedulerConfig | None = None
+    """Learning-rate scheduler stepped after every optimizer step (None: constant rates)."""
     weights: str | None = None
     """Initialise the model from this checkpoint's weights (no optimizer state, step starts at 0)."""
     weights_ignore_modules: list[str] = field(default_factory=list)
@@ -153,7 +156,9 @@ class System(nn.Module):
 
     def configure_optimizers(self) -> torch.optim.Optimizer | tuple[torch.optim.Optimizer, Any]:
         """An optimizer, or (optimizer, lr scheduler stepped once per training step)."""
-        return build_optimizer(self, getattr(self.cfg, "optimizer", OptimizerConfig()))
+        optimizer = build_optimizer(self, getattr(self.cfg, "optimizer", OptimizerConfig()))
+        scheduler = getattr(self.cfg, "scheduler", None)
+        return optimizer if scheduler is None else (optimizer, build_scheduler(optimizer, scheduler))
 
     def on_fit_start(self, datamodule: Any) -> None:
         """Before the optimizer is built and before a resume checkpoint is loaded: build lazy parts, give the guidance
