@@ -261,3 +261,30 @@ def test_cache_feeds_measured_request_times_to_the_auto_policy():
     inserts = stats["inserts"]
     run(unet, x, ctx, t, cache, keys)  # skipped: nothing stored
     assert cache.stats["inserts"] == inserts and cache.stats["skipped"] == stats["skipped"] + 1
+
+
+def test_every_shipped_hash3d_config_uses_the_cost_aware_policy():
+    """A shipped `_hash3d` config must never run slower than its twin: each of its cache blocks is on with
+    `policy.strategy: auto` (the fixed η stays an override away)."""
+    from pathlib import Path
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[1]
+    files = sorted(f for d in ("threestudio-hash3d", "dreamgaussian-hash3d", "gaussian-dreamer-hash3d")
+                   for f in (root / d / "configs").glob("*_hash3d.yaml"))
+    assert len(files) >= 10
+
+    def cache_blocks(node):
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key == "cache" and isinstance(value, dict):
+                    yield value
+                else:
+                    yield from cache_blocks(value)
+
+    for f in files:
+        blocks = list(cache_blocks(yaml.safe_load(f.read_text())))
+        assert blocks, f"{f.name}: no cache block"
+        for block in blocks:
+            assert block.get("enabled") is True and block.get("policy", {}).get("strategy") == "auto", f.name
