@@ -26,7 +26,10 @@ as the paper); then the views are scored and OUT/summary.md, .json, .csv are wri
 Any key=value argument overrides both configs (the front-end's own option names), e.g. trainer.max_steps=500.
 
 Exit status: 0 every run finished and was scored, 1 some run failed or a metric could not be computed (the summary
-says which), 2 bad input, 130 interrupted (rerun to resume).
+says which), 2 bad input, 130 interrupted (rerun to resume). The default CLIP model is optional: when it cannot be
+had (offline, not in the Hugging Face cache) its score is skipped with a note; a model named with --clip-model is not.
+Relative paths inside a config are read from its front-end folder (as the front-end's own command does), relative
+paths in key=value overrides from where you run the command; every local path is checked before anything runs.
 """
 
 
@@ -53,8 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "above (default 0 text, 30 image)")  # fmt: skip
     p.add_argument("--view-size", type=int, metavar="PX", help="side of the evaluation views (default: the config's "
                    "evaluation size; DreamGaussian: ref_size)")  # fmt: skip
-    p.add_argument("--clip-model", default=DEFAULT_CLIP, metavar="MODEL", help="CLIP hub id, local folder, or "
-                   f"bigG-14 / L-14 / B-32; 'none' for no CLIP score (default {DEFAULT_CLIP})")  # fmt: skip
+    p.add_argument("--clip-model", metavar="MODEL", help="CLIP hub id, local folder, or bigG-14 / L-14 / B-32; 'none' "
+                   f"for no CLIP score (default {DEFAULT_CLIP}, skipped with a note when it cannot be had offline)")  # fmt: skip
     p.add_argument("--gt", type=Path, metavar="DIR", help="image-to-3D ground truth: DIR/<item>/000.png … "
                    "(<item> = the image's file stem) for PSNR / SSIM / LPIPS")  # fmt: skip
     p.add_argument("--lpips-net", default="vgg", choices=["vgg", "alex", "squeeze", "none"],
@@ -83,7 +86,8 @@ def to_config(args: argparse.Namespace) -> BatchConfig:
     bad = [o for o in args.overrides if "=" not in o]
     if bad:
         raise BatchError(f"unexpected argument(s) {' '.join(bad)}: config overrides are key.sub=value")
-    clip = None if args.clip_model.strip().lower() == "none" else args.clip_model
+    given = args.clip_model
+    clip = DEFAULT_CLIP if given is None else None if given.strip().lower() == "none" else given
     return BatchConfig(
         front_end=args.front_end,
         config=args.config,
@@ -99,8 +103,8 @@ def to_config(args: argparse.Namespace) -> BatchConfig:
         n_views=args.views,
         elevation_deg=args.elevation,
         view_size=args.view_size,
-        score=ScoreConfig(clip_model=clip, gt_dir=args.gt, lpips_net=None if args.lpips_net == "none" else args.lpips_net,
-                          device=args.eval_device),  # fmt: skip
+        score=ScoreConfig(clip_model=clip, clip_optional=given is None, gt_dir=args.gt,
+                          lpips_net=None if args.lpips_net == "none" else args.lpips_net, device=args.eval_device),  # fmt: skip
         fail_fast=args.fail_fast,
         dry_run=args.dry_run,
     )

@@ -39,6 +39,9 @@ class ScoreConfig:
 
     clip_model: str | None = None
     """CLIP hub id, folder or short name (hash3d.eval.CLIP_MODEL_ALIASES); None: no CLIP score."""
+    clip_optional: bool = False
+    """The default model, not asked for by name: when it cannot be had (offline, not in the Hugging Face cache) the
+    CLIP score is skipped with one note and the batch still counts as complete."""
     gt_dir: Path | None = None
     """Image-to-3D ground truth: GT_DIR/<item>/000.png … paired by name with the rendered views."""
     lpips_net: str | None = "vgg"

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TextIO
 
 from .config import BatchConfig
 from .dispatch import Outcome, Slot, make_dispatcher, make_slots
 from .errors import BatchError
-from .frontends import ConfigInfo, FrontEnd, get_front_end
+from .frontends import PLACEHOLDER, ConfigInfo, FrontEnd, get_front_end
 from .items import Item, find_images, read_prompts
 from .jobs import JobSpec, Variant, plan_jobs, write_job_list
+from .paths import absolute_overrides, check_paths, front_end_workdir, named_paths
 from .scoring import Scorer
 from .state import BatchLock, ItemDir
 from .summary import ItemRow, write_summary
@@ -63,6 +64,9 @@ def load_items(cfg: BatchConfig) -> tuple[list[Item], list[str]]:
 
 
 def load_variants(front_end: FrontEnd, cfg: BatchConfig) -> tuple[list[Variant], list[str]]:
+    """The config(s) of the batch, checked: they load with the overrides, take the batch's kind of item, and every
+    local path they name is there (read from the config's front-end folder). Notes: the differences between the
+    two configs, hub models that each run would download."""
     if cfg.kind not in front_end.kinds:
         raise BatchError(f"{front_end.name} is {' and '.join(front_end.kinds)}-to-3D only: "
                          + ("give --images DIR" if cfg.kind == "text" else "give --prompts FILE"))  # fmt: skip
@@ -72,21 +76,27 @@ def load_variants(front_end: FrontEnd, cfg: BatchConfig) -> tuple[list[Variant],
         if paths[0] == paths[1]:
             raise BatchError(f"--compare-with is the same config as --config ({paths[0]})")
     infos: list[ConfigInfo] = []
+    workdirs: list[Path] = []
+    notes: list[str] = []
     for path in paths:
         info = front_end.inspect(path, cfg.overrides)
         if cfg.kind not in info.kinds:
             flag = "--images DIR" if "image" in info.kinds else "--prompts FILE"
             given = "--prompts" if cfg.kind == "text" else "--images"
             raise BatchError(f"{path.name} is a {'/'.join(info.kinds)}-to-3D config: give {flag} (not {given})")
+        workdir = front_end_workdir(path, front_end.name, front_end.folder())
+        named = named_paths(info.data, workdir, front_end.reserved, (PLACEHOLDER,))
+        notes += [n for n in check_paths(path, named, workdir) if n not in notes]
         infos.append(info)
+        workdirs.append(workdir)
     names = [p.stem for p in paths]
     if len(names) == 2 and names[0] == names[1]:
         names[1] += "-compare"
     labels = list(names)
     if len(infos) == 2 and bool(infos[0].cache) != bool(infos[1].cache):
         labels = ["cache on" if i.cache else "cache off" for i in infos]
-    variants = [Variant(n, str(p), i.digest, i.cache, label) for n, p, i, label in zip(names, paths, infos, labels)]
-    notes = []
+    variants = [Variant(n, str(p), i.digest, i.cache, label, str(w))
+                for n, p, i, label, w in zip(names, paths, infos, labels, workdirs)]  # fmt: skip
     if len(infos) == 2:
         diffs = config_differences(infos[1].data, infos[0].data)
         if diffs:
@@ -127,6 +137,7 @@ def run_batch(cfg: BatchConfig, stream: TextIO | None = None) -> BatchReport:
     stream = stream or sys.stderr
     front_end = get_front_end(cfg.front_end)
     front_end.check_overrides(cfg.overrides)
+    cfg = replace(cfg, overrides=absolute_overrides(cfg.overrides))  # read where the command was typed
     views = cfg.views()
     if views.n_views < 1 or (views.size is not None and views.size < 8):
         raise BatchError("--views must be at least 1 and --view-size at least 8")
@@ -145,6 +156,9 @@ def run_batch(cfg: BatchConfig, stream: TextIO | None = None) -> BatchReport:
     jobs = plan_jobs(front_end.name, variants, items, out, views, cfg.overrides)
     report = BatchReport(jobs)
     if cfg.dry_run:
+        clip_note = Scorer(score).availability_note()
+        for note in notes + ([clip_note] if clip_note else []):
+            print(f"[batch] note: {note}", file=stream, flush=True)
         write_job_list(out / "jobs.json", jobs)
         return report
 

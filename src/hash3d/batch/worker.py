@@ -19,6 +19,7 @@ from hash3d.config.errors import UserInputError
 
 from .frontends import get_front_end
 from .jobs import JobSpec
+from .paths import working_folder
 from .state import ItemDir
 
 
@@ -30,11 +31,12 @@ def run_job(job: JobSpec, gpu: str | None) -> dict[str, Any]:
         return {**(item.result() or {}), "skipped": True}
     front_end = get_front_end(job.front_end)
     item.begin(device=f"cuda:{gpu}" if gpu is not None else "cpu")
-    t0 = time.perf_counter()
-    record = front_end.train(job, gpu, item.run)
-    t1 = time.perf_counter()
-    views = front_end.render_views(job, record, gpu, item.views)
-    t2 = time.perf_counter()
+    with working_folder(job.workdir):  # the config's relative paths mean what they mean for the front-end's command
+        t0 = time.perf_counter()
+        record = front_end.train(job, gpu, item.run)
+        t1 = time.perf_counter()
+        views = front_end.render_views(job, record, gpu, item.views)
+        t2 = time.perf_counter()
     result = {
         "job_id": job.job_id,
         "item": job.item,
