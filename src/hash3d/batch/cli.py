@@ -46,8 +46,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compare-with", metavar="CONFIG", help="also run this config (e.g. the cache-off twin "
                    "configs/dreamfusion-sd.yaml) and report both side by side")  # fmt: skip
     p.add_argument("--out", type=Path, help="output folder (default outputs/batch/<front-end>/<config stem>)")
-    p.add_argument("--jobs", type=int, default=1, metavar="N", help="N jobs at once, one worker process per GPU "
-                   "(pinned with CUDA_VISIBLE_DEVICES); 1 (default) runs in this process; the CPU takes 1")  # fmt: skip
+    p.add_argument("--jobs", type=int, metavar="N", help="N jobs at once, one worker per GPU; local: worker processes "
+                   "pinned with CUDA_VISIBLE_DEVICES, 1 (default) runs in this process, the CPU takes 1; Ray: default "
+                   "one per GPU of the cluster")  # fmt: skip
+    p.add_argument("--backend", choices=["local", "ray"], default="local", help="where the jobs run: this machine "
+                   "(default) or a Ray cluster (needs the extra: pip install -e \".[ray]\"; see docs/cluster.md)")  # fmt: skip
+    p.add_argument("--address", metavar="ADDR", help="Ray cluster to use: auto (the cluster this node belongs to) or "
+                   "ray://HOST:PORT (default: RAY_ADDRESS, else a local cluster started for this batch)")  # fmt: skip
+    p.add_argument("--retries", type=int, default=2, metavar="N", help="Ray: run a job again up to N times when its "
+                   "worker dies or runs out of GPU memory (default 2)")  # fmt: skip
     p.add_argument("--gpus", metavar="LIST", help="GPU indices to use, e.g. 0,1,3 (default: all visible); 'cpu' for none")
     p.add_argument("--isolate", action="store_true", help="run every job in a fresh worker process, also with --jobs 1")
     p.add_argument("--limit", type=int, metavar="N", help="only the first N items")
@@ -97,6 +104,9 @@ def to_config(args: argparse.Namespace) -> BatchConfig:
         compare_with=args.compare_with,
         overrides=tuple(args.overrides),
         jobs=args.jobs,
+        backend=args.backend,
+        address=args.address,
+        retries=args.retries,
         gpus=parse_gpus(args.gpus),
         isolate=args.isolate,
         limit=args.limit,

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Literal
 
 Kind = Literal["text", "image"]
+Backend = Literal["local", "ray"]
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,14 @@ class BatchConfig:
     """A second config run over the same items (the cache-off twin), reported side by side."""
     overrides: tuple[str, ...] = ()
     """key=value overrides given to every run of both configs."""
-    jobs: int = 1
+    jobs: int | None = None
+    """Jobs at once (None: local 1; Ray one per GPU of the cluster, 1 on a cluster without GPUs)."""
+    backend: Backend = "local"
+    """'local': this machine's GPUs (`dispatch.py`); 'ray': a Ray cluster (`ray_backend.py`)."""
+    address: str | None = None
+    """Ray cluster address ('auto', 'ray://HOST:PORT'); None: RAY_ADDRESS, else a local cluster started for the batch."""
+    retries: int = 2
+    """Ray: times a job whose worker died (or ran out of GPU memory) is run again on a fresh worker."""
     gpus: tuple[int, ...] | None = None
     """GPU indices to use (None: every visible GPU; empty: the CPU)."""
     isolate: bool = False

@@ -16,6 +16,7 @@ import traceback
 from typing import Any
 
 from hash3d.config.errors import UserInputError
+from hash3d.diffusion import resident
 
 from .frontends import get_front_end
 from .jobs import JobSpec
@@ -31,6 +32,8 @@ def run_job(job: JobSpec, gpu: str | None) -> dict[str, Any]:
         return {**(item.result() or {}), "skipped": True}
     front_end = get_front_end(job.front_end)
     item.begin(device=f"cuda:{gpu}" if gpu is not None else "cpu")
+    kept = resident.active()  # a Ray worker keeps the models loaded between items (ray_backend.py)
+    reuses = kept.reuses if kept else 0
     with working_folder(job.workdir):  # the config's relative paths mean what they mean for the front-end's command
         t0 = time.perf_counter()
         record = front_end.train(job, gpu, item.run)
@@ -45,6 +48,7 @@ def run_job(job: JobSpec, gpu: str | None) -> dict[str, Any]:
         "run_s": round(t1 - t0, 3),
         "views_s": round(t2 - t1, 3),
         "n_views": len(views),
+        "models_reused": kept.reuses - reuses if kept else 0,
         "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     item.finish(result)
