@@ -8,7 +8,9 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -31,10 +33,33 @@ with the model it loaded for the first."""
 KEPT = "dreamfusion-sd_hash3d/a_red_fox"
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_on_a_gpu_machine_each_worker_takes_a_gpu_and_keeps_its_model(tmp_path, written_models):
+    """Runs first, before this module starts its CPU-only cluster: the batch starts its own, with the GPUs."""
+    pytest.importorskip("ray")
+    images = tmp_path / "images"
+    images.mkdir()
+    for name in ("dog1_rgba.png", "mug_rgba.png"):
+        shutil.copy(ROOT / "threestudio-hash3d" / "load" / "images" / name, images / name)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "hash3d.batch", "--front-end", "dreamgaussian-hash3d", "--config",
+           "configs/image_sai_hash3d.yaml", "--images", str(images), "--out", str(out), "--backend", "ray",
+           "--clip-model", "none", "--views", "2", f"guidance.pretrained_model_name_or_path={written_models['zero123']}",
+           "iters=4", "num_pts=500", "mesh_resolution=32", "texture_size=64"]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # a local cluster of its own
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    started = [read(p) for p in sorted(out.glob("image_sai_hash3d/*/started.json"))]
+    assert [s["device"] for s in started] == ["cuda:0", "cuda:0"]
+    results = [read(p) for p in sorted(out.glob("image_sai_hash3d/*/result.json"))]
+    if torch.cuda.device_count() == 1:  # one worker ran both: the second item took the model from memory
+        assert sorted(r["models_reused"] for r in results) == [0, 1]
+
+
 @pytest.fixture(scope="module")
 def cluster():
     ray = pytest.importorskip("ray")  # in the test extra
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+    ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
     yield
     ray.shutdown()
 

@@ -24,6 +24,9 @@ unfinished one (killed, failed) is deleted and redone, so rerunning the same com
 After each run the evaluation views are rendered (8 views at elevation 0 deg for text, 16 at 30 deg for images,
 as the paper); then the views are scored and OUT/summary.md, .json, .csv are written.
 Any key=value argument overrides both configs (the front-end's own option names), e.g. trainer.max_steps=500.
+Jobs run on this machine (--backend local, the default) or on a Ray cluster (--backend ray [--address auto|
+ray://HOST:PORT]: one worker per GPU keeping its model loaded, dead workers replaced and their job retried up to
+--retries times; the output folder must be shared by every node; see docs/cluster.md).
 
 Exit status: 0 every run finished and was scored, 1 some run failed or a metric could not be computed (the summary
 says which), 2 bad input, 130 interrupted (rerun to resume). The default CLIP model is optional: when it cannot be

@@ -1,10 +1,8 @@
 """The job list as plain data: one `JobSpec` per (config, item), JSON-serialisable, and the plan that makes it.
 
 A job spec says everything a worker needs and nothing about where it runs: no device, no process. Any dispatcher
-can take the list: the local one (`dispatch.py`, one process per GPU) or a cluster engine, e.g. with Ray
-
-    run = ray.remote(num_gpus=1)(hash3d.batch.worker.execute)
-    results = ray.get([run.remote(spec.to_dict(), "0") for spec in specs])   # Ray pins CUDA_VISIBLE_DEVICES
+can take the list: the local one (`dispatch.py`, one process per GPU), the Ray one (`ray_backend.py`, actors on a
+cluster), or another engine calling `hash3d.batch.worker.execute(spec.to_dict(), gpu)` where it runs jobs.
 
 `<out>/jobs.json` holds the list of the last invocation (`--dry-run` writes it without running anything).
 """

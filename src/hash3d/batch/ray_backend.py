@@ -103,7 +103,6 @@ def _src_folder() -> str:
 @dataclass
 class _Running:
     job: JobSpec
-    actor: Any
     worker: int
     attempt: int
     t0: float
@@ -136,83 +135,96 @@ class RayDispatcher:
                              "with `ray start --head` (see docs/cluster.md)") from None  # fmt: skip
         return True
 
-    def _plan_workers(self) -> tuple[int, bool]:
+    def _plan_workers(self) -> tuple[int, dict[str, int]]:
+        """How many workers, and what each asks of Ray: a GPU and its share of the CPUs (Ray sets the worker's
+        OMP_NUM_THREADS to it: mesh extraction and the host side of a step use them), or one CPU without GPUs."""
         resources = self.ray.cluster_resources()
         gpus, cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 0))
-        use_gpu = gpus > 0
-        n = self.workers or (gpus if use_gpu else 1)
-        if not use_gpu and n > max(cpus, 1):
+        if gpus:
+            if self.workers is not None and self.workers > gpus:
+                raise BatchError(f"--jobs {self.workers}: the Ray cluster has {gpus} GPU(s) now, one job per GPU "
+                                 "(add nodes, or give --jobs at most that)")  # fmt: skip
+            return self.workers or gpus, {"num_gpus": 1, "num_cpus": max(1, cpus // gpus)}
+        n = self.workers or 1
+        if n > max(cpus, 1):
             raise BatchError(f"--jobs {n}: the Ray cluster has no GPU and {cpus} CPU(s): one job per CPU at most")
-        return n, use_gpu
+        return n, {"num_cpus": 1}
 
-    def _new_actor(self, use_gpu: bool) -> Any:
+    def _new_actor(self, resources: dict[str, int]) -> Any:
         env = {"PYTHONPATH": os.pathsep.join([_src_folder(), "${PYTHONPATH}"])}  # hash3d importable, installed or not
         if self._actor_class is None:
             self._actor_class = self.ray.remote(max_restarts=0)(BatchWorker)
-        resources = {"num_gpus": 1} if use_gpu else {"num_cpus": 1}
-        return self._actor_class.options(runtime_env={"env_vars": env}, **resources).remote(use_gpu)
+        options = self._actor_class.options(runtime_env={"env_vars": env}, **resources)
+        return options.remote("num_gpus" in resources)
 
     # ------------------------------------------------------------------ the loop
     def run(self, jobs: Sequence[JobSpec], events: Events) -> list[Outcome]:
-        ray = self.ray
         started_here = self._connect()
-        n, use_gpu = self._plan_workers()
-        actors = [self._new_actor(use_gpu) for _ in range(min(n, len(jobs)))]
+        actors: list[Any] = []
+        try:
+            n, resources = self._plan_workers()
+            actors.extend(self._new_actor(resources) for _ in range(min(n, len(jobs))))
+            return self._loop(jobs, events, actors, resources)
+        finally:  # also on Ctrl-C: the jobs stopped here are unfinished, and the next run redoes them
+            for actor in actors:
+                self.ray.kill(actor, no_restart=True)
+            if started_here:
+                self.ray.shutdown()
+
+    def _loop(self, jobs: Sequence[JobSpec], events: Events, actors: list[Any], resources: dict[str, int]) -> list[Outcome]:
+        """Hand jobs to free workers until every job has ended; `actors` is updated as dead workers are replaced."""
+        kind = "GPU" if "num_gpus" in resources else "CPU"
         last_variant: dict[int, str] = {}
         pending: deque[tuple[JobSpec, int]] = deque((job, 1) for job in jobs)
         running: dict[Any, _Running] = {}
         free = list(range(len(actors)))
         outcomes: list[Outcome] = []
         stop = False
-        try:
-            while running or (pending and not stop):
-                while free and pending and not stop:
-                    w = free.pop(0)
-                    job, attempt = self._take(pending, last_variant.get(w))
-                    log = self.log_dir / job.variant / f"{job.item}.log"
-                    ref = actors[w].run.remote(job.to_dict(), str(log))
-                    running[ref] = _Running(job, actors[w], w, attempt, time.perf_counter(), log)
-                    last_variant[w] = job.variant
-                    events.started(job, WorkerSlot(f"Ray worker {w + 1}" + (" (GPU)" if use_gpu else " (CPU)")))
-                ready, _ = ray.wait(list(running), num_returns=1, timeout=1.0)
-                for ref in ready:
-                    r = running.pop(ref)
-                    seconds = time.perf_counter() - r.t0
-                    try:
-                        out = ray.get(ref)
-                        error, died = None, False
-                    except ray.exceptions.RayError as exc:  # the actor died, or something escaped execute()
-                        out, died = None, True
-                        error = _death_message(exc)
-                    if out is not None and out["status"] == "failed" and out.get("type") in RETRIED_ERRORS:
-                        died, error = True, f"{out.get('type')}: {out['error']}"
-                    if died:
-                        ray.kill(r.actor, no_restart=True)
-                        actors[r.worker] = self._new_actor(use_gpu)  # a fresh process (and GPU memory) for the next try
-                        last_variant.pop(r.worker, None)
-                        ItemDir(r.job).fail(error, "WorkerDied")
-                        if r.attempt <= self.retries:
-                            retrying = getattr(events, "retrying", None)
-                            if retrying is not None:
-                                retrying(r.job, error, r.attempt + 1, self.retries + 1)
-                            pending.appendleft((r.job, r.attempt + 1))
-                            free.append(r.worker)
-                            continue
-                        text = f"{error} (tried {r.attempt} time(s))"
-                        outcome = Outcome(r.job, "killed", seconds, None, text, log=str(r.log))
-                    else:
-                        outcome = Outcome(r.job, out["status"], seconds, out.get("result"), out.get("error"),
-                                          bool(out.get("user_error")), str(r.log))  # fmt: skip
-                    free.append(r.worker)
-                    events.ended(outcome)
-                    outcomes.append(outcome)
-                    stop = stop or (self.fail_fast and outcome.status != "done")
-        finally:  # also on Ctrl-C: the jobs killed here are unfinished, and the next run redoes them
-            for actor in actors:
-                ray.kill(actor, no_restart=True)
-            if started_here:
-                ray.shutdown()
+        while running or (pending and not stop):
+            while free and pending and not stop:
+                w = free.pop(0)
+                job, attempt = self._take(pending, last_variant.get(w))
+                log = self.log_dir / job.variant / f"{job.item}.log"
+                ref = actors[w].run.remote(job.to_dict(), str(log))
+                running[ref] = _Running(job, w, attempt, time.perf_counter(), log)
+                last_variant[w] = job.variant
+                events.started(job, WorkerSlot(f"Ray worker {w + 1} ({kind})"))
+            ready, _ = self.ray.wait(list(running), num_returns=1, timeout=1.0)
+            for ref in ready:
+                r = running.pop(ref)
+                free.append(r.worker)
+                error = self._worker_lost(ref)
+                if error is not None:
+                    self.ray.kill(actors[r.worker], no_restart=True)
+                    actors[r.worker] = self._new_actor(resources)  # a fresh process (and GPU memory) for the next try
+                    last_variant.pop(r.worker, None)
+                    ItemDir(r.job).fail(error, "WorkerDied")  # unfinished until a try finishes it
+                    if r.attempt <= self.retries:
+                        retrying = getattr(events, "retrying", None)
+                        if retrying is not None:
+                            retrying(r.job, error, r.attempt + 1, self.retries + 1)
+                        pending.appendleft((r.job, r.attempt + 1))
+                        continue
+                    outcome = Outcome(r.job, "killed", time.perf_counter() - r.t0, None,
+                                      f"{error} (tried {r.attempt} time(s))", log=str(r.log))  # fmt: skip
+                else:
+                    out = self.ray.get(ref)
+                    outcome = Outcome(r.job, out["status"], time.perf_counter() - r.t0, out.get("result"),
+                                      out.get("error"), bool(out.get("user_error")), str(r.log))  # fmt: skip
+                events.ended(outcome)
+                outcomes.append(outcome)
+                stop = stop or (self.fail_fast and outcome.status != "done")
         return outcomes
+
+    def _worker_lost(self, ref: Any) -> str | None:
+        """Why the job's worker is gone or unfit for it (died, out of GPU memory); None when the job ended there."""
+        try:
+            out = self.ray.get(ref)
+        except self.ray.exceptions.RayError as exc:  # the actor died, or something escaped execute()
+            return _death_message(exc)
+        if out["status"] == "failed" and out.get("type") in RETRIED_ERRORS:
+            return f"{out['type']}: {out['error']}"
+        return None
 
     @staticmethod
     def _take(pending: deque[tuple[JobSpec, int]], variant: str | None) -> tuple[JobSpec, int]:
