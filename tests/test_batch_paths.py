@@ -77,6 +77,15 @@ def test_a_named_clip_model_that_cannot_load_still_fails_the_batch(tmp_path, ima
     assert "as --clip-model" in scorer.notes[0]
     optional = Scorer(ScoreConfig(clip_model="openai/no-such-clip-model", clip_optional=True))
     assert optional._embedder() is None and optional.clip_skipped and optional.metric_names == []
+    # no offline flag, but no network either: skipped at once, without a download's minute of retries
+    import hash3d.batch.scoring as scoring
+
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    asked = []
+    monkeypatch.setattr(scoring, "hub_reachable", lambda name: asked.append(name) or False)
+    unreachable = Scorer(ScoreConfig(clip_model="bigG-14", clip_optional=True))
+    assert unreachable._embedder() is None and unreachable.clip_skipped
+    assert asked == ["laion/CLIP-ViT-bigG-14-laion2B-39B-b160k"] and "the hub cannot be reached" in unreachable.notes[0]
 
 
 def test_dry_run_from_the_repository_root_checks_every_path(tmp_path, images, offline, monkeypatch, capsys):

@@ -116,6 +116,17 @@ def in_hub_cache(repo_id: str) -> bool:
     return True
 
 
+def hub_reachable(repo_id: str, timeout: float = 5.0) -> bool:
+    """Whether the hub answers for this model now (one request, no retries: fails in about a second offline)."""
+    try:
+        from huggingface_hub import HfApi
+
+        HfApi().model_info(repo_id, timeout=timeout)
+    except Exception:  # noqa: BLE001 - no network, no such model, no huggingface_hub: cannot download it
+        return False
+    return True
+
+
 def offline() -> bool:
     return any(os.environ.get(n, "").strip().lower() in {"1", "true", "yes", "on"}
                for n in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "DIFFUSERS_OFFLINE"))  # fmt: skip

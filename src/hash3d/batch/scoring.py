@@ -17,7 +17,7 @@ from typing import Any
 
 from .config import ScoreConfig
 from .jobs import JobSpec
-from .paths import in_hub_cache
+from .paths import hub_reachable, in_hub_cache, offline
 from .state import ItemDir
 
 FLAG = "--clip-model"
@@ -63,6 +63,12 @@ class Scorer:
             from hash3d.eval.config import CLIP_MODEL_ALIASES, resolve_device
 
             name = CLIP_MODEL_ALIASES.get(self.cfg.clip_model, self.cfg.clip_model)
+            if self.cfg.clip_optional and not self._can_have(name):
+                self._clip_failed = self.clip_skipped = True
+                self.notes.append(f"CLIP score skipped (the other metrics are complete): the default CLIP model "
+                                  f"{name!r} is not in the local Hugging Face cache and the hub cannot be reached. "
+                                  f"{self._how_to_enable(name)}")  # fmt: skip
+                return None
             try:
                 self._clip = ClipEmbedder.load(name, resolve_device(self.cfg.device), flag=FLAG)
             except EvalError as exc:
@@ -88,6 +94,18 @@ class Scorer:
                 self.notes.append(f"LPIPS not scored: {status.reason}")
         return self._lpips
 
+    @staticmethod
+    def _can_have(name: str) -> bool:
+        """A local folder, a cached hub model, or one the hub answers for now (no download of bigG on a machine
+        that cannot reach the hub: the load would retry for a minute and fail)."""
+        return Path(name).expanduser().is_dir() or in_hub_cache(name) or (not offline() and hub_reachable(name))
+
+    @staticmethod
+    def _how_to_enable(name: str) -> str:
+        return (f"To score CLIP offline: `hf download {name} --local-dir DIR` on a machine with network, copy DIR here "
+                f"and pass {FLAG} DIR (or set HF_HOME to a cache that holds it); {FLAG} none leaves CLIP out "
+                "without this note.")  # fmt: skip
+
     def availability_note(self) -> str | None:
         """A note when the CLIP model cannot be loaded without the network (for --dry-run, before anything runs)."""
         from hash3d.eval.config import CLIP_MODEL_ALIASES
@@ -105,9 +123,8 @@ class Scorer:
         then = ("is skipped (the batch still completes)" if self.cfg.clip_optional
                 else "fails and the batch exits with status 1")  # fmt: skip
         return (f"CLIP: the model {name!r} is not in the local Hugging Face cache: after the runs the batch tries to "
-                f"download it, and where that is not possible (offline) the CLIP score {then}. To score CLIP offline: "
-                f"`hf download {name} --local-dir DIR` on a machine with network, copy DIR here and pass {FLAG} DIR "
-                f"(or set HF_HOME to a cache that holds it); {FLAG} none leaves CLIP out.")  # fmt: skip
+                f"download it, and where that is not possible (offline) the CLIP score {then}. "
+                f"{self._how_to_enable(name)}")  # fmt: skip
 
     # ------------------------------------------------------------------ per item
     def gt_folder(self, job: JobSpec) -> Path | None:
