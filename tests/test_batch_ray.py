@@ -43,11 +43,11 @@ def test_on_a_gpu_machine_each_worker_takes_a_gpu_and_keeps_its_model(tmp_path, 
         shutil.copy(ROOT / "threestudio-hash3d" / "load" / "images" / name, images / name)
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "hash3d.batch", "--front-end", "dreamgaussian-hash3d", "--config",
-           "configs/image_sai_hash3d.yaml", "--images", str(images), "--out", str(out), "--backend", "ray",
+           "configs/image_sai_hash3d.yaml", "--images", str(images), "--out", str(out), "--backend", "ray", "--address",
+           "local",
            "--clip-model", "none", "--views", "2", f"guidance.pretrained_model_name_or_path={written_models['zero123']}",
            "iters=4", "num_pts=500", "mesh_resolution=32", "texture_size=64"]  # fmt: skip
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # a local cluster of its own
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
     started = [read(p) for p in sorted(out.glob("image_sai_hash3d/*/started.json"))]
     assert [s["device"] for s in started] == ["cuda:0", "cuda:0"]
@@ -59,7 +59,9 @@ def test_on_a_gpu_machine_each_worker_takes_a_gpu_and_keeps_its_model(tmp_path, 
 @pytest.fixture(scope="module")
 def cluster():
     ray = pytest.importorskip("ray")  # in the test extra
-    ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+    # address="local": a new instance of our own, never another process's cluster on a shared machine
+    ray.init(address="local", num_cpus=2, num_gpus=0, object_store_memory=100 * 2**20, include_dashboard=False,
+             log_to_driver=False, logging_level="WARNING")  # fmt: skip
     yield
     ray.shutdown()
 

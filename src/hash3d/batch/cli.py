@@ -54,8 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "one per GPU of the cluster")  # fmt: skip
     p.add_argument("--backend", choices=["local", "ray"], default="local", help="where the jobs run: this machine "
                    "(default) or a Ray cluster (needs the extra: pip install -e \".[ray]\"; see docs/cluster.md)")  # fmt: skip
-    p.add_argument("--address", metavar="ADDR", help="Ray cluster to use: auto (the cluster this node belongs to) or "
-                   "ray://HOST:PORT (default: RAY_ADDRESS, else a local cluster started for this batch)")  # fmt: skip
+    p.add_argument("--address", metavar="ADDR", help="Ray cluster to use: auto (the cluster this node belongs to), "
+                   "ray://HOST:PORT, or local (a new instance on this machine, for this batch); default: RAY_ADDRESS, "
+                   "else a cluster started on this machine, else a new local instance")  # fmt: skip
     p.add_argument("--retries", type=int, default=2, metavar="N", help="Ray: run a job again up to N times when its "
                    "worker dies or runs out of GPU memory (default 2)")  # fmt: skip
     p.add_argument("--gpus", metavar="LIST", help="GPU indices to use, e.g. 0,1,3 (default: all visible); 'cpu' for none")

@@ -124,7 +124,8 @@ class RayDispatcher:
 
     # ------------------------------------------------------------------ cluster and actors
     def _connect(self) -> bool:
-        """Connect to the cluster (start a local one without --address or RAY_ADDRESS); True if we did."""
+        """Connect to the cluster (Ray's rules without --address: RAY_ADDRESS, a cluster started on this machine, else a
+        new local instance); True if this call connected (and so disconnects at the end)."""
         if self.ray.is_initialized():
             return False
         try:
