@@ -10,14 +10,17 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import socket
 import sys
 import time
 import traceback
+from pathlib import Path
 from typing import Any
 
 from hash3d.config.errors import UserInputError
 from hash3d.diffusion import resident
 
+from .errors import BatchError
 from .frontends import get_front_end
 from .jobs import JobSpec
 from .paths import working_folder
@@ -32,6 +35,9 @@ def run_job(job: JobSpec, gpu: str | None) -> dict[str, Any]:
         return {**(item.result() or {}), "skipped": True}
     front_end = get_front_end(job.front_end)
     item.begin(device=f"cuda:{gpu}" if gpu is not None else "cpu")
+    if job.workdir and not Path(job.workdir).is_dir():
+        raise BatchError(f"{job.workdir} (the config's front-end folder) is not on {socket.gethostname()}: on a "
+                         "cluster the checkout must be at the same path on every node (docs/cluster.md)")  # fmt: skip
     kept = resident.active()  # a Ray worker keeps the models loaded between items (ray_backend.py)
     reuses = kept.reuses if kept else 0
     with working_folder(job.workdir):  # the config's relative paths mean what they mean for the front-end's command
