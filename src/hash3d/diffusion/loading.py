@@ -23,6 +23,7 @@ from transformers import CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjec
 
 from hash3d.config.errors import ConfigError, MissingFileError, UserInputError
 from hash3d.diffusion.camera_projection import CameraProjection, ClipCameraProjectionLayout
+from hash3d.diffusion.resident import load_kept
 
 # transformers >= 5 picks a torchvision-backed CLIPImageProcessor when torchvision is installed; the PIL one is
 # the same preprocessing without that dependency. Older transformers only have CLIPImageProcessor.
@@ -106,7 +107,19 @@ def load_stable_diffusion(
 
     Models are in eval mode with ``requires_grad_(False)``, on ``device`` in ``dtype``. ``variant`` picks weight
     files such as ``diffusion_pytorch_model.fp16.safetensors`` where a repository stores them that way.
+    Inside `hash3d.diffusion.resident.keep_loaded` a model loaded before is copied from memory instead.
     """
+    key = ("sd", _model_key(name_or_path), dtype, str(device), local_files_only, variant)
+    return load_kept(key, lambda: _load_stable_diffusion(name_or_path, dtype, device, local_files_only, variant))
+
+
+def _model_key(name_or_path: str | os.PathLike) -> str:
+    """A local folder by its absolute path (a relative one means another folder after a chdir), a hub id as given."""
+    name = os.fspath(name_or_path)
+    return os.path.abspath(os.path.expanduser(name)) if os.path.exists(os.path.expanduser(name)) else name
+
+
+def _load_stable_diffusion(name_or_path, dtype, device, local_files_only, variant) -> StableDiffusionParts:
     source = _resolve(name_or_path, family="sd", local_files_only=local_files_only)
     kw = dict(dtype=dtype, device=device, variant=variant)
     unet = _load_model(UNet2DConditionModel, source, "unet", **kw)
@@ -129,8 +142,13 @@ def load_zero123(
 
     Accepts both camera-projection layouts (``cc_projection/`` and ``clip_camera_projection/``); either way the
     result is a `CameraProjection`. Models are in eval mode with ``requires_grad_(False)``, on ``device`` in
-    ``dtype``.
+    ``dtype``. Inside `hash3d.diffusion.resident.keep_loaded` a model loaded before is copied from memory instead.
     """
+    key = ("zero123", _model_key(name_or_path), dtype, str(device), local_files_only, variant)
+    return load_kept(key, lambda: _load_zero123(name_or_path, dtype, device, local_files_only, variant))
+
+
+def _load_zero123(name_or_path, dtype, device, local_files_only, variant) -> Zero123Parts:
     source = _resolve(name_or_path, family="zero123", local_files_only=local_files_only)
     kw = dict(dtype=dtype, device=device, variant=variant)
     unet = _load_model(UNet2DConditionModel, source, "unet", **kw)
