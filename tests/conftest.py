@@ -25,3 +25,12 @@ def written_models(tmp_path_factory):
         "zero123": str(write_model("zero123", "tiny", root / "stable-zero123-tiny")),
         "zero123_v": str(write_model("zero123", "tiny", root / "zero123-v-tiny", prediction_type="v_prediction", seed=1)),
     }
+
+
+@pytest.fixture(scope="session")
+def multiview_models(tmp_path_factory):
+    """Folder paths of tiny MVDream and ImageDream models (the converted checkpoints' layout)."""
+    from hash3d.testing.models import write_model
+
+    root = tmp_path_factory.mktemp("multiview")
+    return {family: str(write_model(family, "tiny", root / f"{family}-tiny")) for family in ("mvdream", "imagedream")}
