@@ -3,10 +3,13 @@
     python bench/training.py --pipeline stable-zero123 [--steps 600] [--etas 0.1 0.5 1] [--modes features noise]
     python bench/training.py --pipeline dreamgaussian [--stage2]
     python bench/training.py --pipeline gaussiandreamer-sd
+    python bench/training.py --pipeline dreamgaussian-text_mv   # also dreamgaussian-text, dreamgaussian-imagedream
 
 Pipelines: the threestudio-hash3d configs (stable-zero123, zero123, dreamfusion-sd) and gaussian-dreamer-hash3d's
 gaussiandreamer-sd run through the shared launcher (`--train`, no validation or test render); dreamgaussian runs
-dreamgaussian-hash3d's stage 1 (image_sai.yaml / image_sai_hash3d.yaml), and stage 2 after it with --stage2.
+dreamgaussian-hash3d's stage 1 (image_sai.yaml / image_sai_hash3d.yaml), and stage 2 after it with --stage2;
+dreamgaussian-text / -text_mv / -imagedream run its text.yaml / text_mv.yaml / imagedream.yaml (and twins) the same
+way with Stable Diffusion 2.1-base / MVDream / ImageDream (the multi-view ones cache in noise mode only).
 Each `_hash3d` twin differs from its base only in the cache block. Runs: cache off; the base config with the SDS
 weight set to 0 (everything but the guidance); cache on in each mode at each hash probability η; cache off with
 as few steps as take the time of the fastest cached run.
@@ -56,6 +59,10 @@ class Pipeline:
     launcher: bool = True
     options: tuple[str, ...] = ()
     """Options of every run of this pipeline."""
+    input: str | None = "mug_rgba.png"
+    """dreamgaussian-hash3d: the input image in its data/ folder (None: text only)."""
+    cache_modes: tuple[str, ...] = ("features", "noise")
+    """Cache modes the pipeline's guidance supports (--modes is cut down to these)."""
 
 
 PIPELINES = {
@@ -73,6 +80,19 @@ PIPELINES = {
                               "guidance.pretrained_model_name_or_path", None, 500, launcher=False,
                               # the mesh written after training is not timed: keep it small
                               options=("mesh_resolution=64", "texture_size=256")),
+    "dreamgaussian-text": Pipeline("dreamgaussian-hash3d", "text.yaml", "text_hash3d.yaml", "sd",
+                                   "guidance.pretrained_model_name_or_path", None, 500, launcher=False, input=None,
+                                   options=("mesh_resolution=64", "texture_size=256", "prompt=a photo of an icecream")),
+    "dreamgaussian-text_mv": Pipeline("dreamgaussian-hash3d", "text_mv.yaml", "text_mv_hash3d.yaml", "mvdream",
+                                      "guidance.pretrained_model_name_or_path", None, 500, launcher=False, input=None,
+                                      options=("mesh_resolution=64", "texture_size=256",
+                                               "prompt=a plush toy of a corgi nurse"),
+                                      cache_modes=("noise",)),
+    "dreamgaussian-imagedream": Pipeline("dreamgaussian-hash3d", "imagedream.yaml", "imagedream_hash3d.yaml",
+                                         "imagedream", "guidance.pretrained_model_name_or_path", None, 500,
+                                         launcher=False, options=("mesh_resolution=64", "texture_size=256",
+                                                                  "prompt=a mug"),
+                                         cache_modes=("noise",)),
 }  # fmt: skip
 
 CACHE_PREFIX = {True: "system.guidance.cache.", False: "cache."}
@@ -105,8 +125,8 @@ def _dreamgaussian_run(
     from hash3d.systems.dreamgaussian.config import load_options
     from hash3d.systems.dreamgaussian.stage1 import run_stage1
 
-    options = [f"input={REPO / pipe.front_end / 'data' / 'mug_rgba.png'}", f"outdir={out}", "save_path=bench",
-               f"iters={steps}", f"position_lr_max_steps={steps}", *extra]  # fmt: skip
+    options = [*([f"input={REPO / pipe.front_end / 'data' / pipe.input}"] if pipe.input else []), f"outdir={out}",
+               "save_path=bench", f"iters={steps}", f"position_lr_max_steps={steps}", *extra]  # fmt: skip
     cfg = load_options(str(REPO / pipe.front_end / "configs" / config), options)
     with timer:
         report = json.loads(run_stage1(cfg, progress=False).report.read_text())
@@ -185,12 +205,12 @@ def main() -> None:
         return row
 
     if not args.no_warmup:  # CUDA context, kernels compiled on first use, cuDNN autotuning: not the first run's bill
-        go(pipe.hashed, min(steps, 30), [f"{prefix}mode=features"], "warm-up")
+        go(pipe.hashed, min(steps, 30), [f"{prefix}mode={pipe.cache_modes[0]}"], "warm-up")
         rows.clear()
     off = go(pipe.base, steps, [], "cache off")
     if not args.no_baselines and pipe.no_guidance:
         go(pipe.base, steps, [pipe.no_guidance], "no guidance (SDS weight 0)")
-    for mode in args.modes:
+    for mode in (m for m in args.modes if m in pipe.cache_modes):
         for eta in args.etas:
             go(pipe.hashed, steps, [f"{prefix}mode={mode}", f"{prefix}policy.probability={eta}"], f"cache {mode} η={eta:g}")
     cached = [r for r in rows if r["label"].startswith("cache ") and r is not off]

@@ -217,3 +217,18 @@ def test_command_lines_as_users_run_them(models, tmp_path):
         assert p.returncode == 0, p.stderr
         assert p.stdout.strip().splitlines()[-1].startswith(head)
     assert (tmp_path / "logs" / "corgi_model.ply").is_file() and (tmp_path / "logs" / "corgi.obj").is_file()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("mode", ["text", "text_mv", "imagedream"])
+def test_both_stages_on_cuda(models, tmp_path, mode):
+    """device=auto on a GPU (fp16 guidance, gsplat / nvdiffrast when installed), cache on."""
+    from hash3d.systems.dreamgaussian.stage1 import run_stage1
+    from hash3d.systems.dreamgaussian.stage2 import run_stage2
+
+    extra = {"input": str(EXAMPLE)} if mode == "imagedream" else {}
+    cfg = load_options(CONFIGS / f"{mode}_hash3d.yaml", tiny(models[mode], tmp_path / "logs", iters=20, ref_size=64, **extra))
+    report = json.loads(run_stage1(cfg, progress=False).report.read_text())
+    assert report["device"].startswith("cuda") and report["cache"]["hits"] > 0
+    report2 = json.loads(run_stage2(cfg, progress=False).report.read_text())
+    assert report2["device"].startswith("cuda") and report2["cache"]["queries"] == 10
