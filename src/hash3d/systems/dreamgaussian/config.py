@@ -1,9 +1,11 @@
-"""DreamGaussian's options as one typed config (`configs/image*.yaml` plus `key=value` overrides).
+"""DreamGaussian's options as one typed config (`configs/*.yaml` plus `key=value` overrides).
 
 Every DreamGaussian option keeps its name, meaning and default (upstream configs/image.yaml; see
 `shared/reference/upstream-defaults.md` §3). Options Hash3D adds sit below them: the `guidance` block (which
-Zero123 weights, precision, CFG scale, timestep range), the `cache` block (the only block in which a `_hash3d`
+weights, precision, CFG scale, timestep range), the `cache` block (the only block in which a `_hash3d`
 config differs from its twin), renderer backends, resolutions DreamGaussian hard-codes, and the orbit video.
+The options pick one of DreamGaussian's modes (`MODES`): image (Zero123), text (Stable Diffusion), text_mv (MVDream)
+or imagedream (ImageDream); combining guidances in one run is not provided.
 
 Camera convention of the options: DreamGaussian's. `elevation` is the input photo's elevation in degrees with
 **negative = camera above the object** (use elevation=-30 for a photo taken from above), `min_ver`/`max_ver` are
