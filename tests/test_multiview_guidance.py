@@ -178,3 +178,28 @@ def test_bad_use_is_a_clear_error(multiview_models):
         MultiViewGuidanceConfig(cache=CacheConfig(enabled=True, mode="features"))
     with pytest.raises(ValueError, match="family must be"):
         MultiViewGuidanceConfig(family="zero123")
+
+
+def test_a_ring_of_views_is_one_entry_whichever_view_comes_first(multiview_models):
+    from hash3d.diffusion.guidance.multiview import canonical_order
+
+    assert canonical_order(torch.tensor([[95.0, 185.0, 275.0, 5.0], [-170.0, -80.0, 10.0, 100.0]])).tolist() == [
+        [3, 0, 1, 2], [2, 3, 0, 1]]  # fmt: skip
+    plain = _guidance(multiview_models["mvdream"], "mvdream")
+    cached = _guidance(multiview_models["mvdream"], "mvdream", _cache())
+    x = torch.randn(4, 4, 8, 8, generator=torch.Generator().manual_seed(6))
+    elev = torch.full((4,), 10.0)
+    ring = torch.tensor([5.0, 95.0, 185.0, 275.0])
+    roll = [1, 2, 3, 0]
+    # the same set drawn from its second view: the same predictions, rolled (the UNet ignores the order of views)
+    a = plain(x, elev, ring, DIST[:4], rgb_as_latents=True)
+    plain.reset()  # the same noise again: pick latents whose noisy version is a's, rolled
+    alpha = plain.alphas_cumprod[a.timesteps[0]]
+    x_t = alpha.sqrt() * x + (1 - alpha).sqrt() * a.noise
+    b = plain((x_t[roll] - (1 - alpha).sqrt() * a.noise) / alpha.sqrt(), elev, ring[roll], DIST[:4], rgb_as_latents=True)
+    torch.testing.assert_close(b.noise_pred, a.noise_pred[roll], rtol=1e-4, atol=1e-3 * float(a.noise_pred.abs().max()))  # float32 through a random UNet, x100 by CFG
+    # and through the cache: one entry, hit by the rolled set, 2 degrees further round
+    first = cached(x, elev, ring, DIST[:4], rgb_as_latents=True)
+    second = cached(x[roll], elev, ring[roll] + 2, DIST[:4], rgb_as_latents=True)
+    assert second.cache_hits.tolist() == [True]
+    assert torch.equal(second.noise_pred, first.noise_pred[roll])

@@ -6,8 +6,9 @@ reference frame, camera all zeros, latent replaced by the input image's), and ea
 other. Upstream recipes (DreamGaussian's mvdream_utils / imagedream_utils): grad = ε̂ − ε with no w(t), CFG 100
 (MVDream) / 5 (ImageDream), loss 0.5·‖grad‖² / number of views, one t per set.
 
-The Hash3D cache keys a set by its first view's camera and t (the other views sit at fixed offsets from it): a hit
-returns the stored prediction of the whole set, every view and both CFG halves together. Rows go to the UNet in
+The Hash3D cache keys a set by its first view's camera and t (the other views sit at fixed offsets from it), the set
+rolled first so that it starts at its view of smallest azimuth (`canonical_order`): a hit returns the stored
+prediction of the whole set, every view and both CFG halves together. Rows go to the UNet in
 view-major order (`multiview_blocks.ViewLayout`), so that row i of every (view, CFG half) group belongs to set i,
 as the cache requires. Only noise mode applies (the multi-view UNet has no diffusers block structure for feature
 reuse), and the calls run eagerly: CUDA graphs of split batches would pad across sets.
@@ -32,7 +33,7 @@ from .losses import sds_loss
 from .refine import REFINE_STEPS, ddim_refine, ddim_scheduler, decode_latents
 from .sds import TORCH_DTYPES, GuidanceConfig, GuidanceOutput, SDSGuidance, Weighting, epsilon_from_prediction
 
-__all__ = ["MultiViewGuidance", "MultiViewGuidanceConfig", "multiview_camera", "MVDREAM_MODEL", "IMAGEDREAM_MODEL"]
+__all__ = ["MultiViewGuidance", "MultiViewGuidanceConfig", "canonical_order", "multiview_camera", "MVDREAM_MODEL", "IMAGEDREAM_MODEL"]
 
 MVDREAM_MODEL = "ashawkey/mvdream-sd2.1-diffusers"
 IMAGEDREAM_MODEL = "ashawkey/imagedream-ipmv-diffusers"
@@ -60,6 +61,18 @@ class MultiViewGuidanceConfig(GuidanceConfig):
                 f"the multi-view guidance caches whole noise predictions: set cache.mode to noise "
                 f"(got {self.cache.mode!r}; feature reuse needs a diffusers UNet2DConditionModel)"
             )
+
+
+def canonical_order(azimuth: torch.Tensor) -> torch.Tensor:
+    """azimuth [S, V] -> view order [S, V]: each set rolled to start at its view of smallest azimuth (mod 360°).
+
+    The multi-view UNet treats the views of a set alike in any order (no frame index anywhere; ImageDream's reference
+    frame stays last), so a rolled set gives the same predictions, rolled. Keying a set by that first view makes a
+    ring of views (DreamGaussian: a, a+90, a+180, a+270) one cache entry whichever of its views was drawn first:
+    the key's azimuth then spans 90°, not 360°."""
+    views = azimuth.shape[1]
+    shift = torch.remainder(azimuth.float(), 360.0).argmin(dim=1)
+    return (shift[:, None] + torch.arange(views, device=azimuth.device)) % views
 
 
 def multiview_camera(elevation: torch.Tensor, azimuth: torch.Tensor) -> torch.Tensor:
@@ -143,8 +156,10 @@ class MultiViewGuidance(SDSGuidance):
         V, S = self.config.num_views, t_sets.shape[0]
         frames = V + self.extra_frames
         rest = x_t.shape[1:]
-        latents = x_t.reshape(S, V, *rest)
-        cameras = multiview_camera(elevation, azimuth).to(self.device).view(S, V, 16)
+        order = canonical_order(azimuth.view(S, V))
+        sets = torch.arange(S, device=order.device)[:, None]
+        latents = x_t.reshape(S, V, *rest)[sets, order]
+        cameras = multiview_camera(elevation, azimuth).to(self.device).view(S, V, 16)[sets, order]
         if self.extra_frames:
             latents = torch.cat([latents, latents.new_zeros(S, self.extra_frames, *rest)], dim=1)
             cameras = torch.cat([cameras, cameras.new_zeros(S, self.extra_frames, 16)], dim=1)
@@ -168,9 +183,9 @@ class MultiViewGuidance(SDSGuidance):
         context = halves(self.text_embeddings).to(dtype)
         with section("unet"):
             if self.cache is not None:
-                first = torch.arange(S, device=elevation.device) * V
+                first = sets[:, 0] * V + order[:, 0]
                 keys = self._keys(elevation[first], azimuth[first], distance[first], t_sets.to(elevation.device))
-                with self.cache.request(keys, x_t.reshape(S, V * rest[0], *rest[1:])):
+                with self.cache.request(keys, latents[:, :V].reshape(S, V * rest[0], *rest[1:])):
                     pred = self.unet(x_in, t_in, context, **kwargs).sample
             else:
                 pred = self.unet(x_in, t_in, context, **kwargs).sample
@@ -180,7 +195,9 @@ class MultiViewGuidance(SDSGuidance):
             pred = epsilon_from_prediction(pred, x_in.float(), alpha_bar, self.prediction_type)
         pred = pred.view(frames, 2, S, *rest)[:V]
         guided = pred[:, 1] + self.config.guidance_scale * (pred[:, 0] - pred[:, 1])  # [V, S, ...]
-        return guided.transpose(0, 1).reshape(S * V, *rest)
+        out = torch.empty((S, V, *rest), device=guided.device, dtype=guided.dtype)
+        out[sets, order] = guided.transpose(0, 1)  # back to the caller's order of views
+        return out.reshape(S * V, *rest)
 
     # ---------------------------------------------------------------- SDS and refine
     def forward(
