@@ -42,7 +42,7 @@ def ddim_refine(
         latents = scheduler.add_noise(latents, noise, timesteps[:1])
     for t in timesteps:
         eps = guided_epsilon(latents, t.expand(latents.shape[0]))
-        latents = scheduler.step(eps.float(), t, latents).prev_sample
+        latents = scheduler.step(eps.float(), int(t), latents).prev_sample  # a host int: its tables stay on the CPU
     return latents
 
 
