@@ -59,3 +59,12 @@ def load_bench():
         return module
 
     return load
+
+
+@pytest.fixture(scope="session")
+def multiview_models(tmp_path_factory):
+    """Folder paths of tiny MVDream and ImageDream models (the converted checkpoints' layout)."""
+    from hash3d.testing.models import write_model
+
+    root = tmp_path_factory.mktemp("multiview")
+    return {family: str(write_model(family, "tiny", root / f"{family}-tiny")) for family in ("mvdream", "imagedream")}

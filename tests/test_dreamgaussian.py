@@ -57,7 +57,7 @@ def tiny(model: str, outdir: Path, **extra) -> list[str]:
 # ------------------------------------------------------------------------------------------------ configs
 
 
-@pytest.mark.parametrize("plain", ["image", "image_sai"])
+@pytest.mark.parametrize("plain", ["image", "image_sai", "text", "text_mv", "imagedream"])
 def test_hash3d_twin_differs_only_in_the_cache_block(plain):
     a_raw = dict(load_yaml(CONFIGS / f"{plain}.yaml"))
     b_raw = dict(load_yaml(CONFIGS / f"{plain}_hash3d.yaml"))

@@ -19,11 +19,12 @@ from typing import Any, Callable
 import torch
 import transformers
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-from transformers import CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjection
+from transformers import CLIPTextModel, CLIPTokenizer, CLIPVisionModel, CLIPVisionModelWithProjection
 
 from hash3d.config.errors import ConfigError, MissingFileError, UserInputError
 from hash3d.diffusion.camera_projection import CameraProjection, ClipCameraProjectionLayout
 from hash3d.diffusion.resident import load_kept
+from hash3d.diffusion.multiview_unet import MultiViewUNetModel
 
 # transformers >= 5 picks a torchvision-backed CLIPImageProcessor when torchvision is installed; the PIL one is
 # the same preprocessing without that dependency. Older transformers only have CLIPImageProcessor.
@@ -34,8 +35,10 @@ __all__ = [
     "is_hub_id",
     "StableDiffusionParts",
     "Zero123Parts",
+    "MultiViewParts",
     "load_stable_diffusion",
     "load_zero123",
+    "load_multiview",
     "SD_SUBFOLDERS",
     "ZERO123_SUBFOLDERS",
     "CAMERA_PROJECTION_SUBFOLDERS",
@@ -49,6 +52,8 @@ class ModelLoadError(UserInputError, OSError):
 
 SD_SUBFOLDERS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 ZERO123_SUBFOLDERS = ("unet", "vae", "image_encoder", "feature_extractor", "scheduler")
+MULTIVIEW_SUBFOLDERS = SD_SUBFOLDERS
+IMAGEDREAM_SUBFOLDERS = SD_SUBFOLDERS + ("image_encoder", "feature_extractor")
 # Zero123's camera projection lives in one of these, depending on who converted the weights (see camera_projection).
 CAMERA_PROJECTION_SUBFOLDERS = ("cc_projection", "clip_camera_projection")
 
@@ -61,6 +66,19 @@ ZERO123_LAYOUT = (
     "kxic/zero123-xl): model_index.json and the subfolders unet/, vae/, image_encoder/, feature_extractor/, "
     "scheduler/ and cc_projection/ (or clip_camera_projection/)"
 )
+MVDREAM_LAYOUT = (
+    "the converted MVDream layout (like ashawkey/mvdream-sd2.1-diffusers): model_index.json and the subfolders "
+    "unet/ (MultiViewUNetModel), vae/, text_encoder/, tokenizer/, scheduler/"
+)
+IMAGEDREAM_LAYOUT = (
+    "the converted ImageDream layout (like ashawkey/imagedream-ipmv-diffusers): model_index.json and the subfolders "
+    "unet/ (MultiViewUNetModel with ip_dim), vae/, text_encoder/, tokenizer/, scheduler/, image_encoder/, "
+    "feature_extractor/"
+)
+_LAYOUTS = {"sd": SD_LAYOUT, "zero123": ZERO123_LAYOUT, "mvdream": MVDREAM_LAYOUT, "imagedream": IMAGEDREAM_LAYOUT}
+_REQUIRED = {
+    "sd": SD_SUBFOLDERS, "zero123": ZERO123_SUBFOLDERS, "mvdream": MULTIVIEW_SUBFOLDERS, "imagedream": IMAGEDREAM_SUBFOLDERS,
+}  # fmt: skip
 _TEST_MODEL_HINT = (
     "(For offline tests, `python -m hash3d.testing write-model {family} tiny DIR` writes a random-weight model "
     "in this layout.)"
@@ -130,6 +148,61 @@ def _load_stable_diffusion(name_or_path, dtype, device, local_files_only, varian
     return StableDiffusionParts(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler)
 
 
+@dataclass
+class MultiViewParts:
+    """Parts of a multi-view model: MVDream (``ashawkey/mvdream-sd2.1-diffusers``) or, with the image encoder and
+    its processor, ImageDream (``ashawkey/imagedream-ipmv-diffusers``)."""
+
+    unet: MultiViewUNetModel
+    vae: AutoencoderKL
+    text_encoder: CLIPTextModel
+    tokenizer: CLIPTokenizer
+    scheduler: DDPMScheduler
+    image_encoder: CLIPVisionModel | None = None
+    feature_extractor: CLIPImageProcessor | None = None
+
+
+def load_multiview(
+    name_or_path: str | os.PathLike,
+    family: str = "mvdream",
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    local_files_only: bool = False,
+    *,
+    variant: str | None = None,
+) -> MultiViewParts:
+    """Load an MVDream (`family="mvdream"`) or ImageDream (`"imagedream"`) model from a hub id or local folder.
+
+    The UNet is Hash3D's own `MultiViewUNetModel`, loaded from the folder's ``unet/`` (the converted checkpoints'
+    config and parameter names; their remote ``mv_unet`` code is never imported). Models are in eval mode with
+    ``requires_grad_(False)``, on ``device`` in ``dtype``.
+    """
+    if family not in ("mvdream", "imagedream"):
+        raise ValueError(f"family must be 'mvdream' or 'imagedream'; got {family!r}")
+    source = _resolve(name_or_path, family=family, local_files_only=local_files_only)
+    kw = dict(dtype=dtype, device=device, variant=variant)
+    unet = _load_model(MultiViewUNetModel, source, "unet", **kw)
+    has_image = unet.config.ip_dim > 0
+    if has_image != (family == "imagedream"):
+        other = "imagedream" if has_image else "mvdream"
+        raise ConfigError(
+            f"the {source.describe()} holds {'an ImageDream' if has_image else 'an MVDream'} UNet "
+            f"(ip_dim={unet.config.ip_dim}), but {family} was asked for: load it as {other} "
+            f"({'mode imagedream' if has_image else 'mode text_mv'})"
+        )
+    parts = MultiViewParts(
+        unet=unet,
+        vae=_load_model(AutoencoderKL, source, "vae", **kw),
+        text_encoder=_load_model(CLIPTextModel, source, "text_encoder", **kw),
+        tokenizer=_load_component(CLIPTokenizer.from_pretrained, source, "tokenizer"),
+        scheduler=_load_scheduler(source),
+    )
+    if has_image:
+        parts.image_encoder = _load_model(CLIPVisionModel, source, "image_encoder", **kw)
+        parts.feature_extractor = _load_component(CLIPImageProcessor.from_pretrained, source, "feature_extractor")
+    return parts
+
+
 def load_zero123(
     name_or_path: str | os.PathLike,
     dtype: torch.dtype = torch.float32,
@@ -194,11 +267,11 @@ def _env_offline() -> bool:
 
 
 def _layout(family: str) -> str:
-    return SD_LAYOUT if family == "sd" else ZERO123_LAYOUT
+    return _LAYOUTS[family]
 
 
 def _required(family: str) -> tuple[str, ...]:
-    return SD_SUBFOLDERS if family == "sd" else ZERO123_SUBFOLDERS
+    return _REQUIRED[family]
 
 
 def _missing_parts(family: str, components: frozenset[str]) -> list[str]:
@@ -213,6 +286,8 @@ def _family_hint(family: str, components: frozenset[str]) -> str:
         return " This looks like a Zero123 model: load it with load_zero123()."
     if family == "zero123" and not _missing_parts("sd", components):
         return " This looks like a Stable Diffusion model: load it with load_stable_diffusion()."
+    if family == "imagedream" and not _missing_parts("mvdream", components):
+        return " This looks like an MVDream model (no image encoder): load it with load_multiview(..., 'mvdream')."
     return ""
 
 

@@ -560,12 +560,16 @@ def _deep_blocks(unet: torch.nn.Module, depth: int) -> dict[str, torch.nn.Module
 def apply_hash_cache(
     unet: torch.nn.Module, config: CacheConfig, device: str | torch.device | None = None, cuda_graphs: bool = False
 ) -> UNetCache:
-    """Attach a Hash3D cache to a stock `UNet2DConditionModel`; returns its handle.
+    """Attach a Hash3D cache to a stock `UNet2DConditionModel`; returns its handle. Noise mode also takes any
+    module called as `unet(sample, timestep, encoder_hidden_states, *tensors, return_dict=...)` (the multi-view UNets).
 
     cuda_graphs: replay the UNet's full and shallow passes as CUDA graphs (CUDA devices only).
     """
-    if not hasattr(unet, "up_blocks") or not hasattr(unet, "down_blocks"):
-        raise TypeError(f"apply_hash_cache needs a diffusers UNet2DConditionModel; got {type(unet).__name__}")
+    if config.mode == "features" and (not hasattr(unet, "up_blocks") or not hasattr(unet, "down_blocks")):
+        raise TypeError(
+            f"cache.mode 'features' needs a diffusers UNet2DConditionModel (down and up blocks); got "
+            f"{type(unet).__name__}: use cache.mode noise"
+        )
     registry = HookRegistry.check_if_exists_or_initialize(unet)
     if registry.get_hook(_UNET_HOOK) is not None:
         raise RuntimeError("a Hash3D cache is already attached to this UNet; remove it first (remove_hash_cache)")

@@ -125,7 +125,9 @@ class SDSGuidance(torch.nn.Module):
         # diffusers' ModelMixin.dtype walks every submodule (about 1 ms for a full UNet): read the dtypes once
         self.unet_dtype = next(unet.parameters()).dtype
         self.vae_dtype = next(vae.parameters()).dtype
-        self.image_size = int(unet.config.sample_size) * 2 ** (len(vae.config.block_out_channels) - 1)
+        # latent side: diffusers' sample_size, or image_size in the latent-diffusion configs of the multi-view UNets
+        latent_side = unet.config["sample_size"] if "sample_size" in unet.config else unet.config["image_size"]
+        self.image_size = int(latent_side) * 2 ** (len(vae.config.block_out_channels) - 1)
         """Side of the square images the model works at; renders are resized to it."""
         self.scheduler = scheduler
         self.num_train_timesteps = int(scheduler.config.num_train_timesteps)
