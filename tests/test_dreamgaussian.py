@@ -91,7 +91,7 @@ def test_configs_carry_dreamgaussian_defaults():
     assert c.render_resolutions == [128, 256, 512] and c.render_resolution_ratios == [0.3, 0.6]
     assert c.guidance.guidance_scale == 5 and c.anneal_timestep and c.guidance.dtype == "fp16"
     h = load_options(CONFIGS / "image_sai_hash3d.yaml")
-    assert h.cache.cell_size == (20.0, 20.0, 0.1, 20.0) and h.cache.policy.probability == 0.5 and h.cache.mode == "features"
+    assert h.cache.cell_size == (20.0, 20.0, 0.1, 20.0) and h.cache.mode == "noise" and h.cache.policy.strategy == "auto"
 
 
 def test_render_resolution_schedule_and_vertical_range():
