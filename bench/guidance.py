@@ -172,8 +172,8 @@ def shallow_blocks_ms(g, latents: torch.Tensor, cameras: tuple, iters: int) -> f
     table = g.cache.table
     with torch.no_grad():
         t = torch.full((B,), 500, dtype=torch.long, device="cuda")
-        x_t = g._diffuse(latents.detach(), t, torch.randn_like(latents))
-        x_in, t_in, ctx = g._unet_call(x_t, t, g._context(*cameras))
+        x_t = g.diffuse(latents.detach(), t, torch.randn_like(latents))
+        x_in, t_in, ctx = g.unet_batch(x_t, t, g.conditioning(*cameras))
         values = torch.zeros((B,) + tuple(table._value_shape), dtype=table._pool_values.dtype, device="cuda")
         for _ in range(2):
             g.cache.cached_output(x_in, t_in, ctx, values)

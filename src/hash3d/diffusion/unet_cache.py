@@ -494,6 +494,10 @@ class UNetCache:
         run = hook._phase_runner(hook.fn_ref.original_forward, 3, {})
         return run("reuse", (sample, timestep, context), from_entries(values))[0]
 
+    def add_graph_count(self, source: Callable[[], int]) -> None:
+        """Count the CUDA graphs a caller that graphs whole steps around this cache has captured (in `stats`)."""
+        self._state.graph_sources.append(source)
+
     def record_hits(self, hit: torch.Tensor) -> None:
         """Count a tried request that `cached_output` answered in full (the caller saw every sample hit)."""
         st = self._state

@@ -184,7 +184,7 @@ class MultiViewGuidance(SDSGuidance):
         with section("unet"):
             if self.cache is not None:
                 first = sets[:, 0] * V + order[:, 0]
-                keys = self._keys(elevation[first], azimuth[first], distance[first], t_sets.to(elevation.device))
+                keys = self.cache_keys(elevation[first], azimuth[first], distance[first], t_sets.to(elevation.device))
                 with self.cache.request(keys, latents[:, :V].reshape(S, V * rest[0], *rest[1:])):
                     pred = self.unet(x_in, t_in, context, **kwargs).sample
             else:
@@ -218,9 +218,9 @@ class MultiViewGuidance(SDSGuidance):
         cameras = tuple(c.to(self.device).float() for c in (elevation, azimuth, camera_distances))
         with torch.no_grad():
             noise = torch.randn(latents.shape, generator=self.generator, device=self.device, dtype=torch.float32)
-            x_t = self._diffuse(latents.detach(), t, noise)
+            x_t = self.diffuse(latents.detach(), t, noise)
             noise_pred = self._predict_sets(x_t, t_sets, *cameras)
-            grad = self._sds_grad(noise_pred, noise, t, self.grad_clip_value)
+            grad = self.sds_gradient(noise_pred, noise, t, self.grad_clip_value)
         loss = sds_loss(latents, grad.to(latents.dtype), self.config.loss_reduction)
         tried = self.cache is not None and self.cache.last_hits is not None
         return GuidanceOutput(

@@ -105,15 +105,15 @@ class StableDiffusionGuidance(SDSGuidance):
         if self.prompt is None:
             raise RuntimeError("call set_prompt(prompt) before using the Stable Diffusion guidance")
         cameras = tuple(c.to(self.device).float() for c in (elevation, azimuth, camera_distances))
-        context = self._context(*cameras)
+        context = self.conditioning(*cameras)
 
         def guided_epsilon(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            return self._predict_noise(x_t, t, context, self._keys(*cameras, t))
+            return self._predict_noise(x_t, t, context, self.cache_keys(*cameras, t))
 
         latents = ddim_refine(guided_epsilon, self.encode_images(rgb.detach()), self.ddim, strength, self.generator, steps)
         return decode_latents(self.vae, latents)
 
-    def _context(self, elevation: torch.Tensor, azimuth: torch.Tensor, camera_distances: torch.Tensor) -> torch.Tensor:
+    def conditioning(self, elevation: torch.Tensor, azimuth: torch.Tensor, camera_distances: torch.Tensor) -> torch.Tensor:
         direction = view_direction(elevation, azimuth, self.config)
         return torch.cat([self.cond_embeddings[direction], self.uncond_embeddings[direction]])
 

@@ -106,7 +106,7 @@ class Zero123Guidance(SDSGuidance):
         """The CLIP image processor's resize + normalisation, in torch (square input: a plain resize)."""
         return clip_pixels(rgb, self.feature_extractor)
 
-    def _context(self, elevation, azimuth, camera_distances) -> torch.Tensor:
+    def conditioning(self, elevation, azimuth, camera_distances) -> torch.Tensor:
         camera = camera_embedding(
             elevation.to(self.device), azimuth.to(self.device), camera_distances.to(self.device),
             *self.cond_camera, self.camera_kind,
