@@ -22,6 +22,7 @@ from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjection
 
 from hash3d.config.errors import ConfigError, MissingFileError, UserInputError
+from hash3d.hub import is_hub_id
 from hash3d.diffusion.camera_projection import CameraProjection, ClipCameraProjectionLayout
 
 # transformers >= 5 picks a torchvision-backed CLIPImageProcessor when torchvision is installed; the PIL one is
@@ -30,7 +31,6 @@ CLIPImageProcessor = getattr(transformers, "CLIPImageProcessorPil", None) or tra
 
 __all__ = [
     "ModelLoadError",
-    "is_hub_id",
     "StableDiffusionParts",
     "Zero123Parts",
     "load_stable_diffusion",
@@ -196,19 +196,6 @@ def _family_hint(family: str, components: frozenset[str]) -> str:
     if family == "zero123" and not _missing_parts("sd", components):
         return " This looks like a Stable Diffusion model: load it with load_stable_diffusion()."
     return ""
-
-
-def is_hub_id(name: str) -> bool:
-    """Whether `name` reads as a Hugging Face hub id ('owner/name' or 'name'), not as a local path."""
-    if not name or name.startswith((".", "/", "~")) or "\\" in name or name.count("/") > 1:
-        return False
-    try:
-        from huggingface_hub.utils import validate_repo_id
-
-        validate_repo_id(name)
-    except Exception:
-        return False
-    return True
 
 
 def _resolve(name_or_path: str | os.PathLike, family: str, local_files_only: bool) -> _Source:
