@@ -62,6 +62,7 @@ def test_mini_configs_follow_the_model_card():
     assert EXAMPLE_INPUT.stat().st_size < 20_000
 
 
+@pytest.mark.slow
 def test_demo_runs_cache_off_and_on_and_writes_video_mesh_report(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["--out", str(out), "--cache", "both", *TINY]) == 0
@@ -85,6 +86,7 @@ def test_demo_runs_cache_off_and_on_and_writes_video_mesh_report(tmp_path, capsy
     assert report["runs"][0]["unet_calls_saved"] == 0 and "speedup_train" in report
 
 
+@pytest.mark.slow
 def test_demo_single_run_writes_into_the_output_folder(tmp_path):
     out = tmp_path / "one"
     assert main(["--out", str(out), "--cache", "off", "--refine-steps", "0", *TINY[:2], *TINY[4:]]) == 0
@@ -103,6 +105,7 @@ def test_demo_bad_input_exits_with_status_2(tmp_path, capsys):
         main(["--steps", "0"])
 
 
+@pytest.mark.slow
 def test_demo_threestudio_pipeline_trains_tests_and_exports(tmp_path):
     out = tmp_path / "ts"
     small = ["data.random_camera.batch_size=1", "data.random_camera.n_test_views=3", "data.random_camera.eval_height=32",

@@ -410,6 +410,7 @@ def _run(script: str, *args: str, timeout: float = 120) -> subprocess.CompletedP
     )
 
 
+@pytest.mark.slow
 def test_command_lines_as_users_run_them(written_models, tmp_path):
     """process.py -> main.py -> main2.py in dreamgaussian-hash3d/, relative paths as in DreamGaussian's README."""
     src = tmp_path / "photo.png"

@@ -163,6 +163,7 @@ def test_shap_e_front_faces_the_threestudio_front_view():
     assert np.allclose(shap_e_to_world(np.array([[0.0, -1.0, 0.0], [0.0, 0.0, 1.0]])), [[1, 0, 0], [0, 0, 1]])
 
 
+@pytest.mark.slow
 def test_tiny_shap_e_decodes_a_closed_coloured_surface(shap_e_model):
     from diffusers import ShapEPipeline
 
@@ -191,6 +192,7 @@ def test_tiny_shap_e_decodes_a_closed_coloured_surface(shap_e_model):
     "kind,cache",
     [("shap_e", "on"), ("shap_e", "off"), ("ply", "on"), ("ply", "off"), ("sphere", "on"), ("sphere", "off")],
 )
+@pytest.mark.slow
 def test_train_from_each_init_kind(written_models, shap_e_model, cloud_ply, tmp_path, kind, cache):
     extra = [f"system.init.kind={kind}", f"system.init.ply.path={cloud_ply}", *(HIT_FRIENDLY if cache == "on" else ())]
     config = HASHED if cache == "on" else PLAIN
@@ -245,6 +247,7 @@ DENSIFY_EVERY_STEP = (
 
 
 @pytest.mark.parametrize("cache", ["off", "on"])
+@pytest.mark.slow
 def test_resume_restores_a_changed_gaussian_count_exactly(written_models, shap_e_model, tmp_path, cache):
     """Densification grows the set at steps 2 and 4; a run stopped at 3 and resumed to 5 ends like one run of 5.
     With the cache on, the checkpoint holds its table and policy stream, so hits fall on the same steps."""
@@ -330,6 +333,7 @@ def test_bad_inputs_fail_before_writing(written_models, shap_e_model, tmp_path, 
     assert not (tmp_path / "out").exists()  # no trial folder for any of them
 
 
+@pytest.mark.slow
 def test_headline_command_runs_as_typed(written_models, shap_e_model, tmp_path):
     """The README's command from the front-end folder in a fresh process (shrunk to 1 tiny step)."""
     cmd = [sys.executable, "launch.py", "--config", "configs/gaussiandreamer-sd_hash3d.yaml", "--train", "--gpu", "0",

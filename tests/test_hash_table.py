@@ -867,6 +867,7 @@ TABLE_KINDS = {
 
 
 @pytest.mark.parametrize("kind", list(TABLE_KINDS))
+@pytest.mark.slow
 def test_state_dict_round_trip_continues_identically(kind):
     g = torch.Generator().manual_seed(7)
     table = TABLE_KINDS[kind]()

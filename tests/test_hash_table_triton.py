@@ -66,6 +66,7 @@ def _assert_twins(fused: HashTable, ref: HashTable, dtype: torch.dtype) -> None:
     ],
     ids=["grid", "grid-2-buckets-fp16", "adaptive", "adaptive-fp16", "adaptive-defaults", "grid-bf16"],
 )
+@pytest.mark.slow
 def test_fused_table_matches_torch_table(cells, n_buckets, bucket_size, capacity, dtype):
     common = dict(n_buckets=n_buckets, bucket_size=bucket_size, capacity=capacity, temperature=3.0, gamma=0.7,
                   device=DEVICE)

@@ -272,6 +272,7 @@ def _run_launcher(folder: str, *args: str, cwd: Path) -> subprocess.CompletedPro
                           capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow
 def test_launcher_as_users_run_it(config, tmp_path):
     """cd threestudio-hash3d && python launch.py --config … --train --gpu 0 data.image_path=./load/images/dog1_rgba.png"""
     out = tmp_path / "outputs"

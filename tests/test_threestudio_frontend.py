@@ -71,6 +71,7 @@ HIT_FRIENDLY = (
 
 
 @pytest.mark.parametrize("cache", ["off", "on"])
+@pytest.mark.slow
 def test_image_to_3d_train_test_export(written_models, tmp_path, monkeypatch, cache):
     monkeypatch.chdir(FRONT)  # the config's ./load/images/dog1_rgba.png is relative to the front-end folder
     config = "stable-zero123.yaml" if cache == "off" else "stable-zero123_hash3d.yaml"
@@ -123,6 +124,7 @@ CACHE_COLUMNS = ("cache/queries", "cache/hits", "cache/inserts", "cache/entries"
                  "cache/full_samples", "cache/cached_samples")  # fmt: skip
 
 
+@pytest.mark.slow
 def test_resume_with_the_cache_on_is_exact(written_models, tmp_path, monkeypatch):
     """6 steps in one go end exactly like 3 steps + resume to 6: weights, losses and cache statistics (the table,
     the policy's random stream and the guidance's generator are in the checkpoint)."""
@@ -151,6 +153,7 @@ def test_resume_with_the_cache_on_is_exact(written_models, tmp_path, monkeypatch
         assert torch.equal(wa[name], wb[name]), name
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_cache_state_of_another_layout(written_models, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(FRONT)
     part = run("stable-zero123_hash3d.yaml", written_models["zero123"], tmp_path, "--train", steps=2,
@@ -168,6 +171,7 @@ def test_resume_refuses_a_cache_state_of_another_layout(written_models, tmp_path
 
 
 @pytest.mark.parametrize("cache", ["off", "on"])
+@pytest.mark.slow
 def test_text_to_3d_train(written_models, tmp_path, cache):
     config = "dreamfusion-sd.yaml" if cache == "off" else "dreamfusion-sd_hash3d.yaml"
     extra = ('system.prompt_processor.prompt="a small red chair"',) + (HIT_FRIENDLY if cache == "on" else ())
@@ -178,6 +182,7 @@ def test_text_to_3d_train(written_models, tmp_path, cache):
         assert float(metrics(trial)[-1]["cache/hits"]) > 0
 
 
+@pytest.mark.slow
 def test_text_to_3d_with_zero_sds_weight_never_calls_the_diffusion_model(written_models, tmp_path):
     extra = ('system.prompt_processor.prompt="a small red chair"', "system.loss.lambda_sds=0") + HIT_FRIENDLY
     trial = run("dreamfusion-sd_hash3d.yaml", written_models["sd"], tmp_path, "--train", steps=2, extra=extra)
@@ -205,6 +210,7 @@ def test_bad_inputs_fail_before_writing(written_models, tmp_path, monkeypatch, c
     assert [p.name for p in tmp_path.iterdir()] == ["rgb.png"]  # no trial folder was made for any of them
 
 
+@pytest.mark.slow
 def test_headline_command_runs_as_typed(written_models, tmp_path):
     """The README's command, from the front-end folder, in a fresh process (shrunk to 1 tiny step)."""
     config = CONFIGS / "stable-zero123_hash3d.yaml"

@@ -22,6 +22,7 @@ from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizer, CLIPVisionModel, CLIPVisionModelWithProjection
 
 from hash3d.config.errors import ConfigError, MissingFileError, UserInputError
+from hash3d.hub import is_hub_id
 from hash3d.diffusion.camera_projection import CameraProjection, ClipCameraProjectionLayout
 from hash3d.diffusion.resident import load_kept
 from hash3d.diffusion.multiview_unet import MultiViewUNetModel
@@ -32,7 +33,6 @@ CLIPImageProcessor = getattr(transformers, "CLIPImageProcessorPil", None) or tra
 
 __all__ = [
     "ModelLoadError",
-    "is_hub_id",
     "StableDiffusionParts",
     "Zero123Parts",
     "MultiViewParts",
@@ -289,19 +289,6 @@ def _family_hint(family: str, components: frozenset[str]) -> str:
     if family == "imagedream" and not _missing_parts("mvdream", components):
         return " This looks like an MVDream model (no image encoder): load it with load_multiview(..., 'mvdream')."
     return ""
-
-
-def is_hub_id(name: str) -> bool:
-    """Whether `name` reads as a Hugging Face hub id ('owner/name' or 'name'), not as a local path."""
-    if not name or name.startswith((".", "/", "~")) or "\\" in name or name.count("/") > 1:
-        return False
-    try:
-        from huggingface_hub.utils import validate_repo_id
-
-        validate_repo_id(name)
-    except Exception:
-        return False
-    return True
 
 
 def _resolve(name_or_path: str | os.PathLike, family: str, local_files_only: bool) -> _Source:

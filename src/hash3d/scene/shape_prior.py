@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from ..config.errors import UserInputError
+from ..hub import is_hub_id
 from .gaussian_ply import read_point_cloud_ply, write_point_cloud_ply
 
 __all__ = [
@@ -217,8 +218,6 @@ def check_shap_e_source(name_or_path: str) -> None:
                 f"{', '.join(missing)}; expected {_SHAP_E_LAYOUT}"
             )
         return
-    from ..diffusion.loading import is_hub_id  # noqa: PLC0415 - the SD/Zero123 loaders' own test
-
     if not is_hub_id(name_or_path):
         raise ShapePriorError(
             f"system.init.shap_e.pretrained_model_name_or_path: no folder '{path}', and '{name_or_path}' is not a "
