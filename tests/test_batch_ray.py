@@ -127,12 +127,7 @@ def ray_run(cluster, setup) -> dict:
 @pytest.fixture(scope="module")
 def local_run(setup) -> Path:
     out = setup["root"] / "local"
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # as a Ray worker with one CPU
-    try:
-        assert main([*setup["args"], "--out", str(out)]) == 0
-    finally:
-        torch.set_num_threads(n)
+    assert main([*setup["args"], "--out", str(out)]) == 0  # one torch thread (conftest), as a Ray worker with one CPU
     return out
 
 

@@ -30,14 +30,6 @@ EXAMPLE = FRONT / "data" / "mug_rgba.png"
 NEGATIVE = "ugly, bad anatomy, blurry"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def models(written_models, multiview_models):
     return {"text": written_models["sd"], "text_mv": multiview_models["mvdream"], "imagedream": multiview_models["imagedream"]}

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..config.diff import flatten
 from .errors import BatchError
 
 PATH_PREFIXES = ("./", "../", "~/", "/")
@@ -78,20 +79,12 @@ def absolute_overrides(overrides: tuple[str, ...], cwd: Path | None = None) -> t
     return tuple(out)
 
 
-def _leaves(data: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
-    if isinstance(data, dict):
-        for k, v in data.items():
-            yield from _leaves(v, f"{prefix}.{k}" if prefix else str(k))
-    else:
-        yield prefix, data
-
-
 def named_paths(data: dict[str, Any], workdir: Path, skip_keys: tuple[str, ...], skip_values: tuple[str, ...]) -> list[NamedPath]:
     """The input paths a resolved config names: values of keys ending in 'path' (image_path, ply.path,
     pretrained_model_name_or_path, …) and any value starting with ./ ../ ~/ or /; output keys (`skip_keys`, the
     ones the batch sets) and placeholders are left out."""
     found = []
-    for key, value in _leaves(data):
+    for key, value in flatten(data).items():
         if not isinstance(value, str) or not value.strip() or value in skip_values or key in skip_keys:
             continue
         last = key.rsplit(".", 1)[-1]
