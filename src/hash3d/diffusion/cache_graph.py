@@ -61,8 +61,8 @@ def from_entries(t: torch.Tensor) -> torch.Tensor:
 
 
 class StorageWatch:
-    """Tells whether a table's storage tensors were replaced (reset, restore, first allocation) since the last look:
-    graphs captured on the old ones must not be replayed. Holds weak references only."""
+    """Tells whether a table's storage tensors were replaced (reset, restore, first allocation, growth) since the last
+    look: graphs captured on the old ones must not be replayed. Holds weak references only."""
 
     def __init__(self, table):
         self.table = table
@@ -84,7 +84,7 @@ class RequestGraphs:
     """Captures and replays one conditional graph per request signature (call shapes, number of keys, groups).
 
     The graphs read and write the table's storage in place, so they are dropped whenever that storage is replaced
-    (reset, restore, first allocation).
+    (reset, restore, first allocation, growth).
     """
 
     def __init__(self, table, mode: str, counts: torch.Tensor, capture: bool = True):
@@ -107,6 +107,7 @@ class RequestGraphs:
 
     def __call__(self, run_phase: RunPhase, call: tuple, keys: torch.Tensor, latents: torch.Tensor, groups: int):
         """call: the UNet's tensor arguments ([G·B] rows each); keys [B, 4]; latents [B, ...] -> (output, hit [B])."""
+        self.table.reserve(keys.shape[0])  # room for the graph's insert (may grow the storage: checked next)
         if self._storage_changed():
             self.graphs.clear()
             self.pool = None
