@@ -897,11 +897,66 @@ def test_state_dict_round_trip_continues_identically(kind):
     assert torch.equal(restored._score, table._score)
 
 
+def test_state_dict_holds_only_live_entries_and_resumes_exactly():
+    """Many inserts over few cells: most entries are evicted from their buckets, and the pool wraps. The saved state
+    holds the live ones only (its size follows them), and a table restored from it continues exactly."""
+    g = torch.Generator().manual_seed(17)
+    build = lambda: GridHashTable((20.0, 90.0, 0.5, 250.0), n_buckets=5, bucket_size=2, capacity=40)  # noqa: E731
+    table = build()
+    for _ in range(12):
+        table.insert(*_random_batch(g, 3))
+    state = table.state_dict()
+    live = table.stats.entries
+    assert 0 < live < 36 and table.rows == 40 > live  # 36 inserted, fewer still referenced
+    assert state["pool_slots"].shape == (live,) and state["pool_values"].shape[0] == live
+    assert state["pool_latents"].shape[0] == state["pool_ids"].shape[0] == state["pool_norms"].shape[0] == live
+    saved = sum(t.numel() * t.element_size() for t in state.values() if isinstance(t, torch.Tensor))
+    index = sum(state[k].numel() * state[k].element_size() for k in ("cells", "ref_slot", "ref_id", "head", "score"))
+    entry = state["pool_values"][0].numel() * 4 + state["pool_latents"][0].numel() * 4 + 8 + 8 + 4
+    assert saved <= index + live * entry + 64  # the index, the live entries and a few counters
+    restored = build()
+    restored.load_state_dict(_roundtrip(state))
+    assert restored.stats.entries == live and restored.rows < table.rows  # storage for the live slots only
+    for _ in range(6):
+        keys, latents, values = _random_batch(g, 3)
+        (a, hit_a), (b, hit_b) = table.query(keys, latents), restored.query(keys, latents)
+        assert torch.equal(hit_a, hit_b) and torch.equal(a, b)
+        table.insert(keys, latents, values)
+        restored.insert(keys, latents, values)
+        assert restored.stats.entries == table.stats.entries and restored.stats.inserts == table.stats.inserts
+    b, a = restored.state_dict(), table.state_dict()
+    for name in ("pool_slots", "pool_ids", "pool_latents", "pool_values", "cells", "ref_slot", "ref_id", "head"):
+        assert torch.equal(a[name], b[name]), name
+
+
+def test_state_saved_with_the_full_pool_still_loads():
+    """States written before the pool grew on demand hold every row; they load and continue like the saved table."""
+    g = torch.Generator().manual_seed(19)
+    table = TABLE_KINDS["grid"]()
+    for _ in range(3):
+        table.insert(*_random_batch(g, 3))
+    state = table.state_dict()
+    full = {k: v for k, v in state.items() if k != "pool_slots"}
+    rows = torch.arange(table.capacity)
+    for name in ("pool_ids", "pool_latents", "pool_values", "pool_norms"):  # every row, as the old format had them
+        own = getattr(table, "_" + name)
+        padded = torch.zeros((table.capacity,) + tuple(own.shape[1:]), dtype=own.dtype)
+        padded[: own.shape[0]] = own
+        if name == "pool_ids":
+            padded = table._pool_ids.clone()
+        full[name] = padded[rows]
+    restored = TABLE_KINDS["grid"]()
+    restored.load_state_dict(_roundtrip(full))
+    keys, latents, _ = _random_batch(g, 6)
+    (a, hit_a), (b, hit_b) = table.query(keys, latents), restored.query(keys, latents)
+    assert torch.equal(hit_a, hit_b) and torch.equal(a, b) and restored.stats == table.stats
+
+
 def test_state_dict_of_an_empty_table_and_state_independence():
     g = torch.Generator().manual_seed(3)
     table = TABLE_KINDS["grid"]()
     empty = table.state_dict()
-    assert empty["pool_values"] is None and empty["value_shape"] is None
+    assert empty["pool_values"] is None and empty["value_shape"] is None and empty["pool_slots"] is None
     table.insert(*_random_batch(g, 3))
     full = table.state_dict()
     table.insert(*_random_batch(g, 3))  # later inserts do not change a state already taken
