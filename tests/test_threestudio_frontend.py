@@ -158,6 +158,23 @@ def test_resume_with_the_cache_on_is_exact(written_models, tmp_path, monkeypatch
         assert torch.equal(wa[name], wb[name]), name
 
 
+def test_cached_checkpoint_adds_only_its_live_entries(written_models, tmp_path, monkeypatch):
+    """The cache's share of a checkpoint is its live entries plus a small index, not its whole capacity."""
+    monkeypatch.chdir(FRONT)
+    model = written_models["zero123"]
+    plain = run("stable-zero123.yaml", model, tmp_path / "off", "--train", steps=3, extra=CACHE_RESUME)
+    cached = run("stable-zero123_hash3d.yaml", model, tmp_path / "on", "--train", steps=3, extra=CACHE_RESUME)
+    table = torch.load(cached / "ckpts" / "last.ckpt", map_location="cpu", weights_only=True)["guidance_state"]
+    table = table["guidance"]["cache"]["table"]
+    live = int(table["live"])
+    assert 0 < live == table["pool_slots"].numel() == table["pool_values"].shape[0]
+    entry_bytes = sum(table[k][0].numel() * table[k].element_size() for k in ("pool_latents", "pool_values"))
+    capacity = table["pool_capacity"]
+    assert capacity > 10 * live  # a table of full capacity would dwarf the live entries
+    extra = (cached / "ckpts" / "last.ckpt").stat().st_size - (plain / "ckpts" / "last.ckpt").stat().st_size
+    assert live * entry_bytes <= extra <= live * entry_bytes + 2 * 2**20, (extra, live, entry_bytes)
+
+
 def test_resume_refuses_a_cache_state_of_another_layout(written_models, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(FRONT)
     part = run("stable-zero123_hash3d.yaml", written_models["zero123"], tmp_path, "--train", steps=2,
