@@ -285,3 +285,41 @@ def test_launcher_as_users_run_it(config, tmp_path):
     proc = _run_launcher("gaussian-dreamer-hash3d", "--config", str(config), "--train", "system.hidden=oops",
                          cwd=REPO / "gaussian-dreamer-hash3d")
     assert proc.returncode == 2 and "'system.hidden' must be an integer" in proc.stderr
+
+
+def test_ctrl_c_saves_stops_says_how_to_resume_and_exits_130(config, tmp_path, capsys, monkeypatch):
+    """Ctrl-C at step 3 of 6: last.ckpt holds step 3, no test orbit is rendered, the message names the resume
+    command, the exit status is 130; the command it names finishes the run."""
+    from hash3d.testing.dummy_system import DummySystem
+
+    root = tmp_path / "out"
+    original = DummySystem.training_step
+
+    def interrupted(self, batch, step):
+        if step == 3:
+            raise KeyboardInterrupt
+        return original(self, batch, step)
+
+    monkeypatch.setattr(DummySystem, "training_step", interrupted)
+    args = ["--config", str(config), "--train", f"exp_root_dir={root}", "checkpoint.every_n_train_steps=100",
+            "checkpoint.save_last=false"]  # fmt: skip
+    assert main(args) == 130
+    (trial,) = trials(root)
+    err = capsys.readouterr().err
+    assert load_checkpoint(trial / "ckpts" / "last.ckpt")["global_step"] == 3  # saved although save_last is off
+    assert not list((trial / "save").glob("it*-test*"))  # stopped: no test render
+    hint = err.split("Resume with:")[1].strip().splitlines()[0]
+    assert hint == f"python launch.py --config {trial / 'configs' / 'parsed.yaml'} --train resume={trial / 'ckpts' / 'last.ckpt'}"
+    monkeypatch.setattr(DummySystem, "training_step", original)
+    assert main(hint.split()[2:]) == 0
+    assert (trial / "save" / "it6-test.mp4").is_file()
+    rows = list(csv.DictReader((trial / "csv_logs" / "metrics.csv").open()))
+    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4, 5, 6]
+
+
+def test_test_render_shows_a_progress_bar(config, tmp_path, capsys):
+    root = tmp_path / "out"
+    assert main(["--config", str(config), "--train", f"exp_root_dir={root}", "trainer.max_steps=1",
+                 "trainer.enable_progress_bar=true", "trainer.val_check_interval=0"]) == 0  # fmt: skip
+    err = capsys.readouterr().err
+    assert "test: 100%" in err and "5/5" in err  # the data module's 5 test views
