@@ -323,3 +323,31 @@ def test_test_render_shows_a_progress_bar(config, tmp_path, capsys):
                  "trainer.enable_progress_bar=true", "trainer.val_check_interval=0"]) == 0  # fmt: skip
     err = capsys.readouterr().err
     assert "test: 100%" in err and "5/5" in err  # the data module's 5 test views
+
+
+class _NotAHash3DObject:
+    pass
+
+
+@pytest.mark.parametrize(
+    "content,why",
+    [
+        (b"garbage\n", "not a file written by torch.save"),
+        (b"", "the file is empty or cut short"),
+        ({"state_dict": _NotAHash3DObject()}, "holds Python objects other than tensors"),
+        ({"state_dict": {}}, "made by another tool or version"),
+    ],
+    ids=["text", "empty", "objects", "other-dict"],
+)
+def test_a_file_that_is_not_a_checkpoint_is_named_as_such(config, tmp_path, capsys, content, why):
+    path = tmp_path / "garbage.ckpt"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        torch.save(content, path)
+    root = tmp_path / "out"
+    assert main(["--config", str(config), "--train", f"exp_root_dir={root}", f"resume={path}"]) == 2
+    err = capsys.readouterr().err
+    assert "is not a Hash3D checkpoint" in err and why in err and "resume from a ckpts/*.ckpt" in err
+    assert "weights_only" not in err  # torch's advice, which a user of the launcher cannot act on
+    assert not root.exists()
