@@ -206,7 +206,9 @@ def test_checkpoint_of_another_config_is_refused(config, tmp_path, capsys):
 def test_gpu_selection(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     device, note = select_device("0")
-    assert device.type == "cpu" and "running on the CPU" in note
+    assert device.type == "cpu" and note == "no CUDA GPU on this machine: running on the CPU (--gpu 0 ignored)"
+    device, note = select_device(None)  # --gpu not given: nothing to say was ignored
+    assert device.type == "cpu" and note == "no CUDA GPU on this machine: running on the CPU"
     assert select_device("cpu") == (torch.device("cpu"), None)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
@@ -323,6 +325,7 @@ def test_test_render_shows_a_progress_bar(config, tmp_path, capsys):
                  "trainer.enable_progress_bar=true", "trainer.val_check_interval=0"]) == 0  # fmt: skip
     err = capsys.readouterr().err
     assert "test: 100%" in err and "5/5" in err  # the data module's 5 test views
+    assert "ignored" not in err  # --gpu was not given
 
 
 class _NotAHash3DObject:

@@ -237,3 +237,25 @@ def test_headline_command_runs_as_typed(written_models, tmp_path):
     done = subprocess.run(cmd, cwd=FRONT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert list(tmp_path.glob("zero123-sai-hash3d/*/save/it1-test.mp4"))
+
+
+def test_failures_leave_no_folders_behind(written_models, tmp_path, monkeypatch, capsys):
+    """A model that does not load leaves no trial folder; an export that finds no surface leaves no export folder,
+    and its message names the full config key to change."""
+    monkeypatch.chdir(FRONT)
+    config = CONFIGS / "stable-zero123.yaml"
+    missing = tmp_path / "no-model"
+    out = tmp_path / "failed"
+    assert main(["--config", str(config), "--train", *overrides(config, str(missing), out)]) == 2
+    assert "No folder at" in capsys.readouterr().err
+    assert not out.exists()  # not even the exp_root_dir this run would have made
+
+    trial = run("stable-zero123.yaml", written_models["zero123"], tmp_path / "ok", "--train", steps=2,
+                extra=("trainer.test_after_fit=false",))
+    before = sorted(p.relative_to(trial) for p in trial.rglob("*"))
+    status = main(["--config", str(trial / "configs" / "parsed.yaml"), "--export",
+                   f"resume={trial / 'ckpts' / 'last.ckpt'}", "system.geometry.isosurface_threshold=1e9"])
+    assert status == 2
+    err = capsys.readouterr().err
+    assert "no surface at isosurface threshold 1e+09" in err and "try system.geometry.isosurface_threshold=" in err
+    assert sorted(p.relative_to(trial) for p in trial.rglob("*")) == before  # no it2-export/ left

@@ -57,11 +57,20 @@ class Mesh:
 
 
 class NoSurfaceError(ValueError):
-    """The density never crosses the threshold on the grid; `suggested_threshold` may help."""
+    """The density never crosses the threshold on the grid; `suggested_threshold` may help. With `key`, the
+    message ends with the setting to try, named by that key."""
 
-    def __init__(self, message: str, suggested_threshold: float | None):
-        super().__init__(message)
+    def __init__(self, message: str, suggested_threshold: float | None, key: str | None = None):
+        hint = ""
+        if key is not None and suggested_threshold is not None:
+            hint = f"; try {key}={suggested_threshold:.4g} (a density percentile of this grid)"
+        super().__init__(message + hint)
+        self.reason = message
         self.suggested_threshold = suggested_threshold
+
+    def naming(self, key: str) -> NoSurfaceError:
+        """The same error, its hint naming the setting as the user writes it (e.g. a full config key)."""
+        return NoSurfaceError(self.reason, self.suggested_threshold, key)
 
 
 def _field_device(field, device) -> torch.device:
@@ -163,12 +172,11 @@ def vertex_albedo(field: RadianceField, vertices: torch.Tensor, chunk_size: int 
 def _surface(field, lo, hi, resolution, threshold, chunk_size, device, min_fraction):
     grid = density_grid(field, lo, hi, resolution, chunk_size, device)
     if not (grid.min() < threshold < grid.max()):
-        suggestion = suggest_threshold(grid)
-        hint = f"; try threshold={suggestion:.4g} (a density percentile of this grid)" if suggestion is not None else ""
         raise NoSurfaceError(
             f"no surface at isosurface threshold {threshold:g}: the density on the {resolution}³ grid lies in "
-            f"[{grid.min().item():.4g}, {grid.max().item():.4g}] (mean {grid.mean().item():.4g}){hint}",
-            suggestion,
+            f"[{grid.min().item():.4g}, {grid.max().item():.4g}] (mean {grid.mean().item():.4g})",
+            suggest_threshold(grid),
+            "threshold",
         )
     verts, faces = marching_cubes(grid, threshold, lo, hi)
     return remove_small_components(verts, faces, min_fraction)

@@ -369,9 +369,15 @@ class Trainer:
     def export(self, system: System) -> list[Path]:
         self.bind(system)
         out_dir = self.trial.save / f"it{self.global_step}-export"
+        fresh = not out_dir.exists()
         out_dir.mkdir(parents=True, exist_ok=True)
         system.eval()
-        files = system.export(out_dir)
+        try:
+            files = system.export(out_dir)
+        except BaseException:
+            if fresh:  # a failed export leaves no folder behind (nor half its files)
+                remove_tree(out_dir)
+            raise
         for f in files or []:
             log.info("exported %s", f)
         return list(files or [])
