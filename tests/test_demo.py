@@ -12,6 +12,7 @@ import pytest
 import torch
 import trimesh
 
+from hash3d.cache.config import CacheConfig
 from hash3d.config import load_config, twin_differences
 from hash3d.config.loader import load_yaml
 from hash3d.config.typed import to_data
@@ -58,6 +59,17 @@ def test_threestudio_mini_twins_differ_only_in_the_cache_block():
     a, _ = load_config(plain, [])
     b, _ = load_config(hashed, [])
     assert not a.system.guidance.cache.enabled and b.system.guidance.cache.enabled
+
+
+def test_mini_configs_set_a_cache_budget_sized_for_a_cpu():
+    """The mini configs run on CPUs: their cache budget is their own (not the 4 GB GPU-sized default) and at most
+    1 GB; the table only grows to it as entries come."""
+    dg = load_options(DG_CONFIGS / "image_mini_hash3d.yaml")
+    ts, _ = load_config(TS_CONFIGS / "stable-zero123-mini_hash3d.yaml", [])
+    default = CacheConfig().max_memory_mb
+    for cache in (dg.cache, ts.system.guidance.cache):
+        assert cache.enabled and cache.max_memory_mb is not None
+        assert cache.max_memory_mb < default and cache.max_memory_mb <= 1024
 
 
 def test_mini_configs_follow_the_model_card():
