@@ -1240,3 +1240,32 @@ def test_graphed_masked_insert_matches_eager_twin(kind):
             torch.testing.assert_close(got_g, got_t)
         assert graphed.stats == twin.stats
     assert graphed.graphs_captured >= 2  # one insert graph for every mask, plus the query
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="measures GPU memory")
+@pytest.mark.parametrize("backend_name", ["torch", "triton"])
+def test_gpu_memory_of_a_nearly_empty_default_table(backend_name):
+    """The default cache table (adaptive, 1024 buckets x 3, 4 GB budget) with SD-sized feature entries takes VRAM
+    for the entries it holds, not for its capacity: empty, its index only; with 3 entries, 16 rows."""
+    from hash3d.cache.config import CacheConfig
+    from hash3d.triton_support import triton_available
+
+    if backend_name == "triton" and not triton_available(torch.device("cuda")):
+        pytest.skip("triton not installed")
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    table = CacheConfig(adaptive=True, table_backend=backend_name).build_table("cuda")
+    empty = torch.cuda.memory_allocated() - base
+    keys = torch.tensor([[10.0, 20.0, 1.5, 500.0], [12.0, 40.0, 1.5, 500.0], [30.0, 90.0, 1.5, 300.0]], device="cuda")
+    latents = torch.randn(3, 4, 64, 64, device="cuda", dtype=torch.float16)
+    values = torch.randn(3, 2, 640, 32, 32, device="cuda", dtype=torch.float16)  # deep features, CFG pair
+    table.insert(keys, latents, values)
+    torch.cuda.synchronize()
+    held = torch.cuda.memory_allocated() - base
+    entry = latents[0].numel() * 2 + values[0].numel() * 2
+    full = table.capacity * entry
+    print(f"[{backend_name}] empty table {empty / 2**20:.2f} MiB; 3 entries {held / 2**20:.2f} MiB "
+          f"({table.rows} rows); full capacity would be {full / 2**20:.0f} MiB")
+    assert empty < 2 * 2**20  # the bucket index only
+    assert table.rows == 16 and held < empty + 16 * entry + 2**20
+    assert held < full / 50
