@@ -28,8 +28,8 @@ class IsosurfaceConfig:
     """Second pass over the first mesh's bounding box grown by 10%."""
     min_component_fraction: float = 0.01
     """Connected components with fewer than this fraction of all faces are dropped."""
-    chunk_size: int = 2**18
-    """Points per field query."""
+    chunk_size: int | None = None
+    """Points per field query (None: `field_chunk` of the field's device)."""
 
 
 @dataclass
@@ -73,6 +73,12 @@ class NoSurfaceError(ValueError):
         return NoSurfaceError(self.reason, self.suggested_threshold, key)
 
 
+def field_chunk(device: torch.device | str | None) -> int:
+    """Points per field query: 2**18 on a GPU; 2**16 elsewhere, since a hash-grid field's forward holds several KB of
+    temporaries per point (a 2**18 chunk took over 2 GB of RAM on a CPU). Chunks never change the results."""
+    return 2**18 if torch.device(device or "cpu").type == "cuda" else 2**16
+
+
 def _field_device(field, device) -> torch.device:
     if device is not None:
         return torch.device(device)
@@ -87,13 +93,14 @@ def density_grid(
     lo: torch.Tensor | tuple[float, float, float],
     hi: torch.Tensor | tuple[float, float, float],
     resolution: int,
-    chunk_size: int = 2**18,
+    chunk_size: int | None = None,
     device: torch.device | str | None = None,
 ) -> torch.Tensor:
     """Density at the vertices of a resolution³ grid spanning [lo, hi] -> [N, N, N] (indexed x, y, z)."""
     lo = torch.as_tensor(lo, dtype=torch.float32)
     hi = torch.as_tensor(hi, dtype=torch.float32)
     device = _field_device(field, device)
+    chunk_size = chunk_size or field_chunk(device)
     axes = [torch.linspace(float(lo[i]), float(hi[i]), resolution, device=device) for i in range(3)]
     points = torch.stack(torch.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
     density = torch.cat([field.forward_density(p).reshape(-1) for p in points.split(chunk_size)])
@@ -162,10 +169,11 @@ def remove_small_components(
 
 
 @torch.no_grad()
-def vertex_albedo(field: RadianceField, vertices: torch.Tensor, chunk_size: int = 2**18) -> torch.Tensor:
+def vertex_albedo(field: RadianceField, vertices: torch.Tensor, chunk_size: int | None = None) -> torch.Tensor:
     """Field albedo [V, 3] at world points [V, 3] (no gradients)."""
     if vertices.shape[0] == 0:
         return vertices.new_zeros(0, 3)
+    chunk_size = chunk_size or field_chunk(vertices.device)
     return torch.cat([field(p).albedo.float() for p in vertices.split(chunk_size)]).clamp(0, 1)
 
 
@@ -188,7 +196,7 @@ def extract_mesh(
     threshold: float = 25.0,
     coarse_to_fine: bool = True,
     min_component_fraction: float = 0.01,
-    chunk_size: int = 2**18,
+    chunk_size: int | None = None,
     with_colors: bool = True,
     device: torch.device | str | None = None,
 ) -> Mesh:
