@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import importlib.util
 import os
 
@@ -25,3 +27,15 @@ def written_models(tmp_path_factory):
         "zero123": str(write_model("zero123", "tiny", root / "stable-zero123-tiny")),
         "zero123_v": str(write_model("zero123", "tiny", root / "zero123-v-tiny", prediction_type="v_prediction", seed=1)),
     }
+
+
+_LIBC = ctypes.CDLL(ctypes.util.find_library("c")) if os.name == "posix" and ctypes.util.find_library("c") else None
+
+
+@pytest.fixture(autouse=True)
+def _give_freed_memory_back():
+    """After each test, hand the heap pages freed by the test back to the OS (glibc keeps them otherwise, and over
+    the whole suite the process grows by each test's peak)."""
+    yield
+    if _LIBC is not None and hasattr(_LIBC, "malloc_trim"):
+        _LIBC.malloc_trim(0)

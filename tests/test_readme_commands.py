@@ -110,6 +110,8 @@ def test_the_offline_dreamgaussian_commands_run_as_written(tmp_path):
         p = subprocess.run([sys.executable, *argv[1:], *extra], cwd=front, env=_env(), capture_output=True, text=True,
                            timeout=600)  # fmt: skip
         assert p.returncode == 0, f"{' '.join(argv)}\n{p.stderr[-2000:]}"
+        if argv[1] != "process.py":
+            assert "video: 100%" in p.stderr  # the orbit video's progress bar
         ran += 1
     assert ran == 3
     assert (front / "data" / "photo_rgba.png").is_file()
