@@ -310,6 +310,7 @@ def test_ctrl_c_saves_stops_says_how_to_resume_and_exits_130(config, tmp_path, c
     err = capsys.readouterr().err
     assert load_checkpoint(trial / "ckpts" / "last.ckpt")["global_step"] == 3  # saved although save_last is off
     assert not list((trial / "save").glob("it*-test*"))  # stopped: no test render
+    assert err.strip().splitlines()[-1] == "launch.py: interrupted"
     hint = err.split("Resume with:")[1].strip().splitlines()[0]
     assert hint == f"python launch.py --config {trial / 'configs' / 'parsed.yaml'} --train resume={trial / 'ckpts' / 'last.ckpt'}"
     monkeypatch.setattr(DummySystem, "training_step", original)

@@ -25,7 +25,7 @@ import torch
 
 from .config import ConfigError, ExperimentConfig, UserInputError, build, load_config, to_yaml
 from .training.checkpoint import check_config, load_checkpoint
-from .training.loop import Trainer, TrainingInterrupted, resolve_precision, seed_everything
+from .training.loop import Trainer, resolve_precision, seed_everything
 from .training.outputs import TrialDir
 
 log = logging.getLogger("hash3d")
@@ -192,11 +192,12 @@ def run(argv: Sequence[str] | None = None, prog: str = "launch.py") -> Path:
         # 3. the run
         if mode == "train":
             trainer.fit(system, datamodule, ckpt, cfg.resume)
-            if trainer.interrupted:  # no test render: stop now, saying how to go on
-                raise TrainingInterrupted(
-                    f"interrupted at step {trainer.global_step}; saved {trial.last_ckpt}. Resume with:\n"
-                    f"  python {prog} --config {trial.configs / 'parsed.yaml'} --train resume={trial.last_ckpt}"
+            if trainer.interrupted:  # no test render: stop now (exit status 130), saying how to go on
+                log.warning(
+                    "interrupted at step %d; saved %s. Resume with:\n  python %s --config %s --train resume=%s",
+                    trainer.global_step, trial.last_ckpt, prog, trial.configs / "parsed.yaml", trial.last_ckpt,
                 )
+                raise KeyboardInterrupt
             if cfg.trainer.test_after_fit:
                 trainer.test(system, datamodule)
         else:
@@ -227,8 +228,8 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
             traceback.print_exc()
         print(f"{prog}: error: {exc} (run with --verbose for the traceback)", file=sys.stderr)
         return 2
-    except KeyboardInterrupt as exc:
-        print(f"{prog}: {exc or 'interrupted'}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
         return 130
     return 0
 

@@ -1,7 +1,7 @@
 """Training: the System contract, the loop (checkpoints, exact resume, precision, validation/test renders), outputs."""
 
 from .checkpoint import CheckpointError, check_config, config_differences, load_checkpoint
-from .loop import Precision, Trainer, TrainingInterrupted, resolve_precision, seed_everything
+from .loop import Precision, Trainer, resolve_precision, seed_everything
 from .outputs import MetricsLogger, TrialDir, compose_views, save_image, save_video
 from .system import (
     OptimizerArgs,
@@ -22,7 +22,6 @@ __all__ = [
     "System",
     "SystemConfig",
     "Trainer",
-    "TrainingInterrupted",
     "TrialDir",
     "build_optimizer",
     "check_config",

@@ -79,10 +79,6 @@ def _scalar(value: Any) -> float | None:
     return None
 
 
-class TrainingInterrupted(KeyboardInterrupt):
-    """Ctrl-C stopped training after last.ckpt was saved; the message says how to resume."""
-
-
 def _views(datamodule: Any, split: str, limit: int | None) -> int | None:
     """How many views a val/test render makes (for its progress bar; None when the data module does not say)."""
     count = getattr(datamodule, f"num_{split}_views", None)
