@@ -1217,11 +1217,13 @@ def test_insert_core_with_mask_has_no_host_sync(kind, backend):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
 @pytest.mark.parametrize("kind", ["grid", "adaptive"])
-def test_graphed_masked_insert_matches_eager_twin(kind):
+@pytest.mark.parametrize("capacity", [9, 100])  # 100: the pool grows (16, 32, 64, 100 rows) between replays
+def test_graphed_masked_insert_matches_eager_twin(kind, capacity):
     def build(graphs):
         if kind == "grid":
-            return GridHashTable(DEFAULT_CELL, 7, 2, capacity=9, device="cuda", cuda_graphs=graphs, check_finite=False)
-        return AdaptiveGridHashTable(n_buckets=7, bucket_size=2, capacity=9, device="cuda", cuda_graphs=graphs,
+            return GridHashTable(DEFAULT_CELL, 7, 2, capacity=capacity, device="cuda", cuda_graphs=graphs,
+                                 check_finite=False)
+        return AdaptiveGridHashTable(n_buckets=7, bucket_size=2, capacity=capacity, device="cuda", cuda_graphs=graphs,
                                      check_finite=False)
 
     graphed, twin = build(True), build(False)
@@ -1240,6 +1242,8 @@ def test_graphed_masked_insert_matches_eager_twin(kind):
             torch.testing.assert_close(got_g, got_t)
         assert graphed.stats == twin.stats
     assert graphed.graphs_captured >= 2  # one insert graph for every mask, plus the query
+    if capacity == 100:
+        assert graphed.rows > 16  # it grew while its graphs were in use (they were dropped and captured again)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="measures GPU memory")
