@@ -344,3 +344,28 @@ def test_headline_command_runs_as_typed(written_models, shap_e_model, tmp_path):
     save = tmp_path / "gaussiandreamer-sd-hash3d" / "a_fox_playing_a_violin" / "save"
     assert (save / "it1-test.mp4").is_file() and (save / "last_3dgs.ply").is_file() and (save / "shape.ply").is_file()
     assert "running on the CPU" in done.stderr
+
+
+def test_offline_shap_e_message_names_the_cause_not_a_stacktrace(monkeypatch):
+    """diffusers ends its offline error with "see the root cause in the stacktrace above", which a one-line error
+    does not show: the message names the cause instead."""
+    import diffusers
+
+    from hash3d.scene.shape_prior import ShapEPriorConfig, ShapePriorError, load_shap_e
+
+    def offline(*args, **kwargs):
+        try:
+            raise ConnectionError("Failed to resolve 'huggingface.co'")
+        except ConnectionError as cause:
+            raise OSError(
+                "Cannot load model openai/shap-e: the model is not fully cached locally (no file) and an error occurred "
+                "while trying to fetch metadata from the Hub. Please check out the root cause in the stacktrace above."
+            ) from cause
+
+    monkeypatch.setattr(diffusers.ShapEPipeline, "from_pretrained", offline)
+    with pytest.raises(ShapePriorError) as err:
+        load_shap_e(ShapEPriorConfig(), torch.device("cpu"))
+    text = str(err.value)
+    assert "stacktrace" not in text and "above" not in text
+    assert "fetch metadata from the Hub" in text and "caused by ConnectionError: Failed to resolve 'huggingface.co'" in text
+    assert "system.init.kind=sphere" in text

@@ -9,6 +9,8 @@ Semantics, which tests check against a slow dictionary reference:
   hashes to one of `n_buckets` buckets. A bucket keeps the last `bucket_size` entries inserted into it (FIFO) with
   their exact cell coordinates, and a query only uses entries of its own cell, so a collision is never a hit.
 - The pool keeps the last `capacity` inserted entries (a ring); an entry overwritten there is gone from every grid.
+  Its storage grows with the entries (doubling, up to `capacity` rows), so a table that holds little takes little
+  memory, and a saved state holds only the live entries (those some bucket still references).
 - A batched insert equals inserting its samples one by one in order, except that the adaptive score update of
   each sample compares against the entries present before the batch.
 - A masked insert `insert(keys, latents, values, mask=m)` equals `insert(keys[m], latents[m], values[m])` (same
@@ -43,9 +45,12 @@ RESTORE_FIX = (
 )
 """How to get past a saved cache state that does not fit the resumed run."""
 
-# storage saved by `HashTable.state_dict` (attribute name without the leading underscore)
-_INDEX_TENSORS = ("cells", "ref_slot", "ref_id", "head", "score", "pool_ids", "next_id", "live")
-_POOL_TENSORS = ("pool_latents", "pool_values", "pool_norms")
+# storage saved by `HashTable.state_dict` (attribute name without the leading underscore): the index in full, the
+# pool's rows only at the live slots (`pool_slots`)
+_INDEX_TENSORS = ("cells", "ref_slot", "ref_id", "head", "score", "next_id", "live")
+_POOL_TENSORS = ("pool_ids", "pool_latents", "pool_values", "pool_norms")
+MIN_ROWS = 16
+"""Pool rows allocated at first (fewer when the capacity is smaller); the storage doubles from there as needed."""
 BACKENDS = ("auto", "torch", "triton")
 
 
@@ -168,6 +173,8 @@ class HashTable:
         self._latent_shape: tuple[int, ...] | None = None
         self._value_shape: tuple[int, ...] | None = None
         self._next_id = torch.zeros((), dtype=torch.int64, device=dev)  # on the device: graph replays advance it
+        self._id_bound = 0
+        """Host-side upper bound of `_next_id` (the ids reserved so far), so that growing needs no host read."""
         self._live = torch.zeros((), dtype=torch.int64, device=dev)
         self._new_live_scratch()
         # new storage tensors: graphs captured on the old ones must not be replayed
@@ -177,8 +184,39 @@ class HashTable:
 
     def _new_live_scratch(self) -> None:
         """The fused live count's per-slot stamps and epoch (not part of the saved state: any zeros will do)."""
-        self._stamp = torch.zeros(self.capacity, dtype=torch.int64, device=self.device)
+        self._stamp = torch.zeros(self.rows, dtype=torch.int64, device=self.device)
         self._epoch = torch.zeros((), dtype=torch.int64, device=self.device)
+
+    @property
+    def rows(self) -> int:
+        """Pool rows allocated now (0 before the first insert; at most `capacity`)."""
+        return 0 if self._pool_values is None else self._pool_values.shape[0]
+
+    def reserve(self, n: int) -> None:
+        """Make sure the next insert of up to `n` rows has pool storage, growing it (new storage tensors) if needed.
+
+        `insert` calls this itself; a caller that runs `_insert_core` in a replayed CUDA graph calls it before each
+        replay (outside the capture), with the number of rows the graph may insert. Growing reads the entry counter
+        once (a host read, at most log2(capacity) times per run); otherwise nothing leaves the device."""
+        if self._pool_values is None or self.rows >= self.capacity:
+            return
+        if self._id_bound + n > self.rows:
+            self._id_bound = int(self._next_id)  # the bound counts rows that masks dropped: make it exact
+        needed = min(self.capacity, self._id_bound + n)
+        if needed > self.rows:
+            self._grow(min(self.capacity, max(needed, 2 * self.rows)))
+        self._id_bound += n
+
+    def _grow(self, rows: int) -> None:
+        """Copy the pool into `rows` rows (the new rows zero). Graphs captured on the old storage are dropped."""
+        old = self.rows
+        for name in ("pool_latents", "pool_values", "pool_norms", "stamp"):
+            t = getattr(self, "_" + name)
+            grown = t.new_zeros((rows,) + tuple(t.shape[1:]))
+            grown[:old] = t
+            setattr(self, "_" + name, grown)
+        if self._graphs is not None:
+            self._graphs = {}
 
     # ---------------------------------------------------------------- saving and restoring
     def layout(self) -> dict[str, Any]:
@@ -195,19 +233,31 @@ class HashTable:
         saved, own = state.get("layout", {}), self.layout()
         return [f"{k}: {saved.get(k)!r} saved, {v!r} here" for k, v in own.items() if saved.get(k) != v]
 
+    def _live_slots(self) -> torch.Tensor:
+        """Pool slots that some bucket references with the entry they hold, ascending."""
+        slots, ids = self._ref_slot[:, :-1], self._ref_id[:, :-1]
+        live = (ids >= 0) & (self._pool_ids[slots] == ids)
+        return torch.unique(slots[live])
+
     def state_dict(self) -> dict[str, Any]:
-        """Entries, bucket indices, scores and counters as CPU copies (plain types: `torch.load(weights_only=True)`
-        reads them). An empty table has no pool yet: its pool entries are None."""
+        """Bucket indices, scores, counters and the live entries as CPU copies (plain types:
+        `torch.load(weights_only=True)` reads them). Only live pool rows are saved (`pool_slots` says where they
+        go): an entry no bucket references is never read again. An empty table has no pool yet: its pool entries
+        are None."""
+        allocated = self._pool_values is not None
+        slots = self._live_slots() if allocated else None
         state: dict[str, Any] = {
             "layout": self.layout(),
             "pool_capacity": self.capacity,
             "latent_shape": None if self._latent_shape is None else list(self._latent_shape),
             "value_shape": None if self._value_shape is None else list(self._value_shape),
             "counters": _cpu_copy(self.counters.values),
+            "pool_slots": None if slots is None else _cpu_copy(slots),
         }
-        for name in _INDEX_TENSORS + _POOL_TENSORS:
-            value = getattr(self, "_" + name)
-            state[name] = None if value is None else _cpu_copy(value)
+        for name in _INDEX_TENSORS:
+            state[name] = _cpu_copy(getattr(self, "_" + name))
+        for name in _POOL_TENSORS:
+            state[name] = _cpu_copy(getattr(self, "_" + name)[slots]) if allocated else None
         return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -219,17 +269,36 @@ class HashTable:
                 "load it into a table built with the same cell sizes, n_buckets, bucket_size and capacity"
             )
         allocated = state["pool_values"] is not None
-        if allocated != (state["value_shape"] is not None) or int(state["pool_capacity"]) > self.max_capacity:
+        capacity = int(state["pool_capacity"])
+        # states saved before the pool grew hold every row: slots 0, 1, ...
+        slots = state.get("pool_slots")
+        if allocated and slots is None:
+            slots = torch.arange(state["pool_values"].shape[0])
+        inconsistent = allocated != (state["value_shape"] is not None) or capacity > self.max_capacity
+        if allocated and not inconsistent:
+            inconsistent = any(state[name].shape[0] != slots.shape[0] for name in _POOL_TENSORS) or bool(
+                slots.numel() and (slots.min() < 0 or slots.max() >= capacity)
+            )
+        if inconsistent:
             raise ValueError("the saved hash table state is inconsistent (its pool and shapes disagree); cannot load it")
         self.reset()
-        self.capacity = int(state["pool_capacity"])
-        for name in _INDEX_TENSORS + _POOL_TENSORS:
-            value = state[name]
-            setattr(self, "_" + name, None if value is None else value.to(self.device, copy=True))
+        self.capacity = capacity
+        self._pool_ids = torch.full((capacity,), -1, dtype=torch.int64, device=self.device)
+        for name in _INDEX_TENSORS:
+            setattr(self, "_" + name, state[name].to(self.device, copy=True))
+        self.counters.load(state["counters"])
+        self._id_bound = int(self._next_id)
         if allocated:
             self._latent_shape = tuple(int(d) for d in state["latent_shape"])
             self._value_shape = tuple(int(d) for d in state["value_shape"])
-        self.counters.load(state["counters"])
+            rows = min(capacity, max(int(slots.max()) + 1 if slots.numel() else 0, MIN_ROWS))
+            slots = slots.to(self.device)
+            self._pool_ids[slots] = state["pool_ids"].to(self.device)
+            for name in ("pool_latents", "pool_values", "pool_norms"):
+                saved = state[name]
+                pool = torch.zeros((rows,) + tuple(saved.shape[1:]), dtype=saved.dtype, device=self.device)
+                pool[slots] = saved.to(self.device)
+                setattr(self, "_" + name, pool)
         self._new_live_scratch()
         self._restored = True
         if allocated:
@@ -385,7 +454,7 @@ class HashTable:
                 )
             self.capacity = min(self.max_capacity, int(fits))
             self._pool_ids = torch.full((self.capacity,), -1, dtype=torch.int64, device=self.device)
-        P = self.capacity
+        P = min(self.capacity, max(latents.shape[0], MIN_ROWS))  # grown by `reserve` as entries come
         self._latent_shape = tuple(latents.shape[1:])
         self._value_shape = tuple(values.shape[1:])
         self._pool_latents = torch.zeros((P, latents[0].numel()), dtype=latents.dtype, device=self.device)
@@ -414,6 +483,7 @@ class HashTable:
             self._allocate(latents, values)  # may shrink the capacity to max_bytes, never below B
         self._check_shape("latents", latents, self._latent_shape)
         self._check_shape("values", values, self._value_shape)
+        self.reserve(B)
         if mask is None:
             mask = torch.ones(B, dtype=torch.bool, device=self.device)  # one core signature with or without a mask
         args = (keys.to(self.device), latents.to(self.device), values.to(self.device), mask.to(self.device))

@@ -31,8 +31,8 @@ def from_entries(t: torch.Tensor) -> torch.Tensor:
 
 
 class StorageWatch:
-    """Tells whether a table's storage tensors were replaced (reset, restore, first allocation) since the last look:
-    graphs captured on the old ones must not be replayed. Holds weak references only."""
+    """Tells whether a table's storage tensors were replaced (reset, restore, first allocation, growth) since the last
+    look: graphs captured on the old ones must not be replayed. Holds weak references only."""
 
     def __init__(self, table):
         self.table = table

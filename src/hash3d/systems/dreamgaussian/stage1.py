@@ -140,13 +140,17 @@ def _initial_model(cfg: DreamGaussianConfig, device: torch.device) -> GaussianMo
     return GaussianModel.random_ball(cfg.num_pts, 0.5, sh_degree=cfg.sh_degree, generator=generator, device=device)
 
 
-def orbit_frames(render, cfg: DreamGaussianConfig, device: torch.device) -> list[np.ndarray]:
-    """`video_frames` views around the object at the input elevation, rendered by `render(views) -> [1, 3, S, S]`."""
+def orbit_frames(render, cfg: DreamGaussianConfig, device: torch.device, progress: bool = False) -> list[np.ndarray]:
+    """`video_frames` views around the object at the input elevation, rendered by `render(views) -> [1, 3, S, S]`
+    (with a progress bar when `progress`)."""
     frames = []
+    bar = ProgressBar(cfg.video_frames, enabled=progress, desc="video", unit="view")
     for azimuth in np.linspace(0.0, 360.0, cfg.video_frames, endpoint=False):
         views = make_views([cfg.elevation], [float(azimuth)], cfg.radius, cfg.fovy, cfg.video_size, device)
         with torch.no_grad():
             frames.append(to_uint8(render(views)[0].permute(1, 2, 0)))
+        bar.update()
+    bar.close()
     return frames
 
 
@@ -246,7 +250,7 @@ def run_stage1(cfg: DreamGaussianConfig, progress: bool = True) -> Stage1Result:
     if cfg.save_video:
         video = write_video(
             cfg.output_path(".mp4"),
-            orbit_frames(lambda v: render_gaussians(model, v, white, backend)[0], cfg, device),
+            orbit_frames(lambda v: render_gaussians(model, v, white, backend)[0], cfg, device, progress),
         )
     report.set(
         mode=mode,

@@ -252,7 +252,7 @@ def run_stage2(cfg: DreamGaussianConfig, progress: bool = True) -> Stage2Result:
         v = vertices().detach()
         video = write_video(
             cfg.output_path("_refined.mp4"),
-            orbit_frames(lambda views: render_mesh(v, mesh, albedo, views, backend)[0], cfg, device),
+            orbit_frames(lambda views: render_mesh(v, mesh, albedo, views, backend)[0], cfg, device, progress),
         )
     report.set(
         steps=cfg.iters_refine,
