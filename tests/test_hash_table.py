@@ -219,7 +219,7 @@ def check_state(table: HashTable, ref: RefTable):
     assert got == (ref.queries, ref.hits, ref.inserts, ref.evictions, len(ref.live()))
     assert s.hit_rate == pytest.approx(ref.hits / ref.queries if ref.queries else 0.0)
     if ref.M > 1:  # adaptive scores per (grid, bucket); the table keeps them in `_score` (plus a scratch row)
-        assert torch.allclose(table._score[:, : ref.n].double(), ref.score_tensor(), rtol=0, atol=1e-5)
+        assert torch.allclose(table.storage.score[:, : ref.n].double(), ref.score_tensor(), rtol=0, atol=1e-5)
 
 
 def make_pair(kind, n_buckets, bucket_size, capacity=None, gamma=0.8, temperature=1.0, max_bytes=None):
@@ -567,7 +567,7 @@ def _scores_at(table, key):
     out = []
     for g, cs in enumerate(DEFAULT_ADAPTIVE_CELLS):
         b = bucket_index(torch.tensor(ref_cell(key, cs)), table.n_buckets).item()
-        out.append(table._score[g, b].item())
+        out.append(table.storage.score[g, b].item())
     return out
 
 
@@ -841,7 +841,7 @@ def test_reset_clears_entries_and_counters(adaptive):
     assert (s.queries, s.hits, s.inserts, s.evictions, s.entries, s.hit_rate) == (0, 0, 0, 0, 0, 0.0)
     assert s.bytes == empty_bytes
     if adaptive:
-        assert not table._score.any()
+        assert not table.storage.score.any()
     got, hit = table.query(keys, torch.zeros(4, 2))
     assert got is None and not hit.any()
     table.insert(keys[3:], torch.zeros(1, 2), torch.full((1, 2), 5.0))
@@ -895,7 +895,7 @@ def test_state_dict_round_trip_continues_identically(kind):
         restored.insert(keys, latents, values)
         assert restored.stats == table.stats
     assert hits > 0
-    assert torch.equal(restored._score, table._score)
+    assert torch.equal(restored.storage.score, table.storage.score)
 
 
 def test_state_dict_holds_only_live_entries_and_resumes_exactly():
@@ -940,11 +940,11 @@ def test_state_saved_with_the_full_pool_still_loads():
     full = {k: v for k, v in state.items() if k != "pool_slots"}
     rows = torch.arange(table.capacity)
     for name in ("pool_ids", "pool_latents", "pool_values", "pool_norms"):  # every row, as the old format had them
-        own = getattr(table, "_" + name)
+        own = getattr(table.storage, name)
         padded = torch.zeros((table.capacity,) + tuple(own.shape[1:]), dtype=own.dtype)
         padded[: own.shape[0]] = own
         if name == "pool_ids":
-            padded = table._pool_ids.clone()
+            padded = table.storage.pool_ids.clone()
         full[name] = padded[rows]
     restored = TABLE_KINDS["grid"]()
     restored.load_state_dict(_roundtrip(full))
@@ -964,12 +964,12 @@ def test_state_dict_of_an_empty_table_and_state_independence():
     table.load_state_dict(full)
     assert table.stats.inserts == 3 and table.stats.entries == 3
     table.load_state_dict(_roundtrip(empty))  # back to nothing allocated
-    assert table.stats == TABLE_KINDS["grid"]().stats and table._pool_values is None
+    assert table.stats == TABLE_KINDS["grid"]().stats and table.storage.pool_values is None
     got, hit = table.query(*_random_batch(g, 2)[:2])
     assert got is None and not hit.any()
     keys, latents, values = _random_batch(g, 2)
     table.insert(keys, latents[:, :1], values[:, :2])  # an empty table takes any entry shape, as a fresh one
-    assert table._value_shape == (2,)
+    assert table.value_shape == (2,)
 
 
 def test_load_state_dict_refuses_another_layout():
@@ -1028,8 +1028,8 @@ def _assert_same_table(masked: HashTable, twin: HashTable):
     fields = ("queries", "hits", "inserts", "evictions", "entries")
     assert [getattr(sm, f) for f in fields] == [getattr(st, f) for f in fields]
     # the masked table reserves pool rows for the rows it drops too: its storage may have grown further
-    assert sm.bytes >= st.bytes or twin._pool_values is None
-    assert masked._next_id.item() == twin._next_id.item()
+    assert sm.bytes >= st.bytes or twin.storage.pool_values is None
+    assert masked.storage.next_id.item() == twin.storage.next_id.item()
     a, b = masked.state_dict(), twin.state_dict()
     n = masked.n_buckets
     for name in ("cells", "ref_slot", "ref_id", "head", "score"):
@@ -1099,7 +1099,7 @@ def test_masked_insert_equals_inserting_the_kept_rows(cfg):
     assert seen == {"none", "all", "one", "some"}
     assert n_kept > 100 and n_dropped > 100
     assert 0 < n_hits < n_queries
-    assert twin.stats.evictions > 0 and twin._next_id.item() > twin.capacity  # buckets overflowed, the pool wrapped
+    assert twin.stats.evictions > 0 and twin.storage.next_id.item() > twin.capacity  # buckets overflowed, the pool wrapped
 
 
 @pytest.mark.parametrize("kind", ["grid", "adaptive"])
@@ -1108,7 +1108,7 @@ def test_masked_insert_by_hand(kind):
     a, b = (5.0, 5.0, 1.05, 5.0), (45.0, 5.0, 1.05, 5.0)  # different cells in every grid, one bucket
     # nothing kept: nothing counted, no id taken (the pool is allocated, as by any first insert)
     table.insert(k64(a, b), torch.zeros(2, 1), torch.ones(2, 1), mask=torch.tensor([False, False]))
-    assert table.stats.inserts == table.stats.entries == table._next_id.item() == 0
+    assert table.stats.inserts == table.stats.entries == table.storage.next_id.item() == 0
     got, hit = table.query(k64(a, b), torch.zeros(2, 1))
     assert not hit.any() and not got.any()
     # only b kept, NaN in the dropped row
@@ -1117,15 +1117,15 @@ def test_masked_insert_by_hand(kind):
     got, hit = table.query(k64(a, b), torch.zeros(2, 1))
     assert hit.tolist() == [False, True] and got.flatten().tolist() == [0.0, 2.0]
     s = table.stats
-    assert (s.inserts, s.evictions, s.entries, table._next_id.item()) == (1, 0, 1, 1)
+    assert (s.inserts, s.evictions, s.entries, table.storage.next_id.item()) == (1, 0, 1, 1)
     # a kept, then three dropped rows of a: the bucket keeps b and a (bucket_size 2)
     table.insert(k64(a, a, a, a), torch.zeros(4, 1), torch.tensor([[3.0], [7.0], [8.0], [9.0]]), torch.arange(4) == 0)
     got, hit = table.query(k64(a, b), torch.zeros(2, 1))
     assert hit.tolist() == [True, True] and got.flatten().tolist() == [3.0, 2.0]
     s = table.stats
-    assert (s.inserts, s.evictions, s.entries, table._next_id.item()) == (2, 0, 2, 2)
+    assert (s.inserts, s.evictions, s.entries, table.storage.next_id.item()) == (2, 0, 2, 2)
     if kind == "adaptive":
-        assert not table._score.any()  # no kept row found an entry of its own cell, and dropped rows score nothing
+        assert not table.storage.score.any()  # no kept row found an entry of its own cell, and dropped rows score nothing
 
 
 @pytest.mark.parametrize(
@@ -1145,7 +1145,7 @@ def test_bad_mask(mask):
     table = GridHashTable(n_buckets=8)
     with pytest.raises(ValueError, match="mask"):
         table.insert(KEY, torch.zeros(2, 3), torch.zeros(2, 2), mask=mask)
-    assert table._pool_values is None and table.stats.inserts == 0  # nothing stored, nothing allocated
+    assert table.storage.pool_values is None and table.stats.inserts == 0  # nothing stored, nothing allocated
     table.insert(KEY, torch.zeros(2, 3), torch.zeros(2, 2))
     with pytest.raises(ValueError, match="mask"):
         table.insert(KEY, torch.zeros(2, 3), torch.zeros(2, 2), mask=mask)
@@ -1210,7 +1210,7 @@ def test_insert_core_with_mask_has_no_host_sync(kind, backend):
     for mask in masks:
         keys, latents, values = _random_batch(g, 5)
         with _NoSyncMode() as mode:
-            table._insert_core(keys, latents, values, mask)
+            table.insert_core(keys, latents, values, mask)
         seen = {"where", "cumsum"} if backend == "torch" else {"contiguous", "empty"}  # fused: kernel arguments
         assert seen <= set(mode.calls)  # the mode really saw the core's calls
     assert table.stats.inserts == 4 + 3 + 0 + 5

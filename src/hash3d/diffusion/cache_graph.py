@@ -39,7 +39,7 @@ class StorageWatch:
         self._refs: tuple | None = None
 
     def changed(self) -> bool:
-        current = (self.table._cells, self.table._pool_values)
+        current = (self.table.storage.cells, self.table.storage.pool_values)
         if self._refs is not None and all((ref() if ref else None) is obj for ref, obj in zip(self._refs, current)):
             return False
         self._refs = tuple(None if obj is None else weakref.ref(obj) for obj in current)

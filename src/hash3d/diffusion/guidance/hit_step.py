@@ -143,7 +143,7 @@ class HitStepGraphs:
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side), torch.no_grad():
                 x_in, t_in, ctx = g.unet_batch(g.diffuse(latents, t, noise), t, g.conditioning(*static[3:]))
-                values = torch.zeros((latents.shape[0],) + tuple(table._value_shape), dtype=table._pool_values.dtype,
+                values = torch.zeros((latents.shape[0],) + tuple(table.value_shape), dtype=table.value_dtype,
                                      device=x_in.device)  # [B, groups, ...] as a query returns them
                 cache.cached_output(x_in, t_in, ctx, values)
             torch.cuda.current_stream().wait_stream(side)
