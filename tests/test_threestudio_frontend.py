@@ -180,8 +180,8 @@ def test_resume_refuses_a_cache_state_of_another_layout(written_models, tmp_path
     assert main([*base, "system.guidance.cache.cell_size=[90,360,10,1000]"]) == 2
     err = capsys.readouterr().err
     assert "cell_sizes" in err and "resume with the same cache config" in err and "save_in_checkpoint=false" in err
-    assert main([*base, "system.guidance.cache.mode=noise"]) == 2
-    assert "mode: 'features' saved, 'noise' now" in capsys.readouterr().err
+    assert main([*base, "system.guidance.cache.mode=features"]) == 2
+    assert "mode: 'noise' saved, 'features' now" in capsys.readouterr().err
     # the fix the message names: resume with an empty table (the checkpoint config check ignores this key)
     assert main([*base[:-1], "system.guidance.cache.save_in_checkpoint=false"]) == 0
     assert [int(r["step"]) for r in metrics(part)][-1] == 3
