@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -13,11 +13,17 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from .errors import ConfigError
+from .foreign import Report, read_experiment
+from .foreign.schedules import c_max
 from .typed import from_data, to_data
 
 T = TypeVar("T")
 
 SELF = "_self_"
+
+
+def _plain(value: Any) -> Any:
+    return OmegaConf.to_container(value, resolve=True) if isinstance(value, (ListConfig, DictConfig)) else value
 
 
 def _register_resolvers() -> None:
@@ -32,11 +38,10 @@ def _register_resolvers() -> None:
         "rmspace": lambda s, sub="_": str(s).replace(" ", sub),
         "tuple2": lambda s: [float(s), float(s)],
         "gt0": lambda s: s > 0,
-        "cmaxgt0": lambda s: (max(s) if isinstance(s, (list, ListConfig)) else s) > 0,
+        "cmaxgt0": lambda s: c_max(_plain(s)) > 0,
+        "not": lambda s: not s,
         "not0": lambda s: s != 0,
-        "cmaxgt0orcmaxgt0": lambda a, b: any(
-            (max(x) if isinstance(x, (list, ListConfig)) else x) > 0 for x in (a, b)
-        ),
+        "cmaxgt0orcmaxgt0": lambda a, b: c_max(_plain(a)) > 0 or c_max(_plain(b)) > 0,
         "calc_exp_lr_decay_rate": lambda factor, n: factor ** (1.0 / n),
         "sqrt": lambda x: math.sqrt(x),
     }
@@ -134,22 +139,66 @@ def validate(schema: type[T], data: Any) -> T:
     return from_data(schema, data)
 
 
-def load_config(
-    path: str | os.PathLike | None, overrides: Sequence[str] = (), schema: type[T] | None = None
-) -> tuple[T, DictConfig]:
-    """Load a YAML (following `extends`), apply overrides, resolve and validate.
+Translate = Callable[[dict[str, Any], type], "tuple[dict[str, Any], Report]"]
 
-    Returns the typed config and the merged, unresolved OmegaConf tree (what `configs/raw.yaml`-style dumps need).
-    `schema` defaults to the experiment schema (`ExperimentConfig`).
+
+def load_config_report(
+    path: str | os.PathLike | None,
+    overrides: Sequence[str] = (),
+    schema: type[T] | None = None,
+    translate: Translate | None = None,
+) -> tuple[T, DictConfig, Report]:
+    """`load_config`, also returning how each key was read (`foreign.Report`).
+
+    `translate` reads a foreign layout into ours (default for the experiment schema: threestudio's layout, see
+    `hash3d.config.foreign`); a key it refuses raises ConfigError before validation.
     """
     if schema is None:
         from .schema import ExperimentConfig
 
         schema = ExperimentConfig  # type: ignore[assignment]
-    base = load_yaml(path) if path is not None else OmegaConf.create({})
+        translate = translate or read_experiment
+    base = load_yaml(find_config(path)) if path is not None else OmegaConf.create({})
     merged = merge(base, parse_overrides(overrides)) if overrides else base
-    typed = validate(schema, resolve(merged))  # type: ignore[arg-type]
+    data = resolve(merged)
+    report = Report()
+    if translate is not None:
+        data, report = translate(data, schema)  # type: ignore[arg-type]
+        report.raise_refusals()
+    typed = validate(schema, data)  # type: ignore[arg-type]
+    return typed, merged, report
+
+
+def load_config(
+    path: str | os.PathLike | None,
+    overrides: Sequence[str] = (),
+    schema: type[T] | None = None,
+    translate: Translate | None = None,
+) -> tuple[T, DictConfig]:
+    """Load a YAML (following `extends`), apply overrides, resolve, read a foreign layout, and validate.
+
+    Returns the typed config and the merged, unresolved OmegaConf tree (what `configs/raw.yaml`-style dumps need).
+    `schema` defaults to the experiment schema (`ExperimentConfig`).
+    """
+    typed, merged, _ = load_config_report(path, overrides, schema, translate)
     return typed, merged
+
+
+HYPHEN_SUFFIX, UNDERSCORE_SUFFIX = "-hash3d", "_hash3d"
+
+
+def find_config(path: str | os.PathLike) -> Path:
+    """The config file at `path`; the original project's spelling `X-hash3d.yaml` also finds our `X_hash3d.yaml`
+    (and the other way round)."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    for a, b in ((HYPHEN_SUFFIX, UNDERSCORE_SUFFIX), (UNDERSCORE_SUFFIX, HYPHEN_SUFFIX)):
+        if path.stem.endswith(a):
+            other = path.with_name(path.stem[: -len(a)] + b + path.suffix)
+            if other.is_file():
+                return other
+    return path
 
 
 def to_yaml(cfg: Any) -> str:
