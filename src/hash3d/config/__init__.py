@@ -12,7 +12,7 @@ See `registry.py` for a complete example of registering a component.
 from .errors import ConfigError, RegistryError, UserInputError, closest, did_you_mean
 from .methods import discover, smoke_overrides, twin_differences, twins
 from .foreign import Report, read_dreamgaussian, read_experiment
-from .loader import find_config, load_config, load_config_report, load_yaml, merge, parse_overrides, resolve, save_yaml, to_yaml, validate
+from .loader import explain_config, find_config, load_config, load_config_report, load_yaml, merge, parse_overrides, resolve, save_yaml, to_yaml, validate
 from .registry import REGISTRY, Entry, build, build_block, load_plugins, lookup, names, register, register_lazy
 from .schema import CheckpointConfig, ExperimentConfig, TrainerConfig
 from .typed import block, from_data, to_data
@@ -33,6 +33,7 @@ __all__ = [
     "did_you_mean",
     "discover",
     "from_data",
+    "explain_config",
     "find_config",
     "load_config",
     "load_config_report",

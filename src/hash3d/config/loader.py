@@ -184,6 +184,36 @@ def load_config(
     return typed, merged
 
 
+def explain_config(
+    path: str | os.PathLike,
+    overrides: Sequence[str] = (),
+    schema: type | None = None,
+    translate: Translate | None = None,
+) -> tuple[str, bool]:
+    """How each key of a config file (after overrides) is read here -> (text, whether the config would run)."""
+    if schema is None:
+        from .schema import ExperimentConfig
+
+        schema = ExperimentConfig
+        translate = translate or read_experiment
+    merged = load_yaml(find_config(path))
+    if overrides:
+        merged = merge(merged, parse_overrides(overrides))
+    data = resolve(merged)
+    report = Report()
+    if translate is not None:
+        data, report = translate(data, schema)
+    lines = [report.explain()]
+    try:
+        report.raise_refusals()
+        validate(schema, data)
+    except ConfigError as exc:
+        lines.append(f"error: {exc}")
+        return "\n".join(lines), False
+    lines.append("ok: the config loads")
+    return "\n".join(lines), True
+
+
 HYPHEN_SUFFIX, UNDERSCORE_SUFFIX = "-hash3d", "_hash3d"
 
 

@@ -1,6 +1,7 @@
 """Renderers: NeRF volume rendering (packed samples, occupancy grid), materials."""
 
 from .background import SolidColorBackground, SolidColorBackgroundConfig
+from .environment_map import NeuralEnvironmentMapBackground, NeuralEnvironmentMapBackgroundConfig
 from .compositing import accumulate_along_rays, exclusive_segment_sum, render_weights
 from .material import DiffuseWithPointLight, MaterialConfig, Shading, choose_shading, shade
 from .occupancy import OccupancyGrid, OccupancyGridConfig
@@ -12,6 +13,8 @@ from .volume import RenderOutput, VolumeRenderConfig, render_cameras, render_ray
 __all__ = [
     "DiffuseWithPointLight",
     "NeRFVolumeRenderer",
+    "NeuralEnvironmentMapBackground",
+    "NeuralEnvironmentMapBackgroundConfig",
     "SolidColorBackground",
     "SolidColorBackgroundConfig",
     "MaterialConfig",

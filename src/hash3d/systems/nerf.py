@@ -102,7 +102,12 @@ class NeRFSystem(System):
     def render(
         self, cams: CameraBatch, shading: Shading | None = None, background: torch.Tensor | None = None
     ) -> RenderOutput:
-        bg = self.background() if background is None else background
+        if background is not None:
+            bg = background
+        elif getattr(self.background, "per_ray", False):
+            bg = self.background(dirs=cams.rays(jitter=0.0)[1])  # [B, H, W, 3]
+        else:
+            bg = self.background()
         return self.renderer(
             self.geometry, cams.c2w, cams.fovy, cams.height, cams.width, background=bg, shading=shading,
             generator=self.render_generator,

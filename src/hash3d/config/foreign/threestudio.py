@@ -173,9 +173,10 @@ RULES: dict[str, dict[str, Rule]] = {
         "soft_shading": off_only("soft shading"),
     },
     "system.background": {
-        "color_activation": only("sigmoid", "the background colour is kept in [0, 1]"),
         "random_aug": off_only("random background colours"),
         "random_aug_prob": no_effect("used only with random_aug"),
+        "share_aug_bg": no_effect("used only with random_aug"),
+        "eval_color": off_only("a fixed evaluation background colour", "remove the key"),
     },
     "system.renderer": {
         "radius": same_as("system.geometry.radius", "the renderer uses the geometry's bounding box"),

@@ -65,9 +65,7 @@ TYPE_NAMES: tuple[TypeName, ...] = (
     # material / background / renderer / exporter
     T("material", "diffuse-with-point-light-material", "diffuse-with-point-light"),
     T("background", "solid-color-background", "solid-color-background"),
-    T("background", "neural-environment-map-background", None,
-      missing="an MLP environment-map background is not implemented here: use "
-      "system.background_type=solid-color-background (white by default; our dreamfusion-sd.yaml does the same)"),
+    T("background", "neural-environment-map-background", "neural-environment-map-background"),
     T("renderer", "nerf-volume-renderer", "nerf-volume-renderer"),
     T("exporter", "mesh-exporter", "mesh-exporter"),
     # guidance
