@@ -62,12 +62,11 @@ class Context:
     """Upstream defaults (path, value, why), filled in at the end if the file turns out to be foreign."""
 
     def put(self, path: str, value: Any, key: str, detail: str = "") -> None:
-        """Set `path` for the foreign `key`. If the file also sets `path` itself: its own value must agree."""
+        """Set `path` for the foreign `key`, unless the file (or a command-line override) sets `path` itself in our
+        spelling: that more specific key wins, and the foreign one is listed as having no effect."""
         if has_path(self.written, path) and get_path(self.written, path) != value:
-            self.report.add(
-                key, "refused",
-                f"says {value!r} for {path}, but the file also sets {path}={get_path(self.written, path)!r}: keep one",
-            )  # fmt: skip
+            own = get_path(self.written, path)
+            self.report.add(key, "no effect", f"would set {path}={value!r}, but {path}={own!r} is given and wins")
             return
         set_path(self.root, path, value)
         self.report.add(key, "mapped", detail or f"-> {path} = {value!r}")

@@ -129,8 +129,6 @@ RULES: dict[str, dict[str, Rule]] = {
         "loggers": no_effect(_LOGGER),
         "prompt_processor_type": no_effect("the system reads the prompt; the guidance model encodes it"),
         "prompt_processor": no_effect("this system takes no prompt"),
-        "cleanup_after_validation_step": no_effect("memory housekeeping"),
-        "cleanup_after_test_step": no_effect("memory housekeeping"),
         "geometry_convert_from": off_only("initialising from another run's geometry", "use system.weights=CKPT"),
         "geometry_convert_inherit_texture": no_effect("used only with geometry_convert_from"),
         "geometry_convert_override": no_effect("used only with geometry_convert_from"),

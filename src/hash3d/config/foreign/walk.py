@@ -35,6 +35,7 @@ def read_experiment(data: dict[str, Any], schema: type) -> tuple[dict[str, Any],
     if not report.foreign:
         return data, report
     report.dialect = "threestudio"
+    walker.read_epoch_schedules()
     for path, entry in walker.entries.items():
         for key, value in entry.sets.items():
             _fill(ctx, join(path, key), value, f"implied by {entry.kind} type '{entry.upstream}'", "mapped")
@@ -84,6 +85,20 @@ class _Walker:
         self.system_type = system_type
         self.entries: dict[str, TypeName] = {}
         """Block path -> the upstream table line its type name came from."""
+        self.epoch_schedules: list[tuple[dict[str, Any], str, str]] = []
+        """(block, key, full path) of schedules whose end step is a float: epochs in a foreign file, steps in ours."""
+
+    def read_epoch_schedules(self) -> None:
+        ctx = self.ctx
+        for node, key, full in self.epoch_schedules:
+            value = node[key]
+            if len(value) > 4:
+                ctx.refuse(full, f"{value!r}: a multi-piece schedule counted in epochs is not supported; write its "
+                                 "step numbers as integers")  # fmt: skip
+                continue
+            node[key] = at_epoch_zero(value)
+            ctx.report.add(full, "mapped", f"{value!r} counts epochs (float end step); threestudio's epoch stays 0, "
+                                           f"so it is the constant {node[key]!r}")  # fmt: skip
 
     def walk(self, node: dict[str, Any], cls: type, path: str) -> None:
         ctx = self.ctx
@@ -143,13 +158,8 @@ class _Walker:
             node[key] = alias
             ctx.report.add(full, "mapped", f"{value!r} -> {alias!r}")
         elif _is_schedule_type(tp) and is_schedule(value) and counts_epochs(value):
-            if len(value) > 4:
-                ctx.refuse(full, f"{value!r}: a multi-piece schedule counted in epochs is not supported; write its "
-                                 "step numbers as integers")  # fmt: skip
-                return
-            node[key] = at_epoch_zero(value)
-            ctx.report.add(full, "mapped", f"{value!r} counts epochs (float end step); threestudio's epoch stays 0, "
-                                           f"so it is the constant {node[key]!r}")  # fmt: skip
+            self.epoch_schedules.append((node, key, full))
+            ctx.report.add(full, "as is")
         else:
             ctx.report.add(full, "as is")
 
