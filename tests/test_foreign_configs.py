@@ -496,3 +496,39 @@ def test_original_file_names_with_a_hyphen_are_accepted(tmp_path):
     (tmp_path / "ours" / "gaussiandreamer-sd_hash3d.yaml").write_text("name: c\n")
     assert find_config(tmp_path / "ours" / "gaussiandreamer-sd-hash3d.yaml").name == "gaussiandreamer-sd_hash3d.yaml"
     assert find_config(tmp_path / "latentnerf_hash3d.yaml").name == "latentnerf-hash3d.yaml"
+
+
+# ---------------------------------------------------------------- the environment-map background
+
+
+def test_spherical_harmonics_are_orthonormal_on_the_sphere():
+    from hash3d.render.environment_map import spherical_harmonics
+
+    g = torch.Generator().manual_seed(0)
+    dirs = torch.nn.functional.normalize(torch.randn(400_000, 3, generator=g, dtype=torch.float64), dim=-1)
+    basis = spherical_harmonics(dirs, 3)  # [N, 9]
+    gram = 4 * torch.pi * basis.T @ basis / dirs.shape[0]
+    assert torch.allclose(gram, torch.eye(9, dtype=torch.float64), atol=0.02)
+
+
+def test_environment_map_background_colours_each_ray_and_learns():
+    from hash3d.render.environment_map import NeuralEnvironmentMapBackground
+
+    bg = NeuralEnvironmentMapBackground()
+    dirs = torch.nn.functional.normalize(torch.randn(2, 5, 7, 3), dim=-1)
+    colors = bg(dirs=dirs)
+    assert colors.shape == (2, 5, 7, 3) and bool(((colors > 0) & (colors < 1)).all())
+    assert not torch.allclose(colors[0, 0, 0], colors[1, 4, 6])  # depends on the direction
+    colors.sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in bg.parameters())
+    with pytest.raises(ValueError, match="directions"):
+        bg()
+
+
+def test_dreamfusion_original_trains_its_environment_map(written_models, tmp_path):
+    path = CORPUS / "threestudio" / "dreamfusion-sd.yaml"
+    assert main(["--config", str(path), "--train", *tiny_run_overrides(path, written_models, tmp_path)]) == 0
+    (trial,) = [p for p in tmp_path.glob("*/*") if p.is_dir()]
+    state = torch.load(trial / "ckpts" / "last.ckpt", map_location="cpu", weights_only=False)
+    weights = state["state_dict"] if "state_dict" in state else state
+    assert any(k.startswith("background.network") for k in weights)

@@ -47,9 +47,10 @@ class Report:
         refused = self.of("refused")
         if not refused:
             return
-        lines = [r.detail if r.detail.startswith("unknown ") else f"'{r.key}': {r.detail}" for r in refused]
+        lines = [r.detail if r.detail.startswith("unknown config key") else f"'{r.key}': {r.detail}" for r in refused]
         more = f" (and {len(lines) - 1} more: run with --explain to list them)" if len(lines) > 1 else ""
-        first = lines[0] if lines[0].startswith("unknown ") else f"not supported here: {lines[0]}"
+        plain = lines[0].startswith("unknown config key") or refused[0].detail.startswith("unknown ")
+        first = lines[0] if plain else f"not supported here: {lines[0]}"
         raise ConfigError(f"{first}{more}")
 
     def explain(self) -> str:

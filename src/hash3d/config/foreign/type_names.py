@@ -95,7 +95,9 @@ def upstream_names(kind: str) -> list[str]:
 
 
 def unknown_type_error(kind: str, name: str, ours: list[str]) -> ConfigError:
-    candidates = sorted(set(ours) | set(upstream_names(kind)))
+    upstream = [n for n in upstream_names(kind) if n not in ours]
+    also = f"; upstream names read here: {', '.join(upstream)}" if upstream else ""
     return ConfigError(
-        f"unknown {kind} type '{name}'{did_you_mean(name, candidates)} (known here: {', '.join(candidates) or 'none'})"
+        f"unknown {kind} type '{name}'{did_you_mean(name, sorted({*ours, *upstream}))} "
+        f"(registered: {', '.join(sorted(ours)) or 'none'}{also})"
     )
