@@ -532,3 +532,15 @@ def test_dreamfusion_original_trains_its_environment_map(written_models, tmp_pat
     state = torch.load(trial / "ckpts" / "last.ckpt", map_location="cpu", weights_only=False)
     weights = state["state_dict"] if "state_dict" in state else state
     assert any(k.startswith("background.network") for k in weights)
+
+
+def test_original_dreamgaussian_command_names_run(monkeypatch, capsys):
+    import runpy
+
+    front = REPO / "dreamgaussian-hash3d"
+    config = CORPUS / "hash3d" / "dreamgaussian-hash3d" / "image_sai_hash3d.yaml"
+    for script in ("main_hash.py", "main2_hash.py"):
+        monkeypatch.setattr("sys.argv", [script, "--config", str(config), "input=missing.png"])
+        with pytest.raises(SystemExit) as done:
+            runpy.run_path(str(front / script), run_name="__main__")
+        assert done.value.code == 2 and "save_path" in capsys.readouterr().err
