@@ -123,7 +123,7 @@ def test_original_stable_zero123_maps_every_changed_key(written_models):
     assert cfg.data.height == [128, 256] and cfg.data.random_camera.batch_size == [1, 1, 1]
     assert cfg.trainer.max_steps == 1000 and cfg.trainer.val_check_interval == 1000
     no_effect = {r.key for r in report.of("no effect")}
-    assert {"system.loggers", "system.freq.guidance_eval", "system.loss.lambda_depth", "system.prompt_processor_type",
+    assert {"system.freq.guidance_eval", "system.loss.lambda_depth", "system.prompt_processor_type",
             "system.guidance.cond_image_path", "system.renderer.return_comp_normal"} <= no_effect  # fmt: skip
 
 
@@ -159,7 +159,7 @@ def test_each_threestudio_layout_file_trains_two_steps(path, written_models, tmp
     assert main(["--config", str(path), "--train", *args]) == 0
     err = capsys.readouterr().err
     notices = [line for line in err.splitlines() if "accepted, no effect here:" in line]
-    assert len(notices) == 1 and "system.loggers" in notices[0]
+    assert len(notices) == 1 and "system.prompt_processor_type" in notices[0]
     (trial,) = [p for p in tmp_path.glob("*/*") if p.is_dir()]
     with open(trial / "csv_logs" / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
@@ -273,7 +273,6 @@ KEY_CASES = [
     ("dreamfusion", "checkpoint.auto_insert_metric_name", False, "no effect", None),
     ("dreamfusion", "checkpoint.save_on_train_epoch_end", False, "no effect", None),
     # system
-    ("dreamfusion", "system.loggers", {"wandb": {"enable": False}}, "no effect", None),
     ("dreamfusion", "system.prompt_processor_type", "stable-diffusion-prompt-processor", "no effect", None),
     ("zero123", "system.prompt_processor", {"prompt": ""}, "no effect", None),
     ("dreamfusion", "system.geometry_convert_from", "outputs/x/ckpts/last.ckpt", "refused", None),

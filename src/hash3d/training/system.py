@@ -38,6 +38,8 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from .loggers import LoggersConfig
+
 
 @dataclass
 class OptimizerArgs:
@@ -82,6 +84,8 @@ class SystemConfig:
     cleanup_after_validation_step: bool = False
     """Empty the CUDA cache after each validation view."""
     cleanup_after_test_step: bool = False
+    loggers: LoggersConfig = field(default_factory=LoggersConfig)
+    """Weights & Biases / TensorBoard next to the CSV log (threestudio's block; off by default)."""
 
 
 def build_optimizer(module: nn.Module, cfg: OptimizerConfig) -> torch.optim.Optimizer:

@@ -10,7 +10,7 @@ from .rules import Context, Rule, get_path, join, mapping, no_effect, off_only, 
 
 _WEIGHTING = {"sds": "sds", "dreamfusion": "sds", "uniform": "uniform", "fantasia3d": "fantasia3d"}
 _CACHE_MODE = {"feature": "features", "features": "features", "noise": "noise"}
-_LOGGER = "loggers are set up by the training loop (CSV logs in the trial folder)"
+_LOGGER = "loggers are system.loggers (wandb, tensorboard); the CSV log is always written"
 _SPEED = "memory/speed option of diffusers pipelines; the result is the same"
 
 
@@ -126,7 +126,6 @@ RULES: dict[str, dict[str, Rule]] = {
         "save_on_train_epoch_end": no_effect("threestudio's data never ends an epoch"),
     },
     "system": {
-        "loggers": no_effect(_LOGGER),
         "prompt_processor_type": no_effect("the system reads the prompt; the guidance model encodes it"),
         "prompt_processor": no_effect("this system takes no prompt"),
         "geometry_convert_from": off_only("initialising from another run's geometry", "use system.weights=CKPT"),
