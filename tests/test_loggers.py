@@ -4,7 +4,6 @@ enabled (fake modules stand in for the packages here); a missing package gives o
 from __future__ import annotations
 
 import csv
-import logging
 import sys
 import types
 from pathlib import Path

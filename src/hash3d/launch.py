@@ -166,7 +166,7 @@ def run(argv: Sequence[str] | None = None, prog: str = "launch.py") -> Path:
         text, ok = explain_config(config_path, overrides)
         print(text)
         if not ok:
-            raise ConfigError(f"{config_path} does not load as it is (see the refused keys above)")
+            raise ConfigError(f"{config_path} does not load as it is (see above)")
         return config_path
     mode = next(m for m in MODES if getattr(args, m))
 

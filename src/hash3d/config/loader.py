@@ -199,12 +199,17 @@ def explain_config(
     merged = load_yaml(find_config(path))
     if overrides:
         merged = merge(merged, parse_overrides(overrides))
+    missing = sorted(OmegaConf.missing_keys(merged))
+    for key in missing:  # `???` values: explain the rest, then say which keys the command line must give
+        OmegaConf.update(merged, key, "<required>")
     data = resolve(merged)
     report = Report()
     if translate is not None:
         data, report = translate(data, schema)
     lines = [report.explain()]
     try:
+        if missing:
+            raise ConfigError(f"{', '.join(missing)} must be given (??? in the file): add e.g. {missing[0]}=VALUE")
         report.raise_refusals()
         validate(schema, data)
     except ConfigError as exc:

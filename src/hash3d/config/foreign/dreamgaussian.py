@@ -4,10 +4,12 @@ the keys the original Hash3D fork added, read into our options (`hash3d.systems.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from typing import Any
 
+from ..errors import did_you_mean
 from .report import Report
-from .rules import Context, Rule, off_only, to
+from .rules import Context, Rule, has_path, off_only, set_path, to
 
 # The original fork's table: cells of 20 deg, 20 deg, 0.1 and 20 timesteps, 3 entries a bucket, 200 buckets, and
 # the deep-feature reuse of its DeepCache pipeline.
@@ -35,12 +37,8 @@ RULES: dict[str, Rule] = {
 
 
 def read_dreamgaussian(data: dict[str, Any], schema: type) -> tuple[dict[str, Any], Report]:
-    """Flat DreamGaussian options -> ours; keys of ours pass through (the typed check names unknown ones)."""
-    import dataclasses
-
-    from ..errors import did_you_mean
-    from .rules import has_path, set_path
-
+    """Flat DreamGaussian options -> ours; keys of ours are read as they are, unknown ones refused with the closest
+    name."""
     report = Report()
     root = copy.deepcopy(data)
     ctx = Context(root=root, written=data, report=report)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from .rules import Context, Rule, get_path, has_path, no_effect, same_as, set_path
+from .rules import Context, Rule, get_path, no_effect, same_as, set_path
 
 
 def _gd_load_type(ctx: Context, key: str, value: Any, block: Any) -> None:
@@ -61,5 +61,3 @@ SYSTEM_RULES: dict[str, dict[str, dict[str, Rule]]] = {
 SYSTEM_FINISH: dict[str, Callable[[Context], None]] = {
     "gaussiandreamer-system": _gd_finish,
 }
-
-__all__ = ["SYSTEM_FINISH", "SYSTEM_RULES", "has_path"]

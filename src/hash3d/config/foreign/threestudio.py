@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .rules import Context, Rule, get_path, join, mapping, no_effect, off_only, only, same_as, to
+from .rules import Context, Rule, join, mapping, no_effect, off_only, only, same_as, to
+from .systems import SYSTEM_RULES
 
 _WEIGHTING = {"sds": "sds", "dreamfusion": "sds", "uniform": "uniform", "fantasia3d": "fantasia3d"}
 _CACHE_MODE = {"feature": "features", "features": "features", "noise": "noise"}
@@ -14,23 +15,18 @@ _LOGGER = "loggers are system.loggers (wandb, tensorboard); the CSV log is alway
 _SPEED = "memory/speed option of diffusers pipelines; the result is the same"
 
 
-def _cell_size(part: slice) -> Rule:
+def _cell_size(ctx: Context, key: str, value: Any, block: Any) -> None:
     """delta_c (3 cell sizes) and delta_t (timestep cell) of the original's table -> cache.cell_size."""
-
-    def rule(ctx: Context, key: str, value: Any, block: Any) -> None:
-        guidance = key.rpartition(".")[0]
-        delta_c = block.get("delta_c", [20.0, 20.0, 0.1])
-        delta_t = block.get("delta_t", 10.0)
-        if key.endswith("delta_t") and "delta_c" in block:
-            ctx.report.add(key, "mapped", f"-> {guidance}.cache.cell_size[3] (with delta_c)")
-            return
-        if len(list(delta_c)) != 3:
-            ctx.refuse(join(guidance, "delta_c"), f"must be 3 cell sizes (elevation, azimuth, radius); got {delta_c!r}")
-            return
-        cells = [float(v) for v in delta_c] + [float(delta_t)]
-        ctx.put(join(guidance, "cache.cell_size"), cells, key)
-
-    return rule
+    guidance = key.rpartition(".")[0]
+    delta_c = block.get("delta_c", [20.0, 20.0, 0.1])
+    delta_t = block.get("delta_t", 10.0)
+    if key.endswith("delta_t") and "delta_c" in block:
+        ctx.report.add(key, "mapped", f"-> {guidance}.cache.cell_size[3] (with delta_c)")
+        return
+    if len(list(delta_c)) != 3:
+        ctx.refuse(join(guidance, "delta_c"), f"must be 3 cell sizes (elevation, azimuth, radius); got {delta_c!r}")
+        return
+    ctx.put(join(guidance, "cache.cell_size"), [float(v) for v in delta_c] + [float(delta_t)], key)
 
 
 def _hash_table_kind(ctx: Context, key: str, value: Any, block: Any) -> None:
@@ -41,7 +37,7 @@ def _hash_table_kind(ctx: Context, key: str, value: Any, block: Any) -> None:
     ctx.put(join(key.rpartition(".")[0], "cache.adaptive"), kinds[value], key)
 
 
-def _cache_enabled_by_mode(ctx: Context, key: str, value: Any, block: Any) -> None:
+def _cache_mode(ctx: Context, key: str, value: Any, block: Any) -> None:
     to("cache.mode", mapping(_CACHE_MODE, "cache_mode"))(ctx, key, value, block)
 
 
@@ -51,10 +47,10 @@ def _half_precision(ctx: Context, key: str, value: Any, block: Any) -> None:
 
 GUIDANCE: dict[str, Rule] = {
     # the original Hash3D cache
-    "cache_mode": _cache_enabled_by_mode,
+    "cache_mode": _cache_mode,
     "cache_p": to("cache.policy.probability", float),
-    "delta_c": _cell_size(slice(0, 3)),
-    "delta_t": _cell_size(slice(3, 4)),
+    "delta_c": _cell_size,
+    "delta_t": _cell_size,
     "max_queue_length": to("cache.bucket_size", int),
     "hash_table_size": to("cache.n_buckets", int),
     "hash_table": _hash_table_kind,
@@ -190,6 +186,7 @@ RULES: dict[str, dict[str, Rule]] = {
         "num_samples_per_ray_importance": no_effect("used only with estimator=importance"),
     },
     "system.guidance": GUIDANCE,
+    "system.guidance_3d": GUIDANCE,  # magic123's second guidance (Zero123 next to Stable Diffusion)
 }
 
 # A key of ours whose upstream values are spelt differently.
@@ -208,12 +205,7 @@ def value_alias(key: str, value: Any) -> Any:
 
 
 def rules_at(path: str, system_type: str) -> dict[str, Rule]:
-    from .systems import SYSTEM_RULES
-
+    """The key rules of the block at `path` (threestudio's, plus those of the upstream system)."""
     merged = dict(RULES.get(path, {}))
     merged.update(SYSTEM_RULES.get(system_type, {}).get(path, {}))
     return merged
-
-
-def written_value(ctx: Context, path: str, default: Any = None) -> Any:
-    return get_path(ctx.written, path, default)

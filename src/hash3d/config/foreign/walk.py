@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import types
 import typing
 from typing import Any
 
@@ -69,7 +70,7 @@ def _dataclass_of(tp: Any) -> type | None:
     if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return tp
     members = [a for a in typing.get_args(tp) if a is not type(None)]
-    if typing.get_origin(tp) in (typing.Union, getattr(__import__("types"), "UnionType")) and len(members) == 1:
+    if typing.get_origin(tp) in (typing.Union, types.UnionType) and len(members) == 1:
         return _dataclass_of(members[0])
     return None
 
