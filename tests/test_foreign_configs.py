@@ -127,6 +127,21 @@ def test_original_stable_zero123_maps_every_changed_key(written_models):
             "system.guidance.cond_image_path", "system.renderer.return_comp_normal"} <= no_effect  # fmt: skip
 
 
+def test_gaussiandreamer_original_gets_what_its_code_hard_codes():
+    path = CORPUS / "gaussiandreamer" / "gaussiandreamer-sd.yaml"
+    cfg, _, report = load_config_report(path, BASE_OVERRIDES)
+    s, d = cfg.system, cfg.data
+    assert s.init.kind == "shap_e" and s.init.shap_e.scale == pytest.approx(1.6)  # load_type 0, radius 4 x 0.4
+    assert list(s.guidance.max_step_percent) == [500, 0.98, 0.55, 501] and s.guidance.min_step_percent == 0.02
+    assert list(s.guidance.grad_clip) == [0, 1.5, 2.0, 1000] and s.guidance.weighting == "sds"
+    assert d.light_sample_strategy == "dreamfusion" and tuple(d.elevation_range) == (-10.0, 60.0)
+    assert tuple(d.camera_distance_range) == (1.5, 4.0) and d.eval_camera_distance == 4.0  # the file's own values
+    assert (d.camera_perturb, d.center_perturb, d.up_perturb) == (0.0, 0.0, 0.0)  # GaussianDreamer's sampler
+    assert s.prompt_processor.negative_prompt.startswith("ugly, bad anatomy")
+    defaults = {r.key for r in report.of("default")}
+    assert "data.elevation_range" in defaults and "data.camera_distance_range" not in defaults
+
+
 def test_threestudio_zero123_checkpoint_paths_are_refused_with_the_diffusers_id():
     with pytest.raises(ConfigError, match="diffusers layout: pass system.guidance.pretrained_model_name_or_path="
                                           "ashawkey/stable-zero123-diffusers"):  # fmt: skip

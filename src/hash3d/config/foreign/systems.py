@@ -32,7 +32,7 @@ def _gd_finish(ctx: Context) -> None:
     for key, late in (("min_step_percent", 0.02), ("max_step_percent", 0.55)):
         path = f"system.guidance.{key}"
         value = get_path(ctx.root, path, 0.98 if key == "max_step_percent" else 0.02)
-        if isinstance(value, (int, float)):
+        if isinstance(value, (int, float)) and value != late:
             schedule = [500, value, late, 501]
             set_path(ctx.root, path, schedule)
             ctx.report.add(path, "mapped", f"-> {schedule} (GaussianDreamer switches to {late} after step 500)")
