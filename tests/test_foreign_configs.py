@@ -142,6 +142,15 @@ def test_gaussiandreamer_original_gets_what_its_code_hard_codes():
     assert "data.elevation_range" in defaults and "data.camera_distance_range" not in defaults
 
 
+def test_unified_guidance_files_map_their_loss_and_guidance():
+    path = CORPUS / "threestudio" / "experimental" / "unified-guidance" / "dreamfusion-sd.yaml"
+    cfg, _, report = load_config_report(path, BASE_OVERRIDES)
+    assert cfg.system.guidance_type == "stable-diffusion-guidance" and cfg.system.loss.lambda_sds == 1.0
+    assert cfg.system.guidance.weighting == "sds"  # 'dreamfusion' weighting = 1 - alpha_bar
+    (reading,) = [r for r in report.readings if r.key == "system.loss.lambda_sd"]
+    assert reading.verdict == "mapped"
+
+
 def test_threestudio_zero123_checkpoint_paths_are_refused_with_the_diffusers_id():
     with pytest.raises(ConfigError, match="diffusers layout: pass system.guidance.pretrained_model_name_or_path="
                                           "ashawkey/stable-zero123-diffusers"):  # fmt: skip
@@ -179,7 +188,7 @@ def test_each_threestudio_layout_file_trains_two_steps(path, written_models, tmp
     with open(trial / "csv_logs" / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
     assert [int(r["step"]) for r in rows][-1] == 2 and np.isfinite(float(rows[-1]["train/loss"]))
-    assert (trial / "ckpts" / "last.ckpt").is_file()
+    assert (trial / "ckpts" / "last.ckpt").is_file() == OmegaConf.load(path).checkpoint.save_last
     # the parsed config is ours: it loads back without any foreign reading
     again, _, report = load_config_report(trial / "configs" / "parsed.yaml", [])
     assert report.dialect == "hash3d" and again.system_type == system_type(path)
@@ -300,6 +309,7 @@ KEY_CASES = [
     ("zero123", "system.loss.lambda_normal", [100, 0.0, 0.0, 200], "no effect", None),
     ("zero123", "system.loss.lambda_rgb_tv", 0.0, "no effect", None),
     ("zero123", "system.loss.lambda_z_variance", 1.0, "refused", None),
+    ("dreamfusion", "system.loss.lambda_sd", 0.5, "no effect", ("system.loss.lambda_sds", 1.0)),  # the file's own wins
     # prompt processor
     ("dreamfusion", "system.prompt_processor.pretrained_model_name_or_path", "other/model", "refused", None),
     ("dreamfusion", "system.prompt_processor.use_cache", False, "no effect", None),
@@ -324,10 +334,8 @@ KEY_CASES = [
     # material / background / renderer
     ("dreamfusion", "system.material.albedo_activation", "none", "mapped", ("system.geometry.albedo_activation", "none")),
     ("dreamfusion", "system.material.soft_shading", True, "refused", None),
-    ("dreamfusion", "system.background.random_aug", True, "refused", None),
-    ("dreamfusion", "system.background.random_aug_prob", 0.5, "no effect", None),
+    ("dreamfusion", "system.background.share_aug_bg", True, "refused", None),
     ("dreamfusion", "system.background.share_aug_bg", False, "no effect", None),
-    ("dreamfusion", "system.background.eval_color", [1.0, 1.0, 1.0], "refused", None),
     ("dreamfusion", "system.renderer.radius", 1.0, "refused", None),
     ("dreamfusion", "system.renderer.return_comp_normal", True, "no effect", None),
     ("dreamfusion", "system.renderer.return_normal_perturb", True, "no effect", None),
@@ -375,6 +383,20 @@ KEY_CASES = [
     ("zero123", "system.guidance.return_rgb_multistep_orig", True, "no effect", None),
     ("zero123", "system.guidance.n_rgb_multistep_orig_steps", 4, "no effect", None),
     ("zero123", "system.guidance.cond_image_path", "other.png", "refused", None),
+    ("dreamfusion", "system.guidance.use_img_loss", True, "refused", None),
+    ("dreamfusion", "system.guidance.use_img_loss", False, "no effect", None),
+    ("dreamfusion", "system.guidance.sqrt_anneal", True, "refused", None),
+    ("dreamfusion", "system.guidance.trainer_max_steps", 25000, "no effect", None),
+    ("dreamfusion", "system.guidance.controlnet_model_name_or_path", "x", "refused", None),
+    ("dreamfusion", "system.guidance.preprocessor", None, "no effect", None),
+    ("dreamfusion", "system.guidance.control_scale", 1.0, "no effect", None),
+    ("dreamfusion", "system.guidance.lora_model_name_or_path", None, "no effect", None),
+    ("dreamfusion", "system.exporter.save_uv", False, "mapped", ("system.exporter.save_texture", False)),
+    ("dreamfusion", "system.exporter.save_normal", True, "refused", None),
+    ("dreamfusion", "system.exporter.texture_format", "png", "no effect", None),
+    ("dreamfusion", "system.exporter.xatlas_chart_options", {}, "no effect", None),
+    ("dreamfusion", "system.exporter.xatlas_pack_options", {"padding": 2}, "refused", None),
+    ("dreamfusion", "system.exporter.context_type", "cuda", "no effect", None),
     ("zero123", "system.guidance.vsd_phi_model_name_or_path", None, "no effect", None),
     ("zero123", "system.guidance.vsd_guidance_scale_phi", 1.0, "no effect", None),
     ("zero123", "system.guidance.vsd_use_lora", True, "no effect", None),
@@ -532,7 +554,7 @@ def test_spherical_harmonics_are_orthonormal_on_the_sphere():
 
 
 def test_environment_map_background_colours_each_ray_and_learns():
-    from hash3d.render.environment_map import NeuralEnvironmentMapBackground
+    from hash3d.render.environment_map import NeuralEnvironmentMapBackground, NeuralEnvironmentMapBackgroundConfig
 
     bg = NeuralEnvironmentMapBackground()
     dirs = torch.nn.functional.normalize(torch.randn(2, 5, 7, 3), dim=-1)
@@ -543,6 +565,12 @@ def test_environment_map_background_colours_each_ray_and_learns():
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in bg.parameters())
     with pytest.raises(ValueError, match="directions"):
         bg()
+    fixed = NeuralEnvironmentMapBackground(NeuralEnvironmentMapBackgroundConfig(eval_color=(0.2, 0.3, 0.4))).eval()
+    assert torch.allclose(fixed(dirs=dirs), torch.tensor([0.2, 0.3, 0.4]).expand(2, 5, 7, 3))
+    torch.manual_seed(0)
+    aug = NeuralEnvironmentMapBackground(NeuralEnvironmentMapBackgroundConfig(random_aug=True, random_aug_prob=1.0))
+    colors = aug(dirs=dirs)
+    assert torch.allclose(colors[0], colors[0, 0, 0].expand(5, 7, 3)) and not torch.allclose(colors[0, 0, 0], colors[1, 0, 0])
 
 
 def test_dreamfusion_original_trains_its_environment_map(written_models, tmp_path):

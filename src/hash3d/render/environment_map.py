@@ -26,6 +26,11 @@ class NeuralEnvironmentMapBackgroundConfig:
     color_activation: Literal["sigmoid", "none"] = "sigmoid"
     dir_encoding_config: DirectionEncodingConfig = field(default_factory=DirectionEncodingConfig)
     mlp_network_config: MLPConfig = field(default_factory=lambda: MLPConfig(n_neurons=16, n_hidden_layers=2))
+    random_aug: bool = False
+    """In training, with probability `random_aug_prob`, a random solid colour per view instead of the map."""
+    random_aug_prob: float = 0.5
+    eval_color: tuple[float, float, float] | None = None
+    """Outside training: this solid colour instead of the map (None: the map)."""
 
 
 def spherical_harmonics(dirs: torch.Tensor, degree: int) -> torch.Tensor:
@@ -62,7 +67,15 @@ class NeuralEnvironmentMapBackground(nn.Module):
         """dirs [..., 3] (unit world directions) -> colours [..., n_output_dims]."""
         if dirs is None:
             raise ValueError("neural-environment-map-background needs the rays' directions")
+        cfg = self.config
         weight = self.network[0].weight
-        features = spherical_harmonics(dirs.to(weight), self.config.dir_encoding_config.degree)
+        if not self.training and cfg.eval_color is not None:
+            return torch.as_tensor(cfg.eval_color, dtype=weight.dtype, device=dirs.device).expand(*dirs.shape[:-1], 3)
+        features = spherical_harmonics(dirs.to(weight), cfg.dir_encoding_config.degree)
         color = self.network(features)
-        return torch.sigmoid(color) if self.config.color_activation == "sigmoid" else color
+        color = torch.sigmoid(color) if cfg.color_activation == "sigmoid" else color
+        if self.training and cfg.random_aug and float(torch.rand(())) < cfg.random_aug_prob:
+            # the global RNG: seeded by the run and saved in its checkpoints
+            random = torch.rand(dirs.shape[0], *([1] * (dirs.dim() - 2)), cfg.n_output_dims)
+            color = color * 0 + random.to(color).expand_as(color)  # keeps the graph (and the parameters) connected
+        return color

@@ -79,6 +79,14 @@ GUIDANCE: dict[str, Rule] = {
     "return_rgb_multistep_orig": no_effect("guidance evaluation images are not written here"),
     "n_rgb_multistep_orig_steps": no_effect("guidance evaluation images are not written here"),
     "cond_image_path": same_as("data.image_path", "the guidance is conditioned on the data's image"),
+    # stable-diffusion-unified-guidance
+    "use_img_loss": off_only("HiFA's image-space loss"),
+    "sqrt_anneal": off_only("HiFA's square-root timestep annealing"),
+    "trainer_max_steps": no_effect("used only with sqrt_anneal"),
+    "controlnet_model_name_or_path": off_only("ControlNet guidance"),
+    "preprocessor": no_effect("used only with ControlNet"),
+    "control_scale": no_effect("used only with ControlNet"),
+    "lora_model_name_or_path": off_only("LoRA weights for the guidance model"),
     "vsd_phi_model_name_or_path": no_effect("VSD is not used (guidance_type sds)"),
     "vsd_guidance_scale_phi": no_effect("VSD is not used (guidance_type sds)"),
     "vsd_use_lora": no_effect("VSD is not used (guidance_type sds)"),
@@ -138,6 +146,7 @@ RULES: dict[str, dict[str, Rule]] = {
         "lambda_normal": off_only("the normal-map loss"),
         "lambda_rgb_tv": off_only("the RGB total-variation loss"),
         "lambda_z_variance": off_only("the z-variance loss"),
+        "lambda_sd": to("lambda_sds"),  # the unified guidance names its loss loss_sd
     },
     "system.prompt_processor": {
         "pretrained_model_name_or_path": same_as(
@@ -166,10 +175,7 @@ RULES: dict[str, dict[str, Rule]] = {
         "soft_shading": off_only("soft shading"),
     },
     "system.background": {
-        "random_aug": off_only("random background colours"),
-        "random_aug_prob": no_effect("used only with random_aug"),
-        "share_aug_bg": no_effect("used only with random_aug"),
-        "eval_color": off_only("a fixed evaluation background colour", "remove the key"),
+        "share_aug_bg": off_only("one random background shared by the batch"),
     },
     "system.renderer": {
         "radius": same_as("system.geometry.radius", "the renderer uses the geometry's bounding box"),
@@ -185,6 +191,14 @@ RULES: dict[str, dict[str, Rule]] = {
         "num_samples_per_ray_proposal": no_effect("used only with estimator=proposal"),
         "num_samples_per_ray_importance": no_effect("used only with estimator=importance"),
     },
+    "system.exporter": {
+        "save_uv": to("save_texture", bool),
+        "save_normal": off_only("exporting vertex normals"),
+        "texture_format": no_effect("textures are written as PNG"),
+        "xatlas_chart_options": off_only("custom xatlas chart options"),
+        "xatlas_pack_options": off_only("custom xatlas pack options"),
+        "context_type": no_effect("the rasteriser follows the device"),
+    },
     "system.guidance": GUIDANCE,
     "system.guidance_3d": GUIDANCE,  # magic123's second guidance (Zero123 next to Stable Diffusion)
 }
@@ -194,6 +208,7 @@ VALUE_ALIASES: dict[str, dict[Any, Any]] = {
     "activation": {"ReLU": "relu", "SiLU": "silu"},
     "light_sample_strategy": {"dreamfusion3dgs": "dreamfusion"},
     "prune_alpha_threshold": {True: 0.01, False: 0.0},
+    "every_n_train_steps": {0: None},  # Lightning: 0 = no periodic checkpoints
 }
 
 

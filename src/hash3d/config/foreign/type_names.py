@@ -75,6 +75,7 @@ TYPE_NAMES: tuple[TypeName, ...] = (
     T("guidance", "zero123-unified-guidance-cache", "zero123-guidance",
       defaults={**_TS_GUIDANCE, "guidance_scale": 5.0, "cache.mode": "noise", **_ORIGINAL_CACHE}, sets=_CACHE_ON),
     T("guidance", "stable-diffusion-guidance", "stable-diffusion-guidance", defaults=_TS_GUIDANCE),
+    T("guidance", "stable-diffusion-unified-guidance", "stable-diffusion-guidance", defaults=_TS_GUIDANCE),
     T("guidance", "stable-diffusion-guidance-cache", "stable-diffusion-guidance",
       defaults={**_TS_GUIDANCE, "cache.mode": "features", **_ORIGINAL_CACHE}, sets=_CACHE_ON),
     # prompt processors: the system reads the prompt, the guidance model encodes it
