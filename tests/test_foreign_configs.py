@@ -518,6 +518,13 @@ def test_bad_keys_name_the_key_and_the_fix(override, message):
     assert message in str(info.value)
 
 
+def test_a_required_value_names_the_key_to_give():
+    path = CORPUS / "hash3d" / "threestudio-hash3d" / "dreamfusion-sd_hash3d.yaml"
+    with pytest.raises(ConfigError, match=r"system.prompt_processor.prompt must be given \(\?\?\? in .*\): add e.g. "
+                                          r"system.prompt_processor.prompt=VALUE"):  # fmt: skip
+        load_config(path, [])
+
+
 def test_explain_lists_each_key_and_refusals(tmp_path, capsys):
     path = BASES["zero123"]
     assert main(["--config", str(path), "--explain"]) == 0

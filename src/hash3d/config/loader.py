@@ -160,6 +160,11 @@ def load_config_report(
         translate = translate or read_experiment
     base = load_yaml(find_config(path)) if path is not None else OmegaConf.create({})
     merged = merge(base, parse_overrides(overrides)) if overrides else base
+    missing = sorted(OmegaConf.missing_keys(merged))
+    if missing:
+        raise ConfigError(
+            f"{', '.join(missing)} must be given (??? in {path}): add e.g. {missing[0]}=VALUE to the command line"
+        )
     data = resolve(merged)
     report = Report()
     if translate is not None:
