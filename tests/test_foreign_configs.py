@@ -409,6 +409,7 @@ KEY_CASES = [
     ("gaussiandreamer", "system.load_path", "x.obj", "no effect", None),
     ("gaussiandreamer", "system.radius", 5.0, "mapped", ("system.init.shap_e.scale", 2.0)),
     ("gaussiandreamer", "data.load_type", 0, "no effect", None),
+    ("gaussiandreamer", "system.optimizer", {"name": "Adam"}, "no effect", None),
 ]
 
 

@@ -81,6 +81,13 @@ class Context:
 Rule = Callable[[Context, str, Any, Mapping[str, Any]], None]
 
 
+def also_ours(rule: Rule) -> Rule:
+    """Mark a rule for a key that is also one of ours but does nothing in this system (e.g. an optimizer block the
+    system does not use): the key stays, and the rule's verdict is recorded instead of 'as is'."""
+    rule.also_ours = True  # type: ignore[attr-defined]
+    return rule
+
+
 def no_effect(reason: str) -> Rule:
     def rule(ctx: Context, key: str, value: Any, block: Mapping[str, Any]) -> None:
         ctx.report.add(key, "no effect", reason)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from .rules import Context, Rule, get_path, no_effect, same_as, set_path
+from .rules import Context, Rule, also_ours, get_path, no_effect, same_as, set_path
 
 
 def _gd_load_type(ctx: Context, key: str, value: Any, block: Any) -> None:
@@ -53,6 +53,7 @@ SYSTEM_RULES: dict[str, dict[str, dict[str, Rule]]] = {
             "load_type": _gd_load_type,
             "load_path": no_effect("used only with load_type=1"),
             "radius": _gd_radius,
+            "optimizer": also_ours(no_effect("the Gaussians have their own Adam (system.lr), as in GaussianDreamer")),
         },
         "data": {"load_type": same_as("system.load_type", "the cameras follow the system's shape source")},
     },

@@ -119,7 +119,9 @@ class _Walker:
         for key in list(node):
             full = join(path, key)
             value = node[key]
-            if key in fields:
+            if key in fields and getattr(rules.get(key), "also_ours", False):
+                rules[key](ctx, full, value, written)
+            elif key in fields:
                 if key in block_classes:
                     sub = block_classes[key]
                     if sub is not None and isinstance(value, dict):
