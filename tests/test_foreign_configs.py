@@ -222,6 +222,19 @@ def test_dreamgaussian_grad_clip_must_not_be_negative():
         load_options(CORPUS / "hash3d" / "dreamgaussian-hash3d" / "image_sai_hash3d.yaml", ["save_path=x", "grad_clip=-1"])
 
 
+def test_dreamgaussian_lists_what_has_no_effect():
+    from hash3d.config import load_config_report
+    from hash3d.config.foreign import read_dreamgaussian
+    from hash3d.systems.dreamgaussian.config import DreamGaussianConfig
+
+    path = CORPUS / "hash3d" / "dreamgaussian-hash3d" / "image_sai_hash3d.yaml"
+    _, _, report = load_config_report(path, ["save_path=x", "gui=true"], DreamGaussianConfig, read_dreamgaussian)
+    assert report.no_effect_line() == "accepted, no effect here: gui, force_cuda_rast, lambda_depth"
+    _, _, plain = load_config_report(REPO / "dreamgaussian-hash3d" / "configs" / "image_sai.yaml", [],
+                                     DreamGaussianConfig, read_dreamgaussian)  # fmt: skip
+    assert plain.no_effect_line() is None and plain.dialect == "hash3d"
+
+
 def test_dreamgaussian_refuses_a_depth_loss_and_suggests_misspelt_options():
     from hash3d.systems.dreamgaussian.config import load_options
 

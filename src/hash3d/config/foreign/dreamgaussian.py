@@ -36,6 +36,13 @@ RULES: dict[str, Rule] = {
 }
 
 
+# Options of ours that change nothing here when switched on: (when it is on, why).
+NO_EFFECT_WHEN_ON: dict[str, str] = {
+    "gui": "no viewer here: the run is headless",
+    "force_cuda_rast": "nvdiffrast's CUDA context is always used here",
+}
+
+
 def read_dreamgaussian(data: dict[str, Any], schema: type) -> tuple[dict[str, Any], Report]:
     """Flat DreamGaussian options -> ours; keys of ours are read as they are, unknown ones refused with the closest
     name."""
@@ -44,7 +51,9 @@ def read_dreamgaussian(data: dict[str, Any], schema: type) -> tuple[dict[str, An
     ctx = Context(root=root, written=data, report=report)
     own = {f.name for f in dataclasses.fields(schema) if f.init}
     for key in list(root):
-        if key in own:
+        if key in own and key in NO_EFFECT_WHEN_ON and root[key] is True:
+            report.add(key, "no effect", NO_EFFECT_WHEN_ON[key])
+        elif key in own:
             report.add(key, "as is")
         elif key in RULES:
             value = root.pop(key)
