@@ -465,7 +465,8 @@ def test_every_rule_has_a_key_case():
 
 
 def test_own_files_read_unchanged():
-    for path in sorted((REPO / "threestudio-hash3d" / "configs").glob("*.yaml")):
+    own = [*(REPO / "threestudio-hash3d" / "configs").glob("*.yaml"), *(REPO / "gaussian-dreamer-hash3d" / "configs").glob("*.yaml")]
+    for path in sorted(own):
         data = resolve(load_yaml(path))
         out, report = read_experiment(data, ExperimentConfig)
         assert report.dialect == "hash3d" and out is data, (path, [r for r in report.readings if r.verdict != "as is"])
