@@ -29,8 +29,12 @@ class NeuralEnvironmentMapBackgroundConfig:
     random_aug: bool = False
     """In training, with probability `random_aug_prob`, a random solid colour per view instead of the map."""
     random_aug_prob: float = 0.5
-    eval_color: tuple[float, float, float] | None = None
-    """Outside training: this solid colour instead of the map (None: the map)."""
+    eval_color: tuple[float, ...] | None = None
+    """Outside training: this solid colour (n_output_dims values) instead of the map (None: the map)."""
+
+    def __post_init__(self) -> None:
+        if self.eval_color is not None and len(self.eval_color) != self.n_output_dims:
+            raise ValueError(f"eval_color needs {self.n_output_dims} values (n_output_dims); got {self.eval_color!r}")
 
 
 def spherical_harmonics(dirs: torch.Tensor, degree: int) -> torch.Tensor:
@@ -70,7 +74,7 @@ class NeuralEnvironmentMapBackground(nn.Module):
         cfg = self.config
         weight = self.network[0].weight
         if not self.training and cfg.eval_color is not None:
-            return torch.as_tensor(cfg.eval_color, dtype=weight.dtype, device=dirs.device).expand(*dirs.shape[:-1], 3)
+            return torch.as_tensor(cfg.eval_color, dtype=weight.dtype, device=dirs.device).expand(*dirs.shape[:-1], cfg.n_output_dims)
         features = spherical_harmonics(dirs.to(weight), cfg.dir_encoding_config.degree)
         color = self.network(features)
         color = torch.sigmoid(color) if cfg.color_activation == "sigmoid" else color
