@@ -19,7 +19,7 @@ except ImportError:  # running from a checkout without `pip install -e .`
 
 from hash3d.eval.config import CLIP_MODEL_ALIASES, DEFAULT_CLIP_MODEL, DTYPES, ClipSimConfig
 from hash3d.eval.clip_sim import evaluate_clip
-from hash3d.eval.errors import run_cli
+from hash3d.cli import run_cli
 
 
 def build_parser() -> argparse.ArgumentParser:

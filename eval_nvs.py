@@ -18,7 +18,7 @@ except ImportError:  # running from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parent / "src"))
 
 from hash3d.eval.config import NVSConfig
-from hash3d.eval.errors import run_cli
+from hash3d.cli import run_cli
 from hash3d.eval.nvs import evaluate_nvs
 
 

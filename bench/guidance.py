@@ -60,9 +60,8 @@ def peak_mb(fn) -> float:
     return torch.cuda.max_memory_allocated() / 2**20
 
 
-def build(family: str, path: str, graphs: bool, channels_last: bool = False):
-    common = dict(pretrained_model_name_or_path=path, dtype="fp16", timestep_sampling="random_shared", cuda_graphs=graphs,
-                  channels_last=channels_last)
+def build(family: str, path: str, graphs: bool):
+    common = dict(pretrained_model_name_or_path=path, dtype="fp16", timestep_sampling="random_shared", cuda_graphs=graphs)
     if family == "sd":
         g = StableDiffusionGuidance(StableDiffusionGuidanceConfig(**common), "cuda")
         g.set_prompt("a DSLR photo of a corgi")
@@ -94,9 +93,9 @@ def profile(fn, label: str, steps: int = 10) -> None:
 
 
 def bench_family(
-    family: str, path: str, batches: list[int], iters: int, graphs: bool, profiling: bool = False, channels_last: bool = False
+    family: str, path: str, batches: list[int], iters: int, graphs: bool, profiling: bool = False
 ) -> list[dict]:
-    g = build(family, path, graphs, channels_last)
+    g = build(family, path, graphs)
     latent = int(g.unet.config.sample_size)
     rows = []
     for B in batches:
@@ -111,7 +110,7 @@ def bench_family(
         def new_cams(i):  # a new elevation cell every call: always a miss
             return (torch.full((B,), 10.0 * (i % 1000) + 5.0 + 10000.0 * graphs, device="cuda"),) + fixed[1:]
 
-        row = {"family": family, "batch": B, "graphs": graphs, "channels_last": channels_last}
+        row = {"family": family, "batch": B, "graphs": graphs}
         g.set_cache(CacheConfig(enabled=False))
         row["off_ms"] = timed(lambda i: step(fixed), iters)
         row["off_peak_mb"] = peak_mb(lambda i: step(fixed))
@@ -133,13 +132,13 @@ def bench_family(
             row[f"{mode}_entry_mb"] = g.cache.table._pool_values[0].numel() * 2 / 2**20
             if mode == "features":
                 row["shallow_ms"] = shallow_blocks_ms(g, latents, fixed, iters)
-                if graphs:  # the graphed hit step, opt-in for features mode (GuidanceConfig.hit_graphs = "all")
-                    g.config.hit_graphs = "all"
+                if graphs:  # the same hit through the eager reference path (GuidanceConfig.hit_graphs off)
+                    g.config.hit_graphs = False
                     g.set_cache(cache_config(mode))
                     step(fixed)
                     assert bool(step(fixed).cache_hits.all())
-                    row["features_hit_graphed_ms"] = timed(lambda i: step(fixed), iters)
-                    g.config.hit_graphs = "noise"
+                    row["features_hit_eager_ms"] = timed(lambda i: step(fixed), iters)
+                    g.config.hit_graphs = True
                     g.set_cache(cache_config(mode))
                     step(fixed)
             keys = torch.stack([fixed[0], fixed[1], fixed[2], torch.full((B,), 500.0, device="cuda")], -1)
@@ -187,13 +186,13 @@ def shallow_blocks_ms(g, latents: torch.Tensor, cameras: tuple, iters: int) -> f
 
 def print_tables(rows: list[dict], device: str) -> None:
     print(f"\n### Guidance step (ms, median), fp16, {device}")
-    print("| model | batch | CUDA graphs | NHWC | off | feat. miss | feat. hit | hit/miss | graphed hit (hit_graphs=all) | hit/miss | shallow blocks alone | its share of the miss | noise miss | noise hit | hit/miss | VAE enc fwd+bwd | peak MB off / feat. / noise |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| model | batch | CUDA graphs | off | feat. miss | feat. hit | hit/miss | eager-path hit (hit_graphs off) | hit/miss | shallow blocks alone | its share of the miss | noise miss | noise hit | hit/miss | VAE enc fwd+bwd | peak MB off / feat. / noise |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(
-            f"| {r['family']} | {r['batch']} | {'on' if r['graphs'] else 'off'} | {'on' if r.get('channels_last', False) else 'off'} | {r['off_ms']:.1f} | {r['features_miss_ms']:.1f} | {r['features_hit_ms']:.1f} | "
-            f"{r['features_hit_ms'] / r['features_miss_ms']:.0%} | {r.get('features_hit_graphed_ms', float('nan')):.1f} | "
-            f"{r.get('features_hit_graphed_ms', float('nan')) / r['features_miss_ms']:.0%} | {r.get('shallow_ms', float('nan')):.1f} | "
+            f"| {r['family']} | {r['batch']} | {'on' if r['graphs'] else 'off'} | {r['off_ms']:.1f} | {r['features_miss_ms']:.1f} | {r['features_hit_ms']:.1f} | "
+            f"{r['features_hit_ms'] / r['features_miss_ms']:.0%} | {r.get('features_hit_eager_ms', float('nan')):.1f} | "
+            f"{r.get('features_hit_eager_ms', float('nan')) / r['features_miss_ms']:.0%} | {r.get('shallow_ms', float('nan')):.1f} | "
             f"{r.get('shallow_ms', float('nan')) / r['features_miss_ms']:.0%} | {r['noise_miss_ms']:.1f} | {r['noise_hit_ms']:.2f} | "
             f"{r['noise_hit_ms'] / r['noise_miss_ms']:.1%} | {r['vae_encode_fwd_bwd_ms']:.1f} | "
             f"{r['off_peak_mb']:.0f} / {r['features_peak_mb']:.0f} / {r['noise_peak_mb']:.0f} |"
@@ -209,14 +208,13 @@ def print_tables(rows: list[dict], device: str) -> None:
                 cells += ["n/a", "n/a"] if ms is None else [f"{ms:.3f}", f"{ms / r[f'{mode}_miss_ms']:.1%}"]
             print(f"| {r['family']} | {r['batch']} | {'on' if r['graphs'] else 'off'} | {mode} | " + " | ".join(cells) + " |")
     print("\n### Guidance-time speed-up vs cache off if every try hits: off / ((1-η)·miss + η·hit)")
-    print("| model | batch | CUDA graphs | NHWC | mode | " + " | ".join(f"η={e:g}" for e in ETAS) + " |")
-    print("|---|---|---|---|---|" + "---|" * len(ETAS))
+    print("| model | batch | CUDA graphs | mode | " + " | ".join(f"η={e:g}" for e in ETAS) + " |")
+    print("|---|---|---|---|" + "---|" * len(ETAS))
     for r in rows:
         for mode in ("features", "noise"):
             miss, hit = r[f"{mode}_miss_ms"], r[f"{mode}_hit_ms"]
             ratios = [r["off_ms"] / ((1 - e) * miss + e * hit) for e in ETAS]
-            nhwc = "on" if r.get("channels_last", False) else "off"
-            print(f"| {r['family']} | {r['batch']} | {'on' if r['graphs'] else 'off'} | {nhwc} | {mode} | " + " | ".join(f"{x:.2f}x" for x in ratios) + " |")
+            print(f"| {r['family']} | {r['batch']} | {'on' if r['graphs'] else 'off'} | {mode} | " + " | ".join(f"{x:.2f}x" for x in ratios) + " |")
 
 
 def main() -> None:
@@ -225,7 +223,6 @@ def main() -> None:
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 4, 8])
     parser.add_argument("--iters", type=int, default=30)
     parser.add_argument("--graphs", choices=["off", "on", "both"], default="both", help="CUDA-graph replay of UNet passes")
-    parser.add_argument("--channels-last", choices=["off", "on", "both"], default="off", help="NHWC UNet and VAE")
     parser.add_argument("--models", default="/tmp/hash3d-bench-models", help="where the written models go")
     parser.add_argument("--out", help="write the rows as JSON here")
     parser.add_argument("--profile", action="store_true", help="also print torch.profiler tables of off and hit steps")
@@ -239,8 +236,7 @@ def main() -> None:
         if not (path / "model_index.json").exists():
             write_model(family, "full", path, dtype=torch.float16, device="cuda")
         for graphs in {"off": [False], "on": [True], "both": [False, True]}[args.graphs]:
-            for nhwc in {"off": [False], "on": [True], "both": [False, True]}[args.channels_last]:
-                rows += bench_family(family, str(path), args.batches, args.iters, graphs, args.profile, nhwc)
+            rows += bench_family(family, str(path), args.batches, args.iters, graphs, args.profile)
     print_tables(rows, device)
     if args.out:
         Path(args.out).write_text(json.dumps({"device": device, "rows": rows}, indent=2))

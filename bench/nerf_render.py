@@ -157,7 +157,7 @@ def build(backend: str, device: torch.device):
     field = build_block(system, "geometry", device=device)
     renderer = build_block(system, "renderer", device=device)
     renderer.train()
-    assert renderer.update_step(0, field, torch.Generator(device=device).manual_seed(0))
+    assert renderer.refresh_occupancy(0, field, torch.Generator(device=device).manual_seed(0))
     return cfg, field, renderer
 
 

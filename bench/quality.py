@@ -1,4 +1,4 @@
-"""Quality harness: does the Hash3D cache keep image-to-3D quality? (command line of `hash3d.quality`)
+"""Quality harness: does the Hash3D cache keep image-to-3D quality? (command line of `hash3d.image_to_3d`)
 
     python bench/quality.py [--pipeline dreamgaussian|threestudio] [--objects 2] [--variants default|off,noise@1,...]
                             [--out outputs/quality] [--no-random] [--refine] [--threads 2] [OPTION=VALUE ...]
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from pathlib import Path
 
@@ -29,9 +28,11 @@ sys.path.insert(0, str(REPO / "src"))
 
 import torch  # noqa: E402
 
-from hash3d.quality import HarnessConfig, format_table, parse_variants, run_harness  # noqa: E402
-from hash3d.quality.cases import DEFAULT_ID_OFFSET  # noqa: E402
-from hash3d.quality.paths import MINI_MODEL  # noqa: E402
+from hash3d.cli import setup_logging  # noqa: E402
+from hash3d.config.errors import ConfigError  # noqa: E402
+from hash3d.image_to_3d import HarnessConfig, format_table, parse_variants, run_harness  # noqa: E402
+from hash3d.image_to_3d.cases import DEFAULT_ID_OFFSET  # noqa: E402
+from hash3d.shipped import MINI_MODEL  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,11 +63,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(bad)} (pipeline options are given as key=value)")
     try:
         variants = parse_variants(args.variants)
-    except ValueError as exc:
+    except ConfigError as exc:
         parser.error(str(exc))
     if args.threads:
         torch.set_num_threads(args.threads)
-    logging.basicConfig(level=logging.INFO, format="[%(levelname)s] %(message)s")
+    setup_logging()
     result = run_harness(HarnessConfig(
         out=args.out, pipeline=args.pipeline, objects=args.objects, id_offset=args.id_offset, variants=variants,
         random_baseline=not args.no_random, trained=not args.only_random, model=args.model, label=args.label,

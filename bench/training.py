@@ -1,15 +1,27 @@
 """GPU benchmark of whole training runs, cache off vs on on identical configs, full-size random-weight models.
 
-    python bench/training.py --pipeline stable-zero123 [--steps 600] [--etas 0.1 0.5 1] [--modes features noise]
+    python bench/training.py --pipeline stable-zero123 [--steps 100] [--variants noise@1 features@auto ...] [--as-user]
     python bench/training.py --pipeline dreamgaussian [--stage2]
     python bench/training.py --pipeline gaussiandreamer-sd
+    python bench/training.py --pipeline magic3d-refine-sd   (also magic3d-coarse-sd, magic123-coarse-sd, magic123-refine-sd)
 
-Pipelines: the threestudio-hash3d configs (stable-zero123, zero123, dreamfusion-sd) and gaussian-dreamer-hash3d's
-gaussiandreamer-sd run through the shared launcher (`--train`, no validation or test render); dreamgaussian runs
+Pipelines: the threestudio-hash3d configs (stable-zero123, zero123, dreamfusion-sd; the Magic3D and Magic123 stages,
+where a refine pipeline first trains its coarse config for a few hundred untimed steps and starts from that
+checkpoint) and gaussian-dreamer-hash3d's gaussiandreamer-sd run through the shared launcher (`--train`, no
+validation or test render); dreamgaussian runs
 dreamgaussian-hash3d's stage 1 (image_sai.yaml / image_sai_hash3d.yaml), and stage 2 after it with --stage2.
-Each `_hash3d` twin differs from its base only in the cache block. Runs: cache off; the base config with the SDS
-weight set to 0 (everything but the guidance); cache on in each mode at each hash probability η; cache off with
-as few steps as take the time of the fastest cached run.
+Each `_hash3d` twin differs from its base only in the cache block. Runs: cache off; "shipped", the `_hash3d` config
+exactly as shipped; with --baselines, the base config with the SDS weight set to 0 (everything but the guidance) and
+cache off with as few steps as take the time of the fastest cached run; each --variants entry (the quality harness's
+names: `noise@1`, `features+adaptive@0.1`, `noise@auto`, ...) on the `_hash3d` config. With --as-user the launcher
+runs keep the config's validation renders (the whole recipe as a user's command runs it); otherwise validation is
+off.
+
+Besides the measured speed-up each cached row shows the one expected from the cache-off step's UNet share u, the
+row's share of UNet samples answered from the cache h, and the cost of a hit relative to a miss c (--hit-cost, per
+mode; the defaults are the guidance benchmark's): 1 / (1 - u h (1 - c)). Where the two differ, the time went
+outside what the cache saves (captures, split batches, host reads, inserts). Rows go to
+bench/results-training-<pipeline>[-<steps>]-<device>.json (the current file of that pipeline and device).
 
 Per run: total training time, it/s, speed-up vs cache off, peak GPU memory, the share of UNet samples answered from
 the cache, the CUDA graphs the cache captured (one per phase and batch shape, each costing a few eager passes that
@@ -38,6 +50,7 @@ sys.path.insert(0, str(REPO / "src"))
 
 from hash3d.launch import main as launch  # noqa: E402
 from hash3d.profiling import SectionTimer  # noqa: E402
+from hash3d.image_to_3d.variants import parse_variant  # noqa: E402
 from hash3d.testing.models import write_model  # noqa: E402
 
 
@@ -56,6 +69,12 @@ class Pipeline:
     launcher: bool = True
     options: tuple[str, ...] = ()
     """Options of every run of this pipeline."""
+    more_models: tuple[tuple[str, str], ...] = ()
+    """(option, family) of further models (Magic123's second guidance)."""
+    more_caches: tuple[str, ...] = ()
+    """Cache blocks besides the guidance's that the cache options go to (Magic123's guidance_3d)."""
+    coarse: str | None = None
+    """Refine stages: the pipeline whose base config is first trained (untimed, `COARSE_STEPS`) to start from."""
 
 
 PIPELINES = {
@@ -69,23 +88,55 @@ PIPELINES = {
                                    "sd", "system.guidance.pretrained_model_name_or_path", "system.loss.lambda_sds=0", 1200,
                                    # Shap-E cannot be downloaded here: a ball of about as many points as its grown cloud
                                    options=("system.init.kind=sphere", "system.init.sphere.num_points=50000")),
+    # Latent-NeRF: no VAE encoder, so the UNet is most of the step (1,000 of the recipe's 10,000 steps keep 64x64
+    # latents throughout; the 256x256 milestone is at 5,000). UNet share of a step: parts_ms["unet"] / step time.
+    "latentnerf": Pipeline("threestudio-hash3d", "latentnerf.yaml", "latentnerf_hash3d.yaml", "sd",
+                           "system.guidance.pretrained_model_name_or_path", "system.loss.lambda_sds=0", 1000),
+    # threestudio-3dgs' recipes: gaussian_splatting_zero123 and gaussian_splatting_shading (its 5,000 steps cut to 1,000)
+    "gs-zero123": Pipeline("threestudio-hash3d", "gaussian_splatting_zero123.yaml",
+                           "gaussian_splatting_zero123_hash3d.yaml", "zero123",
+                           "system.guidance.pretrained_model_name_or_path", "system.loss.lambda_sds=0", 1000),
+    "gs-shading": Pipeline("threestudio-hash3d", "gaussian_splatting_shading.yaml",
+                           "gaussian_splatting_shading_hash3d.yaml", "sd",
+                           "system.guidance.pretrained_model_name_or_path", "system.loss.lambda_sds=0", 1000),
     "dreamgaussian": Pipeline("dreamgaussian-hash3d", "image_sai.yaml", "image_sai_hash3d.yaml", "zero123",
                               "guidance.pretrained_model_name_or_path", None, 500, launcher=False,
                               # the mesh written after training is not timed: keep it small
                               options=("mesh_resolution=64", "texture_size=256")),
+    # two-stage methods: the refine rows start from a short untimed coarse run (random weights: its density is
+    # still near the initial blob, so the conversion's auto threshold finds a surface)
+    "magic3d-coarse-sd": Pipeline("threestudio-hash3d", "magic3d-coarse-sd.yaml", "magic3d-coarse-sd_hash3d.yaml", "sd",
+                                  "system.guidance.pretrained_model_name_or_path", "system.loss.lambda_sds=0", 1000),
+    "magic3d-refine-sd": Pipeline("threestudio-hash3d", "magic3d-refine-sd.yaml", "magic3d-refine-sd_hash3d.yaml", "sd",
+                                  "system.guidance.pretrained_model_name_or_path", "system.loss.lambda_sds=0", 500,
+                                  coarse="magic3d-coarse-sd"),
+    "magic123-coarse-sd": Pipeline("threestudio-hash3d", "magic123-coarse-sd.yaml", "magic123-coarse-sd_hash3d.yaml",
+                                   "sd", "system.guidance.pretrained_model_name_or_path", None, 1000,
+                                   more_models=(("system.guidance_3d.pretrained_model_name_or_path", "zero123"),),
+                                   more_caches=("system.guidance_3d.cache.",)),
+    "magic123-refine-sd": Pipeline("threestudio-hash3d", "magic123-refine-sd.yaml", "magic123-refine-sd_hash3d.yaml",
+                                   "sd", "system.guidance.pretrained_model_name_or_path", None, 500,
+                                   more_models=(("system.guidance_3d.pretrained_model_name_or_path", "zero123"),),
+                                   more_caches=("system.guidance_3d.cache.",), coarse="magic123-coarse-sd"),
 }  # fmt: skip
+COARSE_STEPS = 300
 
 CACHE_PREFIX = {True: "system.guidance.cache.", False: "cache."}
+HIT_COST = {"noise": 0.05, "features": 0.35}
+"""Cost of a hit relative to a miss (bench/guidance.py: noise hits 2-8 % of a miss, features 20-47 %)."""
 STEPS_KEY = {True: "trainer.max_steps", False: "iters"}
 PARTS = ["render", "vae_fwd", "vae_bwd", "unet", "guidance_rest", "backward_rest", "optimiser", "other"]
 
 
-def _launcher_run(pipe: Pipeline, config: str, out: Path, steps: int, extra: list[str], timer: SectionTimer) -> dict:
+def _launcher_run(
+    pipe: Pipeline, config: str, out: Path, steps: int, extra: list[str], timer: SectionTimer, as_user: bool
+) -> dict:
+    validation = [] if as_user else ["trainer.val_check_interval=0", "trainer.num_sanity_val_steps=0"]
     with timer:
         status = launch([
             "--config", str(REPO / pipe.front_end / "configs" / config), "--train", "--gpu", "0",
-            f"exp_root_dir={out}", "use_timestamp=false", f"trainer.max_steps={steps}", "trainer.val_check_interval=0",
-            "trainer.num_sanity_val_steps=0", "trainer.test_after_fit=false", "trainer.enable_progress_bar=false",
+            f"exp_root_dir={out}", "use_timestamp=false", f"trainer.max_steps={steps}", *validation,
+            "trainer.test_after_fit=false", "trainer.enable_progress_bar=false",
             f"checkpoint.every_n_train_steps={steps}", *extra,
         ])  # fmt: skip
     if status != 0:
@@ -95,8 +146,15 @@ def _launcher_run(pipe: Pipeline, config: str, out: Path, steps: int, extra: lis
         last = list(csv.DictReader(f))[-1]
     saved = float(last.get("cache/cached_samples") or 0)
     run = float(last.get("cache/full_samples") or 0)
+    from omegaconf import OmegaConf
+
+    parsed = OmegaConf.load(trial / "configs" / "parsed.yaml")
+    cache = parsed.system.guidance.cache
     return {"train_s": float(last["elapsed_s"]), "saved": saved, "unet_samples": saved + run,
-            "graphs_captured": int(float(last.get("cache/graphs_captured") or 0))}
+            "graphs_captured": int(float(last.get("cache/graphs_captured") or 0)),
+            "skipped_requests": int(float(last.get("cache/skipped") or 0)),
+            "mode": str(cache.mode) if cache.enabled else None,
+            "strategy": str(cache.policy.strategy) if cache.enabled else None}
 
 
 def _dreamgaussian_run(
@@ -112,7 +170,10 @@ def _dreamgaussian_run(
         report = json.loads(run_stage1(cfg, progress=False).report.read_text())
     row = {"train_s": report["train_time_s"], "saved": report["cache"]["unet_calls_saved"],
            "unet_samples": report["cache"]["unet_calls_saved"] + report["cache"]["unet_calls_run"],
-           "num_gaussians": report["num_gaussians"], "graphs_captured": report["cache"]["graphs_captured"]}  # fmt: skip
+           "num_gaussians": report["num_gaussians"], "graphs_captured": report["cache"]["graphs_captured"],
+           "skipped_requests": int(report["cache"].get("skipped", 0)),
+           "mode": cfg.cache.mode if cfg.cache.enabled else None,
+           "strategy": cfg.cache.policy.strategy if cfg.cache.enabled else None}  # fmt: skip
     if stage2:
         from hash3d.systems.dreamgaussian.stage2 import run_stage2
 
@@ -143,38 +204,56 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pipeline", default="stable-zero123", choices=sorted(PIPELINES))
     parser.add_argument("--steps", type=int, help="training steps (default: the config's)")
-    parser.add_argument("--etas", nargs="+", type=float, default=[0.1, 0.5, 1.0])
-    parser.add_argument("--modes", nargs="+", default=["features", "noise"])
+    parser.add_argument("--variants", nargs="*", default=[], help="cache variants besides the shipped config (noise@1, features@auto, ...)")
+    parser.add_argument("--as-user", action="store_true", help="keep the config's validation renders (whole recipe)")
+    parser.add_argument("--hit-cost", nargs="*", default=[f"{m}={c}" for m, c in HIT_COST.items()], metavar="MODE=C",
+                        help="cost of a hit relative to a miss, per mode, for the expected speed-up")
     parser.add_argument("--stage2", action="store_true", help="dreamgaussian: run stage 2 after every stage 1")
-    parser.add_argument("--no-baselines", action="store_true", help="skip the no-guidance and fewer-steps runs")
+    parser.add_argument("--baselines", action="store_true", help="also the no-guidance and fewer-steps runs")
     parser.add_argument("--no-warmup", action="store_true", help="skip the unrecorded warm-up run")
     parser.add_argument("--models", default="/tmp/hash3d-bench-models")
-    parser.add_argument("--out", help="write the rows as JSON here")
+    parser.add_argument("--out", help="write the rows as JSON here (default: bench/results-training-<pipeline>[-<steps>]-<device>.json)")
     parser.add_argument("extra", nargs="*", help="key=value overrides for every run")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("bench/training.py needs a CUDA GPU")
     pipe = PIPELINES[args.pipeline]
     os.chdir(REPO / pipe.front_end)  # configs name their example inputs relative to the front-end folder
-    model = Path(args.models) / f"{pipe.family}-full"
-    if not (model / "model_index.json").exists():
-        write_model(pipe.family, "full", model, dtype=torch.float16, device="cuda")
+
+    def full_model(family: str) -> Path:
+        folder = Path(args.models) / f"{family}-full"
+        if not (folder / "model_index.json").exists():
+            write_model(family, "full", folder, dtype=torch.float16, device="cuda")
+        return folder
+
+    model = full_model(pipe.family)
+    model_options = [f"{key}={full_model(family)}" for key, family in pipe.more_models]
     steps = args.steps or pipe.steps
     work = Path("/tmp/hash3d-bench-runs") / args.pipeline
     prefix = CACHE_PREFIX[pipe.launcher]
     rows: list[dict] = []
+    if pipe.coarse:
+        coarse = PIPELINES[pipe.coarse]
+        coarse_out = work / "coarse"
+        shutil.rmtree(coarse_out, ignore_errors=True)
+        _launcher_run(coarse, coarse.base, coarse_out, COARSE_STEPS, [f"{pipe.model_key}={model}", *model_options,
+                      *args.extra], SectionTimer(), False)  # fmt: skip
+        trial = sorted(p for p in coarse_out.glob("*/*") if p.is_dir())[-1]
+        model_options.append(f"system.geometry_convert_from={trial / 'ckpts' / 'last.ckpt'}")
 
     def go(config: str, n: int, extra: list[str], label: str) -> dict:
         # one folder per run (the warm-up's too): a run reads its own metrics.csv, never an earlier run's
         out = work / f"{len(rows):02d}-{label.replace(' ', '_').replace('=', '')}"
         if out.exists():
             shutil.rmtree(out)
-        options = [f"{pipe.model_key}={model}", *pipe.options, *args.extra, *extra]
+        # a cache option of a variant goes to every cache of the pipeline (Magic123: guidance and guidance_3d)
+        extra = [*extra, *[o.replace(prefix, c, 1) for o in extra if o.startswith(prefix) for c in pipe.more_caches]]
+        options = [f"{pipe.model_key}={model}", *model_options, *pipe.options, *args.extra, *extra]
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         timer = SectionTimer()
         if pipe.launcher:
-            row = _launcher_run(pipe, config, out, n, options, timer)
+            row = _launcher_run(pipe, config, out, n, options, timer, args.as_user)
         else:
             row = _dreamgaussian_run(pipe, config, out, n, options, timer, args.stage2)
         row.update(label=label, config=config, extra=extra, steps=n, it_per_s=n / row["train_s"],
@@ -184,36 +263,65 @@ def main() -> None:
         print(json.dumps(row), flush=True)
         return row
 
+    variants = [parse_variant(v) for v in args.variants]
+    hit_cost = dict(HIT_COST, **{k: float(v) for k, v in (item.split("=", 1) for item in args.hit_cost)})
     if not args.no_warmup:  # CUDA context, kernels compiled on first use, cuDNN autotuning: not the first run's bill
-        go(pipe.hashed, min(steps, 30), [f"{prefix}mode=features"], "warm-up")
+        go(pipe.hashed, min(steps, 30), [], "warm-up")
         rows.clear()
     off = go(pipe.base, steps, [], "cache off")
-    if not args.no_baselines and pipe.no_guidance:
+    if args.baselines and pipe.no_guidance:
         go(pipe.base, steps, [pipe.no_guidance], "no guidance (SDS weight 0)")
-    for mode in args.modes:
-        for eta in args.etas:
-            go(pipe.hashed, steps, [f"{prefix}mode={mode}", f"{prefix}policy.probability={eta}"], f"cache {mode} η={eta:g}")
-    cached = [r for r in rows if r["label"].startswith("cache ") and r is not off]
-    if cached and not args.no_baselines:
+    go(pipe.hashed, steps, [], "shipped")
+    for variant in variants:
+        go(pipe.hashed, steps, variant.overrides(prefix.rstrip(".")), f"cache {variant.name}")
+    cached = [r for r in rows if r.get("mode")]
+    if cached and args.baselines:
         fewer = max(1, round(steps * min(r["train_s"] for r in cached) / off["train_s"]))
         go(pipe.base, fewer, [], f"cache off, {fewer} steps (time of the fastest cached run)")
 
     device = torch.cuda.get_device_name()
-    print(f"\n### {args.pipeline}: {steps} training steps, {device}")
-    print(format_table(rows, off))
-    if args.out:
-        Path(args.out).write_text(json.dumps({"device": device, "pipeline": args.pipeline, "rows": rows}, indent=2))
+    title = f"{args.pipeline}: {steps} training steps{' (whole recipe, validation on)' if args.as_user else ''}, {device}"
+    print(f"\n### {title}")
+    print(format_table(rows, off, hit_cost))
+    out = Path(args.out) if args.out else REPO / "bench" / (
+        f"results-training-{args.pipeline}{'' if args.steps is None else f'-{steps}'}{'-as-user' if args.as_user else ''}"
+        f"-{device_slug(device)}.json")
+    out.write_text(json.dumps({"device": device, "pipeline": args.pipeline, "title": title, "command": sys.argv,
+                               "rows": rows}, indent=2))
+    print(f"rows: {out}")
 
 
-def format_table(rows: list[dict], off: dict) -> str:
-    head = ["run", "steps", "train s", "it/s", "speed-up", "UNet samples from cache", "cache graphs", "peak GB"]
+def device_slug(name: str) -> str:
+    """'NVIDIA H100 80GB HBM3' -> 'h100'."""
+    for word in name.lower().replace("-", " ").split():
+        if word[:1].isalpha() and any(c.isdigit() for c in word):
+            return word
+    return name.lower().replace(" ", "-")
+
+
+def expected_speedup(off: dict, row: dict, hit_cost: dict[str, float]) -> float | None:
+    """1 / (1 - u h (1 - c)): u the cache-off step's UNet share, h the row's share of UNet samples from the cache, c
+    the cost of a hit relative to a miss in the row's mode."""
+    if not row.get("mode") or not row["unet_samples"]:
+        return None
+    u = off["parts_ms"]["unet"] / (1000 * off["train_s"] / off["steps"])
+    h = row["saved"] / row["unet_samples"]
+    return 1.0 / (1.0 - u * h * (1.0 - hit_cost[row["mode"]]))
+
+
+def format_table(rows: list[dict], off: dict, hit_cost: dict[str, float]) -> str:
+    head = ["run", "cache", "steps", "train s", "it/s", "speed-up", "expected", "UNet samples from cache",
+            "requests skipped", "cache graphs", "peak GB"]
     head += [f"{p} ms" for p in PARTS]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     off_step = off["train_s"] / off["steps"]
     for r in rows:
         saved = f"{r['saved'] / r['unet_samples']:.0%}" if r["unet_samples"] else "-"
-        cells = [r["label"], str(r["steps"]), f"{r['train_s']:.1f}", f"{r['it_per_s']:.2f}",
-                 f"{off_step / (r['train_s'] / r['steps']):.2f}x", saved, str(r.get("graphs_captured", 0)),
+        expected = expected_speedup(off, r, hit_cost)
+        cache = f"{r['mode']} {r['strategy']}" if r.get("mode") else "off"
+        cells = [r["label"], cache, str(r["steps"]), f"{r['train_s']:.1f}", f"{r['it_per_s']:.2f}",
+                 f"{off_step / (r['train_s'] / r['steps']):.2f}x", "-" if expected is None else f"{expected:.2f}x",
+                 saved, str(r.get("skipped_requests", 0)), str(r.get("graphs_captured", 0)),
                  f"{r['peak_gb']:.1f}"]  # fmt: skip
         cells += [f"{r['parts_ms'][p]:.1f}" for p in PARTS]
         if "stage2_s" in r:

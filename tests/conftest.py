@@ -1,9 +1,13 @@
-"""Shared fixtures: tiny random-weight models written once per test session in the real diffusers layout."""
+"""Shared fixtures: one torch thread for every test, tiny random-weight models written once per test session in the
+real diffusers layout, bench/ scripts as modules. Markers (pyproject.toml): `slow` (end-to-end runs over ~20 s;
+`pytest -m "not slow"` skips them), `gpu` (needs CUDA; `tools/gpu_tests.sh` runs them)."""
 
 from __future__ import annotations
 
 import importlib.util
 import os
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,6 +16,17 @@ import torch
 # them with the torch paths run on CPU machines too. It must be set before triton is first imported.
 if importlib.util.find_spec("triton") is not None and not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread():
+    """Every test runs with one torch thread: the tests use tiny tensors and models, which gain nothing from a second
+    thread, and OpenMP threads that spin-wait for each other slow down 10-100x when other processes share a small
+    machine's cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")
@@ -25,3 +40,22 @@ def written_models(tmp_path_factory):
         "zero123": str(write_model("zero123", "tiny", root / "stable-zero123-tiny")),
         "zero123_v": str(write_model("zero123", "tiny", root / "zero123-v-tiny", prediction_type="v_prediction", seed=1)),
     }
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def load_bench():
+    """`load_bench("mesh_raster_check")`: a script of bench/ imported as a module (bench/ is not a package)."""
+
+    def load(name: str):
+        if name in sys.modules:
+            return sys.modules[name]
+        spec = importlib.util.spec_from_file_location(name, REPO / "bench" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+        return module
+
+    return load

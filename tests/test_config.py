@@ -282,3 +282,17 @@ def test_method_table_twins_and_smoke(tmp_path):
     small, _ = load_config(plain, smoke_overrides(cfg))
     assert small.trainer.max_steps == 2 and small.data.batch_size == 1 and small.data.height == 32
     assert small.data.n_test_views == 2 and small.data.resolution_milestones == []
+
+
+def test_flatten_and_config_diff():
+    from hash3d.config import config_diff, flatten
+
+    a = {"x": 1, "sub": {"y": [1, 2], "z": {"w": "a"}}, "cache": {"on": False}}
+    b = {"x": 1, "sub": {"y": [1, 3], "z": {}}, "cache": {"on": True}, "extra": None}
+    assert flatten(a) == {"x": 1, "sub.y": [1, 2], "sub.z.w": "a", "cache.on": False}
+    assert config_diff(a, b) == [
+        "cache.on: False vs True", "extra: '<absent>' vs None", "sub.y: [1, 2] vs [1, 3]", "sub.z.w: 'a' vs '<absent>'"
+    ]
+    assert config_diff(a, b, lambda key: key.startswith(("cache", "extra"))) == [
+        "sub.y: [1, 2] vs [1, 3]", "sub.z.w: 'a' vs '<absent>'"
+    ]

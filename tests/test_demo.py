@@ -12,11 +12,11 @@ import pytest
 import torch
 import trimesh
 
-from hash3d.config import load_config, twin_differences
+from hash3d.config import flatten, load_config, twin_differences
 from hash3d.config.loader import load_yaml
 from hash3d.config.typed import to_data
 from hash3d.demo import main
-from hash3d.quality.paths import DG_CONFIGS, EXAMPLE_INPUT, MINI_MODEL, TS_CONFIGS
+from hash3d.shipped import DG_CONFIGS, EXAMPLE_INPUT, MINI_MODEL, TS_CONFIGS
 from hash3d.systems.dreamgaussian import load_options
 
 # a few CPU seconds per run: 4 + 2 steps, a small Gaussian cloud, mesh, texture and video
@@ -24,30 +24,13 @@ TINY = ["--steps", "4", "--refine-steps", "2", "--no-progress", "num_pts=200", "
         "texture_size=32", "video_frames=4", "video_size=32"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def _leaves(data, prefix=""):
-    if isinstance(data, dict):
-        out = {}
-        for k, v in data.items():
-            out.update(_leaves(v, f"{prefix}.{k}" if prefix else str(k)))
-        return out
-    return {prefix: data}
-
-
 def test_dreamgaussian_mini_twins_differ_only_in_the_cache_block():
     a_raw, b_raw = dict(load_yaml(DG_CONFIGS / "image_mini.yaml")), dict(load_yaml(DG_CONFIGS / "image_mini_hash3d.yaml"))
     assert b_raw.pop("cache")["enabled"] is True
     a_raw.pop("cache", None)
     assert a_raw == b_raw
-    la = _leaves(to_data(load_options(DG_CONFIGS / "image_mini.yaml")))
-    lb = _leaves(to_data(load_options(DG_CONFIGS / "image_mini_hash3d.yaml")))
+    la = flatten(to_data(load_options(DG_CONFIGS / "image_mini.yaml")))
+    lb = flatten(to_data(load_options(DG_CONFIGS / "image_mini_hash3d.yaml")))
     diff = sorted(k for k in set(la) | set(lb) if la.get(k) != lb.get(k))
     assert diff and all(k.startswith("cache.") for k in diff), diff
 
@@ -71,8 +54,8 @@ def test_mini_configs_follow_the_model_card():
     assert ts.system.guidance.camera_embedding == "stable"
     # the model and example paths are relative to the front-end folders and name the shipped files
     for front, model, image in (
-        (DG_CONFIGS.parent, dg.guidance.pretrained_model_name_or_path, dg.input),
-        (TS_CONFIGS.parent, ts.system.guidance.pretrained_model_name_or_path, ts.data.image_path),
+        (DG_CONFIGS.resolve().parent, dg.guidance.pretrained_model_name_or_path, dg.input),
+        (TS_CONFIGS.resolve().parent, ts.system.guidance.pretrained_model_name_or_path, ts.data.image_path),
     ):
         assert (front / model).resolve() == MINI_MODEL.resolve()
         assert (front / image).resolve() == EXAMPLE_INPUT.resolve()

@@ -16,6 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
+from hash3d.config import flatten
 from hash3d.config.errors import ConfigError
 from hash3d.config.loader import load_yaml
 from hash3d.config.typed import to_data
@@ -26,14 +27,6 @@ ROOT = Path(__file__).resolve().parents[1]
 FRONT = ROOT / "dreamgaussian-hash3d"
 CONFIGS = FRONT / "configs"
 EXAMPLE = FRONT / "data" / "mug_rgba.png"
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def tiny(model: str, outdir: Path, **extra) -> list[str]:
@@ -61,15 +54,6 @@ def tiny(model: str, outdir: Path, **extra) -> list[str]:
     return [f"{k}={v}" for k, v in base.items()]
 
 
-def _leaves(data, prefix=""):
-    if isinstance(data, dict):
-        out = {}
-        for k, v in data.items():
-            out.update(_leaves(v, f"{prefix}.{k}" if prefix else str(k)))
-        return out
-    return {prefix: data}
-
-
 # ------------------------------------------------------------------------------------------------ configs
 
 
@@ -82,7 +66,7 @@ def test_hash3d_twin_differs_only_in_the_cache_block(plain):
     b_raw.pop("cache")
     assert a_raw == b_raw
     a, b = (to_data(load_options(CONFIGS / f"{n}.yaml")) for n in (plain, f"{plain}_hash3d"))
-    la, lb = _leaves(a), _leaves(b)
+    la, lb = flatten(a), flatten(b)
     diff = sorted(k for k in set(la) | set(lb) if la.get(k) != lb.get(k))
     assert diff and all(k.startswith("cache.") for k in diff), diff
     assert a["cache"]["enabled"] is False and b["cache"]["enabled"] is True
@@ -92,7 +76,7 @@ def test_configs_carry_dreamgaussian_defaults():
     xl = load_options(CONFIGS / "image.yaml")
     sai = load_options(CONFIGS / "image_sai.yaml")
     # image.yaml and image_sai.yaml differ only in stable_zero123 and warmup_rgb_loss (and so the weights)
-    la, lb = _leaves(to_data(xl)), _leaves(to_data(sai))
+    la, lb = flatten(to_data(xl)), flatten(to_data(sai))
     assert sorted(k for k in la if la[k] != lb[k]) == ["guidance.pretrained_model_name_or_path", "stable_zero123", "warmup_rgb_loss"]
     assert xl.model_name == "ashawkey/zero123-xl-diffusers" and not xl.stable_zero123 and xl.warmup_rgb_loss
     assert sai.model_name == "ashawkey/stable-zero123-diffusers" and sai.stable_zero123 and not sai.warmup_rgb_loss
@@ -281,6 +265,7 @@ def test_stage1_starts_from_a_ply(written_models, tmp_path):
         run_stage1(cfg, progress=False)
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_both_stages_on_cuda(written_models, tmp_path):
     """device=auto on a GPU: gsplat (when installed) for the Gaussians, nvdiffrast (when installed) for the mesh."""
@@ -318,7 +303,7 @@ def test_missing_input_fails_before_anything_is_written(written_models, tmp_path
     old = out / "mug_model.ply"
     old.write_text("an earlier result")
     cfg = load_options(CONFIGS / "image_sai.yaml", tiny(written_models["zero123"], out, input=str(tmp_path / "nope.png")))
-    with pytest.raises(DreamGaussianError, match="input image not found: .*nope.png"):
+    with pytest.raises(DreamGaussianError, match="input: image not found: .*nope.png"):
         _stage("1")(cfg, False)
     assert old.read_text() == "an earlier result" and sorted(p.name for p in out.iterdir()) == ["mug_model.ply"]
     cfg = load_options(CONFIGS / "image_sai.yaml", tiny(written_models["zero123"], out, input="null"))
@@ -450,7 +435,6 @@ def test_command_lines_as_users_run_them(written_models, tmp_path):
     ])  # fmt: skip
 
 
-
 def test_command_line_errors(tmp_path, capsys, monkeypatch):
     """Bad input through the command-line entry points (in-process): one line naming the fix, exit status 2."""
     from hash3d.systems.dreamgaussian.cli import main_stage1, main_stage2
@@ -463,7 +447,7 @@ def test_command_line_errors(tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err
     assert err.startswith("main2.py: error: stage-1 mesh not found") and "run stage 1 first" in err
     assert main_stage1(["--config", "configs/image_sai.yaml", "input=data/none.png", "save_path=x", f"outdir={tmp_path}"], "main.py") == 2
-    assert "input image not found: data/none.png" in capsys.readouterr().err
+    assert "input: image not found: data/none.png" in capsys.readouterr().err
     with pytest.raises(SystemExit):  # argparse: a flag that is not key=value
         main_stage1(["--config", "configs/image_sai.yaml", "--iters", "3"], "main.py")
     assert "config options are given as key=value" in capsys.readouterr().err

@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 
 from hash3d.config import (
     ConfigError,
-    find_config,
+    config_file,
     load_config,
     load_config_report,
     load_yaml,
@@ -558,15 +558,15 @@ def test_original_file_names_with_a_hyphen_are_accepted(tmp_path):
     assert [(a.name, b.name) for a, b in twins(tmp_path)] == [("latentnerf.yaml", "latentnerf-hash3d.yaml")]
     (tmp_path / "ours").mkdir()
     (tmp_path / "ours" / "gaussiandreamer-sd_hash3d.yaml").write_text("name: c\n")
-    assert find_config(tmp_path / "ours" / "gaussiandreamer-sd-hash3d.yaml").name == "gaussiandreamer-sd_hash3d.yaml"
-    assert find_config(tmp_path / "latentnerf_hash3d.yaml").name == "latentnerf-hash3d.yaml"
+    assert config_file(tmp_path / "ours" / "gaussiandreamer-sd-hash3d.yaml").name == "gaussiandreamer-sd_hash3d.yaml"
+    assert config_file(tmp_path / "latentnerf_hash3d.yaml").name == "latentnerf-hash3d.yaml"
 
 
 # ---------------------------------------------------------------- the environment-map background
 
 
 def test_spherical_harmonics_are_orthonormal_on_the_sphere():
-    from hash3d.render.environment_map import spherical_harmonics
+    from hash3d.render.env_map import spherical_harmonics
 
     g = torch.Generator().manual_seed(0)
     dirs = torch.nn.functional.normalize(torch.randn(400_000, 3, generator=g, dtype=torch.float64), dim=-1)
@@ -576,22 +576,21 @@ def test_spherical_harmonics_are_orthonormal_on_the_sphere():
 
 
 def test_environment_map_background_colours_each_ray_and_learns():
-    from hash3d.render.environment_map import NeuralEnvironmentMapBackground, NeuralEnvironmentMapBackgroundConfig
+    from hash3d.render.env_map import NeuralEnvironmentMapBackground
+    from hash3d.render.env_map import NeuralEnvironmentMapConfig as NeuralEnvironmentMapBackgroundConfig
 
     bg = NeuralEnvironmentMapBackground()
     dirs = torch.nn.functional.normalize(torch.randn(2, 5, 7, 3), dim=-1)
-    colors = bg(dirs=dirs)
+    colors = bg(dirs)
     assert colors.shape == (2, 5, 7, 3) and bool(((colors > 0) & (colors < 1)).all())
     assert not torch.allclose(colors[0, 0, 0], colors[1, 4, 6])  # depends on the direction
     colors.sum().backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in bg.parameters())
-    with pytest.raises(ValueError, match="directions"):
-        bg()
     fixed = NeuralEnvironmentMapBackground(NeuralEnvironmentMapBackgroundConfig(eval_color=(0.2, 0.3, 0.4))).eval()
-    assert torch.allclose(fixed(dirs=dirs), torch.tensor([0.2, 0.3, 0.4]).expand(2, 5, 7, 3))
+    assert torch.allclose(fixed(dirs), torch.tensor([0.2, 0.3, 0.4]).expand(2, 5, 7, 3))
     torch.manual_seed(0)
     aug = NeuralEnvironmentMapBackground(NeuralEnvironmentMapBackgroundConfig(random_aug=True, random_aug_prob=1.0))
-    colors = aug(dirs=dirs)
+    colors = aug(dirs)
     assert torch.allclose(colors[0], colors[0, 0, 0].expand(5, 7, 3)) and not torch.allclose(colors[0, 0, 0], colors[1, 0, 0])
 
 

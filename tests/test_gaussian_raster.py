@@ -13,15 +13,6 @@ from hash3d.data.cameras import intrinsics, orbit_c2w, world_to_camera_opencv
 from hash3d.render.gaussian_raster import RasterOptions, rasterize_gaussians, resolve_backend
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny tensors: thread start-up dominates, and on a shared 2-core machine it thrashes
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 # ------------------------------------------------------------------------------------------------
 # slow reference: one pixel at a time, one Gaussian at a time, straight from the 3DGS equations
 
@@ -339,6 +330,7 @@ def test_bad_shapes_are_errors():
 # GPU: the torch backend against gsplat
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(
     not torch.cuda.is_available() or importlib.util.find_spec("gsplat") is None, reason="needs CUDA and gsplat"
 )

@@ -39,14 +39,6 @@ HIT_FRIENDLY = (
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(autouse=True)
 def own_log_handlers():
     """The launcher installs its stderr log handler once per process, on the stderr of the moment; drop the ones
     made here so later tests (which read stderr with capsys) get their own."""

@@ -14,15 +14,8 @@ from hash3d.scene.gaussian_density import DensifyState, GaussianDensifyStrategy,
 from hash3d.scene.gaussian_mesh import GaussianField, GaussianMeshConfig, extract_gaussian_mesh
 from hash3d.scene.isosurface import NoSurfaceError
 from hash3d.scene.gaussian_ply import load_gaussian_ply, read_point_cloud_ply, write_point_cloud_ply
+from hash3d.render.gaussian_raster import rasterize_splats
 from hash3d.scene.gaussians import GaussianLRConfig, GaussianModel, knn_mean_sq_dist
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _random_model(n=50, sh_degree=1, seed=0) -> GaussianModel:
@@ -75,7 +68,7 @@ def test_from_points_colours_and_render_smoke():
     m.step_sh_degree()
     assert m.active_sh_degree == 1
     c2w = orbit_c2w(torch.tensor([10.0]), torch.tensor([20.0]), torch.tensor([1.0]))
-    rgb, alpha, meta = m.rasterize(world_to_camera_opencv(c2w), intrinsics(torch.tensor([60.0]), 16, 16), 16, 16)
+    rgb, alpha, meta = rasterize_splats(m.splats(), world_to_camera_opencv(c2w), intrinsics(torch.tensor([60.0]), 16, 16), 16, 16)
     assert rgb.shape == (1, 16, 16, 3) and float(alpha.detach().max()) > 0.3
 
 
@@ -274,7 +267,7 @@ def test_schedule_and_statistics_from_real_renders():
     viewmats, Ks = world_to_camera_opencv(c2w), intrinsics(torch.tensor([50.0, 50.0]), 24, 24)
     reports = []
     for step in range(1, 5):
-        rgb, alpha, meta = m.rasterize(viewmats, Ks, 24, 24)
+        rgb, alpha, meta = rasterize_splats(m.splats(), viewmats, Ks, 24, 24)
         strategy.step_pre_backward(meta)
         ((rgb - 0.8) ** 2).mean().backward()
         if step == 1:
@@ -300,7 +293,7 @@ def test_sum_view_reduction_counts_one_sample_per_step():
     m = GaussianModel.random_ball(100, radius=0.3, generator=torch.Generator().manual_seed(1))
     c2w = orbit_c2w(torch.tensor([0.0, 0.0]), torch.tensor([0.0, 90.0]), torch.tensor([1.5, 1.5]))
     viewmats, Ks = world_to_camera_opencv(c2w), intrinsics(torch.tensor([50.0, 50.0]), 16, 16)
-    rgb, _, meta = m.rasterize(viewmats, Ks, 16, 16)
+    rgb, _, meta = rasterize_splats(m.splats(), viewmats, Ks, 16, 16)
     rgb.square().sum().backward()
     s = GaussianDensifyStrategy.gaussiandreamer()
     state = DensifyState()

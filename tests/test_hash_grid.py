@@ -10,7 +10,6 @@ import torch
 
 from hash3d.scene import HashGrid, HashGridConfig, ImplicitVolume, ImplicitVolumeConfig, MLPConfig, grid_levels
 
-torch.set_num_threads(1)
 
 SMALL = HashGridConfig(n_levels=6, n_features_per_level=2, log2_hashmap_size=12, base_resolution=4, per_level_scale=2.0)
 

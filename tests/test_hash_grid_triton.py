@@ -26,6 +26,8 @@ needs_triton = pytest.mark.skipif(
     reason="needs triton and a CUDA GPU, or TRITON_INTERPRET=1",
 )
 
+pytestmark = pytest.mark.gpu  # in Triton's interpreter on CPU machines, on the GPU in the GPU tier
+
 SMALL = HashGridConfig(n_levels=6, n_features_per_level=2, log2_hashmap_size=12, base_resolution=4, per_level_scale=2.0)
 BAND = replace(SMALL, otype="ProgressiveBandHashGrid", start_level=3, start_step=0, update_steps=100)
 # F = 3 (padded to 4 inside the kernel), a dense level of exactly 2**log2 entries' neighbourhood, odd scale

@@ -16,9 +16,10 @@ from hash3d.cache import DEFAULT_ADAPTIVE_CELLS, HashTable
 from hash3d.triton_support import triton_available, triton_interpreter_enabled
 
 DEVICE = "cuda" if torch.cuda.is_available() and not triton_interpreter_enabled() else "cpu"
-pytestmark = pytest.mark.skipif(
-    not triton_available(DEVICE), reason="needs triton and a CUDA GPU, or TRITON_INTERPRET=1"
-)
+pytestmark = [
+    pytest.mark.gpu,  # in Triton's interpreter on CPU machines, on the GPU in the GPU tier
+    pytest.mark.skipif(not triton_available(DEVICE), reason="needs triton and a CUDA GPU, or TRITON_INTERPRET=1"),
+]
 ON_GPU = pytest.mark.skipif(DEVICE != "cuda", reason="on a GPU only (too slow for the interpreter)")
 STEPS = 300 if DEVICE == "cuda" else 50  # the interpreter is slow
 SCRATCH_FREE = ("cells", "ref_slot", "ref_id", "head")  # compared without the scratch bucket row n

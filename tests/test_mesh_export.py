@@ -13,7 +13,6 @@ from hash3d.export import NoSurfaceError, bake_texture, export_mesh, extract_mes
 from hash3d.scene import FieldOutput, HashGridConfig, ImplicitVolume, ImplicitVolumeConfig, MLPConfig
 from hash3d.scene.isosurface import Mesh
 
-torch.set_num_threads(1)
 trimesh = pytest.importorskip("trimesh")
 
 

@@ -13,14 +13,6 @@ from hash3d.data.cameras import intrinsics, orbit_c2w, rays, world_to_camera_ope
 from hash3d.render.mesh_raster import has_nvdiffrast, rasterize_mesh, resolve_mesh_backend
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _scene(dtype=torch.float64):
     """A slanted box (12 triangles) with a triangle floating in front of it; vertex colours; uv per vertex."""
     g = torch.Generator().manual_seed(3)
@@ -212,11 +204,13 @@ def test_bad_arguments():
     assert resolve_mesh_backend("auto", "cpu") == "torch"
 
 
-def test_backend_comparison_names_convention_bugs():
-    """`hash3d.render.mesh_raster_check` (the GPU test's failure report): agreeing renders fit best unchanged, a
+def test_backend_comparison_names_convention_bugs(load_bench):
+    """bench/mesh_raster_check.py's comparison (the GPU test's failure report): agreeing renders fit best unchanged, a
     vertically flipped one fits best flipped back, one drawn half a pixel lower fits best shifted half a pixel, and
     rotated barycentrics fit best rotated back."""
-    from hash3d.render.mesh_raster_check import check_scene, compare_renders, format_comparison, render_outputs
+    check = load_bench("mesh_raster_check")
+    check_scene, compare_renders = check.check_scene, check.compare_renders
+    format_comparison, render_outputs = check.format_comparison, check.render_outputs
 
     H, W = 24, 32
     scene = check_scene(H, W)
@@ -256,8 +250,9 @@ def test_nvdiffrast_triangle_ids_decode():
     assert _triangle_ids(rast[..., 3]).tolist() == ids
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not (torch.cuda.is_available() and has_nvdiffrast()), reason="needs CUDA and diffrp-nvdiffrast")
-def test_nvdiffrast_matches_torch_backend():
+def test_nvdiffrast_matches_torch_backend(load_bench):
     """Same visibility (all but the pixels whose centres lie within a snapping step of an edge), same image, depth and
     texture gradients where the faces agree, same vertex gradients over the pixels where the faces agree.
 
@@ -269,18 +264,13 @@ def test_nvdiffrast_matches_torch_backend():
     7 % to 90 % at other sizes; emulated on the CPU). So vertex gradients are compared over the pixels where both
     backends pick the same face, where they agree to ~1e-3.
 
-    Every failure prints the comparison of `hash3d.render.mesh_raster_check` (rgb / alpha / depth / barycentric
+    Every failure prints the comparison of bench/mesh_raster_check.py (rgb / alpha / depth / barycentric
     differences, and flipped or half-pixel-shifted probes that name a convention bug); bench/mesh_raster_check.py
     prints the same on a GPU machine and saves the images.
     """
-    from hash3d.render.mesh_raster_check import (
-        check_scene,
-        compare_renders,
-        format_comparison,
-        position_gradient,
-        render_outputs,
-        worst_pixels,
-    )
+    check = load_bench("mesh_raster_check")
+    check_scene, compare_renders, format_comparison = check.check_scene, check.compare_renders, check.format_comparison
+    position_gradient, render_outputs, worst_pixels = check.position_gradient, check.render_outputs, check.worst_pixels
 
     H, W = 96, 128
     scene = check_scene(H, W, "cuda")

@@ -14,17 +14,6 @@ from hash3d.mini.objects import HELD_OUT_ID_BASE, Objects, make_objects, sample_
 from hash3d.mini.render import CAMERA_DISTANCE, FOVY_DEG, on_white, render
 
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: these element-wise-heavy CPU tests slow down many times over when the machine's cores
-    are shared and OpenMP threads wait on each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # ------------------------------------------------------------------------------------------------ objects, renderer
 
 

@@ -28,16 +28,6 @@ from hash3d.testing import CLIP_TOKENIZER_VOCAB_SIZE, write_model
 from hash3d.testing.models import TINY_IMAGE_SIZE, TINY_LATENT_SIZE, build_component, model_configs
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from a second thread, and OpenMP threads that spin-wait for each other slow down
-    10-100x when other processes share this machine's 2 cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def sd_dir(tmp_path_factory) -> Path:
     return write_model("sd", "tiny", tmp_path_factory.mktemp("sd") / "model")
@@ -145,7 +135,7 @@ def test_tiny_unet_forward_is_fast(sd):
     emb = torch.randn(4, 77, sd.unet.config.cross_attention_dim)
     t = torch.tensor([500] * 4)
     times = []
-    with torch.no_grad():  # (one thread, see _one_thread)
+    with torch.no_grad():  # (one thread, see conftest.py)
         sd.unet(latents, t, encoder_hidden_states=emb)
         for _ in range(5):
             start = time.perf_counter()

@@ -25,6 +25,7 @@ def test_timer_is_only_active_inside_its_block():
     assert active() is None
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_timer_records_sections_and_backward_spans():
     x = torch.randn(256, 256, device="cuda", requires_grad=True)

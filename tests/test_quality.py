@@ -1,4 +1,4 @@
-"""The quality harness (`hash3d.quality`, `bench/quality.py`) and its CI case: does the Hash3D cache keep image-to-3D
+"""The quality harness (`hash3d.image_to_3d`, `bench/quality.py`) and its CI case: does the Hash3D cache keep image-to-3D
 quality with the shipped Hash3D-mini model?
 
 CI case: held-out object 10**12 + 2000, a short DreamGaussian stage 1 (CI_OPTIONS: 200 steps, 1000 Gaussians, no
@@ -33,9 +33,9 @@ import torch
 
 from hash3d.mini.objects import HELD_OUT_ID_BASE, make_objects
 from hash3d.mini.render import render
-from hash3d.quality import HarnessConfig, Variant, default_variants, make_case, parse_variant, parse_variants, run_harness
-from hash3d.quality.random_model import write_random_mini
-from hash3d.quality.variants import AS_CONFIGURED
+from hash3d.image_to_3d import HarnessConfig, Variant, default_variants, make_case, parse_variant, parse_variants, run_harness
+from hash3d.image_to_3d.random_model import write_random_mini
+from hash3d.image_to_3d.variants import AS_CONFIGURED
 
 CI_OPTIONS = ["iters=200", "num_pts=1000", "position_lr_max_steps=200", "cache.cell_size=[30,45,0.2,100]"]
 CI_VARIANT = "features@1"
@@ -43,23 +43,17 @@ PSNR_FLOOR = 15.3  # random weights: 14.96; trained: 15.98 cache off, 15.63 cach
 MAX_DROP_DB = 0.5
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_variant_names_round_trip_and_bad_names_fail():
-    for name in ("off", "on", "features@0.1", "noise@1", "features+adaptive@0.3", "noise+adaptive@0.5"):
+    for name in ("off", "on", "features@0.1", "noise@1", "features+adaptive@0.3", "noise+adaptive@0.5", "noise@auto"):
         assert parse_variant(name).name == name
     assert parse_variant("on") is AS_CONFIGURED and AS_CONFIGURED.overrides() == ["cache.enabled=true"]
     v = parse_variant("noise+adaptive@0.5")
     assert v.overrides("system.guidance.cache") == [
         "system.guidance.cache.enabled=true", "system.guidance.cache.mode=noise",
         "system.guidance.cache.adaptive=true", "system.guidance.cache.policy.probability=0.5",
+        "system.guidance.cache.policy.strategy=fixed",
     ]
+    assert parse_variant("features@auto").overrides()[-2:] == ["cache.policy.probability=1", "cache.policy.strategy=auto"]
     names = [v.name for v in default_variants()]
     assert len(names) == 13 and names[0] == "off" and "features+adaptive@1" in names and "noise@0.1" in names
     assert [v.name for v in parse_variants("off,default,noise@1")] == names
@@ -83,7 +77,7 @@ def test_cases_are_held_out_and_views_follow_the_benchmark():
 
 def test_random_twin_has_the_mini_layout_and_fresh_weights(tmp_path):
     from hash3d.diffusion.loading import load_zero123
-    from hash3d.quality.paths import MINI_MODEL
+    from hash3d.shipped import MINI_MODEL
 
     path = write_random_mini(tmp_path / "random")
     random = load_zero123(str(path), torch.float32, "cpu", local_files_only=True)

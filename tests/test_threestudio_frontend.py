@@ -21,15 +21,8 @@ from hash3d.training import load_checkpoint
 REPO = Path(__file__).resolve().parents[1]
 FRONT = REPO / "threestudio-hash3d"
 CONFIGS = FRONT / "configs"
-TWINS = ["stable-zero123", "zero123", "dreamfusion-sd"]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+TWINS = ["stable-zero123", "zero123", "dreamfusion-sd", "magic3d-coarse-sd", "magic3d-refine-sd", "magic123-coarse-sd",
+         "magic123-refine-sd"]
 
 
 def overrides(config: Path, model: str, out: Path, steps: int = 2, extra: tuple[str, ...] = ()) -> list[str]:

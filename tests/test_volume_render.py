@@ -26,8 +26,6 @@ from hash3d.render import (
 )
 from hash3d.scene import FieldOutput, HashGridConfig, ImplicitVolume, ImplicitVolumeConfig, MLPConfig
 
-torch.set_num_threads(1)
-
 
 class SphereField(nn.Module):
     """Constant density σ and colour inside a ball of radius a at the origin, nothing outside."""
@@ -303,7 +301,7 @@ def test_renderer_component_owns_and_checkpoints_its_grid():
     config = VolumeRenderConfig(num_samples_per_ray=128, prune_alpha_threshold=0.0, grid=OccupancyGridConfig(resolution=16))
     renderer = build("renderer", "nerf-volume-renderer", config)
     assert isinstance(renderer, NeRFVolumeRenderer)
-    assert renderer.update_step(0, field) and not renderer.update_step(5, field)
+    assert renderer.refresh_occupancy(0, field) and not renderer.refresh_occupancy(5, field)
     assert int(renderer.grid.binary.sum()) == 8**3
     restored = NeRFVolumeRenderer(config)
     restored.load_state_dict(renderer.state_dict())

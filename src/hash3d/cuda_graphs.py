@@ -61,16 +61,12 @@ class GraphedFunction:
     cache) are cheaper eager.
     """
 
-    def __init__(self, fn: Callable[..., Any], warmup: int = 2, capture_after: int = 1, time_replays: bool = False):
+    def __init__(self, fn: Callable[..., Any], warmup: int = 2, capture_after: int = 1):
         self.fn = fn
         self.warmup = warmup
         self.capture_after = capture_after
-        self.time_replays = time_replays
         self.graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, list, Any]] = {}
         self.calls: dict[tuple, int] = {}
-        self.replay_ms: dict[int, float] = {}
-        """With time_replays: GPU ms of the first replay of each captured graph, by the first argument's batch size
-        (timed right after the capture, which synchronises anyway)."""
         self.pool = None
 
     def _capture(self, args: tuple):
@@ -96,32 +92,16 @@ class GraphedFunction:
             if seen < self.capture_after:
                 return self.fn(*args)
             entry = self.graphs[key] = self._capture(args)
-            if self.time_replays:
-                return self._timed_replay(entry, args)
         graph, static, out = entry
         for buffer, a in zip(static, args):
             if isinstance(a, torch.Tensor):
                 buffer.copy_(a)
         graph.replay()
-        return _clone(out)
-
-    def _timed_replay(self, entry, args):
-        graph, static, out = entry
-        for buffer, a in zip(static, args):
-            if isinstance(a, torch.Tensor):
-                buffer.copy_(a)
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        self.replay_ms[args[0].shape[0]] = start.elapsed_time(end)
         return _clone(out)
 
     def reset(self) -> None:
         self.graphs.clear()
         self.calls.clear()
-        self.replay_ms.clear()
         self.pool = None
 
 
@@ -132,25 +112,3 @@ def count_captured(functions) -> int:
 
 def cuda_graphs_available(device: torch.device) -> bool:
     return device.type == "cuda" and torch.cuda.is_available()
-
-
-def conditional_nodes_available() -> bool:
-    """CUDA-graph conditional nodes (CUDA >= 12.4 and a torch that can capture into them)."""
-    if not torch.cuda.is_available() or not hasattr(torch.cuda.CUDAGraph, "begin_capture_to_if_node"):
-        return False
-    version = tuple(int(p) for p in (torch.version.cuda or "0.0").split(".")[:2])
-    return version >= (12, 4)
-
-
-def run_if(pred: torch.Tensor, body: Callable[[], None]) -> None:
-    """Run `body` where the one-element bool tensor `pred` is true: while capturing a CUDA graph, as a conditional
-    node decided on the GPU at each replay (no host read); otherwise eagerly, after reading pred on the host."""
-    if pred.is_cuda and torch.cuda.is_current_stream_capturing():
-        graph = torch.cuda.CUDAGraph.get_currently_capturing_graph()
-        graph.begin_capture_to_if_node(pred)
-        try:
-            body()
-        finally:
-            graph.end_capture_to_conditional_node()
-    elif bool(pred):
-        body()

@@ -16,7 +16,7 @@ offline, and leaves in `--out` (default `outputs/demo`):
 
 and prints the same numbers as a table. `--cache both` runs cache off and then on, on identical configs, into
 `OUT/cache-off/` and `OUT/cache-on/`, and reports them side by side. Both pipelines run in-process through their
-front-ends' entry functions (`hash3d.quality.pipeline`); trailing OPTION=VALUE pairs are passed to the
+front-ends' entry functions (`hash3d.image_to_3d.pipeline`); trailing OPTION=VALUE pairs are passed to the
 front-end's config (DreamGaussian option names, or threestudio dotted keys).
 
 Why DreamGaussian by default. Both pipelines reconstructed held-out object 10**12 + 2000 from the same 64 px view
@@ -48,8 +48,9 @@ from typing import Any
 
 import torch
 
-from .quality.paths import EXAMPLE_ELEVATION, EXAMPLE_INPUT, MINI_MODEL, require
-from .quality.variants import AS_CONFIGURED, Variant
+from .cli import run_cli
+from .image_to_3d.variants import AS_CONFIGURED, Variant
+from .shipped import EXAMPLE_ELEVATION, EXAMPLE_INPUT, MINI_MODEL, require
 
 __all__ = ["main", "run_demo", "format_report"]
 
@@ -100,9 +101,9 @@ def format_report(report: dict[str, Any]) -> str:
 
 
 def run_demo(args) -> dict[str, Any]:
-    from .quality.pipeline import run_pipeline
+    from .image_to_3d.pipeline import run_pipeline
 
-    model = require(Path(args.model), "the Hash3D-mini model")
+    model = require(Path(args.model), "the model folder", "pass --model with a Zero123-family diffusers folder")
     image = require(Path(args.input), "the input image")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -171,21 +172,18 @@ def main(argv: list[str] | None = None) -> int:
         if args.threads < 1:
             parser.error("--threads must be >= 1")
         torch.set_num_threads(args.threads)
-    from .config.errors import UserInputError
 
-    try:
+    def body() -> None:
         report = run_demo(args)
-    except (FileNotFoundError, UserInputError) as exc:
-        print(f"hash3d.demo: error: {exc}", file=sys.stderr)
-        return 2
-    print()
-    print(f"{report['pipeline']} image-to-3D of {report['input']} on {report['device']} ({report['threads']} threads), "
-          f"{report['total_time_s']:.1f} s in all")
-    print(format_report(report))
-    last = report["runs"][-1]
-    print(f"outputs: {last['folder']} (video {last['video']}, mesh {', '.join(last['mesh'])})")
-    print(f"report: {Path(args.out) / 'report.json'}")
-    return 0
+        print()
+        print(f"{report['pipeline']} image-to-3D of {report['input']} on {report['device']} "
+              f"({report['threads']} threads), {report['total_time_s']:.1f} s in all")
+        print(format_report(report))
+        last = report["runs"][-1]
+        print(f"outputs: {last['folder']} (video {last['video']}, mesh {', '.join(last['mesh'])})")
+        print(f"report: {Path(args.out) / 'report.json'}")
+
+    return run_cli(body, "hash3d.demo")
 
 
 if __name__ == "__main__":

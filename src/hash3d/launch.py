@@ -16,44 +16,21 @@ import argparse
 import logging
 import os
 import sys
-import traceback
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 
 import torch
 
-from .config import (
-    ConfigError,
-    ExperimentConfig,
-    UserInputError,
-    build,
-    explain_config,
-    find_config,
-    load_config_report,
-    to_yaml,
-)
+from .cli import run_cli, setup_logging
+from .config import ConfigError, ExperimentConfig, UserInputError, build, explain_config, load_config_report, to_yaml
+from .config.loader import config_file
 from .training.checkpoint import check_config, load_checkpoint
 from .training.loop import Trainer, resolve_precision, seed_everything
 from .training.outputs import TrialDir
 
 log = logging.getLogger("hash3d")
 
-
-class _CurrentStderrHandler(logging.StreamHandler):
-    """Writes to whatever sys.stderr is at the time of each message (not the stream of the first launch in this
-    process, which an embedding program or a test harness may have replaced and closed since)."""
-
-    def __init__(self) -> None:
-        super().__init__(sys.stderr)
-
-    @property
-    def stream(self):  # type: ignore[override]
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, value) -> None:
-        pass
 
 MODES = ("train", "validate", "test", "export")
 
@@ -88,7 +65,6 @@ def build_parser(prog: str = "launch.py") -> argparse.ArgumentParser:
         "read here: as is, mapped, upstream default, accepted with no effect, or refused; then exit",
     )
     p.add_argument("--verbose", action="store_true", help="debug logging and full tracebacks")
-    p.add_argument("--typecheck", action="store_true", help=argparse.SUPPRESS)  # accepted for threestudio compatibility
     return p
 
 
@@ -135,17 +111,6 @@ def select_device(gpu: str) -> tuple[torch.device, str | None]:
     return torch.device("cuda", indices[0]), note
 
 
-def setup_logging(verbose: bool) -> None:
-    logger = logging.getLogger("hash3d")
-    if not any(getattr(h, "_hash3d", False) for h in logger.handlers):
-        handler = _CurrentStderrHandler()
-        handler.setFormatter(logging.Formatter("[%(levelname)s] %(message)s"))
-        handler._hash3d = True  # type: ignore[attr-defined]
-        logger.addHandler(handler)
-        logger.propagate = False
-    logger.setLevel(logging.DEBUG if verbose else logging.INFO)
-
-
 def fill_trial_names(cfg: ExperimentConfig) -> None:
     """timestamp (kept when the config already has one, e.g. a parsed.yaml), exp_dir, trial_name, trial_dir."""
     if cfg.use_timestamp and not cfg.timestamp:
@@ -161,7 +126,7 @@ def run(argv: Sequence[str] | None = None, prog: str = "launch.py") -> Path:
     argv = list(sys.argv[1:] if argv is None else argv)
     args, overrides = parse_args(argv, prog)
     setup_logging(args.verbose)
-    config_path = find_config(args.config)
+    config_path = config_file(args.config)
     if args.explain:
         text, ok = explain_config(config_path, overrides)
         print(text)
@@ -171,8 +136,6 @@ def run(argv: Sequence[str] | None = None, prog: str = "launch.py") -> Path:
     mode = next(m for m in MODES if getattr(args, m))
 
     # 1. everything that can be wrong with the input, before any output exists
-    if config_path != Path(args.config):
-        log.info("note: %s not found, using %s", args.config, config_path)
     cfg, _, report = load_config_report(config_path, overrides)
     if report.no_effect_line():
         log.info("%s", report.no_effect_line())
@@ -229,25 +192,14 @@ def run(argv: Sequence[str] | None = None, prog: str = "launch.py") -> Path:
 
 
 def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
-    """Entry point: returns the exit status (0 ok, 2 bad input, 130 interrupted)."""
+    """Entry point: returns the exit status (0 ok, 1 a bug, 2 bad input, 130 interrupted; `hash3d.cli.run_cli`)."""
     prog = prog or (os.path.basename(sys.argv[0]) if argv is None else "") or "launch.py"
     verbose = "--verbose" in (sys.argv[1:] if argv is None else argv)
-    try:
+
+    def body() -> None:
         run(argv, prog)
-    except UserInputError as exc:
-        if verbose:
-            traceback.print_exc()
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-        return 2
-    except (ValueError, OSError) as exc:
-        if verbose:
-            traceback.print_exc()
-        print(f"{prog}: error: {exc} (run with --verbose for the traceback)", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
-        return 130
-    return 0
+
+    return run_cli(body, prog, verbose=verbose)
 
 
 if __name__ == "__main__":

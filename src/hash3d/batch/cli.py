@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
-from hash3d.config.errors import UserInputError
+from hash3d.cli import run_cli
 
 from .config import BatchConfig, ScoreConfig
 from .errors import BatchError
@@ -110,21 +109,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_intermixed_args(argv)  # overrides may come before or after the options
     from .runner import dry_run_text, run_batch
 
-    try:
+
+    def body() -> int:
         report = run_batch(to_config(args))
-    except UserInputError as exc:
-        if args.verbose:
-            traceback.print_exc()
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted: rerun the same command to resume (finished items are kept)", file=sys.stderr)
-        return 130
-    if args.dry_run:
-        print(dry_run_text(report))
-        where = Path(report.jobs[0].out_dir).parents[1] / "jobs.json"
-        print(f"{len(report.jobs)} job(s); the list is in {where}", file=sys.stderr)
-        return 0
-    print(report.markdown)
-    print("wrote " + ", ".join(str(p) for p in report.files), file=sys.stderr)
-    return 0 if report.complete else 1
+        if args.dry_run:
+            print(dry_run_text(report))
+            where = Path(report.jobs[0].out_dir).parents[1] / "jobs.json"
+            print(f"{len(report.jobs)} job(s); the list is in {where}", file=sys.stderr)
+            return 0
+        print(report.markdown)
+        print("wrote " + ", ".join(str(p) for p in report.files), file=sys.stderr)
+        return 0 if report.complete else 1
+
+    return run_cli(body, PROG, verbose=args.verbose,
+                   interrupted="interrupted: rerun the same command to resume (finished items are kept)")  # fmt: skip

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from hash3d.config.diff import config_diff
+
 from .config import BatchConfig
 from .dispatch import Outcome, Slot, make_dispatcher, make_slots
 from .errors import BatchError
@@ -31,22 +33,9 @@ class BatchReport:
     """Every job finished and every asked-for metric was computed."""
 
 
-def _leaves(data: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(data, dict):
-        out: dict[str, Any] = {}
-        for k, v in data.items():
-            out.update(_leaves(v, f"{prefix}.{k}" if prefix else str(k)))
-        return out
-    return {prefix: data}
-
-
 def config_differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
     """Keys whose values differ, leaving out name / tag / description and anything inside a cache block."""
-    la, lb = _leaves(a), _leaves(b)
-    keys = sorted(set(la) | set(lb))
-    skip = lambda k: k.split(".")[0] in ("name", "tag", "description") or "cache" in k.split(".")  # noqa: E731
-    return [f"{k}: {la.get(k, '<absent>')!r} vs {lb.get(k, '<absent>')!r}"
-            for k in keys if not skip(k) and la.get(k) != lb.get(k)]
+    return config_diff(a, b, lambda k: k.split(".")[0] in ("name", "tag", "description") or "cache" in k.split("."))
 
 
 def load_items(cfg: BatchConfig) -> tuple[list[Item], list[str]]:

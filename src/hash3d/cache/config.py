@@ -11,21 +11,68 @@ from .table import DEFAULT_ADAPTIVE_CELLS, AdaptiveGridHashTable, GridHashTable,
 
 
 @dataclass
+class AutoPolicyConfig:
+    """The cost-aware policy's knobs (`policy.strategy: auto`; see `hash3d.cache.policy.AutoPolicy`)."""
+
+    warmup: int = 8
+    """Requests of each shape that try unconditionally at first (fill the table, capture the graphs)."""
+    explore_every: int = 10
+    """While trying: every N-th request skips, so the cost of skipping stays measured (0 = never)."""
+    probe_every: int = 50
+    """While skipping: a burst of tries starts every N requests."""
+    probe_len: int = 10
+    """Length of that burst."""
+    window: int = 8
+    """Measurements per arm kept for the median."""
+    min_samples: int = 3
+    """Measurements each arm needs before the policy may switch."""
+    discard: int = 2
+    """First measurements of each arm and shape dropped (eager first calls, graph captures)."""
+    margin: float = 0.03
+    """Switch only when the other arm is cheaper by more than this fraction."""
+
+    def __post_init__(self) -> None:
+        for name in ("warmup", "explore_every", "discard"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"cache.policy.auto.{name} must be >= 0; got {getattr(self, name)}")
+        for name in ("probe_every", "probe_len", "window", "min_samples"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"cache.policy.auto.{name} must be >= 1; got {getattr(self, name)}")
+        if self.probe_len > self.probe_every:
+            raise ValueError(f"cache.policy.auto.probe_len ({self.probe_len}) must be <= probe_every ({self.probe_every})")
+        if self.min_samples > self.window:
+            raise ValueError(f"cache.policy.auto.min_samples ({self.min_samples}) must be <= window ({self.window})")
+        if not 0.0 <= self.margin < 1.0:
+            raise ValueError(f"cache.policy.auto.margin must be in [0, 1); got {self.margin}")
+
+
+@dataclass
 class CachePolicyConfig:
     """When a UNet call may be answered from the cache."""
 
     probability: float = 0.1
-    """Chance that a call tries the cache (the paper's hash probability η; the original's `cache_p`). 1 = every call."""
+    """fixed: chance that a call tries the cache (the paper's hash probability η; the original's `cache_p`).
+    1 = every call."""
     force_full_every: int = 0
-    """Every N-th call runs the full UNet without trying the cache (0 = never forced)."""
+    """fixed: every N-th call runs the full UNet without trying the cache (0 = never forced)."""
     seed: int = 0
     """Seed of the policy's own random stream (kept apart from the training RNG so cache on/off runs see equal noise)."""
+    strategy: Literal["fixed", "auto"] = "fixed"
+    """fixed: try with probability `probability` (the paper's η). auto: try only while trying measures cheaper than
+    the plain UNet call, per request shape, from GPU times of both (`hash3d.cache.policy.AutoPolicy`); a run that
+    stops paying stops trying and probes again now and then. Without a CUDA device there is no GPU timer: auto then
+    tries every request."""
+    auto: AutoPolicyConfig = field(default_factory=AutoPolicyConfig)
 
     def __post_init__(self) -> None:
+        if self.strategy not in ("fixed", "auto"):
+            raise ValueError(f"cache.policy.strategy must be 'fixed' or 'auto'; got {self.strategy!r}")
         if not 0.0 <= self.probability <= 1.0:
             raise ValueError(f"cache.policy.probability must be in [0, 1]; got {self.probability}")
         if self.force_full_every < 0:
             raise ValueError(f"cache.policy.force_full_every must be >= 0; got {self.force_full_every}")
+        if isinstance(self.auto, dict):
+            self.auto = AutoPolicyConfig(**self.auto)
 
 
 @dataclass
@@ -54,13 +101,8 @@ class CacheConfig:
     temperature: float = 1.0
     """Softmax temperature of the latent-distance blend of a cell's entries."""
     check_keys: bool = True
-    """Reject NaN/inf keys (one host read per call; with `gpu_dispatch` active none: such keys are never stored and
-    the statistics' next read raises)."""
-    gpu_dispatch: bool = False
-    """With CUDA graphs: run each tried UNet call as one CUDA graph whose conditional nodes pick the branches on the
-    GPU (`hash3d.diffusion.cache_graph`), with no host read per call. Needs conditional graph nodes (CUDA >= 12.4 and a
-    torch that captures them; torch 2.11 does not), else the host-dispatched path runs. Off by default: it passes its
-    tests against the host-dispatched path on the CPU, but has not yet run on a GPU."""
+    """Reject NaN/inf keys (on the CPU one host read per call; on a GPU none: such keys are never stored and the
+    statistics' next read raises)."""
     table_backend: Literal["auto", "torch", "triton"] = "auto"
     """Implementation of the table's query and insert: fused Triton kernels ("triton"; two kernels per query, three
     or four per insert), the torch code ("torch"), or "auto": triton on CUDA when it is installed. Same results

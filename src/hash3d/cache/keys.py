@@ -6,7 +6,6 @@ import math
 
 import torch
 
-KEY_DIMS = ("elevation", "azimuth", "radius", "timestep")
 AZIMUTH = 1
 
 # Large primes for spatial hashing (Teschner et al. 2003 use the first three); one per key dimension.

@@ -4,20 +4,24 @@
 - `register(kind, name, config=Cls)` / `register_lazy(...)`: the name registry behind `*_type` strings
 - `block(kind)`: declare a config field whose dataclass is selected by its sibling `<kind>_type`
 - `build(kind, name, cfg, **runtime)` / `build_block(parent_cfg, "geometry", **runtime)`: construct components
+- `flatten` / `config_diff`: configs as {dotted key: value}, and the keys where two differ
 - `discover` / `twins` / `twin_differences` / `smoke_overrides`: a front-end's configs as a method table for tests
 
 See `registry.py` for a complete example of registering a component.
 """
 
+from .diff import config_diff, flatten
 from .errors import ConfigError, RegistryError, UserInputError, closest, did_you_mean
 from .methods import discover, smoke_overrides, twin_differences, twins
 from .foreign import Report, read_dreamgaussian, read_experiment
-from .loader import explain_config, find_config, load_config, load_config_report, load_yaml, merge, parse_overrides, resolve, save_yaml, to_yaml, validate
+from .loader import config_file, explain_config, load_config, load_config_report, load_yaml, merge, parse_overrides, resolve, save_yaml, to_yaml, validate
 from .registry import REGISTRY, Entry, build, build_block, load_plugins, lookup, names, register, register_lazy
 from .schema import CheckpointConfig, ExperimentConfig, TrainerConfig
 from .typed import block, from_data, to_data
 
 __all__ = [
+    "config_diff",
+    "flatten",
     "REGISTRY",
     "CheckpointConfig",
     "ConfigError",
@@ -33,8 +37,8 @@ __all__ = [
     "did_you_mean",
     "discover",
     "from_data",
+    "config_file",
     "explain_config",
-    "find_config",
     "load_config",
     "load_config_report",
     "read_dreamgaussian",

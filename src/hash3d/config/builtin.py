@@ -28,3 +28,31 @@ register_lazy(
     builder=f"{_G}:StableDiffusionGuidance",
     description="SDS from Stable Diffusion 1.x / 2.x with view-dependent prompts and the Hash3D cache",
 )
+register_lazy(
+    "geometry",
+    "gaussian-splatting",
+    config="hash3d.scene.gaussian_splatting:GaussianSplattingConfig",
+    builder="hash3d.scene.gaussian_splatting:make_gaussians",
+    description="3D Gaussians (threestudio-3dgs' geometry block) on the shared GaussianModel",
+)
+register_lazy(
+    "exporter",
+    "gaussian-mesh-exporter",
+    config="hash3d.export.gaussian_exporter:GaussianMeshExporterConfig",
+    builder="hash3d.export.gaussian_exporter:GaussianMeshExporter",
+    description="3DGS .ply + a mesh of the Gaussians' opacity field",
+)
+register_lazy(
+    "background",
+    "neural-environment-map-background",
+    config="hash3d.render.env_map:NeuralEnvironmentMapConfig",
+    builder="hash3d.render.env_map:NeuralEnvironmentMapBackground",
+    description="background colour as an MLP of the ray direction",
+)
+register_lazy(
+    "background",
+    "gaussian-mvdream-neural-environment-map-background",
+    config="hash3d.render.env_map_aug:AugmentedEnvironmentMapConfig",
+    builder="hash3d.render.env_map_aug:AugmentedEnvironmentMapBackground",
+    description="neural environment map whose training views may turn pure black or white (threestudio-3dgs)",
+)

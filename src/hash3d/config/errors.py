@@ -14,6 +14,10 @@ class ConfigError(UserInputError, ValueError):
     """A config that cannot be loaded, merged, resolved or validated."""
 
 
+class MissingFileError(UserInputError, FileNotFoundError):
+    """A file or folder the user named (or hash3d ships) that does not exist."""
+
+
 class RegistryError(ConfigError):
     """A registry name that is unknown, or registered twice."""
 

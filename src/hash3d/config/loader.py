@@ -53,6 +53,20 @@ def _register_resolvers() -> None:
 _register_resolvers()
 
 
+def config_file(path: str | os.PathLike) -> Path:
+    """The file a `--config` path names: itself, or for the original Hash3D project's names (`X-hash3d.yaml`, with a
+    hyphen) that are not there, our `X_hash3d.yaml` beside it (and the other way round)."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    for a, b in (("-hash3d.yaml", "_hash3d.yaml"), ("_hash3d.yaml", "-hash3d.yaml")):
+        if path.name.endswith(a):
+            twin = path.with_name(path.name[: -len(a)] + b)
+            if twin.is_file():
+                return twin
+    return path
+
+
 def load_yaml(path: str | os.PathLike, _chain: tuple[Path, ...] = ()) -> DictConfig:
     """Load one YAML file and, recursively, the files it extends.
 
@@ -60,7 +74,7 @@ def load_yaml(path: str | os.PathLike, _chain: tuple[Path, ...] = ()) -> DictCon
     `defaults: [base.yaml, _self_]`; paths are relative to the file. Later entries override earlier ones, and the
     file itself is merged last unless `_self_` appears earlier in its defaults list.
     """
-    path = Path(path)
+    path = Path(path) if _chain else config_file(path)
     if not path.is_file():
         where = f" (extended by {_chain[-1]})" if _chain else ""
         raise ConfigError(f"config file not found: {path}{where}")
@@ -158,7 +172,7 @@ def load_config_report(
 
         schema = ExperimentConfig  # type: ignore[assignment]
         translate = translate or read_experiment
-    base = load_yaml(find_config(path)) if path is not None else OmegaConf.create({})
+    base = load_yaml(config_file(path)) if path is not None else OmegaConf.create({})
     merged = merge(base, parse_overrides(overrides)) if overrides else base
     missing = sorted(OmegaConf.missing_keys(merged))
     if missing:
@@ -201,7 +215,7 @@ def explain_config(
 
         schema = ExperimentConfig
         translate = translate or read_experiment
-    merged = load_yaml(find_config(path))
+    merged = load_yaml(config_file(path))
     if overrides:
         merged = merge(merged, parse_overrides(overrides))
     missing = sorted(OmegaConf.missing_keys(merged))
@@ -222,23 +236,6 @@ def explain_config(
         return "\n".join(lines), False
     lines.append("ok: the config loads")
     return "\n".join(lines), True
-
-
-HYPHEN_SUFFIX, UNDERSCORE_SUFFIX = "-hash3d", "_hash3d"
-
-
-def find_config(path: str | os.PathLike) -> Path:
-    """The config file at `path`; the original project's spelling `X-hash3d.yaml` also finds our `X_hash3d.yaml`
-    (and the other way round)."""
-    path = Path(path)
-    if path.is_file():
-        return path
-    for a, b in ((HYPHEN_SUFFIX, UNDERSCORE_SUFFIX), (UNDERSCORE_SUFFIX, HYPHEN_SUFFIX)):
-        if path.stem.endswith(a):
-            other = path.with_name(path.stem[: -len(a)] + b + path.suffix)
-            if other.is_file():
-                return other
-    return path
 
 
 def to_yaml(cfg: Any) -> str:

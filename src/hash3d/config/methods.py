@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .diff import config_diff
 from .loader import load_config
 from .typed import to_data
 
@@ -42,15 +43,6 @@ def twins(folder: str | Path) -> list[tuple[Path, Path]]:
     return pairs
 
 
-def _leaves(data: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(data, dict):
-        out: dict[str, Any] = {}
-        for k, v in data.items():
-            out.update(_leaves(v, f"{prefix}.{k}" if prefix else str(k)))
-        return out
-    return {prefix: data}
-
-
 def twin_differences(
     plain: str | Path, hashed: str | Path, allowed: Sequence[str] = ("name", "tag", "description"), overrides: Sequence[str] = ()
 ) -> list[str]:
@@ -58,14 +50,7 @@ def twin_differences(
     anything inside a `cache` block. An empty list means the twins do equal work apart from the cache."""
     a, _ = load_config(plain, overrides)
     b, _ = load_config(hashed, overrides)
-    la, lb = _leaves(to_data(a)), _leaves(to_data(b))
-    diffs = []
-    for key in sorted(set(la) | set(lb)):
-        if key.split(".")[0] in allowed or "cache" in key.split("."):
-            continue
-        if la.get(key, "<absent>") != lb.get(key, "<absent>"):
-            diffs.append(f"{key}: {la.get(key, '<absent>')!r} vs {lb.get(key, '<absent>')!r}")
-    return diffs
+    return config_diff(to_data(a), to_data(b), lambda key: key.split(".")[0] in allowed or "cache" in key.split("."))
 
 
 def smoke_overrides(cfg: Any, steps: int = 2, size: int = 32, test_views: int = 2) -> list[str]:

@@ -42,7 +42,7 @@ from typing import Any
 
 from .errors import RegistryError, did_you_mean
 
-# Modules that register components; each is imported (if it exists) before a config is validated.
+# Modules that register components; each is imported before a config is validated.
 PLUGIN_MODULES: list[str] = [
     "hash3d.config.builtin",
     "hash3d.data",
@@ -207,8 +207,7 @@ _loaded: set[str] = set()
 def load_plugins(extra: list[str] | None = None) -> dict[str, str]:
     """Import every module that registers components: PLUGIN_MODULES, $HASH3D_PLUGINS and `extra`.
 
-    Returns {module: error} for those that failed to import (a built-in package that does not exist yet is skipped
-    silently); each module is tried once per process.
+    Returns {module: error} for those that failed to import; each module is tried once per process.
     """
     env = [m.strip() for m in os.environ.get(PLUGIN_ENV, "").split(",") if m.strip()]
     failures: dict[str, str] = {}
@@ -218,9 +217,6 @@ def load_plugins(extra: list[str] | None = None) -> dict[str, str]:
         _loaded.add(module)
         try:
             importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if not (module in PLUGIN_MODULES and exc.name == module):
-                failures[module] = f"{type(exc).__name__}: {exc}"
         except Exception as exc:  # noqa: BLE001 - reported with the registry miss that needed the plugin
             failures[module] = f"{type(exc).__name__}: {exc}"
     _failures.update(failures)

@@ -95,7 +95,6 @@ class ExperimentConfig:
     """Filled in by the launcher: tag + timestamp."""
     trial_dir: str = ""
     """Filled in by the launcher: exp_dir/trial_name."""
-    n_gpus: int = 1
     resume: str | None = None
     """Checkpoint to continue training from (--train) or to load (--validate/--test/--export)."""
     data_type: str = ""

@@ -5,7 +5,7 @@ Importing this package registers the data modules `single-image-datamodule` and 
 
 from .base import DataError, DataModule, milestone_index, per_milestone
 from .batches import CameraBatch, ReferenceBatch, SingleImageBatch, TensorBatch
-from .image import SingleImageConfig, SingleImageDataModule, load_rgba, recenter, resize
+from .image import ImageFile, SingleImageConfig, SingleImageDataModule, load_rgba, read_rgba, recenter, resize
 from .random_camera import (
     RandomCameraConfig,
     RandomCameraDataModule,
@@ -28,6 +28,8 @@ __all__ = [
     "TensorBatch",
     "eval_batches",
     "load_rgba",
+    "read_rgba",
+    "ImageFile",
     "milestone_index",
     "orbit_batches",
     "per_milestone",

@@ -8,7 +8,6 @@ OpenCV convention (x right, y down, looking down +z), such as gsplat.
 
 from __future__ import annotations
 
-import math
 
 import torch
 import torch.nn.functional as F
@@ -97,10 +96,6 @@ def orbit_azimuths(n: int, start: float = 0.0, endpoint: bool = False) -> torch.
     if endpoint:
         return torch.linspace(start, start + 360.0, n)
     return start + torch.arange(n, dtype=torch.float32) * 360.0 / n
-
-
-def fovy_from_focal(focal: float, height: int) -> float:
-    return math.degrees(2 * math.atan(0.5 * height / focal))
 
 
 def projection_matrix(fovy_deg: torch.Tensor, aspect: float, near: float = 0.01, far: float = 100.0) -> torch.Tensor:

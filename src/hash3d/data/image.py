@@ -29,8 +29,28 @@ REMBG_HINT = (
 )
 
 
-def load_rgba(path: str | Path) -> torch.Tensor:
-    """An image file with an alpha channel -> float tensor [H, W, 4] in [0, 1]; DataError with a fix otherwise."""
+_PLAIN_MODES = ("RGB", "L", "1", "P", "CMYK", "YCbCr", "LAB", "HSV")
+"""Pillow modes of 8-bit images without an alpha channel."""
+
+
+@dataclass(frozen=True)
+class ImageFile:
+    """An image file read as 8-bit RGBA (`read_rgba`)."""
+
+    rgba: np.ndarray  # uint8 [H, W, 4]; alpha 255 where the file stores none
+    mode: str  # the file's Pillow mode
+    stores_alpha: bool  # the file has an alpha channel (or a transparent palette colour)
+
+    @property
+    def has_mask(self) -> bool:
+        """An alpha channel that masks something (not 255 everywhere)."""
+        return self.stores_alpha and int(self.rgba[..., 3].min()) < 255
+
+
+def read_rgba(path: str | Path) -> ImageFile:
+    """The one reader of input images (threestudio's data module, DreamGaussian, process.py). DataError, naming the
+    fix, for a missing file, a folder, a file Pillow cannot read, a 16-bit or float image, and an image whose alpha
+    is 0 everywhere."""
     path = Path(path)
     if not str(path):
         raise DataError("no image given: set data.image_path=PATH to an RGBA image")
@@ -42,25 +62,31 @@ def load_rgba(path: str | Path) -> torch.Tensor:
         with Image.open(path) as im:
             im.load()
             mode = im.mode
-            has_alpha = mode in ("RGBA", "LA", "RGBa", "La", "PA") or (mode == "P" and "transparency" in im.info)
-            if mode in ("RGB", "L", "CMYK", "YCbCr", "LAB", "HSV") or (mode == "P" and not has_alpha):
-                raise DataError(f"image {path} has no alpha channel (mode {mode}): {REMBG_HINT}")
-            if not has_alpha:
+            stores_alpha = mode in ("RGBA", "LA", "RGBa", "La", "PA") or (mode == "P" and "transparency" in im.info)
+            if not stores_alpha and mode not in _PLAIN_MODES:
                 raise DataError(
                     f"image {path} has an unsupported pixel mode {mode!r} (e.g. 16-bit or float): save it as an "
                     "8-bit RGBA PNG"
                 )
-            rgba = np.asarray(im.convert("RGBA"), dtype=np.float32) / 255.0
+            rgba = np.asarray(im.convert("RGBA"), dtype=np.uint8).copy()
     except DataError:
         raise
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise DataError(f"cannot read image {path}: {exc}; give a PNG (or WebP/TIFF) with an alpha channel") from exc
-    alpha = rgba[..., 3]
-    if alpha.max() <= 0:
+    if stores_alpha and rgba[..., 3].max() == 0:
         raise DataError(f"image {path} is fully transparent (alpha is 0 everywhere): nothing to reconstruct")
-    if alpha.min() >= 1:
+    return ImageFile(rgba, mode, stores_alpha)
+
+
+def load_rgba(path: str | Path) -> torch.Tensor:
+    """An image file whose alpha channel masks the object -> float tensor [H, W, 4] in [0, 1]; DataError with a fix
+    otherwise."""
+    image = read_rgba(path)
+    if not image.stores_alpha:
+        raise DataError(f"image {path} has no alpha channel (mode {image.mode}): {REMBG_HINT}")
+    if not image.has_mask:
         raise DataError(f"image {path} is fully opaque (alpha is 1 everywhere), so it shows no object mask: {REMBG_HINT}")
-    return torch.from_numpy(rgba.copy())
+    return torch.from_numpy(image.rgba.astype(np.float32) / 255.0)
 
 
 def resize(image: torch.Tensor, height: int, width: int, alpha_channel: int | None = 3) -> torch.Tensor:

@@ -26,14 +26,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
+from ..cli import run_cli
 from .base import DataError
-from .image import recenter
+from .image import read_rgba, recenter
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ProcessOptions", "has_rembg", "read_image", "remove_background", "process_image", "process_path", "main"]
+__all__ = ["ProcessOptions", "has_rembg", "remove_background", "process_image", "process_path", "main"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 OUTPUT_SUFFIX = "_rgba.png"
@@ -45,31 +46,6 @@ NO_ALPHA_FIX = (
 
 def has_rembg() -> bool:
     return importlib.util.find_spec("rembg") is not None
-
-
-def read_image(path: str | Path) -> tuple[np.ndarray, bool]:
-    """An image file -> (uint8 RGBA array [H, W, 4], whether it carries a real alpha mask).
-
-    "Real" means an alpha channel that is not 255 everywhere; images without one come back with alpha 255.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"input image not found: {path}")
-    if path.is_dir():
-        raise DataError(f"expected an image file, got a folder: {path}")
-    try:
-        with Image.open(path) as im:
-            im.load()
-            mode = im.mode
-            has_alpha = mode in ("RGBA", "LA", "RGBa", "La", "PA") or (mode == "P" and "transparency" in im.info)
-            rgba = np.asarray(im.convert("RGBA"), dtype=np.uint8).copy()
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise DataError(f"cannot read image {path}: {exc}") from exc
-    if has_alpha and rgba[..., 3].min() == 255:
-        has_alpha = False  # an alpha channel that masks nothing
-    if has_alpha and rgba[..., 3].max() == 0:
-        raise DataError(f"image {path} is fully transparent (alpha is 0 everywhere): nothing to reconstruct")
-    return rgba, has_alpha
 
 
 def remove_background(rgb: np.ndarray, model: str = "u2net", source: str = "") -> np.ndarray:
@@ -111,8 +87,9 @@ def process_image(path: str | Path, options: ProcessOptions | None = None, out: 
     """Process one image (see the module docstring) and write it; returns the path written."""
     options = options or ProcessOptions()
     path = Path(path)
-    rgba, has_alpha = read_image(path)
-    if not has_alpha:
+    image = read_rgba(path)
+    rgba = image.rgba
+    if not image.has_mask:
         rgba = remove_background(rgba, options.model, source=str(path))
         if rgba[..., 3].max() == 0:
             raise DataError(f"rembg found no object in {path}: crop the photo closer to the object, or mask it yourself")
@@ -158,14 +135,13 @@ def main(argv: Sequence[str] | None = None, prog: str = "process.py") -> int:
     parser.add_argument("--border_ratio", default=0.2, type=float, help="empty border around the object")
     parser.add_argument("--recenter", type=_bool, default=True, help="recentre and rescale the object (true/false)")
     args = parser.parse_args(argv)
-    try:
+
+    def body() -> None:
         options = ProcessOptions(args.size, args.border_ratio, args.recenter, args.model)
         for out in process_path(args.path, options):
             print(f"wrote {out}")
-    except DataError as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+
+    return run_cli(body, prog)
 
 
 if __name__ == "__main__":

@@ -59,7 +59,9 @@ class RandomCameraConfig:
     eval_elevation_deg: float = 15.0
     eval_camera_distance: float = 1.5
     eval_fovy_deg: float = 70.0
-    light_sample_strategy: Literal["dreamfusion", "camera"] = "dreamfusion"
+    light_sample_strategy: Literal["dreamfusion", "magic3d", "camera"] = "dreamfusion"
+    """dreamfusion: near the camera direction (perturbed); magic3d: azimuth U(−180°, 180°) and elevation U(30°, 90°)
+    in the camera's local frame (z towards the camera); camera: at the camera."""
     batch_uniform_azimuth: bool = True
     """Stratify the azimuths of a batch: sample k falls in the k-th of B equal sectors."""
     progressive_until: int = 0
@@ -94,6 +96,22 @@ class RandomCameraConfig:
 
 def _uniform(g: torch.Generator, n: int, lo: float, hi: float) -> torch.Tensor:
     return torch.rand(n, generator=g) * (hi - lo) + lo
+
+
+def magic3d_light(position: torch.Tensor, noise: torch.Tensor, distance: torch.Tensor) -> torch.Tensor:
+    """Magic3D's light: direction drawn in a frame whose z axis points at the camera, azimuth U(−π, π), elevation
+    U(π/6, π/2). The two uniforms are Φ(noise[:, 0]) and Φ(noise[:, 1]) of the normal draws every strategy makes,
+    so each strategy uses the generator alike. position, noise [B, 3], distance [B] -> light positions [B, 3]."""
+    u = 0.5 * (1.0 + torch.erf(noise[:, :2] / math.sqrt(2.0)))
+    azimuth = u[:, 0] * 2 * math.pi - math.pi
+    elevation = u[:, 1] * math.pi / 3 + math.pi / 6
+    z = F.normalize(position, dim=-1)
+    x = F.normalize(torch.stack([z[:, 1], -z[:, 0], torch.zeros_like(z[:, 0])], -1), dim=-1)
+    y = F.normalize(torch.cross(z, x, dim=-1), dim=-1)
+    local = torch.stack(
+        [torch.cos(elevation) * torch.cos(azimuth), torch.cos(elevation) * torch.sin(azimuth), torch.sin(elevation)], -1
+    )
+    return distance[:, None] * (local[:, :1] * x + local[:, 1:2] * y + local[:, 2:] * z)
 
 
 class RandomCameraSampler:
@@ -141,6 +159,8 @@ class RandomCameraSampler:
         light_distance = _uniform(g, batch, *cfg.light_distance_range)
         if cfg.light_sample_strategy == "dreamfusion":
             light = F.normalize(position + light_noise * cfg.light_position_perturb, dim=-1) * light_distance[:, None]
+        elif cfg.light_sample_strategy == "magic3d":
+            light = magic3d_light(position, light_noise, light_distance)
         else:
             light = position.clone()
         return CameraBatch(

@@ -21,6 +21,7 @@ import transformers
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjection
 
+from hash3d.config.errors import ConfigError, MissingFileError, UserInputError
 from hash3d.diffusion.camera_projection import CameraProjection, ClipCameraProjectionLayout
 
 # transformers >= 5 picks a torchvision-backed CLIPImageProcessor when torchvision is installed; the PIL one is
@@ -28,6 +29,8 @@ from hash3d.diffusion.camera_projection import CameraProjection, ClipCameraProje
 CLIPImageProcessor = getattr(transformers, "CLIPImageProcessorPil", None) or transformers.CLIPImageProcessor
 
 __all__ = [
+    "ModelLoadError",
+    "is_hub_id",
     "StableDiffusionParts",
     "Zero123Parts",
     "load_stable_diffusion",
@@ -36,6 +39,12 @@ __all__ = [
     "ZERO123_SUBFOLDERS",
     "CAMERA_PROJECTION_SUBFOLDERS",
 ]
+
+
+
+class ModelLoadError(UserInputError, OSError):
+    """A model folder or hub model whose files are there but cannot be loaded (broken or foreign weights)."""
+
 
 SD_SUBFOLDERS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 ZERO123_SUBFOLDERS = ("unet", "vae", "image_encoder", "feature_extractor", "scheduler")
@@ -189,7 +198,8 @@ def _family_hint(family: str, components: frozenset[str]) -> str:
     return ""
 
 
-def _is_hub_id(name: str) -> bool:
+def is_hub_id(name: str) -> bool:
+    """Whether `name` reads as a Hugging Face hub id ('owner/name' or 'name'), not as a local path."""
     if not name or name.startswith((".", "/", "~")) or "\\" in name or name.count("/") > 1:
         return False
     try:
@@ -206,8 +216,8 @@ def _resolve(name_or_path: str | os.PathLike, family: str, local_files_only: boo
     path = Path(name).expanduser()
     if path.exists():
         return _resolve_local(path, family, local_files_only)
-    if not isinstance(name_or_path, str) or not _is_hub_id(name):
-        raise FileNotFoundError(
+    if not isinstance(name_or_path, str) or not is_hub_id(name):
+        raise MissingFileError(
             f"No folder at '{path}', and '{name}' is not a Hugging Face hub id (like 'owner/name'). "
             f"Pass a folder in {_layout(family)}, or a hub id. " + _TEST_MODEL_HINT.format(family=family)
         )
@@ -222,7 +232,7 @@ def _resolve_local(path: Path, family: str, local_files_only: bool) -> _Source:
                 " It looks like a single-file checkpoint; convert it to the diffusers layout first "
                 "(e.g. with the conversion scripts in diffusers' scripts/ folder)."
             )
-        raise ValueError(f"'{path}' is a file, but a folder in {_layout(family)} is expected.{hint}")
+        raise ConfigError(f"'{path}' is a file, but a folder in {_layout(family)} is expected.{hint}")
     components = frozenset(p.name for p in path.iterdir() if p.is_dir())
     missing = _missing_parts(family, components)
     if missing:
@@ -232,7 +242,7 @@ def _resolve_local(path: Path, family: str, local_files_only: bool) -> _Source:
             if checkpoints
             else ""
         )
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"The folder '{path}' is missing the subfolder{'s' if len(missing) > 1 else ''} "
             f"{', '.join(repr(m) for m in missing)}; expected {_layout(family)}."
             f"{_family_hint(family, components)}{extra}"
@@ -266,24 +276,24 @@ def _resolve_hub(repo_id: str, family: str, offline: bool) -> _Source:
     try:
         index_file = hf_hub_download(repo_id, "model_index.json", local_files_only=offline)
     except LocalEntryNotFoundError:
-        raise FileNotFoundError(_offline_message(repo_id, family, offline)) from None
+        raise MissingFileError(_offline_message(repo_id, family, offline)) from None
     except GatedRepoError:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"The hub model '{repo_id}' is gated: accept its license on huggingface.co and log in "
             f"(`huggingface-cli login`), or pass a local folder in {_layout(family)}."
         ) from None
     except RepositoryNotFoundError:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"There is no model '{repo_id}' on the Hugging Face hub (or it is private: log in with "
             f"`huggingface-cli login`), and no local folder of that name. Pass a hub id or a folder in "
             f"{_layout(family)}."
         ) from None
     except EntryNotFoundError:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"The hub model '{repo_id}' has no model_index.json at its top; expected {_layout(family)}."
         ) from None
     except (OSError, ConnectionError) as error:  # network trouble that huggingface_hub did not classify
-        raise FileNotFoundError(
+        raise MissingFileError(
             _offline_message(repo_id, family, offline, f" ({type(error).__name__}: {error})")
         ) from None
     index = json.loads(Path(index_file).read_text())
@@ -292,7 +302,7 @@ def _resolve_hub(repo_id: str, family: str, offline: bool) -> _Source:
     )
     missing = _missing_parts(family, components)
     if missing:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"The hub model '{repo_id}' has no {', '.join(repr(m) for m in missing)} in its model_index.json; "
             f"expected {_layout(family)}.{_family_hint(family, components)}"
         )
@@ -318,10 +328,10 @@ def _load_component(load: Callable[..., Any], source: _Source, subfolder: str, *
         return load(source.root, subfolder=subfolder, local_files_only=source.local_files_only, **kwargs)
     except (OSError, ValueError) as error:
         if not source.is_local and source.local_files_only:
-            raise FileNotFoundError(
+            raise MissingFileError(
                 _offline_message(source.root, source.family, True, f" (its '{subfolder}' files are missing)")
             ) from None
-        raise OSError(f"Could not load '{subfolder}' from the {source.describe()}: {error}") from error
+        raise ModelLoadError(f"Could not load '{subfolder}' from the {source.describe()}: {error}") from error
 
 
 def _load_model(cls: type, source: _Source, subfolder: str, *, dtype, device, variant) -> Any:

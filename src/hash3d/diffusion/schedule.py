@@ -6,7 +6,9 @@ constant; a 3-element list gets a leading 0), or `[s0, v0, v1, s1, v2, s2]` (two
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from typing import Literal
 
 ScheduleValue = float | int | Sequence[float]
 
@@ -21,24 +23,28 @@ def check_schedule(name: str, value: ScheduleValue) -> None:
         )
 
 
-def _linear(step: float, s0: float, v0: float, v1: float, s1: float) -> float:
+def _linear(step: float, s0: float, v0: float, v1: float, s1: float, exp: bool = False) -> float:
     if step <= s0:
         return v0
     if step >= s1:
         return v1
-    return v0 + (v1 - v0) * (step - s0) / (s1 - s0)
+    t = (step - s0) / (s1 - s0)
+    if exp:  # threestudio's interpolation="exp": linear in log space (both ends must be > 0)
+        return math.exp(math.log(v0) + (math.log(v1) - math.log(v0)) * t)
+    return v0 + (v1 - v0) * t
 
 
-def schedule_value(value: ScheduleValue, step: int) -> float:
-    """The value of a schedule at a global step."""
+def schedule_value(value: ScheduleValue, step: int, interpolation: Literal["linear", "exp"] = "linear") -> float:
+    """The value of a schedule at a global step ('exp': interpolated linearly in log space, e.g. 3DGS learning rates)."""
     if isinstance(value, (int, float)):
         return float(value)
     value = [float(v) for v in value]
     if len(value) == 3:
         value = [0.0] + value
+    exp = interpolation == "exp"
     if len(value) == 4:
-        return _linear(step, *value)
+        return _linear(step, *value, exp=exp)
     s0, v0, v1, s1, v2, s2 = value
     if step < s1:
-        return _linear(step, s0, v0, v1, s1)
-    return _linear(step, s1, v1, v2, s2)
+        return _linear(step, s0, v0, v1, s1, exp)
+    return _linear(step, s1, v1, v2, s2, exp)

@@ -12,21 +12,20 @@ Callers say what a UNet call is about by opening a request around it:
 The UNet batch may be a multiple of B (classifier-free guidance stacks [cond(B); uncond(B)]): sample i of every
 such group belongs to key i, and one cache entry stores all groups. Calls outside a request run the plain UNet.
 
-Per request the policy decides whether to try the cache (probability η, optionally a forced full call every N).
-Keys that hit are answered from the cache; the rest run the full UNet and are inserted. Modes:
+Per request the policy decides whether to try the cache (`hash3d.cache.policy`: probability η, or cost-aware).
+Keys that hit are answered from the cache; the rest run the full UNet and are inserted. A request that does not try
+still inserts under the fixed policy (η only says how often to look), and runs the plain UNet under the cost-aware
+one (its "skip" arm costs what the cache-off call costs). Modes:
 - `noise`: a hit returns the blended stored UNet output; the UNet does not run for it.
 - `features`: a hit runs only the first `depth` down blocks and the last `depth` up blocks, with the blended stored
   input of up block `-depth` in place of the deep path (DeepCache-style; the paper's cache point is depth 1).
 Hit/miss decisions, blending and inserts are tensor code on the UNet's device. The only host read per tried call is
-the number of hits, which picks among the three paths (all hit / all miss / split batch); with `config.gpu_dispatch`
-(CUDA graphs and conditional graph nodes) a tried call is one graph replay with no host read at all
-(`cache_graph.RequestGraphs`).
+the number of hits, which picks among the three paths (all hit / all miss / split batch).
 """
 
 from __future__ import annotations
 
 import contextlib
-import random
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -36,9 +35,11 @@ from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
 
 from ..cache.config import CacheConfig
+from ..cache.policy import build_policy
 from ..cache.table import RESTORE_FIX, HashTable
-from ..cuda_graphs import GraphedFunction, conditional_nodes_available, count_captured, cuda_graphs_available
-from .cache_graph import RequestGraphs, bucket_for, from_entries, key_rows, to_entries
+from ..cuda_graphs import GraphedFunction, count_captured, cuda_graphs_available
+from .cache_graph import bucket_for, from_entries, key_rows, to_entries
+from .request_timer import RequestTimer
 
 NONFINITE_KEYS = "cache keys contain NaN or inf: check the cameras (elevation, azimuth, distance) and timesteps"
 
@@ -70,13 +71,12 @@ class _CacheState:
         self.request: _Request | None = None
         # captured-graph counts of callers that graph whole steps around this cache (guidance.hit_step)
         self.graph_sources: list[Callable[[], int]] = []
-        # [full samples (gpu_dispatch), cached samples (gpu_dispatch), non-finite keys (GPU tables)], on the device
-        self.device_counts = torch.zeros(3, dtype=torch.int64, device=table.device)
-        self.request_graphs = (
-            RequestGraphs(table, config.mode, self.device_counts)
-            if cuda_graphs and config.gpu_dispatch and conditional_nodes_available()
-            else None
-        )
+        # non-finite keys seen by a GPU table (counted on the device: no host read per request)
+        self.nonfinite = torch.zeros((), dtype=torch.int64, device=table.device)
+        self.policy = build_policy(config.policy)
+        # the cost-aware policy reads GPU times; without a CUDA device it has none and tries every request
+        self.timer = RequestTimer() if self.policy.measures and table.device.type == "cuda" else None
+        self.timing: tuple | None = None
         # output structure of the skipped blocks; survives resets, since a replayed CUDA graph of a full pass does
         # not run the Python hooks that record it
         self.block_outputs: dict[str, Any] = {}
@@ -84,15 +84,18 @@ class _CacheState:
 
     def reset(self) -> None:
         self.table.reset()
-        self.rng = random.Random(self.config.policy.seed)
-        self.calls = 0
+        self.policy.reset()
+        if self.timer is not None:
+            self.timer.clear()
+        self.timing = None
         self.tried = 0
+        self.skipped = 0
         self.full_samples = 0
         self.cached_samples = 0
         self.phase = "full"  # "full": run blocks; "record": run and keep the deep feature; "reuse": cached feature
         self.deep: torch.Tensor | None = None
         self.last_hits: torch.Tensor | None = None
-        self.device_counts.zero_()
+        self.nonfinite.zero_()
 
     def state_dict(self) -> dict[str, Any]:
         """The policy's random stream and counters; with `config.save_in_checkpoint`, the table too."""
@@ -100,11 +103,12 @@ class _CacheState:
         return {
             "mode": self.config.mode,
             "depth": self.config.depth,
-            "policy_rng": self.rng.getstate(),
-            "calls": self.calls,
+            **self.policy.state_dict(),
+            "strategy": self.config.policy.strategy,
             "tried": self.tried,
-            "full_samples": self.full_samples + int(self.device_counts[0]),
-            "cached_samples": self.cached_samples + int(self.device_counts[1]),
+            "skipped": self.skipped,
+            "full_samples": self.full_samples,
+            "cached_samples": self.cached_samples,
             "table": self.table.state_dict() if with_table else None,
             "block_outputs": {k: _spec_to_data(v) for k, v in self.block_outputs.items()} if with_table else {},
         }
@@ -116,10 +120,11 @@ class _CacheState:
         if table is not None:
             self._check_fits(state, table)
         self.reset()
-        version, internal, gauss = state["policy_rng"]
-        self.rng.setstate((version, tuple(internal), gauss))
-        for name in ("calls", "tried", "full_samples", "cached_samples"):
+        if state.get("strategy", "fixed") == self.config.policy.strategy:
+            self.policy.load_state_dict(state)
+        for name in ("tried", "full_samples", "cached_samples"):
             setattr(self, name, int(state[name]))
+        self.skipped = int(state.get("skipped", 0))
         if table is not None:
             self.table.load_state_dict(table)
             device = self.table.device
@@ -135,12 +140,28 @@ class _CacheState:
         if mismatches:
             raise ValueError(f"the saved Hash3D cache does not fit this cache ({'; '.join(mismatches)}): {RESTORE_FIX}")
 
-    def should_try(self) -> bool:
-        policy = self.config.policy
-        self.calls += 1
-        if policy.force_full_every and self.calls % policy.force_full_every == 0:
-            return False
-        return policy.probability >= 1.0 or self.rng.random() < policy.probability
+    @property
+    def calls(self) -> int:
+        return self.policy.calls
+
+    def should_try(self, shape: tuple) -> bool:
+        """The policy's decision for the next request (latents of `shape`); starts timing it for a measuring policy."""
+        if self.policy.measures and self.timer is None:
+            self.policy.calls += 1
+            return True
+        tried = self.policy.decide(shape)
+        if self.timer is not None:
+            for done_shape, done_tried, ms in self.timer.ready():
+                self.policy.observe(done_shape, done_tried, ms)
+            self.timing = (self.timer.start(), shape, tried)
+        return tried
+
+    def finish_request(self) -> None:
+        """The request timed since `should_try` has queued its answer."""
+        if self.timing is not None:
+            start, shape, tried = self.timing
+            self.timer.stop(start, shape, tried)
+            self.timing = None
 
 
 def _take(obj: Any, index: torch.Tensor, batch: int) -> Any:
@@ -192,18 +213,26 @@ class _UNetHook(ModelHook):
         groups = batch // n_keys
         call = (sample, timestep, encoder_hidden_states) + args
 
+        try:
+            out = self._answer(forward, call, kwargs, req, n_keys, groups, batch)
+        finally:
+            st.finish_request()
+        return UNet2DConditionOutput(sample=out) if kwargs.get("return_dict", True) else (out,)
+
+    def _answer(self, forward, call: tuple, kwargs: dict, req: _Request, n_keys: int, groups: int, batch: int):
+        st = self.state
         values, hit = None, None
-        if st.should_try() if req.tried is None else req.tried:
+        tried = st.should_try(tuple(req.latents.shape)) if req.tried is None else req.tried
+        if tried:
             st.tried += 1
-            graphs = st.request_graphs if req.query is None else None
-            if graphs is not None and st.table._pool_values is not None and not _extra(kwargs) and _all_tensors(call):
-                st.table._check_shape("latents", req.latents, st.table._latent_shape)
-                out, st.last_hits = graphs(self._phase_runner(forward, len(call), {}), call, req.keys, req.latents, groups)
-                return UNet2DConditionOutput(sample=out) if kwargs.get("return_dict", True) else (out,)
             values, hit = req.query if req.query is not None else st.table.query(req.keys, req.latents)
             if req.finite is not None:
                 hit = hit & req.finite
             st.last_hits = hit
+        elif st.policy.measures:  # the cost-aware policy's skip arm: the cache-off call, nothing stored
+            st.skipped += 1
+            st.full_samples += n_keys
+            return self._execute(forward, "full", call, kwargs, batch)[0]
         n_hits = 0 if values is None else int(hit.sum())  # the one host read of a tried call
         if n_hits == 0:
             out = self._full(forward, call, kwargs, req.keys, req.latents, groups, req.finite, batch)
@@ -211,11 +240,6 @@ class _UNetHook(ModelHook):
         elif n_hits == n_keys:
             out = self._cached(forward, call, kwargs, values, groups, batch)
             st.cached_samples += n_keys
-        elif not self._split_pays(batch, groups * (n_keys - n_hits), groups * n_hits):
-            # features mode, where the full pass over the whole batch measured cheaper than the split one: no reuse
-            out = self._full(forward, call, kwargs, req.keys, req.latents, groups, req.finite, batch)
-            st.full_samples += n_keys
-            st.last_hits = torch.zeros_like(hit)
         else:
             # misses then hits, each in index order, without another host read
             order = torch.argsort(hit.to(torch.int8), stable=True)
@@ -233,22 +257,7 @@ class _UNetHook(ModelHook):
             out[hit_rows] = cached_out.to(out.dtype)
             st.cached_samples += n_hits
             st.full_samples += n_keys - n_hits
-        return UNet2DConditionOutput(sample=out) if kwargs.get("return_dict", True) else (out,)
-
-    def _split_pays(self, rows: int, miss_rows: int, hit_rows: int) -> bool:
-        """Whether a split batch (full pass on the misses, shallow pass on the hits) costs less than one full pass
-        over all rows, by the replay times measured when the passes were captured. Noise mode always splits (its hits
-        cost no UNet); so does anything not yet measured."""
-        st = self.state
-        if st.config.mode != "features" or st.graphs is None:
-            return True
-        full, reuse = st.graphs.get("record"), st.graphs.get("reuse")
-        if full is None or reuse is None:
-            return True
-        costs = tuple(g.replay_ms.get(bucket_for(n, rows)) for g, n in ((full, rows), (full, miss_rows), (reuse, hit_rows)))
-        if None in costs:
-            return True
-        return costs[1] + costs[2] < costs[0]
+        return out
 
     def _phase_runner(self, forward, n_call: int, extra: dict):
         """(phase, call tensors, deep feature for "reuse") -> (UNet output, recorded deep feature or None)."""
@@ -285,7 +294,7 @@ class _UNetHook(ModelHook):
         if st.graphs is not None and not extra and _all_tensors(args):
             if phase not in st.graphs:
                 # a split-batch size may come up only once in a run: capture a shape at its second call
-                st.graphs[phase] = GraphedFunction(run, warmup=1, capture_after=2, time_replays=True)
+                st.graphs[phase] = GraphedFunction(run, warmup=1, capture_after=2)
             # split batches come in every size from 1 to B: pad to a power of two (at most B) so a handful of graphs
             # serve them all (a launch-bound UNet pass costs about the same for a few more rows)
             n = call[0].shape[0]
@@ -434,7 +443,7 @@ class UNetCache:
             if self._state.table.device.type == "cuda":
                 # no host read on a GPU: such keys never hit and are never stored, and `stats` raises about them
                 finite = torch.isfinite(keys).all(-1).to(self._state.table.device)
-                self._state.device_counts[2] += (~finite).sum()
+                self._state.nonfinite += (~finite).sum()
             elif not bool(torch.isfinite(keys).all()):
                 raise ValueError(NONFINITE_KEYS)
         previous = self._state.request
@@ -452,9 +461,10 @@ class UNetCache:
         self._state.reset()
 
     # ---------------------------------------------------------------- for callers that graph their whole step
-    def try_now(self) -> bool:
-        """Ask the policy whether the next request tries the cache (pass the answer to `request(tried=...)`)."""
-        return self._state.should_try()
+    def try_now(self, latents: torch.Tensor) -> bool:
+        """Ask the policy whether the next request, on latents like these, tries the cache (pass the answer to
+        `request(tried=...)`; when every sample hit without a UNet call, close it with `record_hits`)."""
+        return self._state.should_try(tuple(latents.shape))
 
     def ready_to_query(self, latents: torch.Tensor) -> bool:
         """Whether `query_core` can run now on latents of this shape (the table holds entries of that shape)."""
@@ -471,7 +481,7 @@ class UNetCache:
         `ready_to_query`; follow with `request(keys, latents, tried=True, query=...)` or `record_hits`."""
         finite = torch.isfinite(keys).all(-1)
         if self.config.check_keys:
-            self._state.device_counts[2] += (~finite).sum()
+            self._state.nonfinite += (~finite).sum()
         values, hit = self._state.table._query_core(torch.where(finite[:, None], keys, torch.zeros_like(keys)), latents)
         return values, hit & finite, finite
 
@@ -490,6 +500,7 @@ class UNetCache:
         st.tried += 1
         st.cached_samples += hit.shape[0]
         st.last_hits = hit
+        st.finish_request()
 
     def state_dict(self) -> dict[str, Any]:
         """What a resumed run needs to continue exactly: the policy's random stream and counters, and (with
@@ -508,9 +519,10 @@ class UNetCache:
 
     @property
     def stats(self) -> dict[str, float]:
-        """Table statistics plus UNet work: samples run in full, samples answered from the cache."""
+        """Table statistics plus UNet work: samples run in full, samples answered from the cache, requests the
+        cost-aware policy skipped, and that policy's current arm and median costs (`policy_*`)."""
         st = self._state
-        full, cached, nonfinite = st.device_counts.tolist()
+        nonfinite = int(st.nonfinite)
         if nonfinite:
             raise ValueError(f"{NONFINITE_KEYS} ({nonfinite} keys since the last reset; those calls ran the full UNet "
                              "and nothing was stored for them)")
@@ -518,14 +530,15 @@ class UNetCache:
         out.update(
             calls=st.calls,
             tried=st.tried,
-            full_samples=st.full_samples + full,
-            cached_samples=st.cached_samples + cached,
-            unet_calls_saved=st.cached_samples + cached,
+            skipped=st.skipped,
+            full_samples=st.full_samples,
+            cached_samples=st.cached_samples,
+            unet_calls_saved=st.cached_samples,
             # each new batch shape of a phase is captured once (a UNet capture costs a few eager passes): short runs
             # with many split-batch sizes pay for them in the step time
             graphs_captured=count_captured((st.graphs or {}).values()) + st.table.graphs_captured
-            + (st.request_graphs.captured if st.request_graphs is not None else 0)
             + sum(source() for source in st.graph_sources),
+            **st.policy.stats(),
         )
         return out
 

@@ -1,12 +1,14 @@
-"""The one error type the evaluation tools raise for bad input, and how the command lines report it."""
+"""The error the evaluation tools raise for bad input (a `UserInputError`: their command lines print it as one line
+and exit with status 2 through `hash3d.cli.run_cli`)."""
 
 from __future__ import annotations
 
-import sys
-from typing import Callable, Sequence
+from typing import Sequence
+
+from hash3d.config.errors import UserInputError
 
 
-class EvalError(Exception):
+class EvalError(UserInputError, ValueError):
     """A problem with the user's input (paths, images, options, models) described in words they can act on."""
 
 
@@ -16,12 +18,3 @@ def list_names(names: Sequence[str], limit: int = 20) -> str:
     if len(names) > limit:
         shown += f", … and {len(names) - limit} more"
     return shown
-
-
-def run_cli(main: Callable[[], int], prog: str) -> int:
-    """Run a command-line entry point; an EvalError becomes one 'prog: error: …' line on stderr and exit status 2."""
-    try:
-        return main()
-    except EvalError as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-        return 2

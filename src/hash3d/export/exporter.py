@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from ..config.errors import ConfigError
 from ..config.registry import register
 from ..scene.field import RadianceField
 from ..scene.isosurface import IsosurfaceConfig, Mesh, extract_mesh
@@ -44,7 +45,7 @@ class MeshExporter:
         cfg = self.config
         mesh = self.extract(field)
         if cfg.fmt == "obj-mtl" and not cfg.save_texture:
-            raise ValueError("exporter fmt 'obj-mtl' needs save_texture: true (use fmt 'obj' for vertex colours)")
+            raise ConfigError("exporter fmt 'obj-mtl' needs save_texture: true (use fmt 'obj' for vertex colours)")
         return export_mesh(
             mesh,
             Path(out_dir) / cfg.save_name,

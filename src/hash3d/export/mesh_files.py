@@ -14,6 +14,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from ..config.errors import ConfigError
 from ..scene.field import RadianceField
 from ..scene.isosurface import Mesh, vertex_albedo
 from .uv_texture import bake_texture, unwrap_uv
@@ -98,7 +99,7 @@ def export_mesh(
     path = Path(path)
     fmt = fmt or {".obj": "obj", ".glb": "glb", ".ply": "ply"}.get(path.suffix.lower())
     if fmt not in FORMATS:
-        raise ValueError(f"unknown mesh format {fmt!r} for {path}; choose one of {', '.join(FORMATS)}")
+        raise ConfigError(f"unknown mesh format {fmt!r} for {path}; choose one of {', '.join(FORMATS)}")
     if mesh.n_faces == 0:
         raise ValueError("the mesh has no faces")
     path = path.with_suffix(".obj" if fmt in ("obj", "obj-mtl") else "." + fmt)
@@ -108,7 +109,7 @@ def export_mesh(
         device = next((p.device for p in field.parameters()), torch.device("cpu")) if hasattr(field, "parameters") else "cpu"
     want_texture = fmt in ("obj", "obj-mtl", "glb") and mesh.texture is None and field is not None and texture_size > 0
     if fmt == "obj-mtl" and mesh.texture is None and not want_texture:
-        raise ValueError("fmt 'obj-mtl' needs a textured mesh or a field to bake the texture from (and texture_size > 0)")
+        raise ConfigError("fmt 'obj-mtl' needs a textured mesh or a field to bake the texture from (and texture_size > 0)")
     if want_texture:
         mesh = unwrap_uv(mesh, texture_size)
         mesh = bake_texture(mesh, lambda p: vertex_albedo(field, p), texture_size, device=device)

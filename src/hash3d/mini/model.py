@@ -22,7 +22,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from hash3d.testing.models import build_component, clip_image_processor_config, model_index
+from hash3d.diffusion.layout import DIFFUSERS_VERSION, build_component, clip_image_processor_config, model_index
 
 __all__ = [
     "PRESETS",
@@ -37,7 +37,6 @@ __all__ = [
     "whiten_latents",
 ]
 
-_DIFFUSERS_VERSION = "0.42.1"
 PARTS = ("unet", "vae", "image_encoder", "cc_projection")
 
 # Widths per preset. "default" is the shipped model (≈ 11.9M parameters, ≈ 23.8 MB in fp16); "tiny" is for CPU tests.
@@ -124,7 +123,7 @@ def model_configs(preset: str = "default", scaling_factor: float = 1.0) -> dict[
     feature_extractor = clip_image_processor_config(IMAGE_SIZE)
     scheduler = {
         "_class_name": "DDIMScheduler",
-        "_diffusers_version": _DIFFUSERS_VERSION,
+        "_diffusers_version": DIFFUSERS_VERSION,
         "beta_end": 0.02,
         "beta_schedule": "squaredcos_cap_v2",
         "beta_start": 0.0001,
@@ -262,6 +261,3 @@ def folder_bytes(path: str | Path) -> int:
     return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
 
 
-def default_size_bytes(preset: str = "default", bytes_per_parameter: int = 2) -> int:
-    """Weight bytes of the written folder for a preset (fp16: 2 bytes per parameter), from a meta-device build."""
-    return sum(count_parameters(preset).values()) * bytes_per_parameter

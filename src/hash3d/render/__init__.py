@@ -1,9 +1,10 @@
 """Renderers: NeRF volume rendering (packed samples, occupancy grid), materials."""
 
 from .background import SolidColorBackground, SolidColorBackgroundConfig
-from .environment_map import NeuralEnvironmentMapBackground, NeuralEnvironmentMapBackgroundConfig
+from .env_map import NeuralEnvironmentMapBackground, NeuralEnvironmentMapConfig
 from .compositing import accumulate_along_rays, exclusive_segment_sum, render_weights
-from .material import DiffuseWithPointLight, MaterialConfig, Shading, choose_shading, shade
+from .material import DiffuseWithPointLight, MaterialConfig, NoMaterial, Shading, choose_shading, shade
+from .mesh_renderer import MeshRenderer, MeshRendererConfig
 from .occupancy import OccupancyGrid, OccupancyGridConfig
 from .rays import ray_aabb
 from .sampling import PackedSamples, march_rays
@@ -12,9 +13,12 @@ from .volume import RenderOutput, VolumeRenderConfig, render_cameras, render_ray
 
 __all__ = [
     "DiffuseWithPointLight",
+    "MeshRenderer",
+    "MeshRendererConfig",
     "NeRFVolumeRenderer",
     "NeuralEnvironmentMapBackground",
-    "NeuralEnvironmentMapBackgroundConfig",
+    "NeuralEnvironmentMapConfig",
+    "NoMaterial",
     "SolidColorBackground",
     "SolidColorBackgroundConfig",
     "MaterialConfig",

@@ -6,6 +6,8 @@ import importlib.util
 
 import torch
 
+from ..config.errors import ConfigError
+
 
 def has_module(name: str) -> bool:
     """True when the package can be imported (its CUDA code may still need compiling)."""
@@ -26,8 +28,8 @@ def choose_backend(
         if not available:
             raise ImportError(f"backend='{fast}' needs the {fast} package: {install}")
         if device.type != "cuda":
-            raise ValueError(f"backend='{fast}' needs CUDA tensors; got {device}. Use backend='torch' on the CPU.")
+            raise ConfigError(f"backend='{fast}' needs CUDA tensors; got {device}. Use backend='torch' on the CPU.")
         return fast
     if backend == "torch":
         return "torch"
-    raise ValueError(f"unknown {kind} {backend!r}; expected 'auto', 'torch' or '{fast}'")
+    raise ConfigError(f"unknown {kind} {backend!r}; expected 'auto', 'torch' or '{fast}'")

@@ -33,10 +33,7 @@ class SolidColorBackground(nn.Module):
         if device is not None:
             self.to(device)
 
-    per_ray = False
-    """One colour for every ray (a per-ray background, e.g. an environment map, takes the rays' directions)."""
-
-    def forward(self, n: int | None = None, dirs: torch.Tensor | None = None) -> torch.Tensor:
-        """The colour [3], or repeated [n, 3]; `dirs` is ignored."""
+    def forward(self, n: int | None = None) -> torch.Tensor:
+        """The colour [3], or repeated [n, 3]."""
         color = torch.sigmoid(self.logit) if self.config.learned else self.color
         return color if n is None else color.expand(n, 3)

@@ -30,7 +30,7 @@ Conventions:
   background on a silhouette: ~0.4 % of the pixels of a 1280-face icosphere at 128×96. The colour there is nearly
   the same (attributes are continuous across shared edges) but the gradient with respect to vertex positions is
   the other triangle's (it jumps across an edge); compare position gradients over pixels whose faces agree.
-  `hash3d.render.mesh_raster_check` and bench/mesh_raster_check.py compare the two backends.
+  bench/mesh_raster_check.py compares the two backends.
 - Barycentrics are perspective-correct: attributes vary linearly on the 3D triangle.
 - Texture: [S, S, D] with row 0 at the top (v = 1), sampled bilinearly at uv (OBJ convention, v = 0 at the
   bottom), texel centres at ((j + 0.5)/S, 1 − (i + 0.5)/S), clamped at the border (`hash3d.export.uv_texture`).

@@ -35,7 +35,9 @@ class NeRFVolumeRenderer(nn.Module):
         return self.grid
 
     @torch.no_grad()
-    def update_step(self, global_step: int, field: RadianceField, generator: torch.Generator | None = None) -> bool:
+    def refresh_occupancy(
+        self, global_step: int, field: RadianceField, generator: torch.Generator | None = None
+    ) -> bool:
         """Refresh the occupancy grid from the field's density (every `grid.update_every` steps)."""
         grid = self._grid_for(field)
         if grid is None:

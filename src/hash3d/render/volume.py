@@ -10,6 +10,7 @@ Samples are packed (flat, with ray indices), so work and memory scale with the s
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, replace
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -64,9 +65,9 @@ class RenderOutput:
     """Renderer output. Per-ray tensors have leading shape [R] (render_rays) or [B, H, W] (render_cameras)."""
 
     rgb: torch.Tensor
-    """[..., 3] colour composited over the background."""
+    """[..., C] colour composited over the background (C = 3, or the channels of a feature material)."""
     rgb_fg: torch.Tensor
-    """[..., 3] Σ w·colour (black background)."""
+    """[..., C] Σ w·colour (black background)."""
     opacity: torch.Tensor
     """[..., 1] Σ w."""
     depth: torch.Tensor
@@ -87,6 +88,8 @@ class RenderOutput:
     """[M, 3] sample points (e.g. for normal perturbation losses)."""
     sample_normals: torch.Tensor | None = None
     """[M, 3] field normals at the samples (orientation loss)."""
+    mesh: Any = None
+    """The differentiable `Mesh` a mesh renderer drew (None for volume renders); mesh regularisers read it."""
 
     PER_RAY = ("rgb", "rgb_fg", "opacity", "depth", "normal", "normal_vis")
 
@@ -98,7 +101,7 @@ def _background(background: torch.Tensor | None, n_rays: int, like: torch.Tensor
     if background is None:
         return torch.ones(n_rays, 3, dtype=like.dtype, device=like.device)
     bg = background.to(dtype=like.dtype, device=like.device)
-    return bg.expand(n_rays, 3) if bg.dim() == 1 else bg
+    return bg.expand(n_rays, bg.shape[-1]) if bg.dim() == 1 else bg
 
 
 def _chunk_shading(shading: Shading | None, lo: int, hi: int) -> Shading | None:
@@ -159,7 +162,12 @@ def _render_packed(
     out = _field_in_chunks(field, positions, need_normal, config.field_chunk_size)
     sigma = out.density.reshape(-1)
     weights, _, _ = render_weights(sigma, samples.deltas, samples.ray_indices, n_rays)
-    colors = shade(out.albedo, out.normal, positions, samples.ray_indices, shading)
+    if shading.feature_map is not None:
+        if out.features is None:
+            raise ValueError("the material colours samples from features, but the geometry returns none")
+        colors = shading.feature_map(out.features)
+    else:
+        colors = shade(out.albedo, out.normal, positions, samples.ray_indices, shading)
 
     opacity = accumulate_along_rays(weights, None, samples.ray_indices, n_rays)
     rgb_fg = accumulate_along_rays(weights, colors, samples.ray_indices, n_rays)

@@ -5,6 +5,7 @@ from .hash_grid import GridLevel, HashGrid, HashGridConfig, grid_levels, hash_gr
 from .implicit_volume import ImplicitVolume, ImplicitVolumeConfig
 from .isosurface import IsosurfaceConfig, Mesh, NoSurfaceError, density_grid, extract_mesh
 from .mlp import MLPConfig, make_mlp
+from .tetrahedra_sdf_grid import TetrahedraSDFGrid, TetrahedraSDFGridConfig
 
 __all__ = [
     "FieldOutput",
@@ -18,6 +19,8 @@ __all__ = [
     "Mesh",
     "NoSurfaceError",
     "RadianceField",
+    "TetrahedraSDFGrid",
+    "TetrahedraSDFGridConfig",
     "density_grid",
     "extract_mesh",
     "grid_levels",

@@ -12,8 +12,8 @@ import torch
 class FieldOutput:
     """Per-point outputs of a radiance field."""
 
-    density: torch.Tensor
-    """[N, 1] volume density σ (after the activation, ≥ 0)."""
+    density: torch.Tensor | None
+    """[N, 1] volume density σ (after the activation, ≥ 0); None for a surface geometry (DMTet)."""
     albedo: torch.Tensor
     """[N, 3] base colour in [0, 1]."""
     normal: torch.Tensor | None = None

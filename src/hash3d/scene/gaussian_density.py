@@ -9,7 +9,7 @@ Gaussians starting from zero moments.
 
 One training step::
 
-    rgb, alpha, meta = model.rasterize(viewmats, Ks, W, H, bg)
+    rgb, alpha, meta = rasterize_splats(model.splats(), viewmats, Ks, W, H, bg)
     strategy.step_pre_backward(meta)          # keep the gradient of meta.means2d
     loss.backward()
     optimizer.step(); optimizer.zero_grad(set_to_none=True)
@@ -34,7 +34,7 @@ from typing import Callable, Literal
 import torch
 from torch import Tensor, nn
 
-from hash3d.render.gaussian_raster import RasterMeta, quat_to_rotmat
+from hash3d.splatting import RasterMeta, quat_to_rotmat
 
 __all__ = [
     "DensifyState",
@@ -60,6 +60,10 @@ class DensifyState:
         self.grad2d = torch.zeros(n, device=device)
         self.count = torch.zeros(n, device=device)
         self.max_radii = torch.zeros(n, device=device)
+
+    def slice(self, keep: Tensor) -> None:
+        """Keep the statistics of the Gaussians where `keep` [N] is True (after a removal)."""
+        self.grad2d, self.count, self.max_radii = self.grad2d[keep], self.count[keep], self.max_radii[keep]
 
 
 @dataclasses.dataclass
@@ -107,6 +111,17 @@ class GaussianDensifyStrategy:
     split_count: int = 2
     split_scale_divisor: float = 1.6
     """Scales of split children are divided by this (3DGS: 0.8·split_count)."""
+    split_std_divisor: float = 1.0
+    """Split children are drawn from N(0, scale / split_std_divisor) around the parent (3DGS: 1; threestudio-3dgs
+    divides by split_count)."""
+    prune_every: int | None = None
+    """None: pruning is part of every refinement (3DGS). Else pruning has its own schedule, after the step's
+    refinement: at steps s in [prune_start, prune_stop] with s % prune_every == 0 (threestudio-3dgs)."""
+    prune_start: int = 0
+    prune_stop: int = 0
+    cap_gaussians: int | None = None
+    """threestudio-3dgs' `max_num`: a step that starts with at least cap_gaussians + 100 Gaussians keeps a random
+    cap_gaussians of them and gathers no statistics (None: no cap)."""
     max_gaussians: int | None = None
     """No cloning or splitting once the model has this many Gaussians (None: unbounded)."""
     view_reduction: Literal["per_view", "sum"] = "per_view"
@@ -180,10 +195,26 @@ class GaussianDensifyStrategy:
         if state.grad2d is None or state.grad2d.shape[0] != n:
             state.resize(n, device)
         report = DensifyReport(num_gaussians=n)
+        if self.cap_gaussians is not None and n >= self.cap_gaussians + 100:
+            order = torch.randperm(n, generator=generator, device=generator.device if generator is not None else device)
+            keep = torch.zeros(n, dtype=torch.bool, device=device)
+            keep[order[: self.cap_gaussians].to(device)] = True
+            remove_gaussians(params, optimizer, keep)
+            state.slice(keep)
+            report.pruned = n - self.cap_gaussians
+            report.num_gaussians = self.cap_gaussians
+            return report
         if self.stats_start <= step <= self.stats_stop and meta is not None:
             self.update_state(state, meta)
         if self.refine_start <= step <= self.refine_stop and step % self.refine_every == 0:
             report = self.refine(params, optimizer, state, step, generator)
+        if self.prune_every is not None and self.prune_start <= step <= self.prune_stop and step % self.prune_every == 0:
+            prune = self.prune_mask(params, state.max_radii, step)
+            n_prune = int(prune.sum())
+            if n_prune:
+                remove_gaussians(params, optimizer, ~prune)
+                state.slice(~prune)
+            report.pruned += n_prune
         if (
             self.opacity_reset_every
             and self.stats_start <= step <= self.stats_stop
@@ -257,19 +288,25 @@ class GaussianDensifyStrategy:
                 remove_gaussians(params, optimizer, keep)
                 max_radii = max_radii[keep]
 
-        opac = torch.sigmoid(params["opacities"])
-        prune = opac < self.min_opacity
-        if self.prune_world_scale is not None and step >= self.prune_world_scale_start:
-            prune |= torch.exp(params["scales"]).max(dim=-1).values > self.prune_world_scale * self.scene_extent
-        if self.prune_screen_size is not None:
-            prune |= max_radii > self.prune_screen_size
-        n_prune = int(prune.sum())
-        if n_prune:
-            remove_gaussians(params, optimizer, ~prune)
+        n_prune = 0
+        if self.prune_every is None:
+            prune = self.prune_mask(params, max_radii, step)
+            n_prune = int(prune.sum())
+            if n_prune:
+                remove_gaussians(params, optimizer, ~prune)
         state.resize(params["means"].shape[0], device)
         return DensifyReport(
             refined=True, cloned=n_clone, split=n_split, pruned=n_prune, num_gaussians=params["means"].shape[0]
         )
+
+    def prune_mask(self, params: nn.ParameterDict, max_radii: Tensor, step: int) -> Tensor:
+        """[N] Gaussians to prune: opacity below `min_opacity`, or too large in the world or on screen (when on)."""
+        prune = torch.sigmoid(params["opacities"]) < self.min_opacity
+        if self.prune_world_scale is not None and step >= self.prune_world_scale_start:
+            prune |= torch.exp(params["scales"]).max(dim=-1).values > self.prune_world_scale * self.scene_extent
+        if self.prune_screen_size is not None:
+            prune |= max_radii > self.prune_screen_size
+        return prune
 
     def _split_children(
         self, params: nn.ParameterDict, mask: Tensor, generator: torch.Generator | None
@@ -279,7 +316,7 @@ class GaussianDensifyStrategy:
         scales = torch.exp(params["scales"][mask]).repeat(k, 1)  # [k·S, 3]
         rot = quat_to_rotmat(params["quats"][mask]).repeat(k, 1, 1)  # [k·S, 3, 3]
         noise = torch.randn(scales.shape, device=scales.device, dtype=scales.dtype, generator=generator)
-        offsets = (rot @ (noise * scales)[..., None])[..., 0]
+        offsets = (rot @ (noise * scales / self.split_std_divisor)[..., None])[..., 0]
         new = {name: p[mask].repeat((k,) + (1,) * (p.dim() - 1)) for name, p in params.items()}
         new["means"] = params["means"][mask].repeat(k, 1) + offsets
         new["scales"] = torch.log(scales / self.split_scale_divisor)

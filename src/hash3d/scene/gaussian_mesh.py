@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from hash3d.render.gaussian_raster import quat_to_rotmat
+from hash3d.splatting import quat_to_rotmat
 from hash3d.scene.field import FieldOutput
 from hash3d.scene.isosurface import Mesh, NoSurfaceError, marching_cubes, remove_small_components
 

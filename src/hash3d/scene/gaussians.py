@@ -29,37 +29,18 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from hash3d.render.gaussian_raster import (
-    SH_C0,
-    Backend,
-    RasterMeta,
-    RasterOptions,
-    covariances_3d,
-    rasterize_gaussians,
-)
+from hash3d.splatting import Splats, covariances_3d, rgb_to_sh, sh_to_rgb
 
 __all__ = [
     "PARAM_NAMES",
     "GaussianLRConfig",
     "GaussianModel",
     "knn_mean_sq_dist",
-    "rgb_to_sh",
-    "sh_to_rgb",
     "inverse_sigmoid",
     "expon_lr",
 ]
 
 PARAM_NAMES = ("means", "sh0", "shN", "opacities", "scales", "quats")
-
-
-def rgb_to_sh(rgb: Tensor) -> Tensor:
-    """Colour in [0, 1] -> degree-0 SH coefficient."""
-    return (rgb - 0.5) / SH_C0
-
-
-def sh_to_rgb(sh: Tensor) -> Tensor:
-    """Degree-0 SH coefficient -> colour (not clipped)."""
-    return sh * SH_C0 + 0.5
 
 
 def inverse_sigmoid(x: Tensor) -> Tensor:
@@ -321,32 +302,12 @@ class GaussianModel(nn.Module):
 
     # ---------------------------------------------------------------- rendering
 
-    def rasterize(
-        self,
-        viewmats: Tensor,  # [C, 4, 4] OpenCV world-to-camera
-        Ks: Tensor,  # [C, 3, 3]
-        width: int,
-        height: int,
-        background: Tensor | None = None,  # [3] or [C, 3]
-        backend: Backend = "auto",
-        options: RasterOptions | None = None,
-    ) -> tuple[Tensor, Tensor, RasterMeta]:
-        """`rasterize_gaussians` with this model's activated parameters and active SH degree."""
+    def splats(self) -> Splats:
+        """This model's activated parameters at its active SH degree, as a rasteriser takes them
+        (`hash3d.render.gaussian_raster.rasterize_splats`)."""
         K = (self.active_sh_degree + 1) ** 2
-        return rasterize_gaussians(
-            self.means,
-            self.params["quats"],
-            self.scales,
-            self.opacities,
-            self.sh_coeffs[:, :K],
-            viewmats,
-            Ks,
-            width,
-            height,
-            background,
-            backend,
-            sh_degree=self.active_sh_degree,
-            options=options,
+        return Splats(
+            self.means, self.params["quats"], self.scales, self.opacities, self.sh_coeffs[:, :K], self.active_sh_degree
         )
 
     # ---------------------------------------------------------------- optimisation

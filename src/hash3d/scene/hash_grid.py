@@ -26,6 +26,8 @@ from typing import Literal
 import torch
 from torch import nn
 
+from ..config.errors import ConfigError
+
 HASH_PRIMES = (1, 2654435761, 805459861)
 """Per-axis multipliers of the spatial hash (instant-NGP)."""
 
@@ -58,8 +60,8 @@ class HashGridConfig:
     backend: Literal["auto", "torch", "triton"] = "auto"
     """torch: the pure-torch encoding (any device and dtype; gradients to the table and the points, compilable).
     triton: fused Triton kernels (hash_grid_triton.py; needs a CUDA GPU with triton installed, float32), same
-    outputs, gradients to the table only (the points must not require grad); 4x faster forward and backward on an
-    H100 (docs/benchmarks.md). auto: triton for each call that it can serve, torch for the others."""
+    outputs, gradients to the table only (the points must not require grad); several times faster on a GPU
+    (docs/benchmarks.md, Renderers). auto: triton for each call that it can serve, torch for the others."""
 
     def __post_init__(self) -> None:
         if self.n_levels < 1 or self.n_features_per_level < 1:
@@ -221,7 +223,7 @@ class HashGrid(nn.Module):
     def n_output_dims(self) -> int:
         return self.config.n_levels * self.config.n_features_per_level
 
-    def update_step(self, global_step: int) -> None:
+    def update_step(self, global_step: int, max_steps: int | None = None) -> None:
         """Progressive band: switch levels on as training proceeds (no-op for a plain HashGrid)."""
         active = self.config.active_levels(global_step)
         self.level_mask.fill_(0.0)
@@ -235,7 +237,7 @@ class HashGrid(nn.Module):
         from .hash_grid_triton import hash_grid_encode_triton, triton_available
 
         if not triton_available(x.device):
-            raise ValueError(
+            raise ConfigError(
                 f"geometry.pos_encoding_config.backend is 'triton', but the triton hash-grid path cannot run on "
                 f"device {x.device} (it needs a CUDA GPU and the triton package); set "
                 f"geometry.pos_encoding_config.backend: torch, or run on a CUDA GPU with triton installed"

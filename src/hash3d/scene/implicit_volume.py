@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config.errors import ConfigError
 from ..config.registry import register
 from .field import FieldOutput
 from .hash_grid import HashGrid, HashGridConfig
@@ -49,8 +50,8 @@ class ImplicitVolumeConfig:
     """Feature -> albedo map (threestudio's materials apply a sigmoid)."""
     isosurface_resolution: int = 128
     """Mesh export: grid vertices per axis."""
-    isosurface_threshold: float = 25.0
-    """Mesh export: density of the surface."""
+    isosurface_threshold: float | Literal["auto"] = 25.0
+    """Mesh export (and DMTet conversion): density of the surface, or "auto": the mean density above 1e-5."""
     isosurface_coarse_to_fine: bool = True
     """Mesh export: second pass inside the first mesh's bounding box grown by 10%."""
     isosurface_outlier_fraction: float = 0.01
@@ -149,9 +150,9 @@ class ImplicitVolume(nn.Module):
         if device is not None:
             self.to(device)
 
-    def update_step(self, global_step: int) -> None:
+    def update_step(self, global_step: int, max_steps: int | None = None) -> None:
         """Per-step schedule (the progressive hash-grid band)."""
-        self.encoding.update_step(global_step)
+        self.encoding.update_step(global_step, max_steps)
 
     def extract_mesh(self, resolution: int | None = None, threshold: float | None = None) -> Mesh:
         """Isosurface with the config's isosurface_* settings (arguments override them)."""
@@ -209,7 +210,7 @@ class ImplicitVolume(nn.Module):
         """
         if not with_normal or self.config.normal_type == "none":
             if with_normal:
-                raise ValueError("normals asked for, but geometry.normal_type is 'none'")
+                raise ConfigError("normals asked for, but geometry.normal_type is 'none'")
             density, features = self._raw(points, with_features=True)
             return FieldOutput(density, self.albedo_from_features(features), None, features)
 

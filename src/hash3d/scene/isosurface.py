@@ -9,10 +9,12 @@ tetrahedra; vertex colours are the field's albedo at the vertices.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, Union
 
 import numpy as np
 import torch
 
+from ..config.errors import UserInputError
 from .field import RadianceField
 
 
@@ -56,7 +58,7 @@ class Mesh:
         return int(self.faces.shape[0])
 
 
-class NoSurfaceError(ValueError):
+class NoSurfaceError(UserInputError, ValueError):
     """The density never crosses the threshold on the grid; `suggested_threshold` may help."""
 
     def __init__(self, message: str, suggested_threshold: float | None):
@@ -160,8 +162,22 @@ def vertex_albedo(field: RadianceField, vertices: torch.Tensor, chunk_size: int 
     return torch.cat([field(p).albedo.float() for p in vertices.split(chunk_size)]).clamp(0, 1)
 
 
-def _surface(field, lo, hi, resolution, threshold, chunk_size, device, min_fraction):
+def auto_threshold(grid: torch.Tensor) -> float:
+    """threestudio's `isosurface_threshold: auto`: the mean of the grid's densities above 1e-5."""
+    occupied = grid[grid > 1e-5]
+    if occupied.numel() == 0:
+        raise NoSurfaceError(f"isosurface threshold 'auto': the density is <= 1e-5 everywhere on the grid", None)
+    return float(occupied.double().mean())
+
+
+Threshold = Union[float, Literal["auto"]]
+
+
+def _surface(field, lo, hi, resolution, threshold: Threshold, chunk_size, device, min_fraction):
+    """-> vertices, faces and the threshold used ('auto' resolved on this grid)."""
     grid = density_grid(field, lo, hi, resolution, chunk_size, device)
+    if threshold == "auto":
+        threshold = auto_threshold(grid)
     if not (grid.min() < threshold < grid.max()):
         suggestion = suggest_threshold(grid)
         hint = f"; try threshold={suggestion:.4g} (a density percentile of this grid)" if suggestion is not None else ""
@@ -171,13 +187,41 @@ def _surface(field, lo, hi, resolution, threshold, chunk_size, device, min_fract
             suggestion,
         )
     verts, faces = marching_cubes(grid, threshold, lo, hi)
-    return remove_small_components(verts, faces, min_fraction)
+    verts, faces = remove_small_components(verts, faces, min_fraction)
+    return verts, faces, float(threshold)
+
+
+def grown_box(verts: np.ndarray, radius: float, resolution: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The vertices' bounding box grown by 10% per axis and one grid cell, clamped to [−r, r]³ -> (lo [3], hi [3])."""
+    vmin, vmax = torch.from_numpy(verts.min(0)), torch.from_numpy(verts.max(0))
+    margin = 0.1 * (vmax - vmin) + 2 * radius / (resolution - 1)
+    return (vmin - margin).clamp(-radius, radius), (vmax + margin).clamp(-radius, radius)
+
+
+def surface_box(
+    field: RadianceField,
+    resolution: int,
+    threshold: Threshold,
+    min_component_fraction: float = 0.01,
+    chunk_size: int = 2**18,
+    device: torch.device | str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """The first, whole-box pass of `extract_mesh`: (lo [3], hi [3]) of the surface's grown bounding box and the
+    threshold ('auto' resolved). Raises NoSurfaceError when the threshold gives no surface."""
+    r = float(field.radius)
+    verts, faces, value = _surface(
+        field, torch.full((3,), -r), torch.full((3,), r), resolution, threshold, chunk_size, device, min_component_fraction
+    )
+    if len(faces) == 0:
+        raise NoSurfaceError(f"isosurface threshold {value:g} left no faces after removing small components", None)
+    lo, hi = grown_box(verts, r, resolution)
+    return lo, hi, value
 
 
 def extract_mesh(
     field: RadianceField,
     resolution: int = 128,
-    threshold: float = 25.0,
+    threshold: Threshold = 25.0,
     coarse_to_fine: bool = True,
     min_component_fraction: float = 0.01,
     chunk_size: int = 2**18,
@@ -186,17 +230,17 @@ def extract_mesh(
 ) -> Mesh:
     """Isosurface {density = threshold} of `field` over [−r, r]³ as a Mesh with albedo vertex colours.
 
+    threshold "auto": the mean density above 1e-5 on the whole-box grid (threestudio), kept for the second pass.
+
     Raises NoSurfaceError (a ValueError) naming the density range and a threshold that would give a surface.
     """
     r = float(field.radius)
     lo, hi = torch.full((3,), -r), torch.full((3,), r)
-    verts, faces = _surface(field, lo, hi, resolution, threshold, chunk_size, device, min_component_fraction)
+    verts, faces, threshold = _surface(field, lo, hi, resolution, threshold, chunk_size, device, min_component_fraction)
     if coarse_to_fine and len(faces):
-        vmin, vmax = torch.from_numpy(verts.min(0)), torch.from_numpy(verts.max(0))
-        margin = 0.1 * (vmax - vmin) + 2 * r / (resolution - 1)
-        lo2, hi2 = (vmin - margin).clamp(-r, r), (vmax + margin).clamp(-r, r)
-        try:
-            verts, faces = _surface(field, lo2, hi2, resolution, threshold, chunk_size, device, min_component_fraction)
+        lo2, hi2 = grown_box(verts, r, resolution)
+        try:  # the threshold found on the whole box ('auto' included) is kept for the second pass
+            verts, faces, _ = _surface(field, lo2, hi2, resolution, threshold, chunk_size, device, min_component_fraction)
         except NoSurfaceError:
             pass  # keep the coarse mesh
     if len(faces) == 0:

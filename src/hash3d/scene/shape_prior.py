@@ -217,9 +217,9 @@ def check_shap_e_source(name_or_path: str) -> None:
                 f"{', '.join(missing)}; expected {_SHAP_E_LAYOUT}"
             )
         return
-    from ..diffusion.loading import _is_hub_id  # noqa: PLC0415 - the SD/Zero123 loaders' own test
+    from ..diffusion.loading import is_hub_id  # noqa: PLC0415 - the SD/Zero123 loaders' own test
 
-    if not _is_hub_id(name_or_path):
+    if not is_hub_id(name_or_path):
         raise ShapePriorError(
             f"system.init.shap_e.pretrained_model_name_or_path: no folder '{path}', and '{name_or_path}' is not a "
             f"hub id like openai/shap-e. Pass a folder in {_SHAP_E_LAYOUT} or a hub id, or start from "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..config import register
+from ..config import ConfigError, register
 from ..data.batches import CameraBatch
 from ..diffusion.schedule import ScheduleValue
 from .nerf import NeRFSystem, NeRFSystemConfig, RegularizerWeights, sum_losses
@@ -39,7 +39,7 @@ class DreamFusionSystem(NeRFSystem):
 
     def configure(self) -> None:
         if not self.cfg.prompt_processor.prompt.strip():
-            raise ValueError('the prompt is empty: pass system.prompt_processor.prompt="a DSLR photo of a corgi"')
+            raise ConfigError('the prompt is empty: pass system.prompt_processor.prompt="a DSLR photo of a corgi"')
         super().configure()
 
     def on_fit_start(self, datamodule) -> None:

@@ -34,19 +34,18 @@ from typing import Any, Literal
 
 import torch
 
-from ..config import block, build_block, register
+from ..config import ConfigError, block, build_block, register
 from ..data.batches import CameraBatch
-from ..data.cameras import world_to_camera_opencv
 from ..diffusion.schedule import ScheduleValue, schedule_value
 from ..profiling import section
-from ..render.gaussian_raster import RasterMeta, resolve_backend
+from ..render.gaussian_raster import RasterMeta
 from ..scene.gaussian_density import GaussianDensifyStrategy
-from ..scene.gaussian_ply import write_point_cloud_ply
-from ..scene.gaussians import PARAM_NAMES, GaussianLRConfig, GaussianModel
+from ..scene.gaussians import GaussianLRConfig, GaussianModel
 from ..scene.shape_prior import PointCloud, ShapePrior, ShapePriorConfig
 from ..training.system import System, SystemConfig
 from . import losses
 from .dreamfusion import PromptConfig
+from .gaussian_state import GaussianSystemMixin, rasterize_cameras
 from .nerf import sum_losses
 
 log = logging.getLogger("hash3d")
@@ -114,6 +113,8 @@ class GaussianDreamerSystemConfig(SystemConfig):
     loss: GaussianDreamerLossConfig = field(default_factory=GaussianDreamerLossConfig)
 
     def __post_init__(self) -> None:
+        if self.scheduler is not None:
+            raise ValueError("system.scheduler is not used here: the Gaussians' rates come from system.lr; remove it")
         if not 0 <= self.sh_degree <= 3:
             raise ValueError(f"sh_degree must be 0..3; got {self.sh_degree}")
         if not 0 < self.init_opacity < 1:
@@ -121,7 +122,7 @@ class GaussianDreamerSystemConfig(SystemConfig):
 
 
 @register("system", "gaussiandreamer-system", config=GaussianDreamerSystemConfig)
-class GaussianDreamerSystem(System):
+class GaussianDreamerSystem(GaussianSystemMixin, System):
     """Stable Diffusion SDS on 3D Gaussians from a Shap-E / .ply / ball start (see the module docstring)."""
 
     cfg: GaussianDreamerSystemConfig
@@ -131,7 +132,7 @@ class GaussianDreamerSystem(System):
         cfg = self.cfg
         prompt = cfg.prompt_processor.prompt
         if not prompt.strip():
-            raise ValueError('the prompt is empty: pass system.prompt_processor.prompt="a fox playing a violin"')
+            raise ConfigError('the prompt is empty: pass system.prompt_processor.prompt="a fox playing a violin"')
         self.prior = ShapePrior(cfg.init, prompt)  # checks the .ply / Shap-E source now, before any output
         self.gaussians = self._empty_gaussians()
         self.initialised = False
@@ -194,13 +195,8 @@ class GaussianDreamerSystem(System):
     # ------------------------------------------------------------------ rendering
     def render(self, cams: CameraBatch) -> tuple[torch.Tensor, torch.Tensor, RasterMeta]:
         """rgb [B, H, W, 3], alpha [B, H, W, 1] and the rasteriser's meta (projected means, radii, depth)."""
-        device = cams.c2w.device
-        with torch.autocast(device.type, enabled=False):  # cameras and projections in fp32 even under 16-mixed
-            viewmats = world_to_camera_opencv(cams.c2w.float())
-            Ks = cams.intrinsics().to(viewmats)
-            background = torch.tensor(self.cfg.background_color, device=device, dtype=torch.float32)
-            backend = resolve_backend(self.cfg.rasterizer, device)
-            return self.gaussians.rasterize(viewmats, Ks, cams.width, cams.height, background, backend)
+        background = torch.tensor(self.cfg.background_color, device=cams.c2w.device, dtype=torch.float32)
+        return rasterize_cameras(self.gaussians, cams, background, self.cfg.rasterizer)
 
     def opacity_proxy(self, alpha: torch.Tensor, meta: RasterMeta) -> torch.Tensor:
         if self.cfg.sparsity_source == "alpha":
@@ -255,47 +251,8 @@ class GaussianDreamerSystem(System):
             self.gaussians.save_ply(self.save_dir / "last_3dgs.ply")
             log.info("Gaussians: %s (%d)", self.save_dir / "last_3dgs.ply", self.gaussians.num_gaussians)
 
-    def save_color_ply(self, path: Path) -> Path:
-        """Gaussian centres with the colour of their degree-0 SH term (a point cloud any viewer opens)."""
-        g = self.gaussians
-        write_point_cloud_ply(path, g.means.detach().cpu().numpy(), g.rgb.detach().cpu().numpy())
-        return path
-
     def export(self, out_dir: Path) -> list[Path]:
         self._ensure_initialised()
         ply = Path(out_dir) / "last_3dgs.ply"
         self.gaussians.save_ply(ply)
         return [ply, self.save_color_ply(Path(out_dir) / "color.ply")]
-
-    # ------------------------------------------------------------------ checkpoints
-    def load_checkpoint_state_dict(self, state, ignore: tuple[str, ...] = ()) -> None:
-        """Adopt the checkpoint's Gaussian count (densification changes it), then load; an optimizer made before
-        is pointed at the new tensors (its moments restart: the loop loads the saved ones right after)."""
-        before = {name: self.gaussians.params[name] for name in PARAM_NAMES}
-        super().load_checkpoint_state_dict(state, ignore)
-        self.initialised = True
-        n = self.gaussians.num_gaussians
-        self.densify_state.resize(n, self.gaussians.means.device)
-        if self.optimizer is not None and any(self.gaussians.params[k] is not v for k, v in before.items()):
-            for group in self.optimizer.param_groups:
-                old = group["params"][0]
-                self.optimizer.state.pop(old, None)
-                group["params"] = [self.gaussians.params[group["name"]]]
-
-    def extra_state(self) -> dict[str, Any]:
-        state = super().extra_state()
-        s = self.densify_state
-        if s.grad2d is not None:
-            state["densify"] = {"grad2d": s.grad2d.detach().cpu(), "count": s.count.detach().cpu(),
-                                "max_radii": s.max_radii.detach().cpu()}  # fmt: skip
-        return state
-
-    def load_extra_state(self, state) -> None:
-        super().load_extra_state(state)
-        saved = state.get("densify")
-        n = self.gaussians.num_gaussians
-        if saved is not None and saved["grad2d"].shape[0] == n:
-            device = self.gaussians.means.device
-            self.densify_state.grad2d = saved["grad2d"].to(device)
-            self.densify_state.count = saved["count"].to(device)
-            self.densify_state.max_radii = saved["max_radii"].to(device)

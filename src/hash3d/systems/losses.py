@@ -38,3 +38,8 @@ def normal_smoothness_2d(normal_image: torch.Tensor) -> torch.Tensor:
 def normal_smoothness_3d(normals: torch.Tensor, perturbed_normals: torch.Tensor) -> torch.Tensor:
     """mean |n(x) − n(x + ε)|."""
     return (normals - perturbed_normals).abs().mean()
+
+
+def total_variation(image: torch.Tensor) -> torch.Tensor:
+    """image [B, H, W, C]: 2·(mean squared difference along H + along W) (threestudio's `tv_loss`)."""
+    return 2.0 * normal_smoothness_2d(image)

@@ -14,6 +14,7 @@ from ..data.batches import CameraBatch
 from ..diffusion.schedule import ScheduleValue, schedule_value
 from ..render.material import Shading
 from ..render.volume import RenderOutput
+from ..scene.mesh_ops import laplacian_smoothness, normal_consistency
 from ..training.system import System, SystemConfig
 from . import losses
 
@@ -46,6 +47,10 @@ class RegularizerWeights:
     """2D smoothness of the rendered normal image."""
     lambda_3d_normal_smooth: ScheduleValue = 0.0
     """|n(x) − n(x + N(0, 0.01))| at the samples."""
+    lambda_normal_consistency: ScheduleValue = 0.0
+    """Mesh renders: mean over edges of 1 − cos of the vertex normals at its ends."""
+    lambda_laplacian_smoothness: ScheduleValue = 0.0
+    """Mesh renders: mean |uniform Laplacian| of the vertex positions."""
 
 
 class _GeneratorRandom:
@@ -94,20 +99,21 @@ class NeRFSystem(System):
     def update_step(self, step: int, max_steps: int | None = None) -> None:
         self.global_step = step
         self.max_steps = max_steps or self.max_steps
-        self.geometry.update_step(step)
-        self.renderer.update_step(step, self.geometry, self.render_generator)
+        self.geometry.update_step(step, max_steps)
+        self.renderer.refresh_occupancy(step, self.geometry, self.render_generator)
         if self.guidance is not None:
             self.guidance.update_step(step, max_steps)
+
+    def background_for(self, cams: CameraBatch) -> torch.Tensor:
+        """The background of a camera batch: a colour [3], or [B, H, W, 3] for direction-dependent backgrounds."""
+        if getattr(self.background, "needs_directions", False):
+            return self.background(cams.rays(jitter=0.0)[1])
+        return self.background()
 
     def render(
         self, cams: CameraBatch, shading: Shading | None = None, background: torch.Tensor | None = None
     ) -> RenderOutput:
-        if background is not None:
-            bg = background
-        elif getattr(self.background, "per_ray", False):
-            bg = self.background(dirs=cams.rays(jitter=0.0)[1])  # [B, H, W, 3]
-        else:
-            bg = self.background()
+        bg = self.background_for(cams) if background is None else background
         return self.renderer(
             self.geometry, cams.c2w, cams.fovy, cams.height, cams.width, background=bg, shading=shading,
             generator=self.render_generator,
@@ -117,7 +123,7 @@ class NeRFSystem(System):
         return self.material.shading(self.global_step, True, cams.light_positions, ambient_ratio, self.shading_rng)
 
     def regularizers(self, out: RenderOutput, cams: CameraBatch, w: RegularizerWeights, sds_pass: bool) -> dict[str, torch.Tensor]:
-        """The weighted regularisers of one render (sparsity and opacity only on SDS passes, as threestudio)."""
+        """The weighted regularisers of one render (sparsity, opacity and the mesh terms only on SDS passes)."""
         terms: dict[str, torch.Tensor] = {}
         if self.weight(w.lambda_orient) > 0 and out.sample_normals is not None:
             _, dirs = cams.rays(jitter=0.0)
@@ -132,6 +138,14 @@ class NeRFSystem(System):
             perturbed = self.geometry(out.positions + 0.01 * noise, with_normal=True).normal
             terms["3d_normal_smooth"] = self.weight(w.lambda_3d_normal_smooth) * losses.normal_smoothness_3d(
                 out.sample_normals, perturbed
+            )
+        if sds_pass and out.mesh is not None and self.weight(w.lambda_normal_consistency) > 0:
+            terms["normal_consistency"] = self.weight(w.lambda_normal_consistency) * normal_consistency(
+                out.mesh.vertices, out.mesh.faces
+            )
+        if sds_pass and out.mesh is not None and self.weight(w.lambda_laplacian_smoothness) > 0:
+            terms["laplacian_smoothness"] = self.weight(w.lambda_laplacian_smoothness) * laplacian_smoothness(
+                out.mesh.vertices, out.mesh.faces
             )
         if sds_pass and self.weight(w.lambda_sparsity) > 0:
             terms["sparsity"] = self.weight(w.lambda_sparsity) * losses.sparsity(out.opacity)

@@ -49,7 +49,7 @@ class Zero123System(NeRFSystem):
         w = self.cfg.loss
         out = self.render(ref, Shading("albedo"))  # threestudio: ambient 1, diffuse shading = the albedo
         mask = ref.mask.float()
-        background = self.background().to(out.rgb)
+        background = self.background_for(ref).to(out.rgb)
         target = ref.rgb * mask + background * (1 - mask)
         terms = {
             "rgb": self.weight(w.lambda_rgb) * F.mse_loss(out.rgb, target),

@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 import torch
 
+from hash3d.diffusion.layout import DIFFUSERS_VERSION, build_component, clip_image_processor_config, model_index
 from hash3d.testing.tokenizer import CLIP_TOKENIZER_VOCAB_SIZE, write_clip_tokenizer
 
 __all__ = [
@@ -43,9 +44,6 @@ PREDICTION_TYPES = ("epsilon", "v_prediction")
 TINY_IMAGE_SIZE = 64
 TINY_LATENT_SIZE = 8
 
-_DIFFUSERS_VERSION = "0.42.1"
-_CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
-_CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 
 # ---------------------------------------------------------------------------------------------------------------
 # Configs (keys as in the real config.json files)
@@ -197,25 +195,6 @@ def _feature_extractor_config(size: str) -> dict[str, Any]:
     return clip_image_processor_config(224 if size == "full" else _image_encoder_config(size)["image_size"])
 
 
-def clip_image_processor_config(side: int) -> dict[str, Any]:
-    """`feature_extractor/preprocessor_config.json` of a CLIP image encoder that takes side x side images."""
-    return {
-        "crop_size": {"height": side, "width": side},
-        "do_center_crop": True,
-        "do_convert_rgb": True,
-        "do_normalize": True,
-        "do_rescale": True,
-        "do_resize": True,
-        "feature_extractor_type": "CLIPFeatureExtractor",
-        "image_mean": _CLIP_MEAN,
-        "image_processor_type": "CLIPImageProcessor",
-        "image_std": _CLIP_STD,
-        "resample": 3,
-        "rescale_factor": 1 / 255,
-        "size": {"shortest_edge": side},
-    }
-
-
 def _cc_projection_config(size: str) -> dict[str, Any]:
     image = _image_encoder_config(size)["projection_dim"]
     return {"in_channel": image + 4, "out_channel": _unet_config("zero123", size)["cross_attention_dim"]}
@@ -234,41 +213,11 @@ def _scheduler_config(family: str, prediction_type: str) -> dict[str, Any]:
         "trained_betas": None,
     }
     if family == "sd" and prediction_type == "epsilon":  # stable-diffusion-2-1-base ships a PNDM config
-        return {"_class_name": "PNDMScheduler", "_diffusers_version": _DIFFUSERS_VERSION, **common,
+        return {"_class_name": "PNDMScheduler", "_diffusers_version": DIFFUSERS_VERSION, **common,
                 "skip_prk_steps": True}
     # stable-diffusion-2-1 (v_prediction) and the Zero123 conversions ship DDIM configs
-    return {"_class_name": "DDIMScheduler", "_diffusers_version": _DIFFUSERS_VERSION, **common,
+    return {"_class_name": "DDIMScheduler", "_diffusers_version": DIFFUSERS_VERSION, **common,
             "clip_sample_range": 1.0, "timestep_spacing": "leading", "rescale_betas_zero_snr": False}
-
-
-def model_index(family: str) -> dict[str, Any]:
-    """`model_index.json` of a pipeline of `family` in the diffusers layout."""
-    if family == "sd":
-        return {
-            "_class_name": "StableDiffusionPipeline",
-            "_diffusers_version": _DIFFUSERS_VERSION,
-            "feature_extractor": [None, None],
-            "image_encoder": [None, None],
-            "requires_safety_checker": False,
-            "safety_checker": [None, None],
-            "scheduler": ["diffusers", "PNDMScheduler"],
-            "text_encoder": ["transformers", "CLIPTextModel"],
-            "tokenizer": ["transformers", "CLIPTokenizer"],
-            "unet": ["diffusers", "UNet2DConditionModel"],
-            "vae": ["diffusers", "AutoencoderKL"],
-        }
-    return {
-        "_class_name": "Zero1to3StableDiffusionPipeline",
-        "_diffusers_version": _DIFFUSERS_VERSION,
-        "cc_projection": ["pipeline_zero1to3", "CCProjection"],
-        "feature_extractor": ["transformers", "CLIPImageProcessor"],
-        "image_encoder": ["transformers", "CLIPVisionModelWithProjection"],
-        "requires_safety_checker": False,
-        "safety_checker": [None, None],
-        "scheduler": ["diffusers", "DDIMScheduler"],
-        "unet": ["diffusers", "UNet2DConditionModel"],
-        "vae": ["diffusers", "AutoencoderKL"],
-    }
 
 
 def model_configs(family: Family, size: Size, prediction_type: str = "epsilon") -> dict[str, dict[str, Any]]:
@@ -301,28 +250,6 @@ def _check(family: str, size: str, prediction_type: str) -> None:
 
 # ---------------------------------------------------------------------------------------------------------------
 # Building and writing
-
-
-def build_component(name: str, config: dict[str, Any]) -> torch.nn.Module:
-    """Instantiate one model part from its config dict on the current default device (e.g. inside
-    ``with torch.device("meta"):`` to count parameters without allocating them)."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPVisionConfig, CLIPVisionModelWithProjection
-
-    from hash3d.diffusion.camera_projection import CameraProjection
-
-    if name == "unet":
-        return UNet2DConditionModel(**config)
-    if name == "vae":
-        return AutoencoderKL(**config)
-    if name == "cc_projection":
-        return CameraProjection(**config)
-    hf_config = {k: v for k, v in config.items() if k not in ("architectures", "model_type")}
-    if name == "text_encoder":
-        return CLIPTextModel(CLIPTextConfig(**hf_config))
-    if name == "image_encoder":
-        return CLIPVisionModelWithProjection(CLIPVisionConfig(**hf_config))
-    raise ValueError(f"no model for part {name!r}")
 
 
 @contextlib.contextmanager

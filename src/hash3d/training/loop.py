@@ -106,8 +106,7 @@ class Trainer:
 
     def place(self, system: System) -> None:
         """Move the system to the run's device (and keep `system.device` in step)."""
-        system.to(self.device)
-        system._device = self.device
+        system.move_to(self.device)
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.precision.dtype is None:
@@ -193,6 +192,7 @@ class Trainer:
         system.max_steps = max_steps
         system.train()
         # first, so that what it resets (set_image / set_prompt reseed the guidance) is then overwritten by the checkpoint
+        system.resuming = ckpt is not None
         system.on_fit_start(datamodule)
         if ckpt is None and getattr(system.cfg, "weights", None):
             self.load_weights(system, system.cfg.weights, getattr(system.cfg, "weights_ignore_modules", []))

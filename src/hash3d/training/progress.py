@@ -17,6 +17,8 @@ def format_postfix(loss: float | None, cache: Mapping[str, float]) -> dict[str, 
         post["hit"] = f"{100.0 * cache.get('hit_rate', 0.0):.1f}%"
     if "unet_calls_saved" in cache:
         post["saved"] = str(int(cache["unet_calls_saved"]))
+    if "policy_trying" in cache:  # the cost-aware policy's current choice
+        post["cache"] = "try" if cache["policy_trying"] else "skip"
     return post
 
 

@@ -29,7 +29,6 @@ it is the number of steps trained (what the loop names the test files by).
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +37,9 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from ..config.errors import ConfigError
 from .loggers import LoggersConfig
+from .lr_schedule import LRSchedulerConfig, build_scheduler
 
 
 @dataclass
@@ -72,6 +73,8 @@ class SystemConfig:
     """Options every system has; systems subclass it and add their blocks (geometry, guidance, loss, …)."""
 
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    scheduler: LRSchedulerConfig | None = None
+    """Learning-rate scheduler stepped after every optimizer step (None: constant rates)."""
     weights: str | None = None
     """Initialise the model from this checkpoint's weights (no optimizer state, step starts at 0)."""
     weights_ignore_modules: list[str] = field(default_factory=list)
@@ -97,7 +100,7 @@ def build_optimizer(module: nn.Module, cfg: OptimizerConfig) -> torch.optim.Opti
         params = [p for n, p in named if (n == prefix or n.startswith(prefix + ".")) and n not in taken]
         taken.update(n for n, _ in named if n == prefix or n.startswith(prefix + "."))
         if not params:
-            raise ValueError(f"system.optimizer.params.{prefix}: the system has no trainable parameters under '{prefix}'")
+            raise ConfigError(f"system.optimizer.params.{prefix}: the system has no trainable parameters under '{prefix}'")
         g: dict[str, Any] = {"params": params, "name": prefix}
         if group.lr is not None:
             g["lr"] = group.lr
@@ -108,22 +111,12 @@ def build_optimizer(module: nn.Module, cfg: OptimizerConfig) -> torch.optim.Opti
     if rest:
         groups.append({"params": rest, "name": "default"})
     if not groups:
-        raise ValueError("the system has no trainable parameters to optimise")
+        raise ConfigError("the system has no trainable parameters to optimise")
     a = cfg.args
     if cfg.name == "SGD":
         return torch.optim.SGD(groups, lr=a.lr, weight_decay=a.weight_decay)
     cls = torch.optim.Adam if cfg.name == "Adam" else torch.optim.AdamW
     return cls(groups, lr=a.lr, betas=a.betas, eps=a.eps, weight_decay=a.weight_decay)
-
-
-def call_update_step(obj: Any, step: int, max_steps: int | None) -> None:
-    """Call `obj.update_step(step, max_steps)`, or `obj.update_step(step)` for components that take only the step."""
-    fn = obj.update_step
-    try:
-        n = len(inspect.signature(fn).parameters)
-    except (TypeError, ValueError):
-        n = 2
-    fn(step, max_steps) if n >= 2 else fn(step)
 
 
 class System(nn.Module):
@@ -143,11 +136,17 @@ class System(nn.Module):
         self.max_steps = 0
         self.optimizer: torch.optim.Optimizer | None = None
         self.save_dir: Path | None = None
+        self.resuming = False  # set by the loop before on_fit_start: a checkpoint's state will be loaded after it
         self.configure()
 
     @property
     def device(self) -> torch.device:
         return self._device
+
+    def move_to(self, device: str | torch.device) -> None:
+        """Move the system's parameters and buffers to `device`, and make `device` say so."""
+        self.to(device)
+        self._device = torch.device(device)
 
     def set_save_dir(self, path: str | Path) -> None:
         """The trial's save/ folder (threestudio's name), for systems that write files of their own there. The
@@ -160,7 +159,9 @@ class System(nn.Module):
 
     def configure_optimizers(self) -> torch.optim.Optimizer | tuple[torch.optim.Optimizer, Any]:
         """An optimizer, or (optimizer, lr scheduler stepped once per training step)."""
-        return build_optimizer(self, getattr(self.cfg, "optimizer", OptimizerConfig()))
+        optimizer = build_optimizer(self, getattr(self.cfg, "optimizer", OptimizerConfig()))
+        scheduler = getattr(self.cfg, "scheduler", None)
+        return optimizer if scheduler is None else (optimizer, build_scheduler(optimizer, scheduler))
 
     def on_fit_start(self, datamodule: Any) -> None:
         """Before the optimizer is built and before a resume checkpoint is loaded: build lazy parts, give the guidance
@@ -174,11 +175,12 @@ class System(nn.Module):
         """Before the test orbit is rendered (after training, or after loading a checkpoint for --test)."""
 
     def update_step(self, step: int, max_steps: int | None = None) -> None:
-        """Step-dependent schedules. The default forwards to every direct child that has `update_step`."""
+        """Step-dependent schedules. The default forwards to every direct child that has `update_step`: everything
+        that changes with the step (guidance, geometry, hash grid) takes `update_step(global_step, max_steps=None)`."""
         self.global_step = step
         for child in self.children():
             if callable(getattr(child, "update_step", None)):
-                call_update_step(child, step, max_steps)
+                child.update_step(step, max_steps)
 
     def training_step(self, batch: Any, step: int) -> dict[str, Any]:
         """-> {"loss": scalar tensor to minimise, **other scalars to log}."""

@@ -44,15 +44,9 @@ class GuidanceConfig:
     cuda_graphs: bool = True
     """Replay UNet passes and cache lookups as CUDA graphs (CUDA only; ignored on the CPU). At SDS sizes the UNet is
     bound by kernel launches: graphs make a cache-off step 2.5-3.6x faster on an H100 (docs/benchmarks.md)."""
-    hit_graphs: Literal["noise", "all", "off"] = "noise"
-    """With CUDA graphs and a cache: which modes answer a tried request through the graphed hit step
-    (`hit_step.py`: two graphs around one host read). "noise" (default): noise mode only; in features mode it measured
-    slower in training, where most tried batches are split between hits and misses. "all": features mode too (a
-    request whose samples all hit costs less; see docs/benchmarks.md)."""
-    channels_last: bool = False
-    """On CUDA, keep the UNet's and the VAE's weights and inputs channels-last (NHWC). Off by default: on an H100 it
-    made the Zero123 UNet faster at batch 1-4 (8.7 -> 6.2 ms a step) but the VAE encoder 1.3-1.5x slower and a
-    stable-zero123 training step slower overall (docs/benchmarks.md). Ignored on the CPU."""
+    hit_graphs: bool = True
+    """With CUDA graphs and a cache: answer a tried request through the graphed hit step (`hit_step.py`: two graphs
+    around one host read) instead of the host-dispatched path. Off: the eager path, the reference of the graphed one."""
     cache: CacheConfig = field(default_factory=CacheConfig)
 
     def __post_init__(self) -> None:
@@ -64,8 +58,6 @@ class GuidanceConfig:
             check_schedule("grad_clip", self.grad_clip)
         if self.weighting not in ("sds", "uniform", "fantasia3d"):
             raise ValueError(f"weighting must be 'sds', 'uniform' or 'fantasia3d'; got {self.weighting!r}")
-        if self.hit_graphs not in ("noise", "all", "off"):
-            raise ValueError(f"hit_graphs must be 'noise', 'all' or 'off'; got {self.hit_graphs!r}")
         if self.timestep_sampling not in ("random", "random_shared", "annealed"):
             raise ValueError(
                 f"timestep_sampling must be 'random', 'random_shared' or 'annealed'; got {self.timestep_sampling!r}"
@@ -135,12 +127,6 @@ class SDSGuidance(torch.nn.Module):
         self.vae_dtype = next(vae.parameters()).dtype
         self.image_size = int(unet.config.sample_size) * 2 ** (len(vae.config.block_out_channels) - 1)
         """Side of the square images the model works at; renders are resized to it."""
-        self.memory_format = (
-            torch.channels_last if config.channels_last and torch.device(device).type == "cuda" else torch.contiguous_format
-        )
-        if self.memory_format == torch.channels_last:
-            unet.to(memory_format=torch.channels_last)
-            vae.to(memory_format=torch.channels_last)
         self.scheduler = scheduler
         self.num_train_timesteps = int(scheduler.config.num_train_timesteps)
         self.prediction_type = scheduler.config.prediction_type
@@ -197,10 +183,7 @@ class SDSGuidance(torch.nn.Module):
         self._hit_step = None
         if config.enabled:
             self.cache = apply_hash_cache(self.unet, config, self.device, cuda_graphs=self.config.cuda_graphs)
-            # noise mode only: in features mode the graphed step measured slower in training runs (batch 12 of
-            # stable-zero123, docs/benchmarks.md), where most tried batches split and take the host path anyway
-            hit_graphs = self.config.hit_graphs
-            if self._graphs_on and not config.gpu_dispatch and (hit_graphs == "all" or hit_graphs == config.mode):
+            if self._graphs_on and self.config.hit_graphs:
                 self._hit_step = HitStepGraphs(self, self.cache)
 
     def reset(self) -> None:
@@ -235,7 +218,7 @@ class SDSGuidance(torch.nn.Module):
     def encode_images(self, rgb: torch.Tensor) -> torch.Tensor:
         """rgb [B, 3, H, W] in [0, 1] -> scaled VAE latents [B, 4, h, w] (differentiable)."""
         with section("vae_encode"):
-            x = (self.resize(rgb) * 2 - 1).to(self.vae_dtype).contiguous(memory_format=self.memory_format)
+            x = (self.resize(rgb) * 2 - 1).to(self.vae_dtype)
             posterior = DiagonalGaussianDistribution(self._encoder_moments(x))
             latents = (posterior.sample(generator=self.generator) * self.vae.config.scaling_factor).float()
         time_backward("vae_backward", latents, x)
@@ -277,7 +260,7 @@ class SDSGuidance(torch.nn.Module):
 
     def _unet_call(self, x_t: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """The classifier-free-guidance UNet batch: (sample [2B, ...], timesteps [2B], context [2B, L, D])."""
-        x_in = self._unet_input(torch.cat([x_t, x_t])).to(self.unet_dtype).contiguous(memory_format=self.memory_format)
+        x_in = self._unet_input(torch.cat([x_t, x_t])).to(self.unet_dtype)
         return x_in, torch.cat([t, t]), context.to(self.unet_dtype)
 
     def _guided_noise(self, pred: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -338,7 +321,7 @@ class SDSGuidance(torch.nn.Module):
             noise = torch.randn(latents.shape, generator=self.generator, device=self.device, dtype=torch.float32)
             tried = query = x_t = grad = context = keys = loss_value = None
             if self._hit_step is not None and self.cache is not None and self.cache.ready_to_query(latents):
-                tried = self.cache.try_now()
+                tried = self.cache.try_now(latents)
                 if tried:  # graphed prepare + (if every sample hit) answer; else hand x_t and the query over
                     with section("unet"):
                         answer = self._hit_step(latents.detach(), t, noise, cameras, self.grad_clip_value,

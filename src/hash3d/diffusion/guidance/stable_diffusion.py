@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
+from ...config.errors import ConfigError
 from ..loading import load_stable_diffusion
 from .sds import TORCH_DTYPES, GuidanceConfig, GuidanceOutput, SDSGuidance
 
@@ -61,7 +63,7 @@ class StableDiffusionGuidance(SDSGuidance):
     def set_prompt(self, prompt: str, negative_prompt: str = "") -> None:
         """Embed the prompt for every view direction; starts a new run (the cache is cleared)."""
         if not isinstance(prompt, str) or not prompt.strip():
-            raise ValueError("the prompt is empty: give a text description, e.g. prompt=\"a fox playing a violin\"")
+            raise ConfigError("the prompt is empty: give a text description, e.g. prompt=\"a fox playing a violin\"")
         cfg = self.config
         self.prompt = prompt
         self.cond_embeddings = self._encode_text(view_prompts(prompt, cfg.view_dependent_prompting))
@@ -76,12 +78,27 @@ class StableDiffusionGuidance(SDSGuidance):
         camera_distances: torch.Tensor,
         rgb_as_latents: bool = False,
     ) -> GuidanceOutput:
-        """rgb [B, 3, H, W] in [0, 1] (or latents with rgb_as_latents); cameras [B] in degrees / scene units."""
+        """rgb [B, 3, H, W] in [0, 1]; cameras [B] in degrees / scene units.
+
+        With rgb_as_latents the input is [B, 4, H, W] already in the scaled latent space (Latent-NeRF renders them): it
+        is resized (bilinear) to the UNet's latent size and used as it is; the VAE encoder never runs."""
         if self.prompt is None:
             raise RuntimeError("call set_prompt(prompt) before using the Stable Diffusion guidance")
-        latents = rgb.float() if rgb_as_latents else self.encode_images(rgb)
+        latents = self.resize_latents(rgb) if rgb_as_latents else self.encode_images(rgb)
         return self.sds_from_latents(latents, elevation, azimuth, camera_distances)
 
     def _context(self, elevation: torch.Tensor, azimuth: torch.Tensor, camera_distances: torch.Tensor) -> torch.Tensor:
         direction = view_direction(elevation, azimuth, self.config)
         return torch.cat([self.cond_embeddings[direction], self.uncond_embeddings[direction]])
+
+    def resize_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """[B, 4, H, W] -> [B, 4, h, w] at the UNet's sample size (float32, differentiable)."""
+        channels = int(self.unet.config.in_channels)
+        if latents.dim() != 4 or latents.shape[1] != channels:
+            raise ValueError(f"rgb_as_latents needs renders of {channels} channels [B, {channels}, H, W]; got "
+                             f"{tuple(latents.shape)} (set the geometry and material to {channels} output channels)")
+        size = int(self.unet.config.sample_size)
+        latents = latents.float()
+        if latents.shape[-2:] == (size, size):
+            return latents
+        return F.interpolate(latents, (size, size), mode="bilinear", align_corners=False)

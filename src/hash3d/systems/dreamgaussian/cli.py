@@ -5,37 +5,25 @@
 
 `--config` plus OmegaConf `key=value` overrides with DreamGaussian's option names (see `config.py`). Bad input
 (unknown option, missing file, unwritable output folder, stage 2 before stage 1) prints one line naming the fix
-and exits with status 2; `--verbose` adds the traceback.
+and exits with status 2; `--verbose` adds the traceback; anything else is a bug and shows its traceback
+(`hash3d.cli.run_cli`).
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
-import traceback
 from collections.abc import Callable, Sequence
 
-from hash3d.config.errors import UserInputError
+from hash3d.cli import run_cli, setup_logging
 
 from .config import DreamGaussianConfig, load_options
 
-__all__ = ["main_stage1", "main_stage2", "main_process", "run_cli"]
+__all__ = ["main_stage1", "main_stage2", "main_process", "run_stage_cli"]
 
 
-def _configure_logging(verbose: bool) -> None:
-    log = logging.getLogger("hash3d")
-    if not any(getattr(h, "_hash3d_dg", False) for h in log.handlers):
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("[%(levelname)s] %(message)s"))
-        handler._hash3d_dg = True  # type: ignore[attr-defined]
-        log.addHandler(handler)
-        log.propagate = False
-    log.setLevel(logging.DEBUG if verbose else logging.INFO)
-
-
-def run_cli(
+def run_stage_cli(
     argv: Sequence[str] | None, prog: str, description: str, stage: Callable[[DreamGaussianConfig, bool], object]
 ) -> int:
     parser = argparse.ArgumentParser(
@@ -50,31 +38,19 @@ def run_cli(
     flags = [e for e in extras if "=" not in e or e.startswith("-")]
     if flags:
         parser.error(f"unrecognized arguments: {' '.join(flags)} (config options are given as key=value)")
-    _configure_logging(args.verbose)
-    try:
-        cfg = load_options(args.config, extras)
-        result = stage(cfg, not args.no_progress)
-    except UserInputError as exc:
-        if args.verbose:
-            traceback.print_exc()
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-        return 2
-    except (ValueError, OSError) as exc:
-        if args.verbose:
-            traceback.print_exc()
-        print(f"{prog}: error: {exc} (run with --verbose for the traceback)", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted (nothing was written)", file=sys.stderr)
-        return 130
-    print(result.summary)  # type: ignore[attr-defined]
-    return 0
+    setup_logging(args.verbose)
+
+    def body() -> None:
+        result = stage(load_options(args.config, extras), not args.no_progress)
+        print(result.summary)  # type: ignore[attr-defined]
+
+    return run_cli(body, prog, verbose=args.verbose, interrupted="interrupted (nothing was written)")
 
 
 def main_stage1(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     from .stage1 import run_stage1
 
-    return run_cli(
+    return run_stage_cli(
         argv, prog or os.path.basename(sys.argv[0]) or "main.py",
         "DreamGaussian stage 1: 3D Gaussians and a coarse textured mesh from one image (Zero123 SDS + Hash3D cache).",
         lambda cfg, progress: run_stage1(cfg, progress=progress),
@@ -84,7 +60,7 @@ def main_stage1(argv: Sequence[str] | None = None, prog: str | None = None) -> i
 def main_stage2(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     from .stage2 import run_stage2
 
-    return run_cli(
+    return run_stage_cli(
         argv, prog or os.path.basename(sys.argv[0]) or "main2.py",
         "DreamGaussian stage 2: refine the stage-1 mesh's texture (Zero123 SDS + Hash3D cache).",
         lambda cfg, progress: run_stage2(cfg, progress=progress),

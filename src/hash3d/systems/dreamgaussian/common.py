@@ -26,8 +26,8 @@ import torch
 
 from hash3d.data.base import DataError
 from hash3d.data.cameras import intrinsics, orbit_c2w, world_to_camera_opencv
-from hash3d.data.image import resize
-from hash3d.data.process_image import NO_ALPHA_FIX, has_rembg, read_image, remove_background
+from hash3d.data.image import read_rgba, resize
+from hash3d.data.process_image import NO_ALPHA_FIX, has_rembg, remove_background
 
 from .config import DreamGaussianConfig, DreamGaussianError
 
@@ -143,10 +143,11 @@ def load_input(cfg: DreamGaussianConfig) -> torch.Tensor:
         )
     path = Path(cfg.input)
     try:
-        rgba, has_alpha = read_image(path)
+        image = read_rgba(path)
     except DataError as exc:
         raise DreamGaussianError(f"input: {exc}") from exc
-    if not has_alpha:
+    rgba = image.rgba
+    if not image.has_mask:
         if not has_rembg():
             raise DreamGaussianError(
                 f"input {path} has no alpha channel (no object mask) and rembg is not installed: run "

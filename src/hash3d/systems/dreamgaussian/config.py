@@ -1,7 +1,6 @@
 """DreamGaussian's options as one typed config (`configs/image*.yaml` plus `key=value` overrides).
 
-Every DreamGaussian option keeps its name, meaning and default (upstream configs/image.yaml; see
-`shared/reference/upstream-defaults.md` §3). Options Hash3D adds sit below them: the `guidance` block (which
+Every DreamGaussian option keeps its name, meaning and default (DreamGaussian's `configs/image.yaml`). Options Hash3D adds sit below them: the `guidance` block (which
 Zero123 weights, precision, CFG scale, timestep range), the `cache` block (the only block in which a `_hash3d`
 config differs from its twin), renderer backends, resolutions DreamGaussian hard-codes, and the orbit video.
 

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from hash3d.profiling import section
-from hash3d.render.gaussian_raster import resolve_backend
+from hash3d.render.gaussian_raster import rasterize_splats, resolve_backend
 from hash3d.scene.gaussian_density import GaussianDensifyStrategy
 from hash3d.scene.gaussian_mesh import GaussianField, GaussianMeshConfig, extract_gaussian_mesh
 from hash3d.scene.gaussians import GaussianLRConfig, GaussianModel
@@ -114,7 +114,7 @@ def render_resolution(cfg: DreamGaussianConfig, ratio: float) -> int:
 
 def render_gaussians(model: GaussianModel, views: Views, background: torch.Tensor, backend: str = "auto"):
     """-> rgb [C, 3, S, S], alpha [C, 1, S, S], RasterMeta."""
-    rgb, alpha, meta = model.rasterize(views.viewmats, views.Ks, views.size, views.size, background, backend)
+    rgb, alpha, meta = rasterize_splats(model.splats(), views.viewmats, views.Ks, views.size, views.size, background, backend)
     return rgb.permute(0, 3, 1, 2), alpha.permute(0, 3, 1, 2), meta
 
 

@@ -55,7 +55,7 @@ from .common import (
 from .config import DreamGaussianConfig, DreamGaussianError
 from .stage1 import orbit_frames
 
-__all__ = ["Stage2Result", "run_stage2", "load_mesh", "stage1_mesh_path", "render_mesh"]
+__all__ = ["Stage2Result", "run_stage2", "load_mesh", "stage1_mesh_path", "render_mesh", "textured_mesh"]
 
 
 @dataclass
@@ -101,7 +101,7 @@ def load_mesh(path: str | Path) -> Mesh:
     return Mesh(vertices, faces, colors=colors)
 
 
-def _textured(mesh: Mesh, size: int) -> Mesh:
+def textured_mesh(mesh: Mesh, size: int) -> Mesh:
     """A mesh with uv and texture: unwrapped with xatlas and its vertex colours (or grey) baked in when needed."""
     if mesh.uv is not None and mesh.texture is not None:
         return mesh
@@ -157,7 +157,7 @@ def run_stage2(cfg: DreamGaussianConfig, progress: bool = True) -> Stage2Result:
     reference = load_input(cfg)
     check_output_folder(cfg)
     device = pick_device(cfg)
-    mesh = _textured(load_mesh(mesh_path), cfg.texture_size)
+    mesh = textured_mesh(load_mesh(mesh_path), cfg.texture_size)
     torch.manual_seed(cfg.seed)
     report = Report("stage 2 (texture)", cfg, device)
     guidance = build_guidance(cfg, device, reference) if cfg.iters_refine > 0 else None

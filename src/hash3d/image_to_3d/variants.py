@@ -5,6 +5,7 @@
     features@0.3             deep-feature reuse, hash probability η = 0.3, the fixed grid of the _hash3d config
     noise@1                  noise-prediction reuse, η = 1 (every call tries the cache)
     features+adaptive@0.1    deep-feature reuse on the paper's adaptive grid (cells 10/20/30), η = 0.1
+    noise@auto               noise-prediction reuse under the cost-aware policy (`policy.strategy: auto`)
     noise+adaptive@0.5       the same with noise reuse
 
 A cache-on variant starts from the cache block of the front-end's `_hash3d` mini config (cell size, bucket size,
@@ -15,6 +16,8 @@ A cache-on variant starts from the cache block of the front-end's `_hash3d` mini
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from ..config.errors import ConfigError
 
 __all__ = ["ETAS", "AS_CONFIGURED", "Variant", "parse_variant", "parse_variants", "default_variants"]
 
@@ -28,6 +31,8 @@ class Variant:
     """features | noise, or config: the `_hash3d` config's cache block as written (name "on")."""
     probability: float = 0.0
     adaptive: bool = False
+    auto: bool = False
+    """The cost-aware policy instead of a fixed η."""
 
     @property
     def name(self) -> str:
@@ -35,7 +40,7 @@ class Variant:
             return "off"
         if self.mode == "config":
             return "on"
-        return f"{self.mode}{'+adaptive' if self.adaptive else ''}@{self.probability:g}"
+        return f"{self.mode}{'+adaptive' if self.adaptive else ''}@{'auto' if self.auto else f'{self.probability:g}'}"
 
     def overrides(self, prefix: str = "cache") -> list[str]:
         """`key=value` overrides of a config's cache block (`prefix` is its dotted path)."""
@@ -48,6 +53,7 @@ class Variant:
             f"{prefix}.mode={self.mode}",
             f"{prefix}.adaptive={str(self.adaptive).lower()}",
             f"{prefix}.policy.probability={self.probability:g}",
+            f"{prefix}.policy.strategy={'auto' if self.auto else 'fixed'}",
         ]
 
 
@@ -62,20 +68,22 @@ def parse_variant(text: str) -> Variant:
         return Variant(False)
     if text == "on":
         return AS_CONFIGURED
-    forms = "'off', 'on', 'features@0.3', 'noise@1', 'features+adaptive@0.1'"
+    forms = "'off', 'on', 'features@0.3', 'noise@1', 'features+adaptive@0.1', 'noise@auto'"
     if "@" not in text:
-        raise ValueError(f"cache variant {text!r}: expected one of the forms {forms}")
+        raise ConfigError(f"cache variant {text!r}: expected one of the forms {forms}")
     head, eta_text = text.split("@", 1)
     parts = head.split("+")
     mode, flags = parts[0], set(parts[1:])
     if mode not in ("features", "noise") or not flags <= {"adaptive"}:
-        raise ValueError(f"cache variant {text!r}: expected one of the forms {forms}")
+        raise ConfigError(f"cache variant {text!r}: expected one of the forms {forms}")
+    if eta_text == "auto":
+        return Variant(True, mode, 1.0, "adaptive" in flags, auto=True)
     try:
         eta = float(eta_text)
     except ValueError:
-        raise ValueError(f"cache variant {text!r}: η must be a number in (0, 1]") from None
+        raise ConfigError(f"cache variant {text!r}: η must be a number in (0, 1]") from None
     if not 0 < eta <= 1:
-        raise ValueError(f"cache variant {text!r}: η must be in (0, 1]")
+        raise ConfigError(f"cache variant {text!r}: η must be in (0, 1]")
     return Variant(True, mode, eta, "adaptive" in flags)
 
 
@@ -89,7 +97,7 @@ def parse_variants(text: str) -> list[Variant]:
             if v not in out:
                 out.append(v)
     if not out:
-        raise ValueError("no cache variants given")
+        raise ConfigError("no cache variants given")
     return out
 
 

@@ -1,7 +1,7 @@
 """The quality harness: held-out objects -> the image-to-3D pipeline with each cache variant -> 16 novel views ->
 PSNR / SSIM (/ LPIPS) against ground truth, time and cache statistics -> a table and a JSON file.
 
-    from hash3d.quality import HarnessConfig, run_harness
+    from hash3d.image_to_3d import HarnessConfig, run_harness
     result = run_harness(HarnessConfig(out="outputs/quality", objects=2, variants=parse_variants("off,features@0.5")))
 
 Layout under `out`:
@@ -32,14 +32,15 @@ from typing import Any
 import torch
 
 from .cases import DEFAULT_ID_OFFSET, Case, case_ids, make_case, save_rgb
-from .paths import MINI_MODEL
+from ..config.errors import ConfigError
+from ..shipped import MINI_MODEL
 from .pipeline import PIPELINES, run_pipeline
 from .random_model import write_random_mini
 from .variants import Variant, default_variants
 
 __all__ = ["HarnessConfig", "run_harness", "format_table", "score_folder"]
 
-logger = logging.getLogger("hash3d.quality")
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -71,9 +72,9 @@ class HarnessConfig:
     def __post_init__(self) -> None:
         self.out = Path(self.out)
         if self.pipeline not in PIPELINES:
-            raise ValueError(f"unknown pipeline {self.pipeline!r}; choose from {', '.join(PIPELINES)}")
+            raise ConfigError(f"unknown pipeline {self.pipeline!r}; choose from {', '.join(PIPELINES)}")
         if self.objects < 1:
-            raise ValueError(f"objects must be >= 1; got {self.objects}")
+            raise ConfigError(f"objects must be >= 1; got {self.objects}")
 
 
 def score_folder(gt_dir: Path, pred_dir: Path, lpips_net: str | None = None) -> dict[str, float]:

@@ -1,5 +1,6 @@
-"""Quality harness: does the Hash3D cache keep image-to-3D quality? Measured on held-out procedural objects with
-the shipped Hash3D-mini model (`bench/quality.py` is its command line, `tests/test_quality.py` its CI case).
+"""Image to 3D with the shipped Hash3D-mini model: the runner behind `hash3d.demo`, and the quality harness on top of
+it (does the Hash3D cache keep image-to-3D quality? measured on held-out procedural objects; `bench/quality.py` is
+its command line, `tests/test_quality.py` its CI case).
 
 - `cases`: held-out objects (ids >= 10**12 + offset), input view at elevation 15°, 16 ground-truth views at 30°
 - `variants`: cache variants by name ('off', 'features@0.3', 'noise@1', 'features+adaptive@0.1')
@@ -10,12 +11,9 @@ the shipped Hash3D-mini model (`bench/quality.py` is its command line, `tests/te
 
 from .cases import Case, make_case
 from .harness import HarnessConfig, format_table, run_harness
-from .paths import EXAMPLE_INPUT, MINI_MODEL
 from .variants import Variant, default_variants, parse_variant, parse_variants
 
 __all__ = [
-    "EXAMPLE_INPUT",
-    "MINI_MODEL",
     "Case",
     "HarnessConfig",
     "Variant",

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from .paths import MINI_MODEL, require
+from ..shipped import MINI_MODEL, require
 
 __all__ = ["write_random_mini"]
 
@@ -20,7 +20,7 @@ def write_random_mini(path: str | Path, source: str | Path = MINI_MODEL, seed: i
     """Write the architecture of the model folder `source` with random weights (diffusers' own initialisation,
     seeded) to `path`, in the same layout (`load_zero123` loads it). Returns `path`."""
     from hash3d.mini.model import PARTS, save_model
-    from hash3d.testing.models import build_component
+    from hash3d.diffusion.layout import build_component
 
     source = require(Path(source), "the mini model folder")
     configs = {}

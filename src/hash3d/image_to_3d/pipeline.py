@@ -25,7 +25,8 @@ from typing import Any
 
 import torch
 
-from .paths import DG_CONFIGS, MINI_MODEL, TS_CONFIGS, require
+from ..config.errors import ConfigError
+from ..shipped import DG_CONFIGS, MINI_MODEL, TS_CONFIGS, require
 from .variants import Variant
 
 __all__ = [
@@ -48,7 +49,7 @@ CONFIGS = {
 
 def config_path(pipeline: str, variant: Variant) -> Path:
     if pipeline not in CONFIGS:
-        raise ValueError(f"unknown pipeline {pipeline!r}; choose from {', '.join(PIPELINES)}")
+        raise ConfigError(f"unknown pipeline {pipeline!r}; choose from {', '.join(PIPELINES)}")
     return require(CONFIGS[pipeline][1 if variant.enabled else 0], f"the {pipeline} mini config")
 
 
@@ -97,10 +98,10 @@ class PipelineRun:
         if self.pipeline != "dreamgaussian" or self.mesh_file is None:
             return None
         from hash3d.render.mesh_raster import resolve_mesh_backend
-        from hash3d.systems.dreamgaussian.stage2 import _textured, load_mesh, render_mesh
+        from hash3d.systems.dreamgaussian.stage2 import load_mesh, render_mesh, textured_mesh
 
         cfg, _ = self.handle
-        mesh = _textured(load_mesh(self.mesh_file), cfg.texture_size)
+        mesh = textured_mesh(load_mesh(self.mesh_file), cfg.texture_size)
         views = _dg_views(cfg, elevation, delta_azimuths, size, "cpu")
         image, _, _ = render_mesh(mesh.vertices, mesh, mesh.texture, views, resolve_mesh_backend(cfg.mesh_backend, "cpu"))
         return image.clamp(0, 1).cpu()
@@ -284,7 +285,7 @@ def _threestudio_test_views(run: PipelineRun, elevation: float, delta_azimuths: 
     n = len(delta_azimuths)
     expected = [360.0 * k / n for k in range(n)]
     if spec is None or spec[0] != elevation or spec[1] != n or spec[2] != size or list(delta_azimuths) != expected:
-        raise ValueError("threestudio runs can only be scored at the test views they rendered: run with "
+        raise ConfigError("threestudio runs can only be scored at the test views they rendered: run with "
                          f"test_views=({elevation}, {n}, {size}) and evenly spaced azimuths")
     frames = []
     for i in range(n):
@@ -298,4 +299,4 @@ def run_pipeline(pipeline: str, variant: Variant, input_path, outdir, **kwargs) 
         return run_dreamgaussian(variant, input_path, outdir, **kwargs)
     if pipeline == "threestudio":
         return run_threestudio(variant, input_path, outdir, **kwargs)
-    raise ValueError(f"unknown pipeline {pipeline!r}; choose from {', '.join(PIPELINES)}")
+    raise ConfigError(f"unknown pipeline {pipeline!r}; choose from {', '.join(PIPELINES)}")

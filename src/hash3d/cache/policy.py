@@ -1,0 +1,170 @@
+"""When a UNet request tries the cache: a fixed hash probability (the paper's η) or a cost-aware choice.
+
+`FixedPolicy` tries a request with probability η (and never every `force_full_every`-th one).
+
+`AutoPolicy` tries the cache only while trying pays. Per request shape it keeps the measured cost of the two arms,
+"try" (query the table; answer hits from it, run and insert the misses) and "skip" (the plain UNet, no query and no
+insert: what the request costs with the cache off), as the median of the latest few measurements, and follows the
+cheaper one:
+- the first `warmup` requests of a shape try (the table fills, the graphs are captured);
+- while trying, every `explore_every`-th request skips, so the cost of skipping stays known;
+- while skipping, a burst of `probe_len` tries at the end of every `probe_every` requests refreshes the table and the cost of
+  trying, so a run that changes (annealed timesteps, a new resolution) can win the cache back;
+- it switches arm when the other one's median is lower by more than `margin`.
+The first `discard` measurements of each arm and shape are dropped (eager first calls and graph captures).
+
+Decisions depend only on the state here and the costs it is given, so they are tested with made-up costs; the cache
+feeds it GPU times measured by CUDA events (`hash3d.diffusion.request_timer`).
+"""
+
+from __future__ import annotations
+
+import random
+import statistics
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from .config import CachePolicyConfig
+
+ARMS = ("try", "skip")
+
+
+class FixedPolicy:
+    """Try with probability η; every `force_full_every`-th request never tries."""
+
+    measures = False
+
+    def __init__(self, config: CachePolicyConfig):
+        self.config = config
+        self.reset()
+
+    def reset(self) -> None:
+        self.rng = random.Random(self.config.seed)
+        self.calls = 0
+
+    def decide(self, shape: tuple) -> bool:
+        self.calls += 1
+        policy = self.config
+        if policy.force_full_every and self.calls % policy.force_full_every == 0:
+            return False
+        return policy.probability >= 1.0 or self.rng.random() < policy.probability
+
+    def observe(self, shape: tuple, tried: bool, ms: float) -> None:
+        """Fixed decisions take no costs."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"policy_rng": self.rng.getstate(), "calls": self.calls}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        version, internal, gauss = state["policy_rng"]
+        self.rng.setstate((version, tuple(internal), gauss))
+        self.calls = int(state["calls"])
+
+    def stats(self) -> dict[str, Any]:
+        return {}
+
+
+@dataclass
+class _ShapeState:
+    requests: int = 0
+    arm: str = "try"
+    since_probe: int = 0
+    seen: dict[str, int] = field(default_factory=lambda: {arm: 0 for arm in ARMS})
+    costs: dict[str, deque] = field(default_factory=dict)
+    switches: int = 0
+
+
+class AutoPolicy:
+    """Cost-aware: follow the arm (try / skip) with the lower measured cost (see the module docstring)."""
+
+    measures = True
+
+    def __init__(self, config: CachePolicyConfig):
+        self.config = config
+        self.reset()
+
+    def reset(self) -> None:
+        self.calls = 0
+        self.shapes: dict[tuple, _ShapeState] = {}
+
+    def _state(self, shape: tuple) -> _ShapeState:
+        s = self.shapes.get(shape)
+        if s is None:
+            window = self.config.auto.window
+            s = self.shapes[shape] = _ShapeState(costs={arm: deque(maxlen=window) for arm in ARMS})
+        return s
+
+    def decide(self, shape: tuple) -> bool:
+        auto = self.config.auto
+        self.calls += 1
+        s = self._state(shape)
+        s.requests += 1
+        if s.requests <= auto.warmup:
+            return True
+        if s.arm == "try":
+            return auto.explore_every == 0 or s.requests % auto.explore_every != 0
+        s.since_probe += 1  # the burst closes each period, so a switch to skipping is not followed by tries at once
+        return s.since_probe % auto.probe_every >= auto.probe_every - auto.probe_len
+
+    def observe(self, shape: tuple, tried: bool, ms: float) -> None:
+        """One measured request cost (ms) of `shape`, tried or not; may switch that shape's arm."""
+        auto = self.config.auto
+        s = self._state(shape)
+        arm = "try" if tried else "skip"
+        s.seen[arm] += 1
+        if s.seen[arm] <= auto.discard:
+            return
+        s.costs[arm].append(float(ms))
+        if any(len(s.costs[a]) < auto.min_samples for a in ARMS):
+            return
+        other = "skip" if s.arm == "try" else "try"
+        if self.median(shape, other) < self.median(shape, s.arm) * (1.0 - auto.margin):
+            s.arm = other
+            s.since_probe = 0
+            s.switches += 1
+
+    def median(self, shape: tuple, arm: str) -> float | None:
+        costs = self._state(shape).costs[arm]
+        return statistics.median(costs) if costs else None
+
+    def arm(self, shape: tuple) -> str:
+        return self._state(shape).arm
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "calls": self.calls,
+            "shapes": [
+                {"shape": list(shape), "requests": s.requests, "arm": s.arm, "since_probe": s.since_probe,
+                 "seen": dict(s.seen), "costs": {a: list(c) for a, c in s.costs.items()}, "switches": s.switches}
+                for shape, s in self.shapes.items()
+            ],
+        }  # fmt: skip
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.reset()
+        self.calls = int(state["calls"])
+        for item in state["shapes"]:
+            s = self._state(tuple(item["shape"]))
+            s.requests, s.arm, s.since_probe = int(item["requests"]), str(item["arm"]), int(item["since_probe"])
+            s.seen = {a: int(n) for a, n in item["seen"].items()}
+            for a, values in item["costs"].items():
+                s.costs[a].extend(float(v) for v in values)
+            s.switches = int(item["switches"])
+
+    def stats(self) -> dict[str, Any]:
+        """Whether the most recent shape tries (1) or skips (0), its median costs, and the number of switches over all shapes."""
+        if not self.shapes:
+            return {"policy_trying": 1.0, "policy_switches": 0}
+        shape = next(reversed(self.shapes))
+        out: dict[str, Any] = {"policy_trying": float(self.arm(shape) == "try"),
+                               "policy_switches": sum(s.switches for s in self.shapes.values())}
+        for a in ARMS:
+            m = self.median(shape, a)
+            if m is not None:
+                out[f"policy_{a}_ms"] = m
+        return out
+
+
+def build_policy(config: CachePolicyConfig) -> FixedPolicy | AutoPolicy:
+    return AutoPolicy(config) if config.strategy == "auto" else FixedPolicy(config)

@@ -1,0 +1,290 @@
+"""The cache's policies: fixed η, and the cost-aware one that tries only while trying pays."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hash3d.cache.config import AutoPolicyConfig, CacheConfig, CachePolicyConfig
+from hash3d.cache.policy import AutoPolicy, FixedPolicy, build_policy
+
+SHAPE = (4, 4, 8, 8)
+
+
+def auto(**kw) -> AutoPolicy:
+    return AutoPolicy(CachePolicyConfig(strategy="auto", auto=AutoPolicyConfig(**kw)))
+
+
+def drive(policy: AutoPolicy, steps: int, cost, shape=SHAPE) -> list[bool]:
+    """Run `steps` requests, feeding back cost(step, tried) at once; returns the decisions."""
+    decisions = []
+    for step in range(steps):
+        tried = policy.decide(shape)
+        policy.observe(shape, tried, cost(step, tried))
+        decisions.append(tried)
+    return decisions
+
+
+def test_build_policy_picks_the_strategy():
+    assert isinstance(build_policy(CachePolicyConfig()), FixedPolicy)
+    assert isinstance(build_policy(CachePolicyConfig(strategy="auto")), AutoPolicy)
+
+
+def test_auto_keeps_trying_while_trying_is_cheaper():
+    p = auto(warmup=4, explore_every=5, discard=1, min_samples=2)
+    decisions = drive(p, 60, lambda step, tried: 5.0 if tried else 20.0)
+    assert all(decisions[:4])  # warm-up
+    # afterwards: every 5th request skips (to keep the skip cost known), the others try
+    assert [not d for d in decisions[4:]] == [(i + 1) % 5 == 0 for i in range(4, 60)]  # request i + 1
+    assert p.arm(SHAPE) == "try" and p.stats()["policy_trying"] == 1.0
+    assert p.median(SHAPE, "try") == 5.0 and p.median(SHAPE, "skip") == 20.0
+
+
+def test_auto_stops_trying_where_it_costs_more_and_probes_again():
+    p = auto(warmup=4, explore_every=3, probe_every=20, probe_len=4, discard=0, min_samples=2, margin=0.05)
+    decisions = drive(p, 100, lambda step, tried: 30.0 if tried else 20.0)
+    switch = next(i for i in range(4, 100) if p.arm(SHAPE) == "skip" and not decisions[i])
+    assert p.arm(SHAPE) == "skip"
+    tail = decisions[switch + 1:]
+    # while skipping: bursts of probe_len tries every probe_every requests, nothing else tried
+    assert sum(tail) == pytest.approx(len(tail) * 4 / 20, abs=4)
+    bursts = [i for i in range(1, len(tail)) if tail[i] and not tail[i - 1]]
+    assert len(bursts) >= 3 and all(b2 - b1 == 20 for b1, b2 in zip(bursts, bursts[1:]))
+    assert p.stats()["policy_trying"] == 0.0 and p.stats()["policy_switches"] == 1
+
+
+def test_auto_wins_the_cache_back_when_the_run_changes():
+    """A run whose hits become cheap (the table has filled, the timesteps annealed) switches back to trying."""
+    p = auto(warmup=2, explore_every=4, probe_every=10, probe_len=5, discard=0, min_samples=3, window=4)
+    drive(p, 40, lambda step, tried: 30.0 if tried else 20.0)
+    assert p.arm(SHAPE) == "skip"
+    drive(p, 40, lambda step, tried: 8.0 if tried else 20.0)
+    assert p.arm(SHAPE) == "try" and p.stats()["policy_switches"] == 2
+
+
+def test_auto_needs_a_margin_to_switch_and_drops_the_first_measurements():
+    p = auto(warmup=2, explore_every=2, discard=2, min_samples=2, margin=0.1)
+    drive(p, 40, lambda step, tried: 10.0 if tried else 9.5)  # skip only 5 % cheaper: stay
+    assert p.arm(SHAPE) == "try"
+    q = auto(warmup=2, explore_every=2, discard=2, min_samples=2)
+    # the first two of each arm are slow (eager call, capture): dropped, they do not decide
+    slow_first = {"try": 0, "skip": 0}
+
+    def cost(step, tried):
+        arm = "try" if tried else "skip"
+        slow_first[arm] += 1
+        return 1000.0 if slow_first[arm] <= 2 else (5.0 if tried else 10.0)
+
+    drive(q, 30, cost)
+    assert q.arm(SHAPE) == "try" and q.median(SHAPE, "try") == 5.0 and q.median(SHAPE, "skip") == 10.0
+
+
+def test_auto_decides_per_request_shape():
+    p = auto(warmup=2, explore_every=2, probe_every=50, probe_len=2, discard=0, min_samples=2)
+    small, large = (2, 4, 8, 8), (2, 4, 16, 16)
+    for _ in range(30):
+        for shape, try_cost in ((small, 30.0), (large, 5.0)):
+            tried = p.decide(shape)
+            p.observe(shape, tried, try_cost if tried else 20.0)
+    assert p.arm(small) == "skip" and p.arm(large) == "try"
+
+
+def test_auto_state_round_trips():
+    p = auto(warmup=2, explore_every=3, discard=0, min_samples=2)
+    drive(p, 25, lambda step, tried: 30.0 if tried else 20.0)
+    q = auto(warmup=2, explore_every=3, discard=0, min_samples=2)
+    q.load_state_dict(p.state_dict())
+    assert q.state_dict() == p.state_dict()
+    cost = lambda step, tried: 30.0 if tried else 20.0  # noqa: E731
+    assert drive(q, 30, cost) == drive(p, 30, cost)
+
+
+@pytest.mark.parametrize(
+    "bad,match",
+    [
+        (dict(probe_len=60, probe_every=50), "probe_len \\(60\\) must be <= probe_every \\(50\\)"),
+        (dict(window=2, min_samples=3), "min_samples \\(3\\) must be <= window \\(2\\)"),
+        (dict(margin=1.0), "margin must be in \\[0, 1\\)"),
+        (dict(warmup=-1), "warmup must be >= 0"),
+    ],
+)
+def test_auto_config_errors(bad, match):
+    with pytest.raises(ValueError, match=match):
+        AutoPolicyConfig(**bad)
+
+
+def test_unknown_strategy_is_an_error():
+    with pytest.raises(ValueError, match="strategy must be 'fixed' or 'auto'; got 'sometimes'"):
+        CachePolicyConfig(strategy="sometimes")
+
+
+def test_auto_on_the_cpu_tries_every_request_and_reports_it():
+    """No CUDA timer on the CPU: the cost-aware policy tries every request (the fixed policy at η = 1 gives the same
+    outputs, hits and counters)."""
+    from test_unet_cache import inputs, run, tiny_unet
+
+    from hash3d.diffusion import apply_hash_cache, remove_hash_cache
+
+    unet = tiny_unet()
+    x, ctx, t, keys = inputs()
+    results = []
+    for policy in (CachePolicyConfig(strategy="auto"), CachePolicyConfig(probability=1.0)):
+        cache = apply_hash_cache(unet, CacheConfig(enabled=True, mode="noise", policy=policy))
+        outs = [run(unet, x, ctx, t, cache, keys).sample for _ in range(3)]
+        results.append((outs, cache.stats))
+        remove_hash_cache(unet)
+    (auto_outs, auto_stats), (fixed_outs, fixed_stats) = results
+    for a, b in zip(auto_outs, fixed_outs):
+        assert torch.equal(a, b)
+    for name in ("calls", "tried", "hits", "cached_samples", "full_samples"):
+        assert auto_stats[name] == fixed_stats[name], name
+    assert auto_stats["tried"] == 3 and auto_stats["skipped"] == 0
+    assert auto_stats["policy_trying"] == 1.0
+
+
+def test_skip_arm_runs_the_plain_unet_and_stores_nothing():
+    """A request the cost-aware policy skips costs what the cache-off call costs: the plain output, no query, no
+    insert (the fixed policy's untried requests still insert)."""
+    from test_unet_cache import inputs, run, tiny_unet
+
+    from hash3d.diffusion import apply_hash_cache
+
+    unet = tiny_unet()
+    x, ctx, t, keys = inputs()
+    ref = run(unet, x, ctx, t).sample
+    for mode in ("features", "noise"):
+        cache = apply_hash_cache(unet, CacheConfig(enabled=True, mode=mode, policy=CachePolicyConfig(strategy="auto")))
+        with torch.no_grad(), cache.request(keys, x[:, :4], tried=False):
+            out = unet(torch.cat([x, x]), t, encoder_hidden_states=ctx).sample
+        torch.testing.assert_close(out, ref)
+        stats = cache.stats
+        assert stats["queries"] == 0 and stats["inserts"] == 0 and stats["skipped"] == 1 and stats["full_samples"] == B
+        cache.remove()
+        fixed = apply_hash_cache(unet, CacheConfig(enabled=True, mode=mode, policy=CachePolicyConfig(probability=0.0)))
+        run(unet, x, ctx, t, fixed, keys)
+        assert fixed.stats["inserts"] == B and fixed.stats["skipped"] == 0
+        fixed.remove()
+
+
+B = 3
+
+
+def test_auto_policy_state_travels_in_the_cache_state_dict():
+    from test_unet_cache import tiny_unet
+
+    from hash3d.diffusion import apply_hash_cache
+
+    unet = tiny_unet()
+    config = CacheConfig(enabled=True, mode="noise", policy=CachePolicyConfig(strategy="auto"))
+    cache = apply_hash_cache(unet, config)
+    policy = cache._state.policy
+    drive(policy, 60, lambda step, tried: 30.0 if tried else 20.0)
+    assert policy.arm(SHAPE) == "skip"
+    state = cache.state_dict()
+    cache.remove()
+    fresh = apply_hash_cache(unet, config)
+    fresh.load_state_dict(state)
+    assert fresh._state.policy.state_dict() == policy.state_dict()
+    assert fresh._state.policy.arm(SHAPE) == "skip"
+    fresh.remove()
+
+
+def test_progress_bar_shows_the_policy_choice():
+    from hash3d.training.progress import format_postfix
+
+    stats = {"queries": 10, "hit_rate": 0.5, "unet_calls_saved": 5, "policy_trying": 0.0}
+    assert format_postfix(1.0, stats) == {"loss": "1", "hit": "50.0%", "saved": "5", "cache": "skip"}
+    assert format_postfix(None, {**stats, "policy_trying": 1.0})["cache"] == "try"
+    assert "cache" not in format_postfix(None, {"queries": 1, "hit_rate": 0.0})
+
+
+class _FakeEvent:
+    """A stand-in for a CUDA event on a fake GPU clock: recorded at the clock's time, done once the GPU passed it."""
+
+    def __init__(self, clock):
+        self.clock, self.at = clock, None
+
+    def record(self):
+        self.at = self.clock["now"]
+
+    def query(self):
+        return self.clock["gpu"] >= self.at
+
+    def elapsed_time(self, end):
+        return end.at - self.at
+
+
+def test_request_timer_reads_only_finished_requests_in_order():
+    from hash3d.diffusion.request_timer import RequestTimer
+
+    clock = {"now": 0.0, "gpu": -1.0}
+    timer = RequestTimer(event=lambda: _FakeEvent(clock))
+    for i, ms in enumerate((3.0, 5.0, 7.0)):
+        start = timer.start()
+        clock["now"] += ms
+        timer.stop(start, (i,), i % 2 == 0)
+    assert list(timer.ready()) == []  # the GPU has not got there yet: nothing read, nothing waited for
+    clock["gpu"] = 8.0  # past the first two requests only
+    assert list(timer.ready()) == [((0,), True, 3.0), ((1,), False, 5.0)]
+    clock["gpu"] = 100.0
+    assert list(timer.ready()) == [((2,), True, 7.0)] and not timer.pending
+
+
+def test_cache_feeds_measured_request_times_to_the_auto_policy():
+    """With a GPU timer (a fake clock here), every request is timed from the policy's decision to its answer, and the
+    times reach the policy: when trying is dearer, the cache stops trying and its requests run the plain UNet."""
+    from test_unet_cache import inputs, run, tiny_unet
+
+    from hash3d.diffusion import apply_hash_cache
+    from hash3d.diffusion.request_timer import RequestTimer
+
+    unet = tiny_unet()
+    x, ctx, t, keys = inputs()
+    knobs = AutoPolicyConfig(warmup=2, explore_every=2, discard=0, min_samples=2, probe_every=50, probe_len=2)
+    cache = apply_hash_cache(unet, CacheConfig(enabled=True, mode="noise",
+                                               policy=CachePolicyConfig(strategy="auto", auto=knobs)))
+    clock = {"now": 0.0, "gpu": 1e9}
+    state = cache._state
+    state.timer = RequestTimer(event=lambda: _FakeEvent(clock))
+    original = state.finish_request
+
+    def finish():  # each request "takes" 30 ms when it tried the cache, 20 ms when it skipped
+        clock["now"] += 30.0 if state.timing[2] else 20.0
+        original()
+
+    state.finish_request = finish
+    for _ in range(12):
+        run(unet, x, ctx, t, cache, keys)
+    stats = cache.stats
+    assert stats["policy_trying"] == 0.0 and stats["policy_try_ms"] == 30.0 and stats["policy_skip_ms"] == 20.0
+    assert stats["skipped"] >= 4 and stats["tried"] + stats["skipped"] == 12
+    inserts = stats["inserts"]
+    run(unet, x, ctx, t, cache, keys)  # skipped: nothing stored
+    assert cache.stats["inserts"] == inserts and cache.stats["skipped"] == stats["skipped"] + 1
+
+
+def test_every_shipped_hash3d_config_uses_the_cost_aware_policy():
+    """A shipped `_hash3d` config must never run slower than its twin: each of its cache blocks is on with
+    `policy.strategy: auto` (the fixed η stays an override away)."""
+    from pathlib import Path
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[1]
+    files = sorted(f for d in ("threestudio-hash3d", "dreamgaussian-hash3d", "gaussian-dreamer-hash3d")
+                   for f in (root / d / "configs").glob("*_hash3d.yaml"))
+    assert len(files) >= 10
+
+    def cache_blocks(node):
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key == "cache" and isinstance(value, dict):
+                    yield value
+                else:
+                    yield from cache_blocks(value)
+
+    for f in files:
+        blocks = list(cache_blocks(yaml.safe_load(f.read_text())))
+        assert blocks, f"{f.name}: no cache block"
+        for block in blocks:
+            assert block.get("enabled") is True and block.get("policy", {}).get("strategy") == "auto", f.name

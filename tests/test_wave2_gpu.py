@@ -1,0 +1,44 @@
+"""The Latent-NeRF and Gaussian-splatting configs on a CUDA GPU (gsplat, fp16 guidance, CUDA graphs, the cache), two
+tiny steps each with random-weight tiny models: the commands users type, shrunk."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from hash3d.launch import main
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+
+REPO = Path(__file__).resolve().parents[1]
+FRONT = REPO / "threestudio-hash3d"
+
+SMALL = ["trainer.max_steps=2", "checkpoint.every_n_train_steps=2", "trainer.val_check_interval=0",
+         "trainer.num_sanity_val_steps=0", "trainer.enable_progress_bar=false", "use_timestamp=false"]  # fmt: skip
+CASES = {
+    "latentnerf_hash3d.yaml": ("sd", ["data.n_test_views=2", "data.eval_height=64", "data.eval_width=64",
+                                      "system.renderer.num_samples_per_ray=64"]),
+    "gaussian_splatting_zero123_hash3d.yaml": ("zero123", ["data.random_camera.n_test_views=2",
+                                                           "data.random_camera.eval_height=64",
+                                                           "data.random_camera.eval_width=64"]),
+    "gaussian_splatting_shading_hash3d.yaml": ("sd", ["data.n_test_views=2", "data.eval_height=64",
+                                                      "data.eval_width=64", "data.height=128", "data.width=128"]),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("config", sorted(CASES))
+def test_config_trains_and_exports_on_the_gpu(config, written_models, tmp_path, monkeypatch):
+    monkeypatch.chdir(FRONT)
+    family, extra = CASES[config]
+    args = [f"exp_root_dir={tmp_path}", f"system.guidance.pretrained_model_name_or_path={written_models[family]}",
+            *SMALL, *extra]  # fmt: skip
+    assert main(["--config", f"configs/{config}", "--train", "--gpu", "0", *args]) == 0
+    (trial,) = [p for p in tmp_path.glob("*/*") if p.is_dir()]
+    assert (trial / "save" / "it2-test.mp4").is_file()
+    export = ["--config", str(trial / "configs" / "parsed.yaml"), "--export", f"resume={trial / 'ckpts' / 'last.ckpt'}"]
+    if config.startswith("latentnerf"):
+        export.append("system.geometry.isosurface_threshold=5")
+    assert main(export) == 0
+    assert any((trial / "save" / "it2-export").iterdir())
