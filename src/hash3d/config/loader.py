@@ -135,6 +135,14 @@ def merge(base: DictConfig, *others: DictConfig) -> DictConfig:
         raise ConfigError(f"cannot apply overrides: {exc}") from exc
 
 
+def _missing_keys(cfg: DictConfig) -> list[str]:
+    """Keys whose value is `???` (a broken interpolation is left for `resolve` to report)."""
+    try:
+        return sorted(OmegaConf.missing_keys(cfg))
+    except OmegaConfBaseException:
+        return []
+
+
 def resolve(cfg: DictConfig) -> dict[str, Any]:
     """Resolve every interpolation -> plain python data."""
     try:
@@ -174,7 +182,7 @@ def load_config_report(
         translate = translate or read_experiment
     base = load_yaml(config_file(path)) if path is not None else OmegaConf.create({})
     merged = merge(base, parse_overrides(overrides)) if overrides else base
-    missing = sorted(OmegaConf.missing_keys(merged))
+    missing = _missing_keys(merged)
     if missing:
         raise ConfigError(
             f"{', '.join(missing)} must be given (??? in {path}): add e.g. {missing[0]}=VALUE to the command line"
@@ -218,7 +226,7 @@ def explain_config(
     merged = load_yaml(config_file(path))
     if overrides:
         merged = merge(merged, parse_overrides(overrides))
-    missing = sorted(OmegaConf.missing_keys(merged))
+    missing = _missing_keys(merged)
     for key in missing:  # `???` values: explain the rest, then say which keys the command line must give
         OmegaConf.update(merged, key, "<required>")
     data = resolve(merged)

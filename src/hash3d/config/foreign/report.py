@@ -17,6 +17,8 @@ class Reading:
     verdict: Verdict
     detail: str = ""
     """What it became ('-> system.guidance.cache.policy.probability = 0.1'), why it changes nothing, or the fix."""
+    ours: bool = False
+    """A key of ours that a system does not use: listed for foreign files, and no sign of a foreign file itself."""
 
 
 @dataclass
@@ -36,11 +38,12 @@ class Report:
 
     @property
     def foreign(self) -> bool:
-        return any(r.verdict != "as is" for r in self.readings)
+        return any(r.verdict != "as is" and not r.ours for r in self.readings)
 
     def no_effect_line(self) -> str | None:
         """One line naming the keys accepted with no effect here, or None when there are none."""
-        keys = [r.key for r in self.of("no effect")]
+        foreign = self.foreign
+        keys = [r.key for r in self.of("no effect") if foreign or not r.ours]
         return f"accepted, no effect here: {', '.join(keys)}" if keys else None
 
     def raise_refusals(self) -> None:

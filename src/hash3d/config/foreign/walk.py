@@ -120,7 +120,10 @@ class _Walker:
             full = join(path, key)
             value = node[key]
             if key in fields and getattr(rules.get(key), "also_ours", False):
+                first = len(ctx.report.readings)
                 rules[key](ctx, full, value, written)
+                for reading in ctx.report.readings[first:]:
+                    reading.ours = True
             elif key in fields:
                 if key in block_classes:
                     sub = block_classes[key]
