@@ -346,7 +346,6 @@ KEY_CASES = [
     ("dreamfusion", "system.geometry.anneal_density_blob_std_config", None, "no effect", None),
     # material / background / renderer
     ("dreamfusion", "system.material.albedo_activation", "none", "mapped", ("system.geometry.albedo_activation", "none")),
-    ("dreamfusion", "system.material.soft_shading", True, "refused", None),
     ("dreamfusion", "system.background.share_aug_bg", True, "refused", None),
     ("dreamfusion", "system.background.share_aug_bg", False, "no effect", None),
     ("dreamfusion", "system.renderer.radius", 1.0, "refused", None),

@@ -172,7 +172,6 @@ RULES: dict[str, dict[str, Rule]] = {
     },
     "system.material": {
         "albedo_activation": to("system.geometry.albedo_activation", absolute=True),
-        "soft_shading": off_only("soft shading"),
     },
     "system.background": {
         "share_aug_bg": off_only("one random background shared by the batch"),
