@@ -129,7 +129,7 @@ def bench_family(
             if profiling:
                 profile(lambda i: step(fixed), f"{family} batch {B} {mode} hit, graphs {graphs}")
             row[f"{mode}_peak_mb"] = peak_mb(lambda i: step(fixed))
-            row[f"{mode}_entry_mb"] = g.cache.table._pool_values[0].numel() * 2 / 2**20
+            row[f"{mode}_entry_mb"] = g.cache.table.storage.pool_values[0].numel() * 2 / 2**20
             if mode == "features":
                 row["shallow_ms"] = shallow_blocks_ms(g, latents, fixed, iters)
                 if graphs:  # the same hit through the eager reference path (GuidanceConfig.hit_graphs off)
@@ -142,7 +142,7 @@ def bench_family(
                     g.set_cache(cache_config(mode))
                     step(fixed)
             keys = torch.stack([fixed[0], fixed[1], fixed[2], torch.full((B,), 500.0, device="cuda")], -1)
-            values = g.cache.table._pool_values[:B].view((B,) + g.cache.table._value_shape).clone()
+            values = g.cache.table.storage.pool_values[:B].view((B,) + g.cache.table.value_shape).clone()
             x = torch.randn(B, 4, latent, latent, device="cuda")
             for backend in TABLE_BACKENDS:
                 if backend == "triton" and not triton_available("cuda"):
@@ -172,9 +172,9 @@ def shallow_blocks_ms(g, latents: torch.Tensor, cameras: tuple, iters: int) -> f
     table = g.cache.table
     with torch.no_grad():
         t = torch.full((B,), 500, dtype=torch.long, device="cuda")
-        x_t = g._diffuse(latents.detach(), t, torch.randn_like(latents))
-        x_in, t_in, ctx = g._unet_call(x_t, t, g._context(*cameras))
-        values = torch.zeros((B,) + tuple(table._value_shape), dtype=table._pool_values.dtype, device="cuda")
+        x_t = g.diffuse(latents.detach(), t, torch.randn_like(latents))
+        x_in, t_in, ctx = g.unet_batch(x_t, t, g.conditioning(*cameras))
+        values = torch.zeros((B,) + tuple(table.value_shape), dtype=table.value_dtype, device="cuda")
         for _ in range(2):
             g.cache.cached_output(x_in, t_in, ctx, values)
         torch.cuda.synchronize()

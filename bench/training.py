@@ -4,12 +4,16 @@
     python bench/training.py --pipeline dreamgaussian [--stage2]
     python bench/training.py --pipeline gaussiandreamer-sd
     python bench/training.py --pipeline magic3d-refine-sd   (also magic3d-coarse-sd, magic123-coarse-sd, magic123-refine-sd)
+    python bench/training.py --pipeline dreamgaussian-text_mv   (also dreamgaussian-text, dreamgaussian-imagedream)
 
 Pipelines: the threestudio-hash3d configs (stable-zero123, zero123, dreamfusion-sd; the Magic3D and Magic123 stages,
 where a refine pipeline first trains its coarse config for a few hundred untimed steps and starts from that
 checkpoint) and gaussian-dreamer-hash3d's gaussiandreamer-sd run through the shared launcher (`--train`, no
 validation or test render); dreamgaussian runs
-dreamgaussian-hash3d's stage 1 (image_sai.yaml / image_sai_hash3d.yaml), and stage 2 after it with --stage2.
+dreamgaussian-hash3d's stage 1 (image_sai.yaml / image_sai_hash3d.yaml), and stage 2 after it with --stage2;
+dreamgaussian-text / -text_mv / -imagedream run its text.yaml / text_mv.yaml / imagedream.yaml (and twins) the same
+way with Stable Diffusion 2.1-base / MVDream / ImageDream (the multi-view ones cache in noise mode only: their
+features variants are skipped).
 Each `_hash3d` twin differs from its base only in the cache block. Runs: cache off; "shipped", the `_hash3d` config
 exactly as shipped; with --baselines, the base config with the SDS weight set to 0 (everything but the guidance) and
 cache off with as few steps as take the time of the fastest cached run; each --variants entry (the quality harness's
@@ -75,6 +79,10 @@ class Pipeline:
     """Cache blocks besides the guidance's that the cache options go to (Magic123's guidance_3d)."""
     coarse: str | None = None
     """Refine stages: the pipeline whose base config is first trained (untimed, `COARSE_STEPS`) to start from."""
+    input: str | None = "mug_rgba.png"
+    """dreamgaussian-hash3d: the input image in its data/ folder (None: text only)."""
+    cache_modes: tuple[str, ...] = ("features", "noise")
+    """Cache modes the pipeline's guidance supports (--modes is cut down to these)."""
 
 
 PIPELINES = {
@@ -118,6 +126,19 @@ PIPELINES = {
                                    "sd", "system.guidance.pretrained_model_name_or_path", None, 500,
                                    more_models=(("system.guidance_3d.pretrained_model_name_or_path", "zero123"),),
                                    more_caches=("system.guidance_3d.cache.",), coarse="magic123-coarse-sd"),
+    "dreamgaussian-text": Pipeline("dreamgaussian-hash3d", "text.yaml", "text_hash3d.yaml", "sd",
+                                   "guidance.pretrained_model_name_or_path", None, 500, launcher=False, input=None,
+                                   options=("mesh_resolution=64", "texture_size=256", "prompt=a photo of an icecream")),
+    "dreamgaussian-text_mv": Pipeline("dreamgaussian-hash3d", "text_mv.yaml", "text_mv_hash3d.yaml", "mvdream",
+                                      "guidance.pretrained_model_name_or_path", None, 500, launcher=False, input=None,
+                                      options=("mesh_resolution=64", "texture_size=256",
+                                               "prompt=a plush toy of a corgi nurse"),
+                                      cache_modes=("noise",)),
+    "dreamgaussian-imagedream": Pipeline("dreamgaussian-hash3d", "imagedream.yaml", "imagedream_hash3d.yaml",
+                                         "imagedream", "guidance.pretrained_model_name_or_path", None, 500,
+                                         launcher=False, options=("mesh_resolution=64", "texture_size=256",
+                                                                  "prompt=a mug"),
+                                         cache_modes=("noise",)),
 }  # fmt: skip
 COARSE_STEPS = 300
 
@@ -163,8 +184,8 @@ def _dreamgaussian_run(
     from hash3d.systems.dreamgaussian.config import load_options
     from hash3d.systems.dreamgaussian.stage1 import run_stage1
 
-    options = [f"input={REPO / pipe.front_end / 'data' / 'mug_rgba.png'}", f"outdir={out}", "save_path=bench",
-               f"iters={steps}", f"position_lr_max_steps={steps}", *extra]  # fmt: skip
+    options = [*([f"input={REPO / pipe.front_end / 'data' / pipe.input}"] if pipe.input else []), f"outdir={out}",
+               "save_path=bench", f"iters={steps}", f"position_lr_max_steps={steps}", *extra]  # fmt: skip
     cfg = load_options(str(REPO / pipe.front_end / "configs" / config), options)
     with timer:
         report = json.loads(run_stage1(cfg, progress=False).report.read_text())
@@ -272,7 +293,7 @@ def main() -> None:
     if args.baselines and pipe.no_guidance:
         go(pipe.base, steps, [pipe.no_guidance], "no guidance (SDS weight 0)")
     go(pipe.hashed, steps, [], "shipped")
-    for variant in variants:
+    for variant in (v for v in variants if v.mode in ("config", *pipe.cache_modes)):
         go(pipe.hashed, steps, variant.overrides(prefix.rstrip(".")), f"cache {variant.name}")
     cached = [r for r in rows if r.get("mode")]
     if cached and args.baselines:

@@ -4,6 +4,8 @@ real diffusers layout, bench/ scripts as modules. Markers (pyproject.toml): `slo
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import importlib.util
 import os
 import sys
@@ -59,3 +61,24 @@ def load_bench():
         return module
 
     return load
+
+
+@pytest.fixture(scope="session")
+def multiview_models(tmp_path_factory):
+    """Folder paths of tiny MVDream and ImageDream models (the converted checkpoints' layout)."""
+    from hash3d.testing.models import write_model
+
+    root = tmp_path_factory.mktemp("multiview")
+    return {family: str(write_model(family, "tiny", root / f"{family}-tiny")) for family in ("mvdream", "imagedream")}
+
+
+_LIBC = ctypes.CDLL(ctypes.util.find_library("c")) if os.name == "posix" and ctypes.util.find_library("c") else None
+
+
+@pytest.fixture(autouse=True)
+def _give_freed_memory_back():
+    """After each test, hand the heap pages freed by the test back to the OS (glibc keeps them otherwise, and over
+    the whole suite the process grows by each test's peak)."""
+    yield
+    if _LIBC is not None and hasattr(_LIBC, "malloc_trim"):
+        _LIBC.malloc_trim(0)

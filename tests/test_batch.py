@@ -85,6 +85,7 @@ def compared(tmp_path_factory, models, prompts) -> Path:
 
 
 # ------------------------------------------------------------------------------------------------ end to end
+@pytest.mark.slow
 def test_summary_has_both_items_cache_off_and_on_side_by_side(compared):
     summary = json.loads((compared / "summary.json").read_text())
     assert summary["n_items"] == 2 and summary["n_complete"] == 2 and summary["metrics"] == ["clip"]
@@ -113,6 +114,7 @@ def test_summary_has_both_items_cache_off_and_on_side_by_side(compared):
     assert [r["item"] for r in rows].count("mean") == 2 and len(rows) == 6
 
 
+@pytest.mark.slow
 def test_item_folders_have_short_names_views_and_markers(compared):
     ids = sorted(p.name for p in (compared / "dreamfusion-sd_hash3d").iterdir())
     long_id = next(i for i in ids if i.startswith("a_wizard"))
@@ -131,6 +133,7 @@ def test_item_folders_have_short_names_views_and_markers(compared):
     assert len(jobs) == 4 and {j.views.n_views for j in jobs} == {8} and {j.views.elevation_deg for j in jobs} == {0.0}
 
 
+@pytest.mark.slow
 def test_rerun_skips_finished_items_and_refuses_other_settings(compared, models, prompts, capsys):
     before = results(compared)
     assert main(text_args(prompts, models, compared, "--compare-with", PLAIN)) == 0
@@ -142,6 +145,7 @@ def test_rerun_skips_finished_items_and_refuses_other_settings(compared, models,
     assert results(compared) == before
 
 
+@pytest.mark.slow
 def test_resume_redoes_only_the_unfinished_item(compared, models, prompts, tmp_path, capsys):
     out = tmp_path / "out"
     shutil.copytree(compared, out)
@@ -159,6 +163,7 @@ def test_resume_redoes_only_the_unfinished_item(compared, models, prompts, tmp_p
     assert json.loads((out / "summary.json").read_text())["n_complete"] == 2
 
 
+@pytest.mark.slow
 def test_killed_worker_process_is_reported_and_redone(models, prompts, tmp_path):
     out = tmp_path / "out"
     args = text_args(prompts, models, out, "--isolate")
@@ -191,6 +196,7 @@ def test_killed_worker_process_is_reported_and_redone(models, prompts, tmp_path)
 
 
 # ------------------------------------------------------------------------------------------------ image-to-3D
+@pytest.mark.slow
 def test_images_through_dreamgaussian_scored_against_ground_truth(tmp_path, models, capsys):
     from hash3d.testing.models import write_model
 
@@ -230,6 +236,7 @@ def test_images_through_dreamgaussian_scored_against_ground_truth(tmp_path, mode
     assert -1.0 <= runs["disc_rgba"]["clip"] <= 1.0  # image mode: views against the input image
 
 
+@pytest.mark.slow
 def test_gaussian_dreamer_runs_through_the_same_launcher(models, prompts, tmp_path):
     """The third front-end goes through the batch runner like the others (its configs ship with the repository)."""
     assert (ROOT / "gaussian-dreamer-hash3d" / "configs" / "gaussiandreamer-sd_hash3d.yaml").is_file()

@@ -182,6 +182,11 @@ def test_real_guidance_block_validates_with_suggestion(tmp_path):
         load_config(path, ["system.guidance.cache.mode=feature"])
     with pytest.raises(ConfigError, match=r"unknown config key 'system.guidance.cache.policy.probabilty'"):
         load_config(path, ["system.guidance.cache.policy.probabilty=1"])
+    # a key of a nested block written one level too high (misspelt or not): its full key is suggested
+    for key in ("system.guidance.cache.probabilty", "system.guidance.cache.probability"):
+        with pytest.raises(ConfigError) as err:
+            load_config(path, [f"{key}=0.5"])
+        assert str(err.value) == f"unknown config key '{key}' — did you mean 'system.guidance.cache.policy.probability'?"
     with pytest.raises(ConfigError, match="invalid config at 'system.guidance.cache.policy'.*probability must be in"):
         load_config(path, ["system.guidance.cache.policy.probability=3"])
 

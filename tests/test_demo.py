@@ -11,7 +11,9 @@ import imageio.v2 as imageio
 import pytest
 import torch
 import trimesh
+from PIL import Image
 
+from hash3d.cache.config import CacheConfig
 from hash3d.config import flatten, load_config, twin_differences
 from hash3d.config.loader import load_yaml
 from hash3d.config.typed import to_data
@@ -43,6 +45,17 @@ def test_threestudio_mini_twins_differ_only_in_the_cache_block():
     assert not a.system.guidance.cache.enabled and b.system.guidance.cache.enabled
 
 
+def test_mini_configs_set_a_cache_budget_sized_for_a_cpu():
+    """The mini configs run on CPUs: their cache budget is their own (not the 4 GB GPU-sized default) and at most
+    1 GB; the table only grows to it as entries come."""
+    dg = load_options(DG_CONFIGS / "image_mini_hash3d.yaml")
+    ts, _ = load_config(TS_CONFIGS / "stable-zero123-mini_hash3d.yaml", [])
+    default = CacheConfig().max_memory_mb
+    for cache in (dg.cache, ts.system.guidance.cache):
+        assert cache.enabled and cache.max_memory_mb is not None
+        assert cache.max_memory_mb < default and cache.max_memory_mb <= 1024
+
+
 def test_mini_configs_follow_the_model_card():
     dg = load_options(DG_CONFIGS / "image_mini.yaml")
     assert (dg.radius, dg.fovy, dg.stable_zero123, dg.ref_size) == (3.8, 20.0, True, 64)
@@ -62,6 +75,7 @@ def test_mini_configs_follow_the_model_card():
     assert EXAMPLE_INPUT.stat().st_size < 20_000
 
 
+@pytest.mark.slow
 def test_demo_runs_cache_off_and_on_and_writes_video_mesh_report(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["--out", str(out), "--cache", "both", *TINY]) == 0
@@ -85,6 +99,7 @@ def test_demo_runs_cache_off_and_on_and_writes_video_mesh_report(tmp_path, capsy
     assert report["runs"][0]["unet_calls_saved"] == 0 and "speedup_train" in report
 
 
+@pytest.mark.slow
 def test_demo_single_run_writes_into_the_output_folder(tmp_path):
     out = tmp_path / "one"
     assert main(["--out", str(out), "--cache", "off", "--refine-steps", "0", *TINY[:2], *TINY[4:]]) == 0
@@ -103,6 +118,7 @@ def test_demo_bad_input_exits_with_status_2(tmp_path, capsys):
         main(["--steps", "0"])
 
 
+@pytest.mark.slow
 def test_demo_threestudio_pipeline_trains_tests_and_exports(tmp_path):
     out = tmp_path / "ts"
     small = ["data.random_camera.batch_size=1", "data.random_camera.n_test_views=3", "data.random_camera.eval_height=32",
@@ -115,3 +131,44 @@ def test_demo_threestudio_pipeline_trains_tests_and_exports(tmp_path):
     assert report["pipeline"] == "threestudio" and run["run"] == "cache on" and run["steps"] == 2
     assert Path(run["video"]).name == "it2-test.mp4" and len(imageio.mimread(run["video"])) == 3
     assert {Path(p).suffix for p in run["mesh"]} >= {".obj", ".mtl", ".png"}
+
+
+def test_demo_help_is_usage_and_options(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--help"])
+    assert exit_.value.code == 0
+    text = capsys.readouterr().out
+    assert text.startswith("usage: python -m hash3d.demo") and "--input" in text and "--out" in text
+    assert "PSNR" not in text and "object_refined.mp4" not in text  # the module docstring stays out of --help
+    assert len(text.splitlines()) < 40
+
+
+def test_demo_own_input_errors_are_one_line_and_leave_no_folder(tmp_path, capsys, monkeypatch):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("not a folder")
+    cases = [
+        (["--out", str(a_file / "x")], f"{a_file} is a file; name another --out"),
+        (["--out", str(a_file)], "is a file; name a folder"),
+        (["--input", str(tmp_path / "typo.png"), "--out", str(tmp_path / "o1")],
+         f"input image not found: {tmp_path / 'typo.png'} (check the --input path)"),
+        (["--input", str(tmp_path), "--out", str(tmp_path / "o2")], "--input must be an image file"),
+        (["--model", str(tmp_path / "nomodel"), "--out", str(tmp_path / "o3")], "model folder not found"),
+    ]
+    for args, message in cases:
+        assert main([*args, *TINY]) == 2, args
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err and "pip install" not in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]
+
+    rgb = tmp_path / "rgb.png"  # rejected inside the pipeline (no alpha, no rembg): the folder made for it goes
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(rgb)
+    out = tmp_path / "new" / "out"
+    assert main(["--input", str(rgb), "--out", str(out), *TINY]) == 2
+    assert "alpha" in capsys.readouterr().err and not (tmp_path / "new").exists()
+
+    def denied(self, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "mkdir", denied)
+    assert main(["--out", str(tmp_path / "locked" / "x"), *TINY]) == 2
+    assert "cannot create the output folder" in capsys.readouterr().err

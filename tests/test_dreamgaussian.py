@@ -57,7 +57,7 @@ def tiny(model: str, outdir: Path, **extra) -> list[str]:
 # ------------------------------------------------------------------------------------------------ configs
 
 
-@pytest.mark.parametrize("plain", ["image", "image_sai"])
+@pytest.mark.parametrize("plain", ["image", "image_sai", "text", "text_mv", "imagedream"])
 def test_hash3d_twin_differs_only_in_the_cache_block(plain):
     a_raw = dict(load_yaml(CONFIGS / f"{plain}.yaml"))
     b_raw = dict(load_yaml(CONFIGS / f"{plain}_hash3d.yaml"))
@@ -91,7 +91,7 @@ def test_configs_carry_dreamgaussian_defaults():
     assert c.render_resolutions == [128, 256, 512] and c.render_resolution_ratios == [0.3, 0.6]
     assert c.guidance.guidance_scale == 5 and c.anneal_timestep and c.guidance.dtype == "fp16"
     h = load_options(CONFIGS / "image_sai_hash3d.yaml")
-    assert h.cache.cell_size == (20.0, 20.0, 0.1, 20.0) and h.cache.policy.probability == 0.5 and h.cache.mode == "features"
+    assert h.cache.cell_size == (20.0, 20.0, 0.1, 20.0) and h.cache.mode == "noise" and h.cache.policy.strategy == "auto"
 
 
 def test_render_resolution_schedule_and_vertical_range():
@@ -410,6 +410,7 @@ def _run(script: str, *args: str, timeout: float = 120) -> subprocess.CompletedP
     )
 
 
+@pytest.mark.slow
 def test_command_lines_as_users_run_them(written_models, tmp_path):
     """process.py -> main.py -> main2.py in dreamgaussian-hash3d/, relative paths as in DreamGaussian's README."""
     src = tmp_path / "photo.png"

@@ -162,6 +162,7 @@ def test_bad_inputs_are_clear_errors(clip_dir, embedder, views, tmp_path, capsys
     assert "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_script_runs_as_users_run_it(clip_dir, views, tmp_path):
     folder, _ = views
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}

@@ -330,6 +330,7 @@ def test_json_and_csv_output(tmp_path, capsys):
     assert float(rows[5][1]) == pytest.approx(np.std(psnrs))
 
 
+@pytest.mark.slow
 def test_script_runs_as_users_run_it(tmp_path):
     gt, pr, gts, prs = _noisy_set(tmp_path)
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}

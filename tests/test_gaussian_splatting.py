@@ -24,14 +24,6 @@ FRONT = REPO / "threestudio-hash3d"
 CONFIGS = FRONT / "configs"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def metrics(trial: Path) -> list[dict[str, str]]:
     with open(trial / "csv_logs" / "metrics.csv") as f:
         return list(csv.DictReader(f))
@@ -238,7 +230,7 @@ def test_shading_normal_of_a_rendered_plane_is_its_geometric_normal():
     from hash3d.config import build
     from hash3d.data.batches import CameraBatch
     from hash3d.data.cameras import orbit_c2w
-    from hash3d.render.gaussian_raster import quat_to_rotmat
+    from hash3d.splatting import quat_to_rotmat
 
     cfg, _ = load_config(CONFIGS / f"{SHADING}.yaml", ["system.renderer.rasterizer=torch"])
     system = build("system", cfg.system_type, cfg.system)

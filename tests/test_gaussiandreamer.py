@@ -163,6 +163,7 @@ def test_shap_e_front_faces_the_threestudio_front_view():
     assert np.allclose(shap_e_to_world(np.array([[0.0, -1.0, 0.0], [0.0, 0.0, 1.0]])), [[1, 0, 0], [0, 0, 1]])
 
 
+@pytest.mark.slow
 def test_tiny_shap_e_decodes_a_closed_coloured_surface(shap_e_model):
     from diffusers import ShapEPipeline
 
@@ -191,6 +192,7 @@ def test_tiny_shap_e_decodes_a_closed_coloured_surface(shap_e_model):
     "kind,cache",
     [("shap_e", "on"), ("shap_e", "off"), ("ply", "on"), ("ply", "off"), ("sphere", "on"), ("sphere", "off")],
 )
+@pytest.mark.slow
 def test_train_from_each_init_kind(written_models, shap_e_model, cloud_ply, tmp_path, kind, cache):
     extra = [f"system.init.kind={kind}", f"system.init.ply.path={cloud_ply}", *(HIT_FRIENDLY if cache == "on" else ())]
     config = HASHED if cache == "on" else PLAIN
@@ -245,6 +247,7 @@ DENSIFY_EVERY_STEP = (
 
 
 @pytest.mark.parametrize("cache", ["off", "on"])
+@pytest.mark.slow
 def test_resume_restores_a_changed_gaussian_count_exactly(written_models, shap_e_model, tmp_path, cache):
     """Densification grows the set at steps 2 and 4; a run stopped at 3 and resumed to 5 ends like one run of 5.
     With the cache on, the checkpoint holds its table and policy stream, so hits fall on the same steps."""
@@ -330,6 +333,7 @@ def test_bad_inputs_fail_before_writing(written_models, shap_e_model, tmp_path, 
     assert not (tmp_path / "out").exists()  # no trial folder for any of them
 
 
+@pytest.mark.slow
 def test_headline_command_runs_as_typed(written_models, shap_e_model, tmp_path):
     """The README's command from the front-end folder in a fresh process (shrunk to 1 tiny step)."""
     cmd = [sys.executable, "launch.py", "--config", "configs/gaussiandreamer-sd_hash3d.yaml", "--train", "--gpu", "0",
@@ -340,3 +344,28 @@ def test_headline_command_runs_as_typed(written_models, shap_e_model, tmp_path):
     save = tmp_path / "gaussiandreamer-sd-hash3d" / "a_fox_playing_a_violin" / "save"
     assert (save / "it1-test.mp4").is_file() and (save / "last_3dgs.ply").is_file() and (save / "shape.ply").is_file()
     assert "running on the CPU" in done.stderr
+
+
+def test_offline_shap_e_message_names_the_cause_not_a_stacktrace(monkeypatch):
+    """diffusers ends its offline error with "see the root cause in the stacktrace above", which a one-line error
+    does not show: the message names the cause instead."""
+    import diffusers
+
+    from hash3d.scene.shape_prior import ShapEPriorConfig, ShapePriorError, load_shap_e
+
+    def offline(*args, **kwargs):
+        try:
+            raise ConnectionError("Failed to resolve 'huggingface.co'")
+        except ConnectionError as cause:
+            raise OSError(
+                "Cannot load model openai/shap-e: the model is not fully cached locally (no file) and an error occurred "
+                "while trying to fetch metadata from the Hub. Please check out the root cause in the stacktrace above."
+            ) from cause
+
+    monkeypatch.setattr(diffusers.ShapEPipeline, "from_pretrained", offline)
+    with pytest.raises(ShapePriorError) as err:
+        load_shap_e(ShapEPriorConfig(), torch.device("cpu"))
+    text = str(err.value)
+    assert "stacktrace" not in text and "above" not in text
+    assert "fetch metadata from the Hub" in text and "caused by ConnectionError: Failed to resolve 'huggingface.co'" in text
+    assert "system.init.kind=sphere" in text

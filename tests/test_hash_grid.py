@@ -375,6 +375,7 @@ def test_normal_loss_gradients_match_double_backward(mlp, encoding, extra):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9 * b.abs().max().item())
 
 
+@pytest.mark.slow
 def test_analytic_normals_under_no_grad_and_compile():
     field = field64(MLPConfig(n_neurons=16))
     p = probe_world_points(2.0, seed=8)

@@ -219,7 +219,7 @@ def check_state(table: HashTable, ref: RefTable):
     assert got == (ref.queries, ref.hits, ref.inserts, ref.evictions, len(ref.live()))
     assert s.hit_rate == pytest.approx(ref.hits / ref.queries if ref.queries else 0.0)
     if ref.M > 1:  # adaptive scores per (grid, bucket); the table keeps them in `_score` (plus a scratch row)
-        assert torch.allclose(table._score[:, : ref.n].double(), ref.score_tensor(), rtol=0, atol=1e-5)
+        assert torch.allclose(table.storage.score[:, : ref.n].double(), ref.score_tensor(), rtol=0, atol=1e-5)
 
 
 def make_pair(kind, n_buckets, bucket_size, capacity=None, gamma=0.8, temperature=1.0, max_bytes=None):
@@ -567,7 +567,7 @@ def _scores_at(table, key):
     out = []
     for g, cs in enumerate(DEFAULT_ADAPTIVE_CELLS):
         b = bucket_index(torch.tensor(ref_cell(key, cs)), table.n_buckets).item()
-        out.append(table._score[g, b].item())
+        out.append(table.storage.score[g, b].item())
     return out
 
 
@@ -660,7 +660,7 @@ def _tensor_bytes(obj) -> int:
     "adaptive,lat_dtype,val_dtype",
     [(False, torch.float32, torch.float32), (False, torch.float32, torch.float16), (True, torch.float32, torch.float32)],
 )
-def test_bytes_bounded_and_constant(adaptive, lat_dtype, val_dtype):
+def test_bytes_grow_with_entries_then_stay_bounded(adaptive, lat_dtype, val_dtype):
     n, Q = 64, 3
     if adaptive:
         table = AdaptiveGridHashTable(DEFAULT_ADAPTIVE_CELLS, n_buckets=n, bucket_size=Q, capacity=100)
@@ -670,28 +670,34 @@ def test_bytes_bounded_and_constant(adaptive, lat_dtype, val_dtype):
     M, P = table.n_grids, table.capacity
     lat_shape, val_shape = (4, 8, 8), (2, 8, 8)
     item_l, item_v = torch.empty((), dtype=lat_dtype).element_size(), torch.empty((), dtype=val_dtype).element_size()
-    pool = P * (math.prod(lat_shape) * item_l + math.prod(val_shape) * item_v)
-    bookkeeping = M * (n + 1) * (Q * 64 + 16) + P * 16  # cells, references, heads, scores, ids, live-count stamps
+    entry = math.prod(lat_shape) * item_l + math.prod(val_shape) * item_v + 4 + 8  # latent, value, norm, stamp
+    bookkeeping = M * (n + 1) * (Q * 64 + 16) + P * 8  # cells, references, heads, scores, pool ids
     before = table.stats.bytes
     assert 0 < before <= bookkeeping
+    untracked = _tensor_bytes(table) - before  # key grid, primes, counters: a few scalars
+    assert untracked < 1024
     g = torch.Generator().manual_seed(1)
     lo = torch.tensor([-10.0, -360.0, 1.0, 0.0])
     span = torch.tensor([100.0, 1080.0, 1.0, 999.0])
-    after = None
-    for step in range(100):  # 10k inserts
-        keys = torch.rand(100, 4, generator=g) * span + lo
-        table.insert(keys, torch.randn((100,) + lat_shape, dtype=lat_dtype), torch.randn((100,) + val_shape).to(val_dtype))
+    full = None
+    for step in range(100):  # 10 inserts of one entry (growth from the first rows), then 90 of 100
+        B = 1 if step < 10 else 100
+        keys = torch.rand(B, 4, generator=g) * span + lo
+        table.insert(keys, torch.randn((B,) + lat_shape, dtype=lat_dtype), torch.randn((B,) + val_shape).to(val_dtype))
         if step % 25 == 0:
-            table.query(keys, torch.randn((100,) + lat_shape, dtype=lat_dtype))
-        s = table.stats
-        if after is None:
-            after = (s.bytes, _tensor_bytes(table))
-            assert pool <= s.bytes - before <= pool + P * 8
-            assert pool <= s.bytes <= pool + bookkeeping
-        assert (s.bytes, _tensor_bytes(table)) == after, "memory must not grow with inserts"
+            table.query(keys, torch.randn((B,) + lat_shape, dtype=lat_dtype))
+        s, inserted = table.stats, table.stats.inserts
+        rows = min(P, max(16, 2 * inserted))  # the storage at most doubles past what is stored
+        assert s.bytes == before + table.rows * entry == _tensor_bytes(table) - untracked
+        assert min(P, inserted) <= table.rows <= rows
+        if full is None and table.rows == P:
+            full = s.bytes
+        if full is not None:
+            assert s.bytes == full, "memory must not grow once the pool holds `capacity` rows"
         assert s.entries <= P
-    assert table.stats.inserts == 10_000
-    assert table.stats.evictions == 10_000 - table.stats.entries
+    assert full is not None
+    assert table.stats.inserts == 10 + 90 * 100
+    assert table.stats.evictions == table.stats.inserts - table.stats.entries
 
 
 # --------------------------------------------------------------------------------------------- bad input
@@ -835,7 +841,7 @@ def test_reset_clears_entries_and_counters(adaptive):
     assert (s.queries, s.hits, s.inserts, s.evictions, s.entries, s.hit_rate) == (0, 0, 0, 0, 0, 0.0)
     assert s.bytes == empty_bytes
     if adaptive:
-        assert not table._score.any()
+        assert not table.storage.score.any()
     got, hit = table.query(keys, torch.zeros(4, 2))
     assert got is None and not hit.any()
     table.insert(keys[3:], torch.zeros(1, 2), torch.full((1, 2), 5.0))
@@ -867,6 +873,7 @@ TABLE_KINDS = {
 
 
 @pytest.mark.parametrize("kind", list(TABLE_KINDS))
+@pytest.mark.slow
 def test_state_dict_round_trip_continues_identically(kind):
     g = torch.Generator().manual_seed(7)
     table = TABLE_KINDS[kind]()
@@ -888,26 +895,81 @@ def test_state_dict_round_trip_continues_identically(kind):
         restored.insert(keys, latents, values)
         assert restored.stats == table.stats
     assert hits > 0
-    assert torch.equal(restored._score, table._score)
+    assert torch.equal(restored.storage.score, table.storage.score)
+
+
+def test_state_dict_holds_only_live_entries_and_resumes_exactly():
+    """Many inserts over few cells: most entries are evicted from their buckets, and the pool wraps. The saved state
+    holds the live ones only (its size follows them), and a table restored from it continues exactly."""
+    g = torch.Generator().manual_seed(17)
+    build = lambda: GridHashTable((20.0, 90.0, 0.5, 250.0), n_buckets=5, bucket_size=2, capacity=40)  # noqa: E731
+    table = build()
+    for _ in range(12):
+        table.insert(*_random_batch(g, 3))
+    state = table.state_dict()
+    live = table.stats.entries
+    assert 0 < live < 36 and table.rows == 40 > live  # 36 inserted, fewer still referenced
+    assert state["pool_slots"].shape == (live,) and state["pool_values"].shape[0] == live
+    assert state["pool_latents"].shape[0] == state["pool_ids"].shape[0] == state["pool_norms"].shape[0] == live
+    saved = sum(t.numel() * t.element_size() for t in state.values() if isinstance(t, torch.Tensor))
+    index = sum(state[k].numel() * state[k].element_size() for k in ("cells", "ref_slot", "ref_id", "head", "score"))
+    entry = state["pool_values"][0].numel() * 4 + state["pool_latents"][0].numel() * 4 + 8 + 8 + 4
+    assert saved <= index + live * entry + 64  # the index, the live entries and a few counters
+    restored = build()
+    restored.load_state_dict(_roundtrip(state))
+    assert restored.stats.entries == live and restored.rows < table.rows  # storage for the live slots only
+    for _ in range(6):
+        keys, latents, values = _random_batch(g, 3)
+        (a, hit_a), (b, hit_b) = table.query(keys, latents), restored.query(keys, latents)
+        assert torch.equal(hit_a, hit_b) and torch.equal(a, b)
+        table.insert(keys, latents, values)
+        restored.insert(keys, latents, values)
+        assert restored.stats.entries == table.stats.entries and restored.stats.inserts == table.stats.inserts
+    b, a = restored.state_dict(), table.state_dict()
+    for name in ("pool_slots", "pool_ids", "pool_latents", "pool_values", "cells", "ref_slot", "ref_id", "head"):
+        assert torch.equal(a[name], b[name]), name
+
+
+def test_state_saved_with_the_full_pool_still_loads():
+    """States written before the pool grew on demand hold every row; they load and continue like the saved table."""
+    g = torch.Generator().manual_seed(19)
+    table = TABLE_KINDS["grid"]()
+    for _ in range(3):
+        table.insert(*_random_batch(g, 3))
+    state = table.state_dict()
+    full = {k: v for k, v in state.items() if k != "pool_slots"}
+    rows = torch.arange(table.capacity)
+    for name in ("pool_ids", "pool_latents", "pool_values", "pool_norms"):  # every row, as the old format had them
+        own = getattr(table.storage, name)
+        padded = torch.zeros((table.capacity,) + tuple(own.shape[1:]), dtype=own.dtype)
+        padded[: own.shape[0]] = own
+        if name == "pool_ids":
+            padded = table.storage.pool_ids.clone()
+        full[name] = padded[rows]
+    restored = TABLE_KINDS["grid"]()
+    restored.load_state_dict(_roundtrip(full))
+    keys, latents, _ = _random_batch(g, 6)
+    (a, hit_a), (b, hit_b) = table.query(keys, latents), restored.query(keys, latents)
+    assert torch.equal(hit_a, hit_b) and torch.equal(a, b) and restored.stats == table.stats
 
 
 def test_state_dict_of_an_empty_table_and_state_independence():
     g = torch.Generator().manual_seed(3)
     table = TABLE_KINDS["grid"]()
     empty = table.state_dict()
-    assert empty["pool_values"] is None and empty["value_shape"] is None
+    assert empty["pool_values"] is None and empty["value_shape"] is None and empty["pool_slots"] is None
     table.insert(*_random_batch(g, 3))
     full = table.state_dict()
     table.insert(*_random_batch(g, 3))  # later inserts do not change a state already taken
     table.load_state_dict(full)
     assert table.stats.inserts == 3 and table.stats.entries == 3
     table.load_state_dict(_roundtrip(empty))  # back to nothing allocated
-    assert table.stats == TABLE_KINDS["grid"]().stats and table._pool_values is None
+    assert table.stats == TABLE_KINDS["grid"]().stats and table.storage.pool_values is None
     got, hit = table.query(*_random_batch(g, 2)[:2])
     assert got is None and not hit.any()
     keys, latents, values = _random_batch(g, 2)
     table.insert(keys, latents[:, :1], values[:, :2])  # an empty table takes any entry shape, as a fresh one
-    assert table._value_shape == (2,)
+    assert table.value_shape == (2,)
 
 
 def test_load_state_dict_refuses_another_layout():
@@ -965,22 +1027,23 @@ def _assert_same_table(masked: HashTable, twin: HashTable):
     sm, st = masked.stats, twin.stats
     fields = ("queries", "hits", "inserts", "evictions", "entries")
     assert [getattr(sm, f) for f in fields] == [getattr(st, f) for f in fields]
-    assert sm.bytes == st.bytes or twin._pool_values is None  # bytes differ only by a pool the twin has yet to allocate
-    assert masked._next_id.item() == twin._next_id.item()
+    # the masked table reserves pool rows for the rows it drops too: its storage may have grown further
+    assert sm.bytes >= st.bytes or twin.storage.pool_values is None
+    assert masked.storage.next_id.item() == twin.storage.next_id.item()
     a, b = masked.state_dict(), twin.state_dict()
     n = masked.n_buckets
     for name in ("cells", "ref_slot", "ref_id", "head", "score"):
         assert torch.equal(a[name][:, :n], b[name][:, :n]), name
-    for name in ("pool_ids", "next_id", "live", "counters"):
+    for name in ("next_id", "live", "counters"):
         assert torch.equal(a[name], b[name]), name
     assert a["pool_capacity"] == b["pool_capacity"]
     if b["pool_values"] is None:
         assert b["next_id"].item() == 0
         if a["pool_values"] is not None:
-            assert not a["pool_latents"].any() and not a["pool_values"].any() and not a["pool_norms"].any()
+            assert a["pool_slots"].numel() == 0  # allocated, but nothing live
     else:
         assert (a["latent_shape"], a["value_shape"]) == (b["latent_shape"], b["value_shape"])
-        for name in ("pool_latents", "pool_values", "pool_norms"):
+        for name in ("pool_slots", "pool_ids", "pool_latents", "pool_values", "pool_norms"):
             assert torch.equal(a[name], b[name]), name
 
 
@@ -1036,7 +1099,7 @@ def test_masked_insert_equals_inserting_the_kept_rows(cfg):
     assert seen == {"none", "all", "one", "some"}
     assert n_kept > 100 and n_dropped > 100
     assert 0 < n_hits < n_queries
-    assert twin.stats.evictions > 0 and twin._next_id.item() > twin.capacity  # buckets overflowed, the pool wrapped
+    assert twin.stats.evictions > 0 and twin.storage.next_id.item() > twin.capacity  # buckets overflowed, the pool wrapped
 
 
 @pytest.mark.parametrize("kind", ["grid", "adaptive"])
@@ -1045,7 +1108,7 @@ def test_masked_insert_by_hand(kind):
     a, b = (5.0, 5.0, 1.05, 5.0), (45.0, 5.0, 1.05, 5.0)  # different cells in every grid, one bucket
     # nothing kept: nothing counted, no id taken (the pool is allocated, as by any first insert)
     table.insert(k64(a, b), torch.zeros(2, 1), torch.ones(2, 1), mask=torch.tensor([False, False]))
-    assert table.stats.inserts == table.stats.entries == table._next_id.item() == 0
+    assert table.stats.inserts == table.stats.entries == table.storage.next_id.item() == 0
     got, hit = table.query(k64(a, b), torch.zeros(2, 1))
     assert not hit.any() and not got.any()
     # only b kept, NaN in the dropped row
@@ -1054,15 +1117,15 @@ def test_masked_insert_by_hand(kind):
     got, hit = table.query(k64(a, b), torch.zeros(2, 1))
     assert hit.tolist() == [False, True] and got.flatten().tolist() == [0.0, 2.0]
     s = table.stats
-    assert (s.inserts, s.evictions, s.entries, table._next_id.item()) == (1, 0, 1, 1)
+    assert (s.inserts, s.evictions, s.entries, table.storage.next_id.item()) == (1, 0, 1, 1)
     # a kept, then three dropped rows of a: the bucket keeps b and a (bucket_size 2)
     table.insert(k64(a, a, a, a), torch.zeros(4, 1), torch.tensor([[3.0], [7.0], [8.0], [9.0]]), torch.arange(4) == 0)
     got, hit = table.query(k64(a, b), torch.zeros(2, 1))
     assert hit.tolist() == [True, True] and got.flatten().tolist() == [3.0, 2.0]
     s = table.stats
-    assert (s.inserts, s.evictions, s.entries, table._next_id.item()) == (2, 0, 2, 2)
+    assert (s.inserts, s.evictions, s.entries, table.storage.next_id.item()) == (2, 0, 2, 2)
     if kind == "adaptive":
-        assert not table._score.any()  # no kept row found an entry of its own cell, and dropped rows score nothing
+        assert not table.storage.score.any()  # no kept row found an entry of its own cell, and dropped rows score nothing
 
 
 @pytest.mark.parametrize(
@@ -1082,7 +1145,7 @@ def test_bad_mask(mask):
     table = GridHashTable(n_buckets=8)
     with pytest.raises(ValueError, match="mask"):
         table.insert(KEY, torch.zeros(2, 3), torch.zeros(2, 2), mask=mask)
-    assert table._pool_values is None and table.stats.inserts == 0  # nothing stored, nothing allocated
+    assert table.storage.pool_values is None and table.stats.inserts == 0  # nothing stored, nothing allocated
     table.insert(KEY, torch.zeros(2, 3), torch.zeros(2, 2))
     with pytest.raises(ValueError, match="mask"):
         table.insert(KEY, torch.zeros(2, 3), torch.zeros(2, 2), mask=mask)
@@ -1147,7 +1210,7 @@ def test_insert_core_with_mask_has_no_host_sync(kind, backend):
     for mask in masks:
         keys, latents, values = _random_batch(g, 5)
         with _NoSyncMode() as mode:
-            table._insert_core(keys, latents, values, mask)
+            table.insert_core(keys, latents, values, mask)
         seen = {"where", "cumsum"} if backend == "torch" else {"contiguous", "empty"}  # fused: kernel arguments
         assert seen <= set(mode.calls)  # the mode really saw the core's calls
     assert table.stats.inserts == 4 + 3 + 0 + 5
@@ -1155,11 +1218,13 @@ def test_insert_core_with_mask_has_no_host_sync(kind, backend):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
 @pytest.mark.parametrize("kind", ["grid", "adaptive"])
-def test_graphed_masked_insert_matches_eager_twin(kind):
+@pytest.mark.parametrize("capacity", [9, 100])  # 100: the pool grows (16, 32, 64, 100 rows) between replays
+def test_graphed_masked_insert_matches_eager_twin(kind, capacity):
     def build(graphs):
         if kind == "grid":
-            return GridHashTable(DEFAULT_CELL, 7, 2, capacity=9, device="cuda", cuda_graphs=graphs, check_finite=False)
-        return AdaptiveGridHashTable(n_buckets=7, bucket_size=2, capacity=9, device="cuda", cuda_graphs=graphs,
+            return GridHashTable(DEFAULT_CELL, 7, 2, capacity=capacity, device="cuda", cuda_graphs=graphs,
+                                 check_finite=False)
+        return AdaptiveGridHashTable(n_buckets=7, bucket_size=2, capacity=capacity, device="cuda", cuda_graphs=graphs,
                                      check_finite=False)
 
     graphed, twin = build(True), build(False)
@@ -1178,3 +1243,34 @@ def test_graphed_masked_insert_matches_eager_twin(kind):
             torch.testing.assert_close(got_g, got_t)
         assert graphed.stats == twin.stats
     assert graphed.graphs_captured >= 2  # one insert graph for every mask, plus the query
+    if capacity == 100:
+        assert graphed.rows > 16  # it grew while its graphs were in use (they were dropped and captured again)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="measures GPU memory")
+@pytest.mark.parametrize("backend_name", ["torch", "triton"])
+def test_gpu_memory_of_a_nearly_empty_default_table(backend_name):
+    """The default cache table (adaptive, 1024 buckets x 3, 4 GB budget) with SD-sized feature entries takes VRAM
+    for the entries it holds, not for its capacity: empty, its index only; with 3 entries, 16 rows."""
+    from hash3d.cache.config import CacheConfig
+    from hash3d.triton_support import triton_available
+
+    if backend_name == "triton" and not triton_available(torch.device("cuda")):
+        pytest.skip("triton not installed")
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    table = CacheConfig(adaptive=True, table_backend=backend_name).build_table("cuda")
+    empty = torch.cuda.memory_allocated() - base
+    keys = torch.tensor([[10.0, 20.0, 1.5, 500.0], [12.0, 40.0, 1.5, 500.0], [30.0, 90.0, 1.5, 300.0]], device="cuda")
+    latents = torch.randn(3, 4, 64, 64, device="cuda", dtype=torch.float16)
+    values = torch.randn(3, 2, 640, 32, 32, device="cuda", dtype=torch.float16)  # deep features, CFG pair
+    table.insert(keys, latents, values)
+    torch.cuda.synchronize()
+    held = torch.cuda.memory_allocated() - base
+    entry = latents[0].numel() * 2 + values[0].numel() * 2
+    full = table.capacity * entry
+    print(f"[{backend_name}] empty table {empty / 2**20:.2f} MiB; 3 entries {held / 2**20:.2f} MiB "
+          f"({table.rows} rows); full capacity would be {full / 2**20:.0f} MiB")
+    assert empty < 2 * 2**20  # the bucket index only
+    assert table.rows == 16 and held < empty + 16 * entry + 2**20
+    assert held < full / 50

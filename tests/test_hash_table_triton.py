@@ -7,6 +7,7 @@ otherwise on CPU tables in Triton's interpreter.
 
 from __future__ import annotations
 
+import io
 import random
 
 import pytest
@@ -52,6 +53,16 @@ def _assert_twins(fused: HashTable, ref: HashTable, dtype: torch.dtype) -> None:
         torch.testing.assert_close(a["pool_norms"], b["pool_norms"], rtol=1e-5, atol=1e-6)
 
 
+def _resumed(table: HashTable, cells, common: dict, backend: str) -> HashTable:
+    buffer = io.BytesIO()
+    torch.save(table.state_dict(), buffer)
+    buffer.seek(0)
+    restored = HashTable(cells, backend=backend, **common)
+    restored.load_state_dict(torch.load(buffer, weights_only=True))
+    assert restored.stats == table.stats
+    return restored
+
+
 @pytest.mark.parametrize(
     "cells,n_buckets,bucket_size,capacity,dtype",
     [
@@ -66,6 +77,7 @@ def _assert_twins(fused: HashTable, ref: HashTable, dtype: torch.dtype) -> None:
     ],
     ids=["grid", "grid-2-buckets-fp16", "adaptive", "adaptive-fp16", "adaptive-defaults", "grid-bf16"],
 )
+@pytest.mark.slow
 def test_fused_table_matches_torch_table(cells, n_buckets, bucket_size, capacity, dtype):
     common = dict(n_buckets=n_buckets, bucket_size=bucket_size, capacity=capacity, temperature=3.0, gamma=0.7,
                   device=DEVICE)
@@ -93,6 +105,9 @@ def test_fused_table_matches_torch_table(cells, n_buckets, bucket_size, capacity
         fused.insert(keys, latents, values, mask=mask)
         ref.insert(keys, latents, values, mask=mask)
         _assert_twins(fused, ref, dtype)
+        if step == STEPS // 3:  # both resume from their saved states (live entries only) into fresh tables
+            fused, ref = _resumed(fused, cells, common, "triton"), _resumed(ref, cells, common, "torch")
+            _assert_twins(fused, ref, dtype)
         if step == STEPS * 2 // 3:
             fused.reset()
             ref.reset()

@@ -19,14 +19,6 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "threestudio-hash3d" / "configs"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture
 def encoder_calls(monkeypatch):
     """Counts every forward of a diffusers VAE encoder in this test."""

@@ -206,7 +206,9 @@ def test_checkpoint_of_another_config_is_refused(config, tmp_path, capsys):
 def test_gpu_selection(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     device, note = select_device("0")
-    assert device.type == "cpu" and "running on the CPU" in note
+    assert device.type == "cpu" and note == "no CUDA GPU on this machine: running on the CPU (--gpu 0 ignored)"
+    device, note = select_device(None)  # --gpu not given: nothing to say was ignored
+    assert device.type == "cpu" and note == "no CUDA GPU on this machine: running on the CPU"
     assert select_device("cpu") == (torch.device("cpu"), None)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
@@ -272,6 +274,7 @@ def _run_launcher(folder: str, *args: str, cwd: Path) -> subprocess.CompletedPro
                           capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow
 def test_launcher_as_users_run_it(config, tmp_path):
     """cd threestudio-hash3d && python launch.py --config … --train --gpu 0 data.image_path=./load/images/dog1_rgba.png"""
     out = tmp_path / "outputs"
@@ -285,3 +288,71 @@ def test_launcher_as_users_run_it(config, tmp_path):
     proc = _run_launcher("gaussian-dreamer-hash3d", "--config", str(config), "--train", "system.hidden=oops",
                          cwd=REPO / "gaussian-dreamer-hash3d")
     assert proc.returncode == 2 and "'system.hidden' must be an integer" in proc.stderr
+
+
+def test_ctrl_c_saves_stops_says_how_to_resume_and_exits_130(config, tmp_path, capsys, monkeypatch):
+    """Ctrl-C at step 3 of 6: last.ckpt holds step 3, no test orbit is rendered, the message names the resume
+    command, the exit status is 130; the command it names finishes the run."""
+    from hash3d.testing.dummy_system import DummySystem
+
+    root = tmp_path / "out"
+    original = DummySystem.training_step
+
+    def interrupted(self, batch, step):
+        if step == 3:
+            raise KeyboardInterrupt
+        return original(self, batch, step)
+
+    monkeypatch.setattr(DummySystem, "training_step", interrupted)
+    args = ["--config", str(config), "--train", f"exp_root_dir={root}", "checkpoint.every_n_train_steps=100",
+            "checkpoint.save_last=false"]  # fmt: skip
+    assert main(args) == 130
+    (trial,) = trials(root)
+    err = capsys.readouterr().err
+    assert load_checkpoint(trial / "ckpts" / "last.ckpt")["global_step"] == 3  # saved although save_last is off
+    assert not list((trial / "save").glob("it*-test*"))  # stopped: no test render
+    assert err.strip().splitlines()[-1] == "launch.py: interrupted"
+    hint = err.split("Resume with:")[1].strip().splitlines()[0]
+    assert hint == f"python launch.py --config {trial / 'configs' / 'parsed.yaml'} --train resume={trial / 'ckpts' / 'last.ckpt'}"
+    monkeypatch.setattr(DummySystem, "training_step", original)
+    assert main(hint.split()[2:]) == 0
+    assert (trial / "save" / "it6-test.mp4").is_file()
+    rows = list(csv.DictReader((trial / "csv_logs" / "metrics.csv").open()))
+    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4, 5, 6]
+
+
+def test_test_render_shows_a_progress_bar(config, tmp_path, capsys):
+    root = tmp_path / "out"
+    assert main(["--config", str(config), "--train", f"exp_root_dir={root}", "trainer.max_steps=1",
+                 "trainer.enable_progress_bar=true", "trainer.val_check_interval=0"]) == 0  # fmt: skip
+    err = capsys.readouterr().err
+    assert "test: 100%" in err and "5/5" in err  # the data module's 5 test views
+    assert "ignored" not in err  # --gpu was not given
+
+
+class _NotAHash3DObject:
+    pass
+
+
+@pytest.mark.parametrize(
+    "content,why",
+    [
+        (b"garbage\n", "not a file written by torch.save"),
+        (b"", "the file is empty or cut short"),
+        ({"state_dict": _NotAHash3DObject()}, "holds Python objects other than tensors"),
+        ({"state_dict": {}}, "made by another tool or version"),
+    ],
+    ids=["text", "empty", "objects", "other-dict"],
+)
+def test_a_file_that_is_not_a_checkpoint_is_named_as_such(config, tmp_path, capsys, content, why):
+    path = tmp_path / "garbage.ckpt"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        torch.save(content, path)
+    root = tmp_path / "out"
+    assert main(["--config", str(config), "--train", f"exp_root_dir={root}", f"resume={path}"]) == 2
+    err = capsys.readouterr().err
+    assert "is not a Hash3D checkpoint" in err and why in err and "resume from a ckpts/*.ckpt" in err
+    assert "weights_only" not in err  # torch's advice, which a user of the launcher cannot act on
+    assert not root.exists()

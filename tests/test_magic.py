@@ -24,12 +24,8 @@ SMALL_GRID = ("system.geometry.pos_encoding_config.n_levels=4", "system.geometry
 
 
 @pytest.fixture(autouse=True)
-def one_thread(monkeypatch):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def in_front_end(monkeypatch):
     monkeypatch.chdir(FRONT)  # the Magic123 configs' ./load/images/dog1_rgba.png is relative to the front-end folder
-    yield
-    torch.set_num_threads(threads)
 
 
 def overrides(config: str, models: dict, out: Path, steps: int, extra=()) -> list[str]:

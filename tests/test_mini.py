@@ -171,6 +171,7 @@ def tiny_run(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_tiny_run_writes_a_folder_the_zero123_guidance_uses(tiny_run):
     from hash3d.cache.config import CacheConfig, CachePolicyConfig
     from hash3d.diffusion.guidance import Zero123Guidance, Zero123GuidanceConfig
@@ -210,6 +211,7 @@ def test_tiny_run_writes_a_folder_the_zero123_guidance_uses(tiny_run):
     torch.testing.assert_close(mini_model.clip_pixels(x, 64, fe.image_mean, fe.image_std), g._clip_pixels(x))
 
 
+@pytest.mark.slow
 def test_resume_continues_the_step_count(tiny_run):
     from hash3d.mini.train import CHECKPOINT, main
 
@@ -225,6 +227,7 @@ def test_resume_continues_the_step_count(tiny_run):
     assert after["diffusion_seconds"] > before["diffusion_seconds"]
 
 
+@pytest.mark.slow
 def test_a_failing_compiled_unet_falls_back_to_eager(tmp_path, capsys):
     from hash3d.mini.train import TINY, Trainer, TrainConfig
 

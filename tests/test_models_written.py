@@ -239,6 +239,7 @@ def _one_thread_env() -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
+@pytest.mark.slow
 def test_cli_writes_loadable_folder(tmp_path):
     out = tmp_path / "cli_model"
     result = subprocess.run(

@@ -89,6 +89,7 @@ def test_random_twin_has_the_mini_layout_and_fresh_weights(tmp_path):
     assert random.scheduler.config.prediction_type == trained.scheduler.config.prediction_type == "v_prediction"
 
 
+@pytest.mark.slow
 def test_ci_cache_keeps_quality_above_the_random_weight_floor(tmp_path):
     result = run_harness(HarnessConfig(
         out=tmp_path, objects=1, variants=[Variant(False), parse_variant(CI_VARIANT)], random_baseline=False,

@@ -71,6 +71,7 @@ HIT_FRIENDLY = (
 
 
 @pytest.mark.parametrize("cache", ["off", "on"])
+@pytest.mark.slow
 def test_image_to_3d_train_test_export(written_models, tmp_path, monkeypatch, cache):
     monkeypatch.chdir(FRONT)  # the config's ./load/images/dog1_rgba.png is relative to the front-end folder
     config = "stable-zero123.yaml" if cache == "off" else "stable-zero123_hash3d.yaml"
@@ -123,6 +124,7 @@ CACHE_COLUMNS = ("cache/queries", "cache/hits", "cache/inserts", "cache/entries"
                  "cache/full_samples", "cache/cached_samples")  # fmt: skip
 
 
+@pytest.mark.slow
 def test_resume_with_the_cache_on_is_exact(written_models, tmp_path, monkeypatch):
     """6 steps in one go end exactly like 3 steps + resume to 6: weights, losses and cache statistics (the table,
     the policy's random stream and the guidance's generator are in the checkpoint)."""
@@ -151,6 +153,24 @@ def test_resume_with_the_cache_on_is_exact(written_models, tmp_path, monkeypatch
         assert torch.equal(wa[name], wb[name]), name
 
 
+def test_cached_checkpoint_adds_only_its_live_entries(written_models, tmp_path, monkeypatch):
+    """The cache's share of a checkpoint is its live entries plus a small index, not its whole capacity."""
+    monkeypatch.chdir(FRONT)
+    model = written_models["zero123"]
+    plain = run("stable-zero123.yaml", model, tmp_path / "off", "--train", steps=3, extra=CACHE_RESUME)
+    cached = run("stable-zero123_hash3d.yaml", model, tmp_path / "on", "--train", steps=3, extra=CACHE_RESUME)
+    table = torch.load(cached / "ckpts" / "last.ckpt", map_location="cpu", weights_only=True)["guidance_state"]
+    table = table["guidance"]["cache"]["table"]
+    live = int(table["live"])
+    assert 0 < live == table["pool_slots"].numel() == table["pool_values"].shape[0]
+    entry_bytes = sum(table[k][0].numel() * table[k].element_size() for k in ("pool_latents", "pool_values"))
+    capacity = table["pool_capacity"]
+    assert capacity > 10 * live  # a table of full capacity would dwarf the live entries
+    extra = (cached / "ckpts" / "last.ckpt").stat().st_size - (plain / "ckpts" / "last.ckpt").stat().st_size
+    assert live * entry_bytes <= extra <= live * entry_bytes + 2 * 2**20, (extra, live, entry_bytes)
+
+
+@pytest.mark.slow
 def test_resume_refuses_a_cache_state_of_another_layout(written_models, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(FRONT)
     part = run("stable-zero123_hash3d.yaml", written_models["zero123"], tmp_path, "--train", steps=2,
@@ -168,6 +188,7 @@ def test_resume_refuses_a_cache_state_of_another_layout(written_models, tmp_path
 
 
 @pytest.mark.parametrize("cache", ["off", "on"])
+@pytest.mark.slow
 def test_text_to_3d_train(written_models, tmp_path, cache):
     config = "dreamfusion-sd.yaml" if cache == "off" else "dreamfusion-sd_hash3d.yaml"
     extra = ('system.prompt_processor.prompt="a small red chair"',) + (HIT_FRIENDLY if cache == "on" else ())
@@ -178,6 +199,7 @@ def test_text_to_3d_train(written_models, tmp_path, cache):
         assert float(metrics(trial)[-1]["cache/hits"]) > 0
 
 
+@pytest.mark.slow
 def test_text_to_3d_with_zero_sds_weight_never_calls_the_diffusion_model(written_models, tmp_path):
     extra = ('system.prompt_processor.prompt="a small red chair"', "system.loss.lambda_sds=0") + HIT_FRIENDLY
     trial = run("dreamfusion-sd_hash3d.yaml", written_models["sd"], tmp_path, "--train", steps=2, extra=extra)
@@ -205,6 +227,7 @@ def test_bad_inputs_fail_before_writing(written_models, tmp_path, monkeypatch, c
     assert [p.name for p in tmp_path.iterdir()] == ["rgb.png"]  # no trial folder was made for any of them
 
 
+@pytest.mark.slow
 def test_headline_command_runs_as_typed(written_models, tmp_path):
     """The README's command, from the front-end folder, in a fresh process (shrunk to 1 tiny step)."""
     config = CONFIGS / "stable-zero123_hash3d.yaml"
@@ -213,3 +236,25 @@ def test_headline_command_runs_as_typed(written_models, tmp_path):
     done = subprocess.run(cmd, cwd=FRONT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert list(tmp_path.glob("zero123-sai-hash3d/*/save/it1-test.mp4"))
+
+
+def test_failures_leave_no_folders_behind(written_models, tmp_path, monkeypatch, capsys):
+    """A model that does not load leaves no trial folder; an export that finds no surface leaves no export folder,
+    and its message names the full config key to change."""
+    monkeypatch.chdir(FRONT)
+    config = CONFIGS / "stable-zero123.yaml"
+    missing = tmp_path / "no-model"
+    out = tmp_path / "failed"
+    assert main(["--config", str(config), "--train", *overrides(config, str(missing), out)]) == 2
+    assert "No folder at" in capsys.readouterr().err
+    assert not out.exists()  # not even the exp_root_dir this run would have made
+
+    trial = run("stable-zero123.yaml", written_models["zero123"], tmp_path / "ok", "--train", steps=2,
+                extra=("trainer.test_after_fit=false",))
+    before = sorted(p.relative_to(trial) for p in trial.rglob("*"))
+    status = main(["--config", str(trial / "configs" / "parsed.yaml"), "--export",
+                   f"resume={trial / 'ckpts' / 'last.ckpt'}", "system.geometry.isosurface_threshold=1e9"])
+    assert status == 2
+    err = capsys.readouterr().err
+    assert "no surface at isosurface threshold 1e+09" in err and "try system.geometry.isosurface_threshold=" in err
+    assert sorted(p.relative_to(trial) for p in trial.rglob("*")) == before  # no it2-export/ left

@@ -40,7 +40,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -49,6 +51,7 @@ from typing import Any
 import torch
 
 from .cli import run_cli
+from .config.errors import UserInputError
 from .image_to_3d.variants import AS_CONFIGURED, Variant
 from .shipped import EXAMPLE_ELEVATION, EXAMPLE_INPUT, MINI_MODEL, require
 
@@ -100,13 +103,57 @@ def format_report(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _existing(path: Path, default: Path, what: str, flag: str) -> Path:
+    """A user-given input path that must exist; the shipped default's absence means a broken checkout instead."""
+    if path == default:
+        return require(path, what)
+    if not path.exists():
+        raise UserInputError(f"{what} not found: {path} (check the {flag} path)")
+    return path
+
+
+def _input_image(path: Path) -> Path:
+    image = _existing(path, EXAMPLE_INPUT, "input image", "--input")
+    if not image.is_file():
+        raise UserInputError(f"--input must be an image file; {image} is a folder")
+    return image
+
+
+def _output_folder(out: Path) -> Path | None:
+    """Create --out (checked before any work); returns the topmost folder created, None when it existed."""
+    created = next((p for p in reversed((out, *out.parents)) if not p.exists()), None)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise UserInputError(f"--out {out} is a file; name a folder") from None
+    except NotADirectoryError:
+        parent = next((p for p in out.parents if p.is_file()), out.parent)
+        raise UserInputError(f"cannot create the output folder {out}: {parent} is a file; name another --out") from None
+    except PermissionError:
+        raise UserInputError(f"cannot create the output folder {out}: permission denied; name a writable --out") from None
+    except OSError as exc:
+        raise UserInputError(f"cannot create the output folder {out}: {exc.strerror or exc}; name another --out") from None
+    if not os.access(out, os.W_OK):
+        raise UserInputError(f"the output folder {out} is not writable; name a writable --out")
+    return created
+
+
 def run_demo(args) -> dict[str, Any]:
     from .image_to_3d.pipeline import run_pipeline
 
-    model = require(Path(args.model), "the model folder", "pass --model with a Zero123-family diffusers folder")
-    image = require(Path(args.input), "the input image")
+    model = _existing(Path(args.model), MINI_MODEL, "the Zero123 model folder", "--model")
+    image = _input_image(Path(args.input))
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    created = _output_folder(out)
+    try:
+        return _run_all(args, run_pipeline, model, image, out)
+    except BaseException:
+        if created is not None and not any(p.is_file() for p in created.rglob("*")):
+            shutil.rmtree(created, ignore_errors=True)  # a rejected input leaves no empty folder behind
+        raise
+
+
+def _run_all(args, run_pipeline, model: Path, image: Path, out: Path) -> dict[str, Any]:
     overrides = _pipeline_overrides(args)
     runs = _runs(args.cache)
     report: dict[str, Any] = {
@@ -141,16 +188,21 @@ def run_demo(args) -> dict[str, Any]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m hash3d.demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m hash3d.demo",
+        description="Image to 3D on a CPU with the shipped Hash3D-mini model, offline (the README's main job). "
+        "Trailing OPTION=VALUE pairs go to the front-end's config.",
+        epilog="Outputs, timings and why DreamGaussian is the default: the hash3d.demo module docstring and README.md.",
     )
-    parser.add_argument("--pipeline", choices=["dreamgaussian", "threestudio"], default="dreamgaussian")
+    parser.add_argument("--pipeline", choices=["dreamgaussian", "threestudio"], default="dreamgaussian",
+                        help="front-end to run (default dreamgaussian: minutes on a CPU; threestudio: about an hour)")
     parser.add_argument("--input", default=str(EXAMPLE_INPUT), help="RGBA image of one object (default: the example)")
     parser.add_argument("--elevation", type=float, default=EXAMPLE_ELEVATION,
                         help="input camera's elevation in degrees, positive = from above (default 15, the example's)")
     parser.add_argument("--out", default="outputs/demo", help="output folder (default outputs/demo)")
     parser.add_argument("--steps", type=int, default=None, help="training steps (default: the mini config's)")
     parser.add_argument("--refine-steps", type=int, default=None, help="DreamGaussian stage-2 steps (default: config)")
-    parser.add_argument("--cache", choices=["on", "off", "both"], default="on")
+    parser.add_argument("--cache", choices=["on", "off", "both"], default="on",
+                        help="Hash3D cache on, off, or both runs side by side (default on)")
     parser.add_argument("--model", default=str(MINI_MODEL), help="Zero123-family model folder (default: Hash3D-mini)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")

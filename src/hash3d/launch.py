@@ -54,9 +54,9 @@ def build_parser(prog: str = "launch.py") -> argparse.ArgumentParser:
     mode.add_argument("--export", action="store_true", help="export the result of resume=CKPT (mesh, .ply, …)")
     p.add_argument(
         "--gpu",
-        default="0",
-        help="GPU index (comma list accepted; one GPU is used). 'cpu' forces the CPU. On a machine without a GPU the "
-        "run falls back to the CPU with a note.",
+        default=None,
+        help="GPU index (default 0; comma list accepted; one GPU is used). 'cpu' forces the CPU. On a machine "
+        "without a GPU the run falls back to the CPU with a note.",
     )
     p.add_argument(
         "--explain",
@@ -82,8 +82,13 @@ def parse_args(argv: Sequence[str], prog: str = "launch.py") -> tuple[argparse.N
     return args, extras
 
 
-def select_device(gpu: str) -> tuple[torch.device, str | None]:
-    """--gpu -> the device to use and an optional one-line note (CPU fallback, extra indices ignored)."""
+def select_device(gpu: str | None) -> tuple[torch.device, str | None]:
+    """--gpu (None: not given, GPU 0 where there is one) -> the device to use and an optional one-line note (CPU
+    fallback, extra indices ignored)."""
+    if gpu is None:
+        if not torch.cuda.is_available():
+            return torch.device("cpu"), "no CUDA GPU on this machine: running on the CPU"
+        gpu = "0"
     text = gpu.strip().lower()
     if text == "cpu":
         return torch.device("cpu"), None
@@ -168,25 +173,31 @@ def run(argv: Sequence[str] | None = None, prog: str = "launch.py") -> Path:
 
     # 2. the trial folder
     resuming_here = (trial.configs / "parsed.yaml").is_file()
-    trial.create()
-    raw = config_path.read_text()
-    trial.write_configs(to_yaml(cfg), None if resuming_here and (trial.configs / "raw.yaml").is_file() else raw)
-    trial.write_cmd([Path(sys.executable).name, prog, *argv], vars(args))
-    log.info("trial folder: %s", trial.root)
+    with trial.removed_on_failure():  # a folder this run made goes again if it fails before any result
+        raw = config_path.read_text()
+        trial.write_configs(to_yaml(cfg), None if resuming_here and (trial.configs / "raw.yaml").is_file() else raw)
+        trial.write_cmd([Path(sys.executable).name, prog, *argv], vars(args))
+        log.info("trial folder: %s", trial.root)
 
-    # 3. the run
-    if mode == "train":
-        trainer.fit(system, datamodule, ckpt, cfg.resume)
-        if cfg.trainer.test_after_fit:
-            trainer.test(system, datamodule)
-    else:
-        trainer.place(system)
-        if mode == "validate":
-            trainer.validate(system, datamodule)
-        elif mode == "test":
-            trainer.test(system, datamodule)
+        # 3. the run
+        if mode == "train":
+            trainer.fit(system, datamodule, ckpt, cfg.resume)
+            if trainer.interrupted:  # no test render: stop now (exit status 130), saying how to go on
+                log.warning(
+                    "interrupted at step %d; saved %s. Resume with:\n  python %s --config %s --train resume=%s",
+                    trainer.global_step, trial.last_ckpt, prog, trial.configs / "parsed.yaml", trial.last_ckpt,
+                )
+                raise KeyboardInterrupt
+            if cfg.trainer.test_after_fit:
+                trainer.test(system, datamodule)
         else:
-            trainer.export(system)
+            trainer.place(system)
+            if mode == "validate":
+                trainer.validate(system, datamodule)
+            elif mode == "test":
+                trainer.test(system, datamodule)
+            else:
+                trainer.export(system)
     log.info("done: %s", trial.root)
     return trial.root
 

@@ -4,8 +4,10 @@
         --prompts assets/prompt.txt --compare-with configs/dreamfusion-sd.yaml [--jobs N] [key=value ...]
 
 Modules: `config` (typed options), `items` (prompts, images, ids), `jobs` (the job list as plain data),
-`frontends` (how each front-end trains and renders), `worker` (one job), `dispatch` (where jobs run),
-`state` (item folders and resume markers), `scoring` (hash3d.eval), `summary` (the table), `runner`, `cli`.
+`paths` (where a config's relative paths point, checked before anything runs), `frontends` (how each front-end
+trains and renders), `worker` (one job), `dispatch` (where jobs run on this machine), `ray_backend` (on a Ray
+cluster, `--backend ray`), `state` (item folders and resume markers), `scoring` (hash3d.eval), `summary` (the
+table), `runner`, `cli`.
 """
 
 from .config import BatchConfig, ScoreConfig, ViewSpec

@@ -23,9 +23,15 @@ unfinished one (killed, failed) is deleted and redone, so rerunning the same com
 After each run the evaluation views are rendered (8 views at elevation 0 deg for text, 16 at 30 deg for images,
 as the paper); then the views are scored and OUT/summary.md, .json, .csv are written.
 Any key=value argument overrides both configs (the front-end's own option names), e.g. trainer.max_steps=500.
+Jobs run on this machine (--backend local, the default) or on a Ray cluster (--backend ray [--address auto|
+ray://HOST:PORT]: one worker per GPU keeping its model loaded, dead workers replaced and their job retried up to
+--retries times; the output folder must be shared by every node; see docs/cluster.md).
 
 Exit status: 0 every run finished and was scored, 1 some run failed or a metric could not be computed (the summary
-says which), 2 bad input, 130 interrupted (rerun to resume).
+says which), 2 bad input, 130 interrupted (rerun to resume). The default CLIP model is optional: when it cannot be
+had (offline, not in the Hugging Face cache) its score is skipped with a note; a model named with --clip-model is not.
+Relative paths inside a config are read from its front-end folder (as the front-end's own command does), relative
+paths in key=value overrides from where you run the command; every local path is checked before anything runs.
 """
 
 
@@ -42,8 +48,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compare-with", metavar="CONFIG", help="also run this config (e.g. the cache-off twin "
                    "configs/dreamfusion-sd.yaml) and report both side by side")  # fmt: skip
     p.add_argument("--out", type=Path, help="output folder (default outputs/batch/<front-end>/<config stem>)")
-    p.add_argument("--jobs", type=int, default=1, metavar="N", help="N jobs at once, one worker process per GPU "
-                   "(pinned with CUDA_VISIBLE_DEVICES); 1 (default) runs in this process; the CPU takes 1")  # fmt: skip
+    p.add_argument("--jobs", type=int, metavar="N", help="N jobs at once, one worker per GPU; local: worker processes "
+                   "pinned with CUDA_VISIBLE_DEVICES, 1 (default) runs in this process, the CPU takes 1; Ray: default "
+                   "one per GPU of the cluster")  # fmt: skip
+    p.add_argument("--backend", choices=["local", "ray"], default="local", help="where the jobs run: this machine "
+                   "(default) or a Ray cluster (needs the extra: pip install -e \".[ray]\"; see docs/cluster.md)")  # fmt: skip
+    p.add_argument("--address", metavar="ADDR", help="Ray cluster to use: auto (the cluster this node belongs to), "
+                   "ray://HOST:PORT, or local (a new instance on this machine, for this batch); default: RAY_ADDRESS, "
+                   "else a cluster started on this machine, else a new local instance")  # fmt: skip
+    p.add_argument("--retries", type=int, default=2, metavar="N", help="Ray: run a job again up to N times when its "
+                   "worker dies or runs out of GPU memory (default 2)")  # fmt: skip
     p.add_argument("--gpus", metavar="LIST", help="GPU indices to use, e.g. 0,1,3 (default: all visible); 'cpu' for none")
     p.add_argument("--isolate", action="store_true", help="run every job in a fresh worker process, also with --jobs 1")
     p.add_argument("--limit", type=int, metavar="N", help="only the first N items")
@@ -52,8 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "above (default 0 text, 30 image)")  # fmt: skip
     p.add_argument("--view-size", type=int, metavar="PX", help="side of the evaluation views (default: the config's "
                    "evaluation size; DreamGaussian: ref_size)")  # fmt: skip
-    p.add_argument("--clip-model", default=DEFAULT_CLIP, metavar="MODEL", help="CLIP hub id, local folder, or "
-                   f"bigG-14 / L-14 / B-32; 'none' for no CLIP score (default {DEFAULT_CLIP})")  # fmt: skip
+    p.add_argument("--clip-model", metavar="MODEL", help="CLIP hub id, local folder, or bigG-14 / L-14 / B-32; 'none' "
+                   f"for no CLIP score (default {DEFAULT_CLIP}, skipped with a note when it cannot be had offline)")  # fmt: skip
     p.add_argument("--gt", type=Path, metavar="DIR", help="image-to-3D ground truth: DIR/<item>/000.png … "
                    "(<item> = the image's file stem) for PSNR / SSIM / LPIPS")  # fmt: skip
     p.add_argument("--lpips-net", default="vgg", choices=["vgg", "alex", "squeeze", "none"],
@@ -82,7 +96,8 @@ def to_config(args: argparse.Namespace) -> BatchConfig:
     bad = [o for o in args.overrides if "=" not in o]
     if bad:
         raise BatchError(f"unexpected argument(s) {' '.join(bad)}: config overrides are key.sub=value")
-    clip = None if args.clip_model.strip().lower() == "none" else args.clip_model
+    given = args.clip_model
+    clip = DEFAULT_CLIP if given is None else None if given.strip().lower() == "none" else given
     return BatchConfig(
         front_end=args.front_end,
         config=args.config,
@@ -92,14 +107,17 @@ def to_config(args: argparse.Namespace) -> BatchConfig:
         compare_with=args.compare_with,
         overrides=tuple(args.overrides),
         jobs=args.jobs,
+        backend=args.backend,
+        address=args.address,
+        retries=args.retries,
         gpus=parse_gpus(args.gpus),
         isolate=args.isolate,
         limit=args.limit,
         n_views=args.views,
         elevation_deg=args.elevation,
         view_size=args.view_size,
-        score=ScoreConfig(clip_model=clip, gt_dir=args.gt, lpips_net=None if args.lpips_net == "none" else args.lpips_net,
-                          device=args.eval_device),  # fmt: skip
+        score=ScoreConfig(clip_model=clip, clip_optional=given is None, gt_dir=args.gt,
+                          lpips_net=None if args.lpips_net == "none" else args.lpips_net, device=args.eval_device),  # fmt: skip
         fail_fast=args.fail_fast,
         dry_run=args.dry_run,
     )

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Literal
 
 Kind = Literal["text", "image"]
+Backend = Literal["local", "ray"]
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,9 @@ class ScoreConfig:
 
     clip_model: str | None = None
     """CLIP hub id, folder or short name (hash3d.eval.CLIP_MODEL_ALIASES); None: no CLIP score."""
+    clip_optional: bool = False
+    """The default model, not asked for by name: when it cannot be had (offline, not in the Hugging Face cache) the
+    CLIP score is skipped with one note and the batch still counts as complete."""
     gt_dir: Path | None = None
     """Image-to-3D ground truth: GT_DIR/<item>/000.png … paired by name with the rendered views."""
     lpips_net: str | None = "vgg"
@@ -60,7 +64,14 @@ class BatchConfig:
     """A second config run over the same items (the cache-off twin), reported side by side."""
     overrides: tuple[str, ...] = ()
     """key=value overrides given to every run of both configs."""
-    jobs: int = 1
+    jobs: int | None = None
+    """Jobs at once (None: local 1; Ray one per GPU of the cluster, 1 on a cluster without GPUs)."""
+    backend: Backend = "local"
+    """'local': this machine's GPUs (`dispatch.py`); 'ray': a Ray cluster (`ray_backend.py`)."""
+    address: str | None = None
+    """Ray cluster address ('auto', 'ray://HOST:PORT'); None: RAY_ADDRESS, else a local cluster started for the batch."""
+    retries: int = 2
+    """Ray: times a job whose worker died (or ran out of GPU memory) is run again on a fresh worker."""
     gpus: tuple[int, ...] | None = None
     """GPU indices to use (None: every visible GPU; empty: the CPU)."""
     isolate: bool = False

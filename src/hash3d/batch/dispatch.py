@@ -5,7 +5,7 @@ A dispatcher takes the job list (`JobSpec`s, plain data) and returns one `Outcom
 the CPU default). `ProcessDispatcher` keeps up to N jobs running, each in a fresh `python -m hash3d.batch.worker`
 process pinned to one GPU with CUDA_VISIBLE_DEVICES (the GPU's index in this process's own CUDA_VISIBLE_DEVICES
 list when that is set), so a job sees its GPU as cuda:0 and a crash or a leak stays in its process. A cluster engine
-takes the same list and the same `execute` instead (see `jobs.py`).
+takes the same list and the same `execute` instead (`ray_backend.py`, `--backend ray`).
 """
 
 from __future__ import annotations
@@ -86,6 +86,8 @@ class Outcome:
 
 
 class Events(Protocol):
+    """What a dispatcher reports (the Ray one also calls `retrying(job, error, attempt, attempts)` when it has one)."""
+
     def started(self, job: JobSpec, slot: Slot) -> None: ...
     def ended(self, outcome: Outcome) -> None: ...
 

@@ -1,10 +1,8 @@
 """The job list as plain data: one `JobSpec` per (config, item), JSON-serialisable, and the plan that makes it.
 
 A job spec says everything a worker needs and nothing about where it runs: no device, no process. Any dispatcher
-can take the list: the local one (`dispatch.py`, one process per GPU) or a cluster engine, e.g. with Ray
-
-    run = ray.remote(num_gpus=1)(hash3d.batch.worker.execute)
-    results = ray.get([run.remote(spec.to_dict(), "0") for spec in specs])   # Ray pins CUDA_VISIBLE_DEVICES
+can take the list: the local one (`dispatch.py`, one process per GPU), the Ray one (`ray_backend.py`, actors on a
+cluster), or another engine calling `hash3d.batch.worker.execute(spec.to_dict(), gpu)` where it runs jobs.
 
 `<out>/jobs.json` holds the list of the last invocation (`--dry-run` writes it without running anything).
 """
@@ -36,6 +34,8 @@ class Variant:
     """Whether the Hash3D cache is on in this config (None: the config has no cache block)."""
     label: str = ""
     """Column label in the summary ('cache on' / 'cache off', or the name)."""
+    workdir: str = ""
+    """Absolute path of the folder the config's relative paths are read from (its front-end folder; `paths.py`)."""
 
 
 @dataclass(frozen=True)
@@ -54,17 +54,19 @@ class JobSpec:
     views: ViewSpec
     out_dir: str
     """Absolute path of the item's folder: <out>/<variant>/<item>."""
+    workdir: str = ""
+    """The folder the job runs in, so that the config's relative paths resolve (its front-end folder); '': anywhere."""
 
     @property
     def job_id(self) -> str:
         return f"{self.variant}/{self.item}"
 
     def fingerprint(self) -> str:
-        """What determines the result: everything but where the config file and the output lie (the config's
-        content is in config_digest), so a moved checkout or output folder keeps its finished items."""
+        """What determines the result: everything but where the config file, its front-end folder and the output
+        lie (the config's content is in config_digest), so a moved checkout or output folder keeps its finished items."""
         data = self.to_dict()
-        data.pop("out_dir")
-        data.pop("config")
+        for where in ("out_dir", "config", "workdir"):
+            data.pop(where)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
     def to_dict(self) -> dict[str, Any]:
@@ -104,6 +106,7 @@ def plan_jobs(
             overrides=tuple(overrides),
             views=views,
             out_dir=str((out / v.name / item.id).resolve()),
+            workdir=v.workdir,
         )
         for item in items
         for v in variants

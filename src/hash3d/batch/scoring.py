@@ -4,7 +4,9 @@ Per item: the CLIP similarity between the views and the prompt (text) or the inp
 PSNR / SSIM / LPIPS against GT_DIR/<item>/ (000.png, … paired by name with the views). The means go into the item's
 scores.json with the settings that made them, so a rerun scores only what is new; the per-view tables are written
 beside it (clip.json, nvs.json). A metric that cannot be computed (model not available, no ground truth) is left
-out with a note; the runs themselves are kept.
+out with a note; the runs themselves are kept. The default CLIP model (not named with --clip-model) is optional:
+offline and not in the local Hugging Face cache, its score is skipped with one note saying how to enable it, and the
+batch still counts as complete.
 """
 
 from __future__ import annotations
@@ -15,7 +17,10 @@ from typing import Any
 
 from .config import ScoreConfig
 from .jobs import JobSpec
+from .paths import hub_reachable, in_hub_cache, offline
 from .state import ItemDir
+
+FLAG = "--clip-model"
 
 
 def _number(value: float) -> float | str:
@@ -39,12 +44,14 @@ class Scorer:
         """Set when a wanted metric could not be computed for some item."""
         self._clip: Any = None
         self._clip_failed = False
+        self.clip_skipped = False
+        """The optional default CLIP model could not be loaded: no CLIP column, not incomplete."""
         self._lpips: Any = None
         self._lpips_loaded = False
 
     @property
     def metric_names(self) -> list[str]:
-        names = ["clip"] if self.cfg.clip_model else []
+        names = ["clip"] if self.cfg.clip_model and not self.clip_skipped else []
         if self.cfg.gt_dir is not None:
             names += ["psnr", "ssim"] + (["lpips"] if self.cfg.lpips_net else [])
         return names
@@ -56,11 +63,22 @@ class Scorer:
             from hash3d.eval.config import CLIP_MODEL_ALIASES, resolve_device
 
             name = CLIP_MODEL_ALIASES.get(self.cfg.clip_model, self.cfg.clip_model)
+            if self.cfg.clip_optional and not self._can_have(name):
+                self._clip_failed = self.clip_skipped = True
+                self.notes.append(f"CLIP score skipped (the other metrics are complete): the default CLIP model "
+                                  f"{name!r} is not in the local Hugging Face cache and the hub cannot be reached. "
+                                  f"{self._how_to_enable(name)}")  # fmt: skip
+                return None
             try:
-                self._clip = ClipEmbedder.load(name, resolve_device(self.cfg.device))
+                self._clip = ClipEmbedder.load(name, resolve_device(self.cfg.device), flag=FLAG)
             except EvalError as exc:
                 self._clip_failed = True
-                self.notes.append(f"CLIP not scored: {exc}")
+                if self.cfg.clip_optional:
+                    self.clip_skipped = True
+                    self.notes.append(f"CLIP score skipped (the other metrics are complete): {exc} "
+                                      f"`{FLAG} none` leaves CLIP out without this note.")  # fmt: skip
+                else:
+                    self.notes.append(f"CLIP not scored: {exc}")
         return self._clip
 
     def _lpips_fn(self):
@@ -75,6 +93,38 @@ class Scorer:
             else:
                 self.notes.append(f"LPIPS not scored: {status.reason}")
         return self._lpips
+
+    @staticmethod
+    def _can_have(name: str) -> bool:
+        """A local folder, a cached hub model, or one the hub answers for now (no download of bigG on a machine
+        that cannot reach the hub: the load would retry for a minute and fail)."""
+        return Path(name).expanduser().is_dir() or in_hub_cache(name) or (not offline() and hub_reachable(name))
+
+    @staticmethod
+    def _how_to_enable(name: str) -> str:
+        return (f"To score CLIP offline: `hf download {name} --local-dir DIR` on a machine with network, copy DIR here "
+                f"and pass {FLAG} DIR (or set HF_HOME to a cache that holds it); {FLAG} none leaves CLIP out "
+                "without this note.")  # fmt: skip
+
+    def availability_note(self) -> str | None:
+        """A note when the CLIP model cannot be loaded without the network (for --dry-run, before anything runs)."""
+        from hash3d.eval.config import CLIP_MODEL_ALIASES
+
+        if not self.cfg.clip_model:
+            return None
+        name = CLIP_MODEL_ALIASES.get(self.cfg.clip_model, self.cfg.clip_model)
+        local = Path(name).expanduser()
+        if local.is_dir():
+            return None
+        if name.startswith((".", "/", "~")):
+            return f"CLIP: no model folder at {name}: the CLIP score will fail (give {FLAG} DIR, or {FLAG} none)"
+        if in_hub_cache(name):
+            return None
+        then = ("is skipped (the batch still completes)" if self.cfg.clip_optional
+                else "fails and the batch exits with status 1")  # fmt: skip
+        return (f"CLIP: the model {name!r} is not in the local Hugging Face cache: after the runs the batch tries to "
+                f"download it, and where that is not possible (offline) the CLIP score {then}. "
+                f"{self._how_to_enable(name)}")  # fmt: skip
 
     # ------------------------------------------------------------------ per item
     def gt_folder(self, job: JobSpec) -> Path | None:
@@ -100,7 +150,7 @@ class Scorer:
                 if values is not None:
                     scores["clip"] = {"settings": settings, "values": values}
                     changed = True
-            if "clip" not in scores or scores["clip"].get("settings") != settings:
+            if ("clip" not in scores or scores["clip"].get("settings") != settings) and not self.clip_skipped:
                 self.incomplete = True
         gt = self.gt_folder(job)
         if gt is not None:

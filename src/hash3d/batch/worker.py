@@ -10,15 +10,20 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import socket
 import sys
 import time
 import traceback
+from pathlib import Path
 from typing import Any
 
 from hash3d.config.errors import UserInputError
+from hash3d.diffusion import resident
 
+from .errors import BatchError
 from .frontends import get_front_end
 from .jobs import JobSpec
+from .paths import working_folder
 from .state import ItemDir
 
 
@@ -30,11 +35,17 @@ def run_job(job: JobSpec, gpu: str | None) -> dict[str, Any]:
         return {**(item.result() or {}), "skipped": True}
     front_end = get_front_end(job.front_end)
     item.begin(device=f"cuda:{gpu}" if gpu is not None else "cpu")
-    t0 = time.perf_counter()
-    record = front_end.train(job, gpu, item.run)
-    t1 = time.perf_counter()
-    views = front_end.render_views(job, record, gpu, item.views)
-    t2 = time.perf_counter()
+    if job.workdir and not Path(job.workdir).is_dir():
+        raise BatchError(f"{job.workdir} (the config's front-end folder) is not on {socket.gethostname()}: on a "
+                         "cluster the checkout must be at the same path on every node (docs/cluster.md)")  # fmt: skip
+    kept = resident.active()  # a Ray worker keeps the models loaded between items (ray_backend.py)
+    reuses = kept.reuses if kept else 0
+    with working_folder(job.workdir):  # the config's relative paths mean what they mean for the front-end's command
+        t0 = time.perf_counter()
+        record = front_end.train(job, gpu, item.run)
+        t1 = time.perf_counter()
+        views = front_end.render_views(job, record, gpu, item.views)
+        t2 = time.perf_counter()
     result = {
         "job_id": job.job_id,
         "item": job.item,
@@ -43,6 +54,7 @@ def run_job(job: JobSpec, gpu: str | None) -> dict[str, Any]:
         "run_s": round(t1 - t0, 3),
         "views_s": round(t2 - t1, 3),
         "n_views": len(views),
+        "models_reused": kept.reuses - reuses if kept else 0,
         "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     item.finish(result)

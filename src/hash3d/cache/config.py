@@ -97,7 +97,9 @@ class CacheConfig:
     capacity: int | None = None
     """Entries kept in memory (default n_buckets * bucket_size); bounds the cache's memory."""
     max_memory_mb: float | None = 4096.0
-    """Memory budget of the stored entries; the capacity shrinks to fit it once the entry size is known."""
+    """Memory budget of the stored entries; the capacity shrinks to fit it once the entry size is known. The storage
+    grows with the entries (doubling) up to it, so a table holding few entries takes little memory. Sized for a GPU:
+    the configs of CPU-sized models set their own (the mini configs: 256 MB, 1 GB)."""
     temperature: float = 1.0
     """Softmax temperature of the latent-distance blend of a cell's entries."""
     check_keys: bool = True
@@ -109,9 +111,9 @@ class CacheConfig:
     (tested against each other)."""
     save_in_checkpoint: bool = True
     """Save the table (entries, bucket indices, scores, counters) in training checkpoints, so that a resumed run
-    continues exactly like an uninterrupted one. The entry pool can be large (up to `max_memory_mb`, e.g. GBs of
-    features on a GPU): with this off, checkpoints hold only the policy's random stream and counters, and a
-    resumed run starts with an empty table. Read when saving and when resuming."""
+    continues exactly like an uninterrupted one. Only the live entries are saved (their size, plus a small bucket
+    index): with this off, checkpoints hold only the policy's random stream and counters, and a resumed run starts
+    with an empty table. Read when saving and when resuming."""
     policy: CachePolicyConfig = field(default_factory=CachePolicyConfig)
 
     def __post_init__(self) -> None:

@@ -9,6 +9,8 @@ Semantics, which tests check against a slow dictionary reference:
   hashes to one of `n_buckets` buckets. A bucket keeps the last `bucket_size` entries inserted into it (FIFO) with
   their exact cell coordinates, and a query only uses entries of its own cell, so a collision is never a hit.
 - The pool keeps the last `capacity` inserted entries (a ring); an entry overwritten there is gone from every grid.
+  Its storage grows with the entries (doubling, up to `capacity` rows), so a table that holds little takes little
+  memory, and a saved state holds only the live entries (those some bucket still references).
 - A batched insert equals inserting its samples one by one in order, except that the adaptive score update of
   each sample compares against the entries present before the batch.
 - A masked insert `insert(keys, latents, values, mask=m)` equals `insert(keys[m], latents[m], values[m])` (same
@@ -35,6 +37,7 @@ from .keys import bucket_index, hash_primes, quantize
 from ..cuda_graphs import GraphedFunction, count_captured
 from ..triton_support import triton_available
 from .stats import CacheStats, Counters
+from .storage import TableStorage
 
 
 RESTORE_FIX = (
@@ -43,9 +46,12 @@ RESTORE_FIX = (
 )
 """How to get past a saved cache state that does not fit the resumed run."""
 
-# storage saved by `HashTable.state_dict` (attribute name without the leading underscore)
-_INDEX_TENSORS = ("cells", "ref_slot", "ref_id", "head", "score", "pool_ids", "next_id", "live")
-_POOL_TENSORS = ("pool_latents", "pool_values", "pool_norms")
+# storage saved by `HashTable.state_dict` (attribute name without the leading underscore): the index in full, the
+# pool's rows only at the live slots (`pool_slots`)
+_INDEX_TENSORS = ("cells", "ref_slot", "ref_id", "head", "score", "next_id", "live")
+_POOL_TENSORS = ("pool_ids", "pool_latents", "pool_values", "pool_norms")
+MIN_ROWS = 16
+"""Pool rows allocated at first (fewer when the capacity is smaller); the storage doubles from there as needed."""
 BACKENDS = ("auto", "torch", "triton")
 
 
@@ -154,21 +160,21 @@ class HashTable:
     def reset(self) -> None:
         """Forget every entry, score and counter; the next insert may bring a new value shape."""
         M, n, Q, dev = self.n_grids, self.n_buckets, self.bucket_size, self.device
+        self.storage = TableStorage()
         # One extra bucket row per grid (index n) receives writes that must be dropped, so dropping needs no mask.
-        self._cells = torch.zeros(M, n + 1, Q, 4, dtype=torch.int64, device=dev)
-        self._ref_slot = torch.zeros(M, n + 1, Q, dtype=torch.int64, device=dev)
-        self._ref_id = torch.full((M, n + 1, Q), -1, dtype=torch.int64, device=dev)
-        self._head = torch.zeros(M, n + 1, dtype=torch.int64, device=dev)
-        self._score = torch.zeros(M, n + 1, dtype=torch.float32, device=dev)
-        self._pool_latents: torch.Tensor | None = None
-        self._pool_values: torch.Tensor | None = None
-        self._pool_norms: torch.Tensor | None = None
+        self.storage.cells = torch.zeros(M, n + 1, Q, 4, dtype=torch.int64, device=dev)
+        self.storage.ref_slot = torch.zeros(M, n + 1, Q, dtype=torch.int64, device=dev)
+        self.storage.ref_id = torch.full((M, n + 1, Q), -1, dtype=torch.int64, device=dev)
+        self.storage.head = torch.zeros(M, n + 1, dtype=torch.int64, device=dev)
+        self.storage.score = torch.zeros(M, n + 1, dtype=torch.float32, device=dev)
         self.capacity = self.max_capacity
-        self._pool_ids = torch.full((self.capacity,), -1, dtype=torch.int64, device=dev)
+        self.storage.pool_ids = torch.full((self.capacity,), -1, dtype=torch.int64, device=dev)
         self._latent_shape: tuple[int, ...] | None = None
         self._value_shape: tuple[int, ...] | None = None
-        self._next_id = torch.zeros((), dtype=torch.int64, device=dev)  # on the device: graph replays advance it
-        self._live = torch.zeros((), dtype=torch.int64, device=dev)
+        self.storage.next_id = torch.zeros((), dtype=torch.int64, device=dev)  # on the device: graph replays advance it
+        self._id_bound = 0
+        """Host-side upper bound of `_next_id` (the ids reserved so far), so that growing needs no host read."""
+        self.storage.live = torch.zeros((), dtype=torch.int64, device=dev)
         self._new_live_scratch()
         # new storage tensors: graphs captured on the old ones must not be replayed
         self._graphs: dict[str, GraphedFunction] | None = {} if self._use_graphs else None
@@ -177,8 +183,62 @@ class HashTable:
 
     def _new_live_scratch(self) -> None:
         """The fused live count's per-slot stamps and epoch (not part of the saved state: any zeros will do)."""
-        self._stamp = torch.zeros(self.capacity, dtype=torch.int64, device=self.device)
-        self._epoch = torch.zeros((), dtype=torch.int64, device=self.device)
+        self.storage.stamp = torch.zeros(self.rows, dtype=torch.int64, device=self.device)
+        self.storage.epoch = torch.zeros((), dtype=torch.int64, device=self.device)
+
+    @property
+    def allocated(self) -> bool:
+        """Whether the pool exists (after the first insert or a restore): queries before it find nothing."""
+        return self.storage.pool_values is not None
+
+    @property
+    def latent_shape(self) -> tuple[int, ...] | None:
+        """Shape of one stored noisy latent (fixed by the first insert since the last reset)."""
+        return self._latent_shape
+
+    @property
+    def value_shape(self) -> tuple[int, ...] | None:
+        """Shape of one stored value (fixed by the first insert since the last reset)."""
+        return self._value_shape
+
+    @property
+    def value_dtype(self) -> torch.dtype | None:
+        return None if self.storage.pool_values is None else self.storage.pool_values.dtype
+
+    def check_latents(self, latents: torch.Tensor) -> None:
+        """ValueError unless `latents` [B, ...] match the stored latents' shape."""
+        self._check_shape("latents", latents, self._latent_shape)
+
+    @property
+    def rows(self) -> int:
+        """Pool rows allocated now (0 before the first insert; at most `capacity`)."""
+        return 0 if self.storage.pool_values is None else self.storage.pool_values.shape[0]
+
+    def reserve(self, n: int) -> None:
+        """Make sure the next insert of up to `n` rows has pool storage, growing it (new storage tensors) if needed.
+
+        `insert` calls this itself; a caller that runs `insert_core` in a replayed CUDA graph calls it before each
+        replay (outside the capture), with the number of rows the graph may insert. Growing reads the entry counter
+        once (a host read, at most log2(capacity) times per run); otherwise nothing leaves the device."""
+        if self.storage.pool_values is None or self.rows >= self.capacity:
+            return
+        if self._id_bound + n > self.rows:
+            self._id_bound = int(self.storage.next_id)  # the bound counts rows that masks dropped: make it exact
+        needed = min(self.capacity, self._id_bound + n)
+        if needed > self.rows:
+            self._grow(min(self.capacity, max(needed, 2 * self.rows)))
+        self._id_bound += n
+
+    def _grow(self, rows: int) -> None:
+        """Copy the pool into `rows` rows (the new rows zero). Graphs captured on the old storage are dropped."""
+        old = self.rows
+        for name in ("pool_latents", "pool_values", "pool_norms", "stamp"):
+            t = getattr(self.storage, name)
+            grown = t.new_zeros((rows,) + tuple(t.shape[1:]))
+            grown[:old] = t
+            setattr(self.storage, name, grown)
+        if self._graphs is not None:
+            self._graphs = {}
 
     # ---------------------------------------------------------------- saving and restoring
     def layout(self) -> dict[str, Any]:
@@ -195,19 +255,31 @@ class HashTable:
         saved, own = state.get("layout", {}), self.layout()
         return [f"{k}: {saved.get(k)!r} saved, {v!r} here" for k, v in own.items() if saved.get(k) != v]
 
+    def _live_slots(self) -> torch.Tensor:
+        """Pool slots that some bucket references with the entry they hold, ascending."""
+        slots, ids = self.storage.ref_slot[:, :-1], self.storage.ref_id[:, :-1]
+        live = (ids >= 0) & (self.storage.pool_ids[slots] == ids)
+        return torch.unique(slots[live])
+
     def state_dict(self) -> dict[str, Any]:
-        """Entries, bucket indices, scores and counters as CPU copies (plain types: `torch.load(weights_only=True)`
-        reads them). An empty table has no pool yet: its pool entries are None."""
+        """Bucket indices, scores, counters and the live entries as CPU copies (plain types:
+        `torch.load(weights_only=True)` reads them). Only live pool rows are saved (`pool_slots` says where they
+        go): an entry no bucket references is never read again. An empty table has no pool yet: its pool entries
+        are None."""
+        allocated = self.storage.pool_values is not None
+        slots = self._live_slots() if allocated else None
         state: dict[str, Any] = {
             "layout": self.layout(),
             "pool_capacity": self.capacity,
             "latent_shape": None if self._latent_shape is None else list(self._latent_shape),
             "value_shape": None if self._value_shape is None else list(self._value_shape),
             "counters": _cpu_copy(self.counters.values),
+            "pool_slots": None if slots is None else _cpu_copy(slots),
         }
-        for name in _INDEX_TENSORS + _POOL_TENSORS:
-            value = getattr(self, "_" + name)
-            state[name] = None if value is None else _cpu_copy(value)
+        for name in _INDEX_TENSORS:
+            state[name] = _cpu_copy(getattr(self.storage, name))
+        for name in _POOL_TENSORS:
+            state[name] = _cpu_copy(getattr(self.storage, name)[slots]) if allocated else None
         return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -219,17 +291,36 @@ class HashTable:
                 "load it into a table built with the same cell sizes, n_buckets, bucket_size and capacity"
             )
         allocated = state["pool_values"] is not None
-        if allocated != (state["value_shape"] is not None) or int(state["pool_capacity"]) > self.max_capacity:
+        capacity = int(state["pool_capacity"])
+        # states saved before the pool grew hold every row: slots 0, 1, ...
+        slots = state.get("pool_slots")
+        if allocated and slots is None:
+            slots = torch.arange(state["pool_values"].shape[0])
+        inconsistent = allocated != (state["value_shape"] is not None) or capacity > self.max_capacity
+        if allocated and not inconsistent:
+            inconsistent = any(state[name].shape[0] != slots.shape[0] for name in _POOL_TENSORS) or bool(
+                slots.numel() and (slots.min() < 0 or slots.max() >= capacity)
+            )
+        if inconsistent:
             raise ValueError("the saved hash table state is inconsistent (its pool and shapes disagree); cannot load it")
         self.reset()
-        self.capacity = int(state["pool_capacity"])
-        for name in _INDEX_TENSORS + _POOL_TENSORS:
-            value = state[name]
-            setattr(self, "_" + name, None if value is None else value.to(self.device, copy=True))
+        self.capacity = capacity
+        self.storage.pool_ids = torch.full((capacity,), -1, dtype=torch.int64, device=self.device)
+        for name in _INDEX_TENSORS:
+            setattr(self.storage, name, state[name].to(self.device, copy=True))
+        self.counters.load(state["counters"])
+        self._id_bound = int(self.storage.next_id)
         if allocated:
             self._latent_shape = tuple(int(d) for d in state["latent_shape"])
             self._value_shape = tuple(int(d) for d in state["value_shape"])
-        self.counters.load(state["counters"])
+            rows = min(capacity, max(int(slots.max()) + 1 if slots.numel() else 0, MIN_ROWS))
+            slots = slots.to(self.device)
+            self.storage.pool_ids[slots] = state["pool_ids"].to(self.device)
+            for name in ("pool_latents", "pool_values", "pool_norms"):
+                saved = state[name]
+                pool = torch.zeros((rows,) + tuple(saved.shape[1:]), dtype=saved.dtype, device=self.device)
+                pool[slots] = saved.to(self.device)
+                setattr(self.storage, name, pool)
         self._new_live_scratch()
         self._restored = True
         if allocated:
@@ -237,14 +328,14 @@ class HashTable:
 
     @property
     def stats(self) -> CacheStats:
-        counts, live = self.counters.read(), int(self._live)
+        counts, live = self.counters.read(), int(self.storage.live)
         # every entry inserted since the reset is either still live or was evicted once
         return CacheStats(**counts, evictions=counts["inserts"] - live, entries=live, bytes=self.nbytes)
 
     @property
     def nbytes(self) -> int:
-        tensors = [self._cells, self._ref_slot, self._ref_id, self._head, self._score, self._pool_ids, self._stamp]
-        tensors += [t for t in (self._pool_latents, self._pool_values, self._pool_norms) if t is not None]
+        tensors = [self.storage.cells, self.storage.ref_slot, self.storage.ref_id, self.storage.head, self.storage.score, self.storage.pool_ids, self.storage.stamp]
+        tensors += [t for t in (self.storage.pool_latents, self.storage.pool_values, self.storage.pool_norms) if t is not None]
         return sum(t.numel() * t.element_size() for t in tensors)
 
     # ---------------------------------------------------------------- checks
@@ -292,15 +383,15 @@ class HashTable:
 
     def _bucket_entries(self, cells: torch.Tensor, buckets: torch.Tensor):
         """Entries of each (grid, sample)'s bucket: slots [M, B, Q] and a mask of live same-cell entries [M, B, Q]."""
-        slots = self._ref_slot[self._grid, buckets]
-        ids = self._ref_id[self._grid, buckets]
-        live = (ids >= 0) & (self._pool_ids[slots] == ids)
-        same_cell = (self._cells[self._grid, buckets] == cells[:, :, None, :]).all(-1)
+        slots = self.storage.ref_slot[self._grid, buckets]
+        ids = self.storage.ref_id[self._grid, buckets]
+        live = (ids >= 0) & (self.storage.pool_ids[slots] == ids)
+        same_cell = (self.storage.cells[self._grid, buckets] == cells[:, :, None, :]).all(-1)
         return slots, live & same_cell
 
     def _count_live(self) -> torch.Tensor:
-        slots, ids = self._ref_slot[:, :-1], self._ref_id[:, :-1]
-        live = (ids >= 0) & (self._pool_ids[slots] == ids)
+        slots, ids = self.storage.ref_slot[:, :-1], self.storage.ref_id[:, :-1]
+        live = (ids >= 0) & (self.storage.pool_ids[slots] == ids)
         alive = torch.zeros(self.capacity + 1, dtype=torch.bool, device=self.device)
         alive.index_fill_(0, torch.where(live, slots, torch.full_like(slots, self.capacity)).reshape(-1), True)
         return alive[:-1].sum()
@@ -327,8 +418,8 @@ class HashTable:
         from . import table_triton
 
         keys = torch.zeros(1, 4, dtype=torch.float64, device=self.device)
-        latents = torch.zeros((1,) + self._latent_shape, dtype=self._pool_latents.dtype, device=self.device)
-        values = torch.zeros((1,) + self._value_shape, dtype=self._pool_values.dtype, device=self.device)
+        latents = torch.zeros((1,) + self._latent_shape, dtype=self.storage.pool_latents.dtype, device=self.device)
+        values = torch.zeros((1,) + self._value_shape, dtype=self.storage.pool_values.dtype, device=self.device)
         table_triton.query(self, keys, latents, torch.zeros_like(self.counters.values))
         table_triton.insert(self, keys, latents, values, torch.zeros(1, dtype=torch.bool, device=self.device))
 
@@ -339,13 +430,13 @@ class HashTable:
         Values are None while the table holds nothing yet (their shape is unknown).
         """
         B = self._check_batch(keys, latents=latents)
-        if self._pool_values is None:
+        if self.storage.pool_values is None:
             self.counters.add_query(B, None)
             return None, torch.zeros(B, dtype=torch.bool, device=self.device)
         self._check_shape("latents", latents, self._latent_shape)
-        return self._run("query", self._query_core, keys.to(self.device), latents.to(self.device))
+        return self._run("query", self.query_core, keys.to(self.device), latents.to(self.device))
 
-    def _query_core(self, keys: torch.Tensor, latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def query_core(self, keys: torch.Tensor, latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.fused:
             from . import table_triton
 
@@ -358,17 +449,17 @@ class HashTable:
             hit = valid.any(-1)
         else:
             has = valid.any(-1)
-            score = self._score[self._grid, buckets]
+            score = self.storage.score[self._grid, buckets]
             best = torch.where(has, score, torch.full_like(score, float("-inf"))).argmax(0)
             hit = has.any(0)
             rows = torch.arange(B, device=self.device)
             slots, valid = slots[best, rows], valid[best, rows]  # [B, Q]
 
-        x = latents.reshape(B, 1, self._pool_latents.shape[1]).float()  # B may be 0
-        d2 = (self._pool_latents[slots].float() - x).square().sum(-1)
+        x = latents.reshape(B, 1, self.storage.pool_latents.shape[1]).float()  # B may be 0
+        d2 = (self.storage.pool_latents[slots].float() - x).square().sum(-1)
         logits = (-d2 / self.temperature).masked_fill(~valid, float("-inf"))
         weights = torch.where(valid, torch.softmax(logits, -1), 0.0)
-        blend = torch.bmm(weights[:, None, :].to(self._pool_values.dtype), self._pool_values[slots])  # [B, 1, D]
+        blend = torch.bmm(weights[:, None, :].to(self.storage.pool_values.dtype), self.storage.pool_values[slots])  # [B, 1, D]
 
         self.counters.add_query(B, hit)
         return blend.reshape((B,) + self._value_shape), hit
@@ -384,13 +475,13 @@ class HashTable:
                     f"{latents.shape[0]} being inserted; raise the memory budget"
                 )
             self.capacity = min(self.max_capacity, int(fits))
-            self._pool_ids = torch.full((self.capacity,), -1, dtype=torch.int64, device=self.device)
-        P = self.capacity
+            self.storage.pool_ids = torch.full((self.capacity,), -1, dtype=torch.int64, device=self.device)
+        P = min(self.capacity, max(latents.shape[0], MIN_ROWS))  # grown by `reserve` as entries come
         self._latent_shape = tuple(latents.shape[1:])
         self._value_shape = tuple(values.shape[1:])
-        self._pool_latents = torch.zeros((P, latents[0].numel()), dtype=latents.dtype, device=self.device)
-        self._pool_values = torch.zeros((P, values[0].numel()), dtype=values.dtype, device=self.device)
-        self._pool_norms = torch.zeros(P, dtype=torch.float32, device=self.device)
+        self.storage.pool_latents = torch.zeros((P, latents[0].numel()), dtype=latents.dtype, device=self.device)
+        self.storage.pool_values = torch.zeros((P, values[0].numel()), dtype=values.dtype, device=self.device)
+        self.storage.pool_norms = torch.zeros(P, dtype=torch.float32, device=self.device)
         self._new_live_scratch()
         self._prime_kernels()
 
@@ -410,16 +501,17 @@ class HashTable:
             return
         if B > self.capacity:  # checked before allocating, so a rejected first batch leaves the table empty
             raise ValueError(f"cannot insert {B} entries at once into a table of capacity {self.capacity}")
-        if self._pool_values is None:
+        if self.storage.pool_values is None:
             self._allocate(latents, values)  # may shrink the capacity to max_bytes, never below B
         self._check_shape("latents", latents, self._latent_shape)
         self._check_shape("values", values, self._value_shape)
+        self.reserve(B)
         if mask is None:
             mask = torch.ones(B, dtype=torch.bool, device=self.device)  # one core signature with or without a mask
         args = (keys.to(self.device), latents.to(self.device), values.to(self.device), mask.to(self.device))
-        self._run("insert", self._insert_core, *args)
+        self._run("insert", self.insert_core, *args)
 
-    def _insert_core(self, keys: torch.Tensor, latents: torch.Tensor, values: torch.Tensor, mask: torch.Tensor) -> None:
+    def insert_core(self, keys: torch.Tensor, latents: torch.Tensor, values: torch.Tensor, mask: torch.Tensor) -> None:
         """Insert the rows where mask [B] is True. Every state update is in place and every shape depends on B only,
         so the whole insert can be replayed as a CUDA graph.
 
@@ -444,45 +536,45 @@ class HashTable:
         n_kept = kept.sum()
         dropped = 1 - kept
         order = torch.where(mask, torch.cumsum(kept, 0) - kept, n_kept + torch.cumsum(dropped, 0) - dropped)
-        ids = self._next_id + order
+        ids = self.storage.next_id + order
         slots = ids % self.capacity
         keep_row = mask[:, None]
-        new_latents = latents.reshape(B, -1).to(self._pool_latents.dtype)
-        new_values = flat_values.to(self._pool_values.dtype)
-        self._pool_latents[slots] = torch.where(keep_row, new_latents, self._pool_latents[slots])
-        self._pool_values[slots] = torch.where(keep_row, new_values, self._pool_values[slots])
-        self._pool_norms[slots] = torch.where(mask, norms, self._pool_norms[slots])
-        self._pool_ids[slots] = torch.where(mask, ids, self._pool_ids[slots])
-        self._next_id += n_kept
+        new_latents = latents.reshape(B, -1).to(self.storage.pool_latents.dtype)
+        new_values = flat_values.to(self.storage.pool_values.dtype)
+        self.storage.pool_latents[slots] = torch.where(keep_row, new_latents, self.storage.pool_latents[slots])
+        self.storage.pool_values[slots] = torch.where(keep_row, new_values, self.storage.pool_values[slots])
+        self.storage.pool_norms[slots] = torch.where(mask, norms, self.storage.pool_norms[slots])
+        self.storage.pool_ids[slots] = torch.where(mask, ids, self.storage.pool_ids[slots])
+        self.storage.next_id += n_kept
 
         grid = self._grid.expand(M, B)
         # rows not kept sit in bucket n, a group of their own per grid: they do not shift the ranks of kept rows
         rank, count = _group_rank((grid * (n + 1) + buckets).reshape(-1))
         rank, count = rank.view(M, B), count.view(M, B)
         keep = (rank >= count - Q) & mask  # earlier samples of an over-full bucket would be evicted within this batch
-        pos = torch.remainder(self._head[grid, buckets] + rank, Q)
+        pos = torch.remainder(self.storage.head[grid, buckets] + rank, Q)
         row = torch.where(keep, buckets, torch.full_like(buckets, n))
         pos = torch.where(keep, pos, torch.zeros_like(pos))
-        self._ref_slot[grid, row, pos] = slots.expand(M, B)
-        self._ref_id[grid, row, pos] = ids.expand(M, B)
-        self._cells[grid, row, pos] = cells
-        self._head.index_put_((grid, buckets), kept.expand(M, B), accumulate=True)
-        self._head.remainder_(Q)
+        self.storage.ref_slot[grid, row, pos] = slots.expand(M, B)
+        self.storage.ref_id[grid, row, pos] = ids.expand(M, B)
+        self.storage.cells[grid, row, pos] = cells
+        self.storage.head.index_put_((grid, buckets), kept.expand(M, B), accumulate=True)
+        self.storage.head.remainder_(Q)
 
         self.counters.add_insert(n_kept)
-        self._live.copy_(self._count_live())
+        self.storage.live.copy_(self._count_live())
 
     def _update_scores(self, cells, buckets, flat_values, norms, mask) -> None:
         """Adaptive-grid score update (see the module docstring) for every grid's bucket of every kept sample."""
         dev, M, n, g = self.device, self.n_grids, self.n_buckets, self.gamma
         slots, valid = self._bucket_entries(cells, buckets)  # [M, B, Q]
-        unit = (flat_values.float() / norms.clamp_min(1e-12)[:, None]).to(self._pool_values.dtype)
+        unit = (flat_values.float() / norms.clamp_min(1e-12)[:, None]).to(self.storage.pool_values.dtype)
         cos = torch.stack(
             [
-                torch.stack([(self._pool_values[slots[m, :, q]] * unit).float().sum(-1) for q in range(self.bucket_size)], -1)
+                torch.stack([(self.storage.pool_values[slots[m, :, q]] * unit).float().sum(-1) for q in range(self.bucket_size)], -1)
                 for m in range(M)
             ]
-        ) / self._pool_norms[slots].clamp_min(1e-12)
+        ) / self.storage.pool_norms[slots].clamp_min(1e-12)
         n_valid = valid.sum(-1)
         mean_cos = (cos * valid).sum(-1) / n_valid.clamp_min(1)
         updating = (n_valid > 0) & mask  # [M, B]
@@ -493,9 +585,9 @@ class HashTable:
         rank, count = rank.view_as(buckets), count.view_as(buckets)
         contribution = torch.where(updating, (1 - g) * g ** (count - 1 - rank).float() * mean_cos, torch.zeros_like(mean_cos))
         target = torch.where(updating, buckets, torch.full_like(buckets, n))  # the others add nothing, to scratch row n
-        added = torch.zeros_like(self._score).index_put_((grid, target), contribution, accumulate=True)
-        n_updates = torch.zeros_like(self._score).index_put_((grid, target), updating.float(), accumulate=True)
-        self._score.mul_(g**n_updates).add_(added)
+        added = torch.zeros_like(self.storage.score).index_put_((grid, target), contribution, accumulate=True)
+        n_updates = torch.zeros_like(self.storage.score).index_put_((grid, target), updating.float(), accumulate=True)
+        self.storage.score.mul_(g**n_updates).add_(added)
 
 
 class GridHashTable(HashTable):

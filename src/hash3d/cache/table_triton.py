@@ -272,30 +272,30 @@ def _pow2(n: int) -> int:
 
 
 def query(table, keys: torch.Tensor, latents: torch.Tensor, counters: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The table's query (table.py's `_query_core`) in two kernels; counts into `counters` (queries, hits)."""
+    """The table's query (table.py's `query_core`) in two kernels; counts into `counters` (queries, hits)."""
     B, dev, QP = keys.shape[0], table.device, _pow2(table.bucket_size)
-    DL, DV = table._pool_latents.shape[1], table._pool_values.shape[1]
-    out = torch.empty((B, DV), dtype=table._pool_values.dtype, device=dev)
+    DL, DV = table.storage.pool_latents.shape[1], table.storage.pool_values.shape[1]
+    out = torch.empty((B, DV), dtype=table.storage.pool_values.dtype, device=dev)
     hit = torch.empty(B, dtype=torch.int8, device=dev)  # every row written by the select kernel
     if B:
         weights = torch.empty((B, QP), dtype=torch.float32, device=dev)
         slots = torch.empty((B, QP), dtype=torch.int64, device=dev)
         _query_select_kernel[(B,)](
-            _aligned(keys), _aligned(latents.reshape(B, -1)), table.cell_sizes, table._cells, table._ref_slot,
-            table._ref_id, table._score, table._pool_ids, table._pool_latents, weights, slots, hit, counters,
+            _aligned(keys), _aligned(latents.reshape(B, -1)), table.cell_sizes, table.storage.cells, table.storage.ref_slot,
+            table.storage.ref_id, table.storage.score, table.storage.pool_ids, table.storage.pool_latents, weights, slots, hit, counters,
             B, table.n_buckets, table.temperature,
             M=table.n_grids, MP=_pow2(table.n_grids), Q=table.bucket_size, QP=QP, DL=DL, BLOCK_D=BLOCK,
         )
         _query_blend_kernel[(B, triton.cdiv(DV, BLOCK))](
-            weights, slots, table._pool_values, out, QP=QP, DV=DV, BLOCK_D=BLOCK
+            weights, slots, table.storage.pool_values, out, QP=QP, DV=DV, BLOCK_D=BLOCK
         )
-    return out.reshape((B,) + table._value_shape), hit.view(torch.bool)
+    return out.reshape((B,) + table.value_shape), hit.view(torch.bool)
 
 
 def insert(table, keys: torch.Tensor, latents: torch.Tensor, values: torch.Tensor, mask: torch.Tensor) -> None:
-    """The table's masked insert (table.py's `_insert_core`) in three or four kernels."""
+    """The table's masked insert (table.py's `insert_core`) in three or four kernels."""
     B, dev, M, QP = keys.shape[0], table.device, table.n_grids, _pow2(table.bucket_size)
-    DL, DV = table._pool_latents.shape[1], table._pool_values.shape[1]
+    DL, DV = table.storage.pool_latents.shape[1], table.storage.pool_values.shape[1]
     chunks = triton.cdiv(max(DL, DV), BLOCK)
     value_chunks = triton.cdiv(DV, BLOCK)
     keys, values = _aligned(keys), _aligned(values.reshape(B, -1))
@@ -304,24 +304,24 @@ def insert(table, keys: torch.Tensor, latents: torch.Tensor, values: torch.Tenso
     adaptive = M > 1
     dots = torch.empty((B, value_chunks, M, QP) if adaptive else (1,), dtype=torch.float32, device=dev)
     mean_cos = torch.empty((B, M) if adaptive else (1,), dtype=torch.float32, device=dev)
-    common = (table.cell_sizes, table._cells, table._ref_slot, table._ref_id)
+    common = (table.cell_sizes, table.storage.cells, table.storage.ref_slot, table.storage.ref_id)
     if adaptive:
         _insert_dots_kernel[(B, value_chunks)](
-            keys, values, *common, table._pool_ids, table._pool_values, dots, B, table.n_buckets, value_chunks,
+            keys, values, *common, table.storage.pool_ids, table.storage.pool_values, dots, B, table.n_buckets, value_chunks,
             M=M, MP=_pow2(M), Q=table.bucket_size, QP=QP, DV=DV, BLOCK_D=BLOCK,
         )
     _insert_copy_kernel[(B, chunks)](
-        _aligned(latents.reshape(B, -1)), values, mask, table._next_id, table._pool_latents, table._pool_values, sq,
+        _aligned(latents.reshape(B, -1)), values, mask, table.storage.next_id, table.storage.pool_latents, table.storage.pool_values, sq,
         B, table.capacity, chunks, DL=DL, DV=DV, BLOCK_D=BLOCK,
     )
     _insert_book_kernel[(1,)](
-        keys, mask, *common, table._head, table._score, table._pool_ids, table._pool_norms, sq,
-        dots, mean_cos, table._next_id, table._live, table._epoch, table.counters.values,
+        keys, mask, *common, table.storage.head, table.storage.score, table.storage.pool_ids, table.storage.pool_norms, sq,
+        dots, mean_cos, table.storage.next_id, table.storage.live, table.storage.epoch, table.counters.values,
         B, table.n_buckets, table.capacity, chunks, value_chunks, table.gamma,
         M=M, MP=_pow2(M), Q=table.bucket_size, QP=QP, ADAPTIVE=adaptive,
     )
     refs = M * table.n_buckets * table.bucket_size
     _live_scan_kernel[(triton.cdiv(refs, LIVE_BLOCK),)](
-        table._ref_slot, table._ref_id, table._pool_ids, table._stamp, table._epoch, table._live, table.n_buckets,
+        table.storage.ref_slot, table.storage.ref_id, table.storage.pool_ids, table.storage.stamp, table.storage.epoch, table.storage.live, table.n_buckets,
         Q=table.bucket_size, M=M, BLOCK_R=LIVE_BLOCK,
     )

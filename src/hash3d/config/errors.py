@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Iterable
 
 
@@ -32,3 +33,18 @@ def did_you_mean(name: str, candidates: Iterable[str]) -> str:
     """' — did you mean 'x'?' when a close candidate exists, else ''."""
     match = closest(name, candidates)
     return f" — did you mean '{match}'?" if match is not None else ""
+
+
+_POINTS_ELSEWHERE = re.compile(r"[^.;]*\b(stack ?trace|traceback) above\b[^.;]*[.;]?", re.IGNORECASE)
+
+
+def exception_summary(exc: BaseException) -> str:
+    """'Type: first line' of an exception from a library, for a one-line error message. Sentences that send the
+    reader to a stack trace (which the message replaces) are dropped, and the exception's cause is named instead."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    trimmed = _POINTS_ELSEWHERE.sub("", text).strip()
+    summary = f"{type(exc).__name__}: {trimmed}" if trimmed else type(exc).__name__
+    cause = exc.__cause__ or exc.__context__
+    if trimmed != text and cause is not None:
+        summary += f" (caused by {exception_summary(cause)})"
+    return summary

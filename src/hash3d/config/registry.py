@@ -90,6 +90,11 @@ class Entry:
     def is_lazy(self) -> bool:
         return isinstance(self._config, str) or isinstance(self._builder, str)
 
+    @property
+    def labels(self) -> tuple[str, str]:
+        """(config, builder) as dotted names, without importing a lazy entry."""
+        return _label(self._config), _label(self._builder)
+
 
 @dataclass
 class Registry:
@@ -100,8 +105,8 @@ class Registry:
         old = kind.get(entry.name)
         if old is not None and not _same_target(old, entry):
             raise RegistryError(
-                f"{entry.kind} name '{entry.name}' is already registered (config {_label(old._config)}, builder "
-                f"{_label(old._builder)}); pick another name"
+                f"{entry.kind} name '{entry.name}' is already registered (config {old.labels[0]}, builder "
+                f"{old.labels[1]}); pick another name"
             )
         if old is None or old.is_lazy:
             kind[entry.name] = entry
@@ -126,7 +131,7 @@ def _label(obj: Any) -> str:
 
 def _same_target(a: Entry, b: Entry) -> bool:
     """Re-registering the same objects (or an eager registration of what a lazy entry points at) is not a clash."""
-    return _label(a._config) == _label(b._config) and _label(a._builder) == _label(b._builder)
+    return a.labels == b.labels
 
 
 REGISTRY = Registry()

@@ -20,7 +20,7 @@ import typing
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from typing import Any, Literal, Union
 
-from .errors import ConfigError, did_you_mean
+from .errors import ConfigError, closest, did_you_mean
 
 _BLOCK = "hash3d_block"
 
@@ -186,6 +186,40 @@ def _union_from_data(tp: Any, value: Any, path: str) -> Any:
     raise ConfigError(f"{_where(path)} must be {_type_name(tp)}; got {_describe(value)}")
 
 
+def _nested_dataclasses(tp: Any) -> list[type]:
+    """The dataclasses a field annotation holds (itself, or the members of an Optional/Union)."""
+    members = typing.get_args(tp) if typing.get_origin(tp) in (Union, types.UnionType) else (tp,)
+    return [m for m in members if isinstance(m, type) and is_dataclass(m)]
+
+
+def _deeper_keys(cls: type, depth: int = 3) -> list[str]:
+    """Dotted names of the fields of the blocks nested in `cls` (e.g. 'policy.probability'), `depth` levels down."""
+    out: list[str] = []
+    if depth == 0:
+        return out
+    hints = _hints(cls)
+    for f in fields(cls):
+        for sub in _nested_dataclasses(hints.get(f.name)):
+            out += [f"{f.name}.{g.name}" for g in fields(sub) if g.init]
+            out += [f"{f.name}.{k}" for k in _deeper_keys(sub, depth - 1)]
+    return out
+
+
+def _key_hint(cls: type, key: str, path: str) -> str:
+    """' — did you mean ...' for an unknown key: a close field of this block, else a close field of a nested block
+    (a key written one level too high, like cache.probabilty for cache.policy.probability), by its full key."""
+    hint = did_you_mean(key, [f.name for f in fields(cls) if f.init])
+    if hint:
+        return hint
+    by_name: dict[str, str] = {}
+    for dotted in _deeper_keys(cls):
+        by_name.setdefault(dotted.rsplit(".", 1)[-1], dotted)
+    match = closest(key, by_name)
+    if match is None:
+        return ""
+    return f" — did you mean '{path + '.' if path else ''}{by_name[match]}'?"
+
+
 def _dataclass_from_data(cls: type, value: Any, path: str) -> Any:
     if isinstance(value, cls):
         value = to_data(value)
@@ -199,7 +233,7 @@ def _dataclass_from_data(cls: type, value: Any, path: str) -> Any:
     for key in value:
         if key not in known:
             full = f"{path}.{key}" if path else str(key)
-            raise ConfigError(f"unknown config key '{full}'{did_you_mean(str(key), known)}")
+            raise ConfigError(f"unknown config key '{full}'{_key_hint(cls, str(key), path)}")
     kwargs: dict[str, Any] = {}
     blocks = [f for f in init_fields if _BLOCK in f.metadata]
     for f in init_fields:

@@ -31,15 +31,15 @@ def from_entries(t: torch.Tensor) -> torch.Tensor:
 
 
 class StorageWatch:
-    """Tells whether a table's storage tensors were replaced (reset, restore, first allocation) since the last look:
-    graphs captured on the old ones must not be replayed. Holds weak references only."""
+    """Tells whether a table's storage tensors were replaced (reset, restore, first allocation, growth) since the last
+    look: graphs captured on the old ones must not be replayed. Holds weak references only."""
 
     def __init__(self, table):
         self.table = table
         self._refs: tuple | None = None
 
     def changed(self) -> bool:
-        current = (self.table._cells, self.table._pool_values)
+        current = (self.table.storage.cells, self.table.storage.pool_values)
         if self._refs is not None and all((ref() if ref else None) is obj for ref, obj in zip(self._refs, current)):
             return False
         self._refs = tuple(None if obj is None else weakref.ref(obj) for obj in current)

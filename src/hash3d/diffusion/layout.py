@@ -69,11 +69,14 @@ def build_component(name: str, config: dict[str, Any]) -> torch.nn.Module:
     """Instantiate one model part from its config dict on the current default device (e.g. inside
     ``with torch.device("meta"):`` to count parameters without allocating them)."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPVisionConfig, CLIPVisionModelWithProjection
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPVisionConfig, CLIPVisionModel, CLIPVisionModelWithProjection
 
     from hash3d.diffusion.camera_projection import CameraProjection
+    from hash3d.diffusion.multiview_unet import MultiViewUNetModel
 
     if name == "unet":
+        if "model_channels" in config:  # the latent-diffusion layout of the multi-view UNets
+            return MultiViewUNetModel(**config)
         return UNet2DConditionModel(**config)
     if name == "vae":
         return AutoencoderKL(**config)
@@ -83,5 +86,7 @@ def build_component(name: str, config: dict[str, Any]) -> torch.nn.Module:
     if name == "text_encoder":
         return CLIPTextModel(CLIPTextConfig(**hf_config))
     if name == "image_encoder":
+        if config.get("architectures") == ["CLIPVisionModel"]:
+            return CLIPVisionModel(CLIPVisionConfig(**hf_config))
         return CLIPVisionModelWithProjection(CLIPVisionConfig(**hf_config))
     raise ValueError(f"no model for part {name!r}")

@@ -19,10 +19,13 @@ from typing import Any, Callable
 import torch
 import transformers
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-from transformers import CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjection
+from transformers import CLIPTextModel, CLIPTokenizer, CLIPVisionModel, CLIPVisionModelWithProjection
 
 from hash3d.config.errors import ConfigError, MissingFileError, UserInputError
+from hash3d.hub import is_hub_id
 from hash3d.diffusion.camera_projection import CameraProjection, ClipCameraProjectionLayout
+from hash3d.diffusion.resident import load_kept
+from hash3d.diffusion.multiview_unet import MultiViewUNetModel
 
 # transformers >= 5 picks a torchvision-backed CLIPImageProcessor when torchvision is installed; the PIL one is
 # the same preprocessing without that dependency. Older transformers only have CLIPImageProcessor.
@@ -30,11 +33,12 @@ CLIPImageProcessor = getattr(transformers, "CLIPImageProcessorPil", None) or tra
 
 __all__ = [
     "ModelLoadError",
-    "is_hub_id",
     "StableDiffusionParts",
     "Zero123Parts",
+    "MultiViewParts",
     "load_stable_diffusion",
     "load_zero123",
+    "load_multiview",
     "SD_SUBFOLDERS",
     "ZERO123_SUBFOLDERS",
     "CAMERA_PROJECTION_SUBFOLDERS",
@@ -48,6 +52,8 @@ class ModelLoadError(UserInputError, OSError):
 
 SD_SUBFOLDERS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 ZERO123_SUBFOLDERS = ("unet", "vae", "image_encoder", "feature_extractor", "scheduler")
+MULTIVIEW_SUBFOLDERS = SD_SUBFOLDERS
+IMAGEDREAM_SUBFOLDERS = SD_SUBFOLDERS + ("image_encoder", "feature_extractor")
 # Zero123's camera projection lives in one of these, depending on who converted the weights (see camera_projection).
 CAMERA_PROJECTION_SUBFOLDERS = ("cc_projection", "clip_camera_projection")
 
@@ -60,6 +66,19 @@ ZERO123_LAYOUT = (
     "kxic/zero123-xl): model_index.json and the subfolders unet/, vae/, image_encoder/, feature_extractor/, "
     "scheduler/ and cc_projection/ (or clip_camera_projection/)"
 )
+MVDREAM_LAYOUT = (
+    "the converted MVDream layout (like ashawkey/mvdream-sd2.1-diffusers): model_index.json and the subfolders "
+    "unet/ (MultiViewUNetModel), vae/, text_encoder/, tokenizer/, scheduler/"
+)
+IMAGEDREAM_LAYOUT = (
+    "the converted ImageDream layout (like ashawkey/imagedream-ipmv-diffusers): model_index.json and the subfolders "
+    "unet/ (MultiViewUNetModel with ip_dim), vae/, text_encoder/, tokenizer/, scheduler/, image_encoder/, "
+    "feature_extractor/"
+)
+_LAYOUTS = {"sd": SD_LAYOUT, "zero123": ZERO123_LAYOUT, "mvdream": MVDREAM_LAYOUT, "imagedream": IMAGEDREAM_LAYOUT}
+_REQUIRED = {
+    "sd": SD_SUBFOLDERS, "zero123": ZERO123_SUBFOLDERS, "mvdream": MULTIVIEW_SUBFOLDERS, "imagedream": IMAGEDREAM_SUBFOLDERS,
+}  # fmt: skip
 _TEST_MODEL_HINT = (
     "(For offline tests, `python -m hash3d.testing write-model {family} tiny DIR` writes a random-weight model "
     "in this layout.)"
@@ -106,7 +125,19 @@ def load_stable_diffusion(
 
     Models are in eval mode with ``requires_grad_(False)``, on ``device`` in ``dtype``. ``variant`` picks weight
     files such as ``diffusion_pytorch_model.fp16.safetensors`` where a repository stores them that way.
+    Inside `hash3d.diffusion.resident.keep_loaded` a model loaded before is copied from memory instead.
     """
+    key = ("sd", _model_key(name_or_path), dtype, str(device), local_files_only, variant)
+    return load_kept(key, lambda: _load_stable_diffusion(name_or_path, dtype, device, local_files_only, variant))
+
+
+def _model_key(name_or_path: str | os.PathLike) -> str:
+    """A local folder by its absolute path (a relative one means another folder after a chdir), a hub id as given."""
+    name = os.fspath(name_or_path)
+    return os.path.abspath(os.path.expanduser(name)) if os.path.exists(os.path.expanduser(name)) else name
+
+
+def _load_stable_diffusion(name_or_path, dtype, device, local_files_only, variant) -> StableDiffusionParts:
     source = _resolve(name_or_path, family="sd", local_files_only=local_files_only)
     kw = dict(dtype=dtype, device=device, variant=variant)
     unet = _load_model(UNet2DConditionModel, source, "unet", **kw)
@@ -115,6 +146,61 @@ def load_stable_diffusion(
     tokenizer = _load_component(CLIPTokenizer.from_pretrained, source, "tokenizer")
     scheduler = _load_scheduler(source)
     return StableDiffusionParts(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler)
+
+
+@dataclass
+class MultiViewParts:
+    """Parts of a multi-view model: MVDream (``ashawkey/mvdream-sd2.1-diffusers``) or, with the image encoder and
+    its processor, ImageDream (``ashawkey/imagedream-ipmv-diffusers``)."""
+
+    unet: MultiViewUNetModel
+    vae: AutoencoderKL
+    text_encoder: CLIPTextModel
+    tokenizer: CLIPTokenizer
+    scheduler: DDPMScheduler
+    image_encoder: CLIPVisionModel | None = None
+    feature_extractor: CLIPImageProcessor | None = None
+
+
+def load_multiview(
+    name_or_path: str | os.PathLike,
+    family: str = "mvdream",
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    local_files_only: bool = False,
+    *,
+    variant: str | None = None,
+) -> MultiViewParts:
+    """Load an MVDream (`family="mvdream"`) or ImageDream (`"imagedream"`) model from a hub id or local folder.
+
+    The UNet is Hash3D's own `MultiViewUNetModel`, loaded from the folder's ``unet/`` (the converted checkpoints'
+    config and parameter names; their remote ``mv_unet`` code is never imported). Models are in eval mode with
+    ``requires_grad_(False)``, on ``device`` in ``dtype``.
+    """
+    if family not in ("mvdream", "imagedream"):
+        raise ValueError(f"family must be 'mvdream' or 'imagedream'; got {family!r}")
+    source = _resolve(name_or_path, family=family, local_files_only=local_files_only)
+    kw = dict(dtype=dtype, device=device, variant=variant)
+    unet = _load_model(MultiViewUNetModel, source, "unet", **kw)
+    has_image = unet.config.ip_dim > 0
+    if has_image != (family == "imagedream"):
+        other = "imagedream" if has_image else "mvdream"
+        raise ConfigError(
+            f"the {source.describe()} holds {'an ImageDream' if has_image else 'an MVDream'} UNet "
+            f"(ip_dim={unet.config.ip_dim}), but {family} was asked for: load it as {other} "
+            f"({'mode imagedream' if has_image else 'mode text_mv'})"
+        )
+    parts = MultiViewParts(
+        unet=unet,
+        vae=_load_model(AutoencoderKL, source, "vae", **kw),
+        text_encoder=_load_model(CLIPTextModel, source, "text_encoder", **kw),
+        tokenizer=_load_component(CLIPTokenizer.from_pretrained, source, "tokenizer"),
+        scheduler=_load_scheduler(source),
+    )
+    if has_image:
+        parts.image_encoder = _load_model(CLIPVisionModel, source, "image_encoder", **kw)
+        parts.feature_extractor = _load_component(CLIPImageProcessor.from_pretrained, source, "feature_extractor")
+    return parts
 
 
 def load_zero123(
@@ -129,8 +215,13 @@ def load_zero123(
 
     Accepts both camera-projection layouts (``cc_projection/`` and ``clip_camera_projection/``); either way the
     result is a `CameraProjection`. Models are in eval mode with ``requires_grad_(False)``, on ``device`` in
-    ``dtype``.
+    ``dtype``. Inside `hash3d.diffusion.resident.keep_loaded` a model loaded before is copied from memory instead.
     """
+    key = ("zero123", _model_key(name_or_path), dtype, str(device), local_files_only, variant)
+    return load_kept(key, lambda: _load_zero123(name_or_path, dtype, device, local_files_only, variant))
+
+
+def _load_zero123(name_or_path, dtype, device, local_files_only, variant) -> Zero123Parts:
     source = _resolve(name_or_path, family="zero123", local_files_only=local_files_only)
     kw = dict(dtype=dtype, device=device, variant=variant)
     unet = _load_model(UNet2DConditionModel, source, "unet", **kw)
@@ -176,11 +267,11 @@ def _env_offline() -> bool:
 
 
 def _layout(family: str) -> str:
-    return SD_LAYOUT if family == "sd" else ZERO123_LAYOUT
+    return _LAYOUTS[family]
 
 
 def _required(family: str) -> tuple[str, ...]:
-    return SD_SUBFOLDERS if family == "sd" else ZERO123_SUBFOLDERS
+    return _REQUIRED[family]
 
 
 def _missing_parts(family: str, components: frozenset[str]) -> list[str]:
@@ -195,20 +286,9 @@ def _family_hint(family: str, components: frozenset[str]) -> str:
         return " This looks like a Zero123 model: load it with load_zero123()."
     if family == "zero123" and not _missing_parts("sd", components):
         return " This looks like a Stable Diffusion model: load it with load_stable_diffusion()."
+    if family == "imagedream" and not _missing_parts("mvdream", components):
+        return " This looks like an MVDream model (no image encoder): load it with load_multiview(..., 'mvdream')."
     return ""
-
-
-def is_hub_id(name: str) -> bool:
-    """Whether `name` reads as a Hugging Face hub id ('owner/name' or 'name'), not as a local path."""
-    if not name or name.startswith((".", "/", "~")) or "\\" in name or name.count("/") > 1:
-        return False
-    try:
-        from huggingface_hub.utils import validate_repo_id
-
-        validate_repo_id(name)
-    except Exception:
-        return False
-    return True
 
 
 def _resolve(name_or_path: str | os.PathLike, family: str, local_files_only: bool) -> _Source:

@@ -259,7 +259,7 @@ class _UNetHook(ModelHook):
             st.full_samples += n_keys - n_hits
         return out
 
-    def _phase_runner(self, forward, n_call: int, extra: dict):
+    def phase_runner(self, forward, n_call: int, extra: dict):
         """(phase, call tensors, deep feature for "reuse") -> (UNet output, recorded deep feature or None)."""
         st = self.state
 
@@ -285,7 +285,7 @@ class _UNetHook(ModelHook):
         st = self.state
         extra = _extra(kwargs)
         n_call = len(call)
-        runner = self._phase_runner(forward, n_call, extra)
+        runner = self.phase_runner(forward, n_call, extra)
 
         def run(*tensors):
             return runner(phase, tensors[:n_call], tensors[n_call] if phase == "reuse" else None)
@@ -469,9 +469,9 @@ class UNetCache:
     def ready_to_query(self, latents: torch.Tensor) -> bool:
         """Whether `query_core` can run now on latents of this shape (the table holds entries of that shape)."""
         table = self._state.table
-        if table._pool_values is None:
+        if not table.allocated:
             return False
-        table._check_shape("latents", latents, table._latent_shape)
+        table.check_latents(latents)
         return True
 
     def query_core(self, keys: torch.Tensor, latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -482,7 +482,7 @@ class UNetCache:
         finite = torch.isfinite(keys).all(-1)
         if self.config.check_keys:
             self._state.nonfinite += (~finite).sum()
-        values, hit = self._state.table._query_core(torch.where(finite[:, None], keys, torch.zeros_like(keys)), latents)
+        values, hit = self._state.table.query_core(torch.where(finite[:, None], keys, torch.zeros_like(keys)), latents)
         return values, hit & finite, finite
 
     def cached_output(self, sample: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
@@ -490,9 +490,13 @@ class UNetCache:
         or the shallow blocks on the stored deep features (features)."""
         if self.config.mode == "noise":
             return from_entries(values)
-        hook = self.unet._diffusers_hook.get_hook(_UNET_HOOK)
-        run = hook._phase_runner(hook.fn_ref.original_forward, 3, {})
+        hook = HookRegistry.check_if_exists_or_initialize(self.unet).get_hook(_UNET_HOOK)
+        run = hook.phase_runner(hook.fn_ref.original_forward, 3, {})
         return run("reuse", (sample, timestep, context), from_entries(values))[0]
+
+    def add_graph_count(self, source: Callable[[], int]) -> None:
+        """Count the CUDA graphs a caller that graphs whole steps around this cache has captured (in `stats`)."""
+        self._state.graph_sources.append(source)
 
     def record_hits(self, hit: torch.Tensor) -> None:
         """Count a tried request that `cached_output` answered in full (the caller saw every sample hit)."""
@@ -560,12 +564,16 @@ def _deep_blocks(unet: torch.nn.Module, depth: int) -> dict[str, torch.nn.Module
 def apply_hash_cache(
     unet: torch.nn.Module, config: CacheConfig, device: str | torch.device | None = None, cuda_graphs: bool = False
 ) -> UNetCache:
-    """Attach a Hash3D cache to a stock `UNet2DConditionModel`; returns its handle.
+    """Attach a Hash3D cache to a stock `UNet2DConditionModel`; returns its handle. Noise mode also takes any
+    module called as `unet(sample, timestep, encoder_hidden_states, *tensors, return_dict=...)` (the multi-view UNets).
 
     cuda_graphs: replay the UNet's full and shallow passes as CUDA graphs (CUDA devices only).
     """
-    if not hasattr(unet, "up_blocks") or not hasattr(unet, "down_blocks"):
-        raise TypeError(f"apply_hash_cache needs a diffusers UNet2DConditionModel; got {type(unet).__name__}")
+    if config.mode == "features" and (not hasattr(unet, "up_blocks") or not hasattr(unet, "down_blocks")):
+        raise TypeError(
+            f"cache.mode 'features' needs a diffusers UNet2DConditionModel (down and up blocks); got "
+            f"{type(unet).__name__}: use cache.mode noise"
+        )
     registry = HookRegistry.check_if_exists_or_initialize(unet)
     if registry.get_hook(_UNET_HOOK) is not None:
         raise RuntimeError("a Hash3D cache is already attached to this UNet; remove it first (remove_hash_cache)")

@@ -25,10 +25,10 @@ def _looks_like_path(name: str) -> bool:
     return name.startswith((".", "/", "~", "\\")) or os.path.exists(name) or name.count("/") > 1 or os.sep != "/" and os.sep in name
 
 
-def _fix_hint(name: str) -> str:
+def _fix_hint(name: str, flag: str = "--model") -> str:
     return (
         f"To fix: on a machine with network access run `hf download {name} --local-dir DIR` "
-        "(or `huggingface-cli download` with older huggingface_hub), copy DIR here and pass `--model DIR`; "
+        f"(or `huggingface-cli download` with older huggingface_hub), copy DIR here and pass `{flag} DIR`; "
         "or set HF_HOME to a Hugging Face cache that already holds the model."
     )
 
@@ -69,13 +69,15 @@ class ClipEmbedder:
     name: str
 
     @classmethod
-    def load(cls, name: str, device: str | torch.device = "cpu", dtype: str = "float32", text: bool = True) -> "ClipEmbedder":
-        """Load model, preprocessing and (when `text`) tokenizer; an EvalError that says how to fix a failure."""
+    def load(cls, name: str, device: str | torch.device = "cpu", dtype: str = "float32", text: bool = True,
+             flag: str = "--model") -> "ClipEmbedder":  # fmt: skip
+        """Load model, preprocessing and (when `text`) tokenizer; an EvalError that says how to fix a failure
+        (`flag`: the caller's command-line option that names the model)."""
         from transformers import CLIPModel, CLIPTokenizer
         from transformers.utils import logging as hf_logging
 
         if _looks_like_path(name) and not os.path.isdir(os.path.expanduser(name)):
-            raise EvalError(f"CLIP model folder {name!r} does not exist. Pass a local model folder or a hub id as --model.")
+            raise EvalError(f"CLIP model folder {name!r} does not exist. Pass a local model folder or a hub id as {flag}.")
         name = os.path.expanduser(name) if os.path.isdir(os.path.expanduser(name)) else name
         device = torch.device(device)
         bars = hf_logging.is_progress_bar_enabled()
@@ -87,7 +89,7 @@ class ClipEmbedder:
         except Exception as exc:  # from_pretrained fails in many ways (missing files, bad config, network)
             where = "folder" if os.path.isdir(name) else "hub id"
             reason = " ".join(str(exc).split()).rstrip(".") or type(exc).__name__
-            hint = "" if os.path.isdir(name) else " " + _fix_hint(name)
+            hint = "" if os.path.isdir(name) else " " + _fix_hint(name, flag)
             raise EvalError(f"could not load the CLIP model ({where} {name!r}): {reason}.{hint}") from None
         finally:
             if bars:

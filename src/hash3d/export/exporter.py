@@ -9,8 +9,12 @@ from typing import Literal
 from ..config.errors import ConfigError
 from ..config.registry import register
 from ..scene.field import RadianceField
-from ..scene.isosurface import IsosurfaceConfig, Mesh, extract_mesh
+from ..scene.isosurface import IsosurfaceConfig, Mesh, NoSurfaceError, extract_mesh
 from .mesh_files import export_mesh
+
+
+THRESHOLD_KEY = "system.geometry.isosurface_threshold"
+"""The config key of the geometry's isosurface threshold, as a no-surface error names it."""
 
 
 @dataclass
@@ -37,7 +41,10 @@ class MeshExporter:
     def extract(self, field: RadianceField) -> Mesh:
         """The geometry's own isosurface settings when it has them (ImplicitVolume), else IsosurfaceConfig's."""
         if hasattr(field, "extract_mesh"):
-            return field.extract_mesh()
+            try:
+                return field.extract_mesh()
+            except NoSurfaceError as exc:  # the geometry's threshold is a config key of the system
+                raise exc.naming(THRESHOLD_KEY) from None
         iso = IsosurfaceConfig()
         return extract_mesh(field, iso.resolution, iso.threshold, iso.coarse_to_fine, iso.min_component_fraction)
 

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..scene.isosurface import Mesh
+from ..scene.isosurface import Mesh, field_chunk
 
 
 def unwrap_uv(mesh: Mesh, texture_size: int = 1024, padding: int = 2) -> Mesh:
@@ -117,7 +117,7 @@ def bake_texture(
     mesh: Mesh,  # with uv
     albedo_fn: Callable[[torch.Tensor], torch.Tensor],  # world points [K, 3] -> albedo [K, 3]
     texture_size: int = 1024,
-    chunk_size: int = 2**18,
+    chunk_size: int | None = None,
     device: torch.device | str = "cpu",
 ) -> Mesh:
     """Texture [S, S, 3] holding albedo_fn at the surface point of every covered texel."""
@@ -129,6 +129,7 @@ def bake_texture(
     points = (bary[covered][..., None] * corners).sum(1)
     texture = torch.zeros(texture_size, texture_size, 3)
     if points.shape[0]:
+        chunk_size = chunk_size or field_chunk(device)
         colors = torch.cat([albedo_fn(p.to(device)).float().cpu() for p in points.split(chunk_size)])
         texture[covered] = colors.clamp(0, 1)
     return replace(mesh, texture=fill_empty_texels(texture, covered))

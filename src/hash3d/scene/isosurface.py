@@ -30,8 +30,8 @@ class IsosurfaceConfig:
     """Second pass over the first mesh's bounding box grown by 10%."""
     min_component_fraction: float = 0.01
     """Connected components with fewer than this fraction of all faces are dropped."""
-    chunk_size: int = 2**18
-    """Points per field query."""
+    chunk_size: int | None = None
+    """Points per field query (None: `field_chunk` of the field's device)."""
 
 
 @dataclass
@@ -59,11 +59,26 @@ class Mesh:
 
 
 class NoSurfaceError(UserInputError, ValueError):
-    """The density never crosses the threshold on the grid; `suggested_threshold` may help."""
+    """The density never crosses the threshold on the grid; `suggested_threshold` may help. With `key`, the
+    message ends with the setting to try, named by that key."""
 
-    def __init__(self, message: str, suggested_threshold: float | None):
-        super().__init__(message)
+    def __init__(self, message: str, suggested_threshold: float | None, key: str | None = None):
+        hint = ""
+        if key is not None and suggested_threshold is not None:
+            hint = f"; try {key}={suggested_threshold:.4g} (a density percentile of this grid)"
+        super().__init__(message + hint)
+        self.reason = message
         self.suggested_threshold = suggested_threshold
+
+    def naming(self, key: str) -> NoSurfaceError:
+        """The same error, its hint naming the setting as the user writes it (e.g. a full config key)."""
+        return NoSurfaceError(self.reason, self.suggested_threshold, key)
+
+
+def field_chunk(device: torch.device | str | None) -> int:
+    """Points per field query: 2**18 on a GPU; 2**16 elsewhere, since a hash-grid field's forward holds several KB of
+    temporaries per point (a 2**18 chunk took over 2 GB of RAM on a CPU). Chunks never change the results."""
+    return 2**18 if torch.device(device or "cpu").type == "cuda" else 2**16
 
 
 def _field_device(field, device) -> torch.device:
@@ -80,13 +95,14 @@ def density_grid(
     lo: torch.Tensor | tuple[float, float, float],
     hi: torch.Tensor | tuple[float, float, float],
     resolution: int,
-    chunk_size: int = 2**18,
+    chunk_size: int | None = None,
     device: torch.device | str | None = None,
 ) -> torch.Tensor:
     """Density at the vertices of a resolution³ grid spanning [lo, hi] -> [N, N, N] (indexed x, y, z)."""
     lo = torch.as_tensor(lo, dtype=torch.float32)
     hi = torch.as_tensor(hi, dtype=torch.float32)
     device = _field_device(field, device)
+    chunk_size = chunk_size or field_chunk(device)
     axes = [torch.linspace(float(lo[i]), float(hi[i]), resolution, device=device) for i in range(3)]
     points = torch.stack(torch.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
     density = torch.cat([field.forward_density(p).reshape(-1) for p in points.split(chunk_size)])
@@ -155,10 +171,11 @@ def remove_small_components(
 
 
 @torch.no_grad()
-def vertex_albedo(field: RadianceField, vertices: torch.Tensor, chunk_size: int = 2**18) -> torch.Tensor:
+def vertex_albedo(field: RadianceField, vertices: torch.Tensor, chunk_size: int | None = None) -> torch.Tensor:
     """Field albedo [V, 3] at world points [V, 3] (no gradients)."""
     if vertices.shape[0] == 0:
         return vertices.new_zeros(0, 3)
+    chunk_size = chunk_size or field_chunk(vertices.device)
     return torch.cat([field(p).albedo.float() for p in vertices.split(chunk_size)]).clamp(0, 1)
 
 
@@ -179,12 +196,11 @@ def _surface(field, lo, hi, resolution, threshold: Threshold, chunk_size, device
     if threshold == "auto":
         threshold = auto_threshold(grid)
     if not (grid.min() < threshold < grid.max()):
-        suggestion = suggest_threshold(grid)
-        hint = f"; try threshold={suggestion:.4g} (a density percentile of this grid)" if suggestion is not None else ""
         raise NoSurfaceError(
             f"no surface at isosurface threshold {threshold:g}: the density on the {resolution}³ grid lies in "
-            f"[{grid.min().item():.4g}, {grid.max().item():.4g}] (mean {grid.mean().item():.4g}){hint}",
-            suggestion,
+            f"[{grid.min().item():.4g}, {grid.max().item():.4g}] (mean {grid.mean().item():.4g})",
+            suggest_threshold(grid),
+            "threshold",
         )
     verts, faces = marching_cubes(grid, threshold, lo, hi)
     verts, faces = remove_small_components(verts, faces, min_fraction)
@@ -224,7 +240,7 @@ def extract_mesh(
     threshold: Threshold = 25.0,
     coarse_to_fine: bool = True,
     min_component_fraction: float = 0.01,
-    chunk_size: int = 2**18,
+    chunk_size: int | None = None,
     with_colors: bool = True,
     device: torch.device | str | None = None,
 ) -> Mesh:

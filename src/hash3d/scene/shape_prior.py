@@ -33,7 +33,8 @@ from typing import Literal
 import numpy as np
 import torch
 
-from ..config.errors import UserInputError
+from ..config.errors import UserInputError, exception_summary
+from ..hub import is_hub_id
 from .gaussian_ply import read_point_cloud_ply, write_point_cloud_ply
 
 __all__ = [
@@ -217,8 +218,6 @@ def check_shap_e_source(name_or_path: str) -> None:
                 f"{', '.join(missing)}; expected {_SHAP_E_LAYOUT}"
             )
         return
-    from ..diffusion.loading import is_hub_id  # noqa: PLC0415 - the SD/Zero123 loaders' own test
-
     if not is_hub_id(name_or_path):
         raise ShapePriorError(
             f"system.init.shap_e.pretrained_model_name_or_path: no folder '{path}', and '{name_or_path}' is not a "
@@ -284,9 +283,8 @@ def load_shap_e(cfg: ShapEPriorConfig, device: torch.device):
             warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
             pipe = ShapEPipeline.from_pretrained(name, torch_dtype=dtype, local_files_only=offline)
     except Exception as exc:  # noqa: BLE001 - hub, file and layout errors all mean "cannot load"
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ShapePriorError(
-            f"cannot load the Shap-E model '{name}' ({type(exc).__name__}: {first}). Pass a folder in "
+            f"cannot load the Shap-E model '{name}' ({exception_summary(exc)}). Pass a folder in "
             f"{_SHAP_E_LAYOUT} with system.init.shap_e.pretrained_model_name_or_path=DIR (download it with "
             f"`huggingface-cli download openai/shap-e` where there is network), or start from "
             "system.init.kind=sphere or kind=ply"

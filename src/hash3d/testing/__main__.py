@@ -17,15 +17,19 @@ def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     write = commands.add_parser(
         "write-model",
-        help="write a random-weight Stable Diffusion or Zero123 model folder",
+        help="write a random-weight Stable Diffusion, Zero123, MVDream or ImageDream model folder",
         description=(
             "Write a model with random (seeded) weights in the diffusers layout, loadable with "
-            "hash3d.diffusion.loading.load_stable_diffusion / load_zero123 or from_pretrained. "
+            "hash3d.diffusion.loading.load_stable_diffusion / load_zero123 / load_multiview or from_pretrained. "
             "'full' has the real architectures (SD 2.1-base: ~1.3B parameters, ~5 GB in fp32; "
-            "Stable-Zero123: ~1.2B); 'tiny' is a few MB and runs fast on a CPU."
+            "Stable-Zero123: ~1.2B; MVDream: ~1.3B; ImageDream: ~2.0B); 'tiny' is a few MB and runs fast on a CPU."
         ),
     )
-    write.add_argument("family", choices=["sd", "zero123"], help="sd (stable-diffusion-2-1-base layout) or zero123")
+    write.add_argument(
+        "family", choices=["sd", "zero123", "mvdream", "imagedream"],
+        help="sd (stable-diffusion-2-1-base layout), zero123, mvdream (ashawkey/mvdream-sd2.1-diffusers) or "
+        "imagedream (ashawkey/imagedream-ipmv-diffusers)",
+    )
     write.add_argument("size", choices=["tiny", "full"], help="tiny (for tests) or full (real sizes, for timing)")
     write.add_argument("path", help="folder to write (created if missing; existing files are overwritten)")
     write.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="weight dtype on disk (default fp32)")

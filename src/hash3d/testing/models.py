@@ -2,7 +2,9 @@
 
 ``write_model("sd", "full", DIR)`` writes a folder shaped like ``stabilityai/stable-diffusion-2-1-base`` and
 ``write_model("zero123", "full", DIR)`` one shaped like ``ashawkey/stable-zero123-diffusers`` (camera projection in
-the ``cc_projection/`` form of the diffusers community pipeline), with the real architectures and parameter counts.
+the ``cc_projection/`` form of the diffusers community pipeline), and ``"mvdream"`` / ``"imagedream"`` ones shaped like
+``ashawkey/mvdream-sd2.1-diffusers`` / ``ashawkey/imagedream-ipmv-diffusers`` (`multiview_models`), with the real
+architectures and parameter counts.
 ``size="tiny"`` keeps the families, classes, subfolders and config keys but shrinks every width so that a UNet
 forward takes milliseconds on a CPU. Both load through `hash3d.diffusion.loading`, i.e. through the same
 ``from_pretrained`` calls as real weights.
@@ -21,6 +23,7 @@ from typing import Any, Literal
 import torch
 
 from hash3d.diffusion.layout import DIFFUSERS_VERSION, build_component, clip_image_processor_config, model_index
+from hash3d.testing import multiview_models
 from hash3d.testing.tokenizer import CLIP_TOKENIZER_VOCAB_SIZE, write_clip_tokenizer
 
 __all__ = [
@@ -34,9 +37,9 @@ __all__ = [
     "TINY_LATENT_SIZE",
 ]
 
-Family = Literal["sd", "zero123"]
+Family = Literal["sd", "zero123", "mvdream", "imagedream"]
 Size = Literal["tiny", "full"]
-FAMILIES = ("sd", "zero123")
+FAMILIES = ("sd", "zero123") + multiview_models.MULTIVIEW_FAMILIES
 SIZES = ("tiny", "full")
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 
@@ -223,6 +226,8 @@ def _scheduler_config(family: str, prediction_type: str) -> dict[str, Any]:
 def model_configs(family: Family, size: Size, prediction_type: str = "epsilon") -> dict[str, dict[str, Any]]:
     """Config dicts of every part, keyed by subfolder (plus ``model_index`` for model_index.json)."""
     _check(family, size, prediction_type)
+    if family in multiview_models.MULTIVIEW_FAMILIES:
+        return _multiview_configs(family, size, prediction_type)
     configs: dict[str, dict[str, Any]] = {
         "model_index": model_index(family),
         "unet": _unet_config(family, size),
@@ -236,6 +241,21 @@ def model_configs(family: Family, size: Size, prediction_type: str = "epsilon") 
         configs["image_encoder"] = _image_encoder_config(size)
         configs["feature_extractor"] = _feature_extractor_config(size)
         configs["cc_projection"] = _cc_projection_config(size)
+    return configs
+
+
+def _multiview_configs(family: str, size: str, prediction_type: str) -> dict[str, dict[str, Any]]:
+    configs: dict[str, dict[str, Any]] = {
+        "model_index": multiview_models.model_index(family, DIFFUSERS_VERSION),
+        "unet": multiview_models.unet_config(family, size, TINY_LATENT_SIZE),
+        # the conversion builds the VAE for 256 px images (MVDream works at 256)
+        "vae": {**_vae_config("sd", size), **({"sample_size": 256} if size == "full" else {})},
+        "text_encoder": _text_encoder_config(size),
+        "scheduler": {**multiview_models.scheduler_config(DIFFUSERS_VERSION), "prediction_type": prediction_type},
+    }
+    if family == "imagedream":
+        configs["image_encoder"] = multiview_models.image_encoder_config(size)
+        configs["feature_extractor"] = clip_image_processor_config(configs["image_encoder"]["image_size"])
     return configs
 
 
@@ -280,7 +300,7 @@ def write_model(
     prediction_type: str = "epsilon",
     device: str | torch.device = "cpu",
 ) -> Path:
-    """Write a random-weight ``family`` model (``"sd"`` or ``"zero123"``) of ``size`` (``"tiny"``/``"full"``) into
+    """Write a random-weight ``family`` model (``"sd"``, ``"zero123"``, ``"mvdream"`` or ``"imagedream"``) of ``size`` (``"tiny"``/``"full"``) into
     ``path`` in the diffusers layout, weights as safetensors in ``dtype``. Returns the folder.
 
     Parts are built directly on ``device`` (use ``"cuda"`` for full size: it is much faster than CPU init), one
@@ -300,7 +320,7 @@ def write_model(
     _write_json(path / "scheduler" / "scheduler_config.json", configs.pop("scheduler"))
     if "feature_extractor" in configs:
         _write_json(path / "feature_extractor" / "preprocessor_config.json", configs.pop("feature_extractor"))
-    if family == "sd":
+    if "text_encoder" in configs:
         write_clip_tokenizer(path / "tokenizer")
 
     cuda_devices = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
@@ -320,6 +340,12 @@ def write_model(
             stored = json.loads(cfg_file.read_text())
             stored["_class_name"] = "CCProjection"
             _write_json(cfg_file, stored)
+        if name == "unet" and family in multiview_models.MULTIVIEW_FAMILIES:
+            # exactly the keys of the converted folders (MVDream's has no ip_dim)
+            cfg_file = path / name / "config.json"
+            stored = json.loads(cfg_file.read_text())
+            keep = set(multiview_models.UNET_CONFIG_KEYS[family]) | {"_class_name", "_diffusers_version"}
+            _write_json(cfg_file, {k: v for k, v in stored.items() if k in keep})
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return path

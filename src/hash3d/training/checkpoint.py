@@ -119,16 +119,27 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     if not path.is_file():
         hint = " (a folder: name the .ckpt file, e.g. <trial>/ckpts/last.ckpt)" if path.is_dir() else ""
         raise CheckpointError(f"checkpoint not found: {path}{hint}")
+    fix = "resume from a ckpts/*.ckpt written by this launcher, or load weights only with system.weights=PATH"
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any failure to unpickle means an unusable file
-        raise CheckpointError(f"cannot read checkpoint {path}: {type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
+        # torch's own message advises weights_only=False, which a user of the launcher cannot act on
+        raise CheckpointError(f"cannot read checkpoint {path}: it is not a Hash3D checkpoint ({_why(exc)}); {fix}") from exc
     if not isinstance(ckpt, dict) or ckpt.get("hash3d") != FORMAT:
-        raise CheckpointError(
-            f"{path} is not a hash3d checkpoint (made by another tool or version); resume from a ckpts/*.ckpt "
-            "written by this launcher, or load weights only with system.weights=PATH"
-        )
+        raise CheckpointError(f"{path} is not a Hash3D checkpoint (made by another tool or version); {fix}")
     return ckpt
+
+
+def _why(exc: Exception) -> str:
+    """What torch.load's failure says about the file, in words that do not ask for an unsafe load."""
+    text = str(exc)
+    if isinstance(exc, EOFError) or "Ran out of input" in text:
+        return "the file is empty or cut short"
+    if "Unsupported global" in text:
+        return "it holds Python objects other than tensors and plain values, as files of other tools do"
+    if "Unsupported operand" in text or "invalid load key" in text or "magic number" in text or "zip" in text.lower():
+        return "not a file written by torch.save"
+    return f"torch cannot read it: {type(exc).__name__}"
 
 
 def _diff(saved: Any, current: Any, path: str, out: list[str], ignore_leaf: set[str]) -> None:

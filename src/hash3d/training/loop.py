@@ -81,6 +81,15 @@ def _scalar(value: Any) -> float | None:
     return None
 
 
+def _views(datamodule: Any, split: str, limit: int | None) -> int | None:
+    """How many views a val/test render makes (for its progress bar; None when the data module does not say)."""
+    count = getattr(datamodule, f"num_{split}_views", None)
+    views = count() if callable(count) else 0
+    if not views:
+        return None
+    return views if limit is None else min(views, limit)
+
+
 class Trainer:
     """Runs a System on a DataModule: `fit`, `validate`, `test`, `export`; writes into a TrialDir."""
 
@@ -291,26 +300,35 @@ class Trainer:
             bar.close()
             metrics.flush()
             self.loggers.close()
-        if cfg.checkpoint.save_last:
+        if cfg.checkpoint.save_last or self.interrupted:  # an interrupted run always leaves a checkpoint to resume
             self._save(self.trial.last_ckpt, system, optimizer, scheduler, scaler, datamodule)
         system.on_fit_end()
 
     # ------------------------------------------------------------------ evaluation
-    def _render(self, system: System, batches: Iterable[Any], split: str) -> Iterator[tuple[int, np.ndarray]]:
+    def _render(
+        self, system: System, batches: Iterable[Any], split: str, total: int | None = None
+    ) -> Iterator[tuple[int, np.ndarray]]:
+        """Render the views of `batches`, with a progress bar over `total` frames (a test orbit takes minutes on a
+        CPU)."""
         cleanup = self._system_option(system, f"cleanup_after_{'validation' if split == 'val' else 'test'}_step", False)
         system.eval()
-        with torch.no_grad():
-            for n, batch in enumerate(batches):
-                batch = batch.to(self.device) if hasattr(batch, "to") else batch
-                with self.autocast():
-                    images = system.validation_step(batch, n) if split == "val" else system.test_step(batch, n)
-                frames = compose_views(images)
-                index = getattr(batch, "index", None)
-                ids = index.tolist() if isinstance(index, torch.Tensor) else range(n * len(frames), (n + 1) * len(frames))
-                for i, frame in zip(ids, frames):
-                    yield int(i), frame
-                if cleanup and self.device.type == "cuda":
-                    torch.cuda.empty_cache()
+        bar = ProgressBar(total or 0, enabled=self.cfg.trainer.enable_progress_bar, desc=split, unit="view")
+        try:
+            with torch.no_grad():
+                for n, batch in enumerate(batches):
+                    batch = batch.to(self.device) if hasattr(batch, "to") else batch
+                    with self.autocast():
+                        images = system.validation_step(batch, n) if split == "val" else system.test_step(batch, n)
+                    frames = compose_views(images)
+                    index = getattr(batch, "index", None)
+                    ids = index.tolist() if isinstance(index, torch.Tensor) else range(n * len(frames), (n + 1) * len(frames))
+                    for i, frame in zip(ids, frames):
+                        yield int(i), frame
+                    bar.update(len(frames))
+                    if cleanup and self.device.type == "cuda":
+                        torch.cuda.empty_cache()
+        finally:
+            bar.close()
 
     def validate(self, system: System, datamodule: Any, limit: int | None = None) -> list[Path]:
         """Render the validation views: save/it{N}-{i}.png, or save/it{N}-val.mp4 with `system.val_as_video`."""
@@ -321,7 +339,7 @@ class Trainer:
         as_video = self._system_option(system, "val_as_video", False)
         written: list[Path] = []
         frames = []
-        for i, frame in self._render(system, batches, "val"):
+        for i, frame in self._render(system, batches, "val", _views(datamodule, "val", limit)):
             path = self.trial.save / (f"it{step}-val" / Path(f"{i}.png") if as_video else Path(f"it{step}-{i}.png"))
             save_image(path, frame)
             frames.append(frame)
@@ -345,7 +363,7 @@ class Trainer:
         step = self.global_step
         folder = self.trial.save / f"it{step}-test"
         frames = []
-        for i, frame in self._render(system, batches, "test"):
+        for i, frame in self._render(system, batches, "test", _views(datamodule, "test", limit)):
             save_image(folder / f"{i}.png", frame)
             frames.append(frame)
         if not frames:
@@ -360,9 +378,15 @@ class Trainer:
     def export(self, system: System) -> list[Path]:
         self.bind(system)
         out_dir = self.trial.save / f"it{self.global_step}-export"
+        fresh = not out_dir.exists()
         out_dir.mkdir(parents=True, exist_ok=True)
         system.eval()
-        files = system.export(out_dir)
+        try:
+            files = system.export(out_dir)
+        except BaseException:
+            if fresh:  # a failed export leaves no folder behind (nor half its files)
+                remove_tree(out_dir)
+            raise
         for f in files or []:
             log.info("exported %s", f)
         return list(files or [])

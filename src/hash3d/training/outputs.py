@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import csv
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,9 +55,32 @@ class TrialDir:
     def step_ckpt(self, step: int) -> Path:
         return self.ckpts / f"epoch=0-step={step}.ckpt"
 
-    def create(self) -> None:
+    def create(self) -> Path | None:
+        """Make the folders; returns the topmost folder this call created (None when the trial folder existed)."""
+        created = None
+        for folder in (self.root, *self.root.parents):
+            if folder.exists():
+                break
+            created = folder
         for d in (self.configs, self.ckpts, self.save, self.csv_logs):
             d.mkdir(parents=True, exist_ok=True)
+        return created
+
+    @contextmanager
+    def removed_on_failure(self) -> Iterator[None]:
+        """Create the folders; if the block fails before a result was written (say, a model that does not load),
+        remove what this created, so a failed run leaves nothing behind."""
+        created = self.create()
+        try:
+            yield
+        except BaseException:
+            if created is not None and not self.has_results():
+                remove_tree(created)
+            raise
+
+    def has_results(self) -> bool:
+        """Whether a checkpoint or a rendered/exported file was written (configs and logs alone are no result)."""
+        return any(p.is_file() for d in (self.ckpts, self.save) if d.is_dir() for p in d.rglob("*"))
 
     def write_configs(self, parsed_yaml: str, raw_yaml: str | None) -> None:
         (self.configs / "parsed.yaml").write_text(parsed_yaml)

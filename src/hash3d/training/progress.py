@@ -23,11 +23,12 @@ def format_postfix(loss: float | None, cache: Mapping[str, float]) -> dict[str, 
 
 
 class ProgressBar:
-    def __init__(self, total: int, initial: int = 0, enabled: bool = True, desc: str = "train"):
+    def __init__(self, total: int, initial: int = 0, enabled: bool = True, desc: str = "train", unit: str = "it"):
         self.bar = tqdm(
             total=total,
             initial=initial,
             desc=desc,
+            unit=unit,
             disable=not enabled,
             dynamic_ncols=True,
             file=sys.stderr,

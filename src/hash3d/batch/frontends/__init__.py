@@ -7,7 +7,7 @@ from collections.abc import Callable
 from hash3d.config.errors import did_you_mean
 
 from ..errors import BatchError
-from .base import ConfigInfo, FrontEnd, TrainRecord
+from .base import PLACEHOLDER, ConfigInfo, FrontEnd, TrainRecord
 from .dreamgaussian import DreamGaussianFrontEnd
 from .launcher import LauncherFrontEnd
 
@@ -25,4 +25,4 @@ def get_front_end(name: str) -> FrontEnd:
     return FRONT_ENDS[name]()
 
 
-__all__ = ["FRONT_ENDS", "ConfigInfo", "DreamGaussianFrontEnd", "FrontEnd", "LauncherFrontEnd", "TrainRecord", "get_front_end"]
+__all__ = ["FRONT_ENDS", "PLACEHOLDER", "ConfigInfo", "DreamGaussianFrontEnd", "FrontEnd", "LauncherFrontEnd", "TrainRecord", "get_front_end"]

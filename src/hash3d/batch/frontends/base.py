@@ -14,6 +14,9 @@ from ..config import Kind
 from ..errors import BatchError
 from ..jobs import JobSpec
 
+PLACEHOLDER = "__item__"
+"""The item values a config is inspected with (no real item yet)."""
+
 
 @dataclass(frozen=True)
 class ConfigInfo:

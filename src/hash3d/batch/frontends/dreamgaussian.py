@@ -19,10 +19,8 @@ import torch
 
 from ..errors import BatchError
 from ..jobs import JobSpec
-from .base import ConfigInfo, FrontEnd, TrainRecord, digest, quote
+from .base import PLACEHOLDER, ConfigInfo, FrontEnd, TrainRecord, digest, quote
 from .views import orbit_azimuths, save_rgb, view_path
-
-PLACEHOLDER = "__item__"
 
 
 class DreamGaussianFrontEnd(FrontEnd):

@@ -84,7 +84,7 @@ class HitStepGraphs:
         self.pool = None
         self._storage = StorageWatch(cache.table)
         me = weakref.ref(self)  # no reference cycle through the cache: freed as soon as the guidance drops it
-        cache._state.graph_sources.append(lambda: 2 * len(me().captured) if me() is not None else 0)
+        cache.add_graph_count(lambda: 2 * len(me().captured) if me() is not None else 0)
 
     def __call__(
         self,
@@ -142,8 +142,8 @@ class HitStepGraphs:
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side), torch.no_grad():
-                x_in, t_in, ctx = g._unet_call(g._diffuse(latents, t, noise), t, g._context(*static[3:]))
-                values = torch.zeros((latents.shape[0],) + tuple(table._value_shape), dtype=table._pool_values.dtype,
+                x_in, t_in, ctx = g.unet_batch(g.diffuse(latents, t, noise), t, g.conditioning(*static[3:]))
+                values = torch.zeros((latents.shape[0],) + tuple(table.value_shape), dtype=table.value_dtype,
                                      device=x_in.device)  # [B, groups, ...] as a query returns them
                 cache.cached_output(x_in, t_in, ctx, values)
             torch.cuda.current_stream().wait_stream(side)
@@ -163,17 +163,17 @@ class HitStepGraphs:
         """In noise mode an answer needs neither the conditioning nor the UNet batch: they are left to the host path
         (context None), which only a request with a miss takes."""
         g = self.guidance
-        keys = g._keys(elevation, azimuth, distances, t)
-        x_t = g._diffuse(latents, t, noise)
+        keys = g.cache_keys(elevation, azimuth, distances, t)
+        x_t = g.diffuse(latents, t, noise)
         context = x_in = t_in = ctx = None
         if self.cache.config.mode != "noise":
-            context = g._context(elevation, azimuth, distances)
-            x_in, t_in, ctx = g._unet_call(x_t, t, context)
+            context = g.conditioning(elevation, azimuth, distances)
+            x_in, t_in, ctx = g.unet_batch(x_t, t, context)
         values, hit, finite = self.cache.query_core(keys, x_t)
         return x_t, context, keys, x_in, t_in, ctx, values, hit, finite, hit.sum()
 
     def _answer(self, x_t, x_in, t_in, ctx, values, t, noise, clip, loss_scale, latents_dtype):
         g = self.guidance
-        noise_pred = g._guided_noise(self.cache.cached_output(x_in, t_in, ctx, values), x_t, t)
-        grad = g._sds_grad(noise_pred, noise, t, clip)
+        noise_pred = g.guided_noise(self.cache.cached_output(x_in, t_in, ctx, values), x_t, t)
+        grad = g.sds_gradient(noise_pred, noise, t, clip)
         return noise_pred, grad, sds_loss_value(grad.to(latents_dtype), loss_scale)

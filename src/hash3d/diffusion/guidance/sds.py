@@ -125,7 +125,9 @@ class SDSGuidance(torch.nn.Module):
         # diffusers' ModelMixin.dtype walks every submodule (about 1 ms for a full UNet): read the dtypes once
         self.unet_dtype = next(unet.parameters()).dtype
         self.vae_dtype = next(vae.parameters()).dtype
-        self.image_size = int(unet.config.sample_size) * 2 ** (len(vae.config.block_out_channels) - 1)
+        # latent side: diffusers' sample_size, or image_size in the latent-diffusion configs of the multi-view UNets
+        latent_side = unet.config["sample_size"] if "sample_size" in unet.config else unet.config["image_size"]
+        self.image_size = int(latent_side) * 2 ** (len(vae.config.block_out_channels) - 1)
         """Side of the square images the model works at; renders are resized to it."""
         self.scheduler = scheduler
         self.num_train_timesteps = int(scheduler.config.num_train_timesteps)
@@ -253,17 +255,17 @@ class SDSGuidance(torch.nn.Module):
         """What the UNet sees besides x_t (Zero123 concatenates the condition latents)."""
         return x_t
 
-    def _diffuse(self, latents: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    def diffuse(self, latents: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """Forward diffusion: x_t = sqrt(ᾱ_t) x_0 + sqrt(1 - ᾱ_t) ε (float32)."""
         alpha_bar = self.alphas_cumprod[t].view(-1, *([1] * (latents.ndim - 1)))
         return alpha_bar.sqrt() * latents.float() + (1 - alpha_bar).sqrt() * noise
 
-    def _unet_call(self, x_t: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def unet_batch(self, x_t: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """The classifier-free-guidance UNet batch: (sample [2B, ...], timesteps [2B], context [2B, L, D])."""
         x_in = self._unet_input(torch.cat([x_t, x_t])).to(self.unet_dtype)
         return x_in, torch.cat([t, t]), context.to(self.unet_dtype)
 
-    def _guided_noise(self, pred: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def guided_noise(self, pred: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """UNet output [2B, ...] -> CFG-combined ε̂ [B, ...] (float32)."""
         if self.prediction_type == "epsilon":  # the common case needs neither x_t nor ᾱ_t
             eps = pred.float()
@@ -272,7 +274,7 @@ class SDSGuidance(torch.nn.Module):
             eps = epsilon_from_prediction(pred.float(), torch.cat([x_t, x_t]).float(), alpha_bar, self.prediction_type)
         return classifier_free_guidance(eps, self.config.guidance_scale)
 
-    def _sds_grad(
+    def sds_gradient(
         self, noise_pred: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, clip: float | torch.Tensor | None
     ) -> torch.Tensor:
         """w(t) (ε̂ - ε), clamped to ±clip, NaN-free."""
@@ -287,7 +289,7 @@ class SDSGuidance(torch.nn.Module):
         tried: bool | None = None, query: tuple | None = None,
     ) -> torch.Tensor:
         """ε̂ with classifier-free guidance; `context` is [cond; uncond] encoder states for the 2B batch."""
-        x_in, t_in, context = self._unet_call(x_t, t, context)
+        x_in, t_in, context = self.unet_batch(x_t, t, context)
         with section("unet"):
             if self.cache is not None:
                 with self.cache.request(keys, x_t, tried=tried, query=query):
@@ -296,13 +298,13 @@ class SDSGuidance(torch.nn.Module):
                 pred = self._graphed_unet(x_in, t_in, context)
             else:
                 pred = self.unet(x_in, t_in, encoder_hidden_states=context).sample
-        return self._guided_noise(pred, x_t, t)
+        return self.guided_noise(pred, x_t, t)
 
-    def _context(self, elevation: torch.Tensor, azimuth: torch.Tensor, camera_distances: torch.Tensor) -> torch.Tensor:
+    def conditioning(self, elevation: torch.Tensor, azimuth: torch.Tensor, camera_distances: torch.Tensor) -> torch.Tensor:
         """The UNet's encoder states for a batch of cameras, stacked [cond (B); uncond (B)] (capturable)."""
         raise NotImplementedError
 
-    def _keys(self, elevation, azimuth, camera_distances, t) -> torch.Tensor:
+    def cache_keys(self, elevation, azimuth, camera_distances, t) -> torch.Tensor:
         """Cache keys [B, 4]: (elevation °, azimuth °, camera distance, timestep)."""
         return torch.stack([elevation.float(), azimuth.float(), camera_distances.float(), t.float()], dim=-1)
 
@@ -332,12 +334,12 @@ class SDSGuidance(torch.nn.Module):
                     x_t, context, keys, query = answer.x_t, answer.context, answer.keys, answer.query
             if grad is None:
                 if x_t is None:
-                    keys = self._keys(*cameras, t)
-                    x_t = self._diffuse(latents.detach(), t, noise)
+                    keys = self.cache_keys(*cameras, t)
+                    x_t = self.diffuse(latents.detach(), t, noise)
                 if context is None:
-                    context = self._context(*cameras)
+                    context = self.conditioning(*cameras)
                 noise_pred = self._predict_noise(x_t, t, context, keys, tried, query)
-                grad = self._sds_grad(noise_pred, noise, t, self.grad_clip_value)
+                grad = self.sds_gradient(noise_pred, noise, t, self.grad_clip_value)
         loss = sds_loss(latents, grad.to(latents.dtype), self.config.loss_reduction, loss_value)
         tried = self.cache is not None and self.cache.last_hits is not None
         return GuidanceOutput(

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from ...config.errors import ConfigError
 from ..loading import load_stable_diffusion
+from .refine import REFINE_STEPS, ddim_refine, ddim_scheduler, decode_latents
 from .sds import TORCH_DTYPES, GuidanceConfig, GuidanceOutput, SDSGuidance
 
 DIRECTIONS = ("side", "front", "back", "overhead")
@@ -51,6 +52,7 @@ class StableDiffusionGuidance(SDSGuidance):
         super().__init__(config, parts.unet, parts.vae, parts.scheduler, device)
         self.text_encoder = parts.text_encoder
         self.tokenizer = parts.tokenizer
+        self.ddim = ddim_scheduler(parts.scheduler)
         self.prompt: str | None = None
 
     @torch.no_grad()
@@ -87,7 +89,31 @@ class StableDiffusionGuidance(SDSGuidance):
         latents = self.resize_latents(rgb) if rgb_as_latents else self.encode_images(rgb)
         return self.sds_from_latents(latents, elevation, azimuth, camera_distances)
 
-    def _context(self, elevation: torch.Tensor, azimuth: torch.Tensor, camera_distances: torch.Tensor) -> torch.Tensor:
+    @torch.no_grad()
+    def refine(
+        self,
+        rgb: torch.Tensor,
+        elevation: torch.Tensor,
+        azimuth: torch.Tensor,
+        camera_distances: torch.Tensor,
+        strength: float,
+        steps: int = REFINE_STEPS,
+    ) -> torch.Tensor:
+        """DreamGaussian's stage-2 target: renders [B, 3, H, W] denoised by DDIM from step int(steps·strength)
+        (`refine.ddim_refine`; UNet calls go through the cache, keyed by camera and DDIM step) -> images
+        [B, 3, image_size, image_size] in [0, 1]."""
+        if self.prompt is None:
+            raise RuntimeError("call set_prompt(prompt) before using the Stable Diffusion guidance")
+        cameras = tuple(c.to(self.device).float() for c in (elevation, azimuth, camera_distances))
+        context = self.conditioning(*cameras)
+
+        def guided_epsilon(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            return self._predict_noise(x_t, t, context, self.cache_keys(*cameras, t))
+
+        latents = ddim_refine(guided_epsilon, self.encode_images(rgb.detach()), self.ddim, strength, self.generator, steps)
+        return decode_latents(self.vae, latents)
+
+    def conditioning(self, elevation: torch.Tensor, azimuth: torch.Tensor, camera_distances: torch.Tensor) -> torch.Tensor:
         direction = view_direction(elevation, azimuth, self.config)
         return torch.cat([self.cond_embeddings[direction], self.uncond_embeddings[direction]])
 

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 
 from ..loading import load_zero123
+from .clip_input import clip_pixels
 from .sds import TORCH_DTYPES, GuidanceConfig, GuidanceOutput, SDSGuidance
 
 
@@ -104,15 +104,9 @@ class Zero123Guidance(SDSGuidance):
 
     def _clip_pixels(self, rgb: torch.Tensor) -> torch.Tensor:
         """The CLIP image processor's resize + normalisation, in torch (square input: a plain resize)."""
-        fe = self.feature_extractor
-        size = fe.crop_size  # a dict, or transformers 5's SizeDict
-        crop = int(getattr(size, "height", None) or (size["height"] if isinstance(size, dict) else size))
-        pixels = F.interpolate(rgb, (crop, crop), mode="bicubic", align_corners=False, antialias=True).clamp(0, 1)
-        mean = torch.tensor(fe.image_mean, device=rgb.device).view(1, 3, 1, 1)
-        std = torch.tensor(fe.image_std, device=rgb.device).view(1, 3, 1, 1)
-        return (pixels - mean) / std
+        return clip_pixels(rgb, self.feature_extractor)
 
-    def _context(self, elevation, azimuth, camera_distances) -> torch.Tensor:
+    def conditioning(self, elevation, azimuth, camera_distances) -> torch.Tensor:
         camera = camera_embedding(
             elevation.to(self.device), azimuth.to(self.device), camera_distances.to(self.device),
             *self.cond_camera, self.camera_kind,

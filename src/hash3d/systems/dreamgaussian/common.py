@@ -196,28 +196,34 @@ def existing_file(path: str | Path, what: str, fix: str) -> Path:
 # ------------------------------------------------------------------------------------------------ guidance
 
 
-def build_guidance(cfg: DreamGaussianConfig, device: torch.device, reference_rgba: torch.Tensor):
-    """The Zero123 guidance with the config's cache, conditioned on the input view."""
+def build_guidance(cfg: DreamGaussianConfig, device: torch.device, reference_rgba: torch.Tensor | None):
+    """The guidance of the config's mode with the config's cache: Zero123 conditioned on the input view (image),
+    Stable Diffusion (text), MVDream (text_mv) or ImageDream (imagedream), conditioned on the prompt."""
     from hash3d.diffusion.guidance import Zero123Guidance, Zero123GuidanceConfig  # noqa: PLC0415
 
     dtype = cfg.guidance.dtype
     if device.type == "cpu" and dtype != "fp32":
         logger.info("guidance dtype %s -> fp32 on the CPU", dtype)
         dtype = "fp32"
-    elevation = float(dg_to_world_elevation(cfg.elevation))
-    gcfg = Zero123GuidanceConfig(
+    common = dict(
         pretrained_model_name_or_path=cfg.model_name,
         dtype=dtype,
         local_files_only=cfg.guidance.local_files_only,
-        guidance_scale=cfg.guidance.guidance_scale,
+        guidance_scale=cfg.guidance_scale,
         min_step_percent=cfg.guidance.min_step_percent,
         max_step_percent=cfg.guidance.max_step_percent,
         timestep_sampling="annealed" if cfg.anneal_timestep else "random",
-        weighting="sds",
-        loss_reduction="sum",
         seed=cfg.seed,
         cuda_graphs=cfg.guidance.cuda_graphs,
         cache=cfg.cache,
+    )
+    if cfg.mode != "image":
+        return _text_guidance(cfg, device, reference_rgba, common)
+    elevation = float(dg_to_world_elevation(cfg.elevation))
+    gcfg = Zero123GuidanceConfig(
+        **common,
+        weighting="sds",
+        loss_reduction="sum",
         camera_embedding="stable" if cfg.stable_zero123 else "xl",
         cond_elevation_deg=elevation,
         cond_azimuth_deg=REF_AZIMUTH,
@@ -226,6 +232,80 @@ def build_guidance(cfg: DreamGaussianConfig, device: torch.device, reference_rgb
     guidance = Zero123Guidance(gcfg, device)
     guidance.set_image(reference_rgba.to(device), elevation, REF_AZIMUTH, cfg.radius)
     return guidance
+
+
+def _text_guidance(cfg: DreamGaussianConfig, device: torch.device, reference_rgba: torch.Tensor | None, common: dict):
+    """DreamGaussian's sd_utils / mvdream_utils / imagedream_utils: SD with w(t) = 1 − ᾱ_t and no view-dependent
+    prompts; MVDream and ImageDream with no w(t), one t per set of four views; loss 0.5·‖grad‖² / views."""
+    from hash3d.diffusion.guidance import (  # noqa: PLC0415
+        MultiViewGuidance,
+        MultiViewGuidanceConfig,
+        StableDiffusionGuidance,
+        StableDiffusionGuidanceConfig,
+    )
+
+    if cfg.mode == "text":
+        gcfg = StableDiffusionGuidanceConfig(
+            **common, weighting="sds", loss_reduction="batch_mean", view_dependent_prompting=False
+        )
+        guidance = StableDiffusionGuidance(gcfg, device)
+    else:
+        family = "mvdream" if cfg.mode == "text_mv" else "imagedream"
+        guidance = MultiViewGuidance(MultiViewGuidanceConfig(**common, family=family, num_views=MULTIVIEW_VIEWS), device)
+    guidance.set_prompt(cfg.prompt, cfg.negative_prompt or "")
+    if cfg.mode == "imagedream":
+        guidance.set_image(reference_rgba.to(device))
+    return guidance
+
+
+# ------------------------------------------------------------------------------------------------ views per step
+
+MULTIVIEW_VIEWS = 4
+"""Views per set of the multi-view modes: the random view and three more at +90°, +180°, +270° azimuth."""
+
+
+def reference_azimuth(cfg: DreamGaussianConfig) -> float:
+    """DreamGaussian azimuth of the input view: 0, or 90 in the multi-view modes (their second view is the front)."""
+    return 90.0 if cfg.mode in ("text_mv", "imagedream") else 0.0
+
+
+def uses_reference_loss(cfg: DreamGaussianConfig, reference: torch.Tensor | None) -> bool:
+    """The input view's RGB / mask losses: whenever there is an input image, except in imagedream mode."""
+    return reference is not None and cfg.mode != "imagedream"
+
+
+def step_views(
+    rng: np.random.Generator, cfg: DreamGaussianConfig, size: int, device: torch.device
+) -> tuple[Views, Views | None, torch.Tensor, torch.Tensor]:
+    """One step's random cameras -> (primary views [B], the multi-view modes' extra views [3B] or None,
+    backgrounds of the primary [B, 3] and of the extra views [3B, 3]). Each primary view draws an elevation offset,
+    an azimuth and a background as in DreamGaussian; its extra views keep them, at +90°, +180°, +270° azimuth."""
+    vers, hors = sample_offsets(rng, cfg, cfg.batch_size)
+    primary = make_views([cfg.elevation + v for v in vers], hors, cfg.radius, cfg.fovy, size, device)
+    black = [rng.random() <= cfg.invert_bg_prob for _ in vers]
+    backgrounds = torch.tensor([[0.0] * 3 if b else [1.0] * 3 for b in black], device=device)
+    if cfg.mode not in ("text_mv", "imagedream"):
+        return primary, None, backgrounds, backgrounds[:0]
+    steps = [90 * k for k in range(1, MULTIVIEW_VIEWS)]
+    extra = make_views(
+        [cfg.elevation + v for v in vers for _ in steps], [h + k for h in hors for k in steps], cfg.radius, cfg.fovy,
+        size, device,
+    )  # fmt: skip
+    return primary, extra, backgrounds, backgrounds.repeat_interleave(len(steps), dim=0)
+
+
+def as_sets(primary: torch.Tensor, extra: torch.Tensor | None) -> torch.Tensor:
+    """Primary rows [B, ...] and their extra views [3B, ...] -> sets [4B, ...] (each primary followed by its three)."""
+    if extra is None:
+        return primary
+    b = primary.shape[0]
+    return torch.cat([primary[:, None], extra.view(b, -1, *extra.shape[1:])], dim=1).reshape(-1, *primary.shape[1:])
+
+
+def guidance_cameras(primary: Views, extra: Views | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(elevation, azimuth, distance) of the guidance's rows, set by set."""
+    pick = lambda name: as_sets(getattr(primary, name), None if extra is None else getattr(extra, name))  # noqa: E731
+    return pick("elevation"), pick("azimuth"), pick("distance")
 
 
 def cache_summary(guidance) -> dict[str, Any]:
@@ -244,6 +324,9 @@ def cache_summary(guidance) -> dict[str, Any]:
         "saved_fraction": saved / (saved + run) if saved + run else 0.0,
         "entries": int(stats.get("entries", 0)),
         "graphs_captured": int(stats.get("graphs_captured", 0)),
+        # multi-view guidance: a lookup is a set of views
+        **({"views_per_set": int(stats["views_per_set"]), "sets_cached": int(stats["cached_sets"]),
+            "sets_run": int(stats["full_sets"])} if "views_per_set" in stats else {}),
     }
 
 

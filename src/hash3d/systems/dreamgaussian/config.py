@@ -1,8 +1,10 @@
-"""DreamGaussian's options as one typed config (`configs/image*.yaml` plus `key=value` overrides).
+"""DreamGaussian's options as one typed config (`configs/*.yaml` plus `key=value` overrides).
 
 Every DreamGaussian option keeps its name, meaning and default (DreamGaussian's `configs/image.yaml`). Options Hash3D adds sit below them: the `guidance` block (which
-Zero123 weights, precision, CFG scale, timestep range), the `cache` block (the only block in which a `_hash3d`
+weights, precision, CFG scale, timestep range), the `cache` block (the only block in which a `_hash3d`
 config differs from its twin), renderer backends, resolutions DreamGaussian hard-codes, and the orbit video.
+The options pick one of DreamGaussian's modes (`MODES`): image (Zero123), text (Stable Diffusion), text_mv (MVDream)
+or imagedream (ImageDream); combining guidances in one run is not provided.
 
 Camera convention of the options: DreamGaussian's. `elevation` is the input photo's elevation in degrees with
 **negative = camera above the object** (use elevation=-30 for a photo taken from above), `min_ver`/`max_ver` are
@@ -25,6 +27,7 @@ from hash3d.config.loader import load_config_report
 
 __all__ = [
     "DreamGaussianConfig",
+    "MODES",
     "GuidanceOptions",
     "DreamGaussianError",
     "STABLE_ZERO123",
@@ -34,6 +37,15 @@ __all__ = [
 
 STABLE_ZERO123 = "ashawkey/stable-zero123-diffusers"
 ZERO123_XL = "ashawkey/zero123-xl-diffusers"
+SD21_BASE = "stabilityai/stable-diffusion-2-1-base"
+MVDREAM = "ashawkey/mvdream-sd2.1-diffusers"
+IMAGEDREAM = "ashawkey/imagedream-ipmv-diffusers"
+
+MODES = ("image", "text", "text_mv", "imagedream")
+"""DreamGaussian's modes, picked by its options: imagedream=true -> imagedream (ImageDream, image + prompt);
+mvdream=true -> text_mv (MVDream); lambda_sd > 0 -> text (Stable Diffusion); else image (Zero123)."""
+DEFAULT_MODELS = {"text": SD21_BASE, "text_mv": MVDREAM, "imagedream": IMAGEDREAM}
+DEFAULT_GUIDANCE_SCALES = {"image": 5.0, "text": 100.0, "text_mv": 100.0, "imagedream": 5.0}
 
 
 class DreamGaussianError(UserInputError, ValueError):
@@ -42,15 +54,17 @@ class DreamGaussianError(UserInputError, ValueError):
 
 @dataclass
 class GuidanceOptions:
-    """The Zero123 SDS guidance (Hash3D addition; DreamGaussian hard-codes these)."""
+    """The guidance model (Hash3D addition; DreamGaussian hard-codes these)."""
 
     pretrained_model_name_or_path: str | None = None
-    """Hub id or local folder (diffusers layout). None: ashawkey/stable-zero123-diffusers when stable_zero123 is
-    true, else ashawkey/zero123-xl-diffusers."""
+    """Hub id or local folder (diffusers layout). None: by mode, ashawkey/stable-zero123-diffusers when
+    stable_zero123 is true, else ashawkey/zero123-xl-diffusers (image); stabilityai/stable-diffusion-2-1-base
+    (text); ashawkey/mvdream-sd2.1-diffusers (text_mv); ashawkey/imagedream-ipmv-diffusers (imagedream)."""
     dtype: Literal["fp16", "fp32", "bf16"] = "fp16"
     """UNet / VAE precision (DreamGaussian: fp16). On the CPU the guidance always runs in fp32."""
-    guidance_scale: float = 5.0
-    """Classifier-free guidance scale (DreamGaussian's Zero123 default)."""
+    guidance_scale: float | None = None
+    """Classifier-free guidance scale. None: DreamGaussian's per mode (Zero123 5, SD 100, MVDream 100,
+    ImageDream 5)."""
     min_step_percent: float = 0.02
     max_step_percent: float = 0.98
     """Timestep range [min, max]·1000 (DreamGaussian: [20, 980]); the annealed t is clipped to it."""
@@ -69,8 +83,7 @@ class DreamGaussianConfig:
     """The input image (RGBA; make one with `python process.py IMAGE`)."""
     prompt: str | None = None
     negative_prompt: str | None = None
-    """Text prompts of DreamGaussian's Stable Diffusion guidance (lambda_sd > 0), which this front-end does not
-    provide; kept so DreamGaussian configs load."""
+    """Text prompt (and negative prompt) of the text, text_mv and imagedream modes."""
     elevation: float = 0.0
     """Elevation of the input view in degrees, DreamGaussian's sign: negative = camera above the object."""
     ref_size: int = 256
@@ -86,12 +99,13 @@ class DreamGaussianConfig:
 
     # ---- training
     mvdream: bool = False
+    """Text-to-3D with MVDream (mode text_mv): four views at 90° steps per random view."""
     imagedream: bool = False
-    """DreamGaussian's MVDream / ImageDream guidances: not provided here (must stay false)."""
+    """Image + text to 3D with ImageDream (mode imagedream): needs input= (RGBA) and prompt=."""
     stable_zero123: bool = False
     """Stable-Zero123 (true) or Zero123-XL (false): picks the default weights and the camera embedding."""
     lambda_sd: float = 0.0
-    """Weight of the Stable Diffusion guidance: not provided here (must stay 0)."""
+    """Weight of the text guidance: Stable Diffusion (text), MVDream (text_mv) or ImageDream (imagedream)."""
     lambda_zero123: float = 1.0
     warmup_rgb_loss: bool = True
     """Stage 1: scale the reference-view losses by step / iters."""
@@ -220,26 +234,62 @@ class DreamGaussianConfig:
 
     # ---------------------------------------------------------------- derived values
     @property
+    def mode(self) -> str:
+        """One of MODES, from mvdream / imagedream / lambda_sd (see MODES)."""
+        if self.imagedream:
+            return "imagedream"
+        if self.mvdream:
+            return "text_mv"
+        return "text" if self.lambda_sd > 0 else "image"
+
+    @property
     def model_name(self) -> str:
-        """The Zero123 weights to load."""
+        """The guidance weights to load."""
         if self.guidance.pretrained_model_name_or_path:
             return self.guidance.pretrained_model_name_or_path
-        return STABLE_ZERO123 if self.stable_zero123 else ZERO123_XL
+        if self.mode == "image":
+            return STABLE_ZERO123 if self.stable_zero123 else ZERO123_XL
+        return DEFAULT_MODELS[self.mode]
 
-    def check_supported(self) -> None:
-        """DreamGaussian options this front-end does not provide -> DreamGaussianError naming the fix."""
-        if self.mvdream or self.imagedream:
+    @property
+    def guidance_scale(self) -> float:
+        scale = self.guidance.guidance_scale
+        return DEFAULT_GUIDANCE_SCALES[self.mode] if scale is None else scale
+
+    def check_supported(self) -> str:
+        """Combinations this front-end does not provide, and inputs a mode lacks -> DreamGaussianError naming the
+        fix (before any work). Returns the mode."""
+        mode = self.mode
+        if self.mvdream and self.imagedream:
+            raise DreamGaussianError("mvdream and imagedream are both true: pick one (text_mv.yaml or imagedream.yaml)")
+        if mode == "image":
+            if self.lambda_zero123 <= 0:
+                raise DreamGaussianError(
+                    "no guidance: lambda_zero123 must be > 0 for image-to-3D (configs/image*.yaml), or set "
+                    "lambda_sd > 0 for text-to-3D (configs/text*.yaml)"
+                )
+            return mode
+        if self.lambda_zero123 > 0:
+            name = {"text": "Stable Diffusion (lambda_sd > 0)", "text_mv": "mvdream", "imagedream": "imagedream"}[mode]
             raise DreamGaussianError(
-                "mvdream / imagedream guidance is not provided by dreamgaussian-hash3d: set mvdream=false "
-                "imagedream=false and use the Zero123 guidance (configs/image*.yaml)"
+                f"combining {name} with the Zero123 guidance is not provided: set lambda_zero123=0 "
+                "(configs/text*.yaml, imagedream.yaml), or use configs/image*.yaml without it"
             )
-        if self.lambda_sd > 0:
+        if self.lambda_sd <= 0:
+            raise DreamGaussianError(f"mode {mode} needs lambda_sd > 0 (the weight of its guidance)")
+        if not (self.prompt or "").strip():
+            raise DreamGaussianError(f'mode {mode} needs a text prompt: add prompt="a photo of an icecream"')
+        if mode != "text" and self.cache.enabled and self.cache.mode != "noise":
             raise DreamGaussianError(
-                "Stable Diffusion (text) guidance is not provided by dreamgaussian-hash3d: set lambda_sd=0, or use "
-                "threestudio-hash3d / gaussian-dreamer-hash3d for text-to-3D"
+                f"mode {mode}: the multi-view guidance caches whole noise predictions of a set of views: set "
+                f"cache.mode to noise (got {self.cache.mode!r})"
             )
-        if self.lambda_zero123 <= 0:
-            raise DreamGaussianError("lambda_zero123 must be > 0: the Zero123 guidance is the only guidance here")
+        if mode == "imagedream" and not self.input:
+            raise DreamGaussianError(
+                "imagedream needs an input image as well as the prompt: add input=data/NAME_rgba.png (an RGBA image; "
+                "make one with `python process.py PHOTO`)"
+            )
+        return mode
 
     def output_path(self, suffix: str) -> Path:
         """{outdir}/{save_path}{suffix}."""

@@ -1,6 +1,7 @@
-"""DreamGaussian stage 1 (main.py): 3D Gaussians from one image with Zero123 SDS and the Hash3D cache.
+"""DreamGaussian stage 1 (main.py): 3D Gaussians from one image with Zero123 SDS (mode image), or from a prompt
+with Stable Diffusion (text), MVDream (text_mv) or ImageDream (imagedream, prompt + image), with the Hash3D cache.
 
-Each step (DreamGaussian's recipe, 1-based steps, ratio = step / iters):
+Each step (DreamGaussian's recipe, 1-based steps, ratio = step / iters), in mode image:
 
 1. the means' learning rate follows the 3DGS log-linear schedule;
 2. the input view (elevation `elevation`, azimuth 0, `radius`, `fovy`) is rendered at `ref_size` on white:
@@ -24,6 +25,12 @@ Differences from DreamGaussian: its texture is back-projected from 26 renders of
 the opacity-weighted mean of the Gaussians' colours at each surface point (`GaussianField`); its mesh is cleaned
 and remeshed with pymeshlab, here small components are dropped and the mesh is decimated (`gaussian_mesh`);
 densification statistics come from every random view of the step, not only the last one; the seed is fixed.
+
+The text modes differ (DreamGaussian's main.py): the input view's losses apply only when an input image is given
+and never in imagedream; in text_mv and imagedream the input view sits at azimuth 90 (the models' second view is
+the front) and every random view brings three more at +90°, +180°, +270° with its elevation and background, the
+four scored together as one set by the multi-view guidance (ImageDream adds the input image as a fifth view); the
+guidance loss is weighted by lambda_sd; densification statistics come from the random (primary) views only.
 """
 
 from __future__ import annotations
@@ -47,18 +54,22 @@ from hash3d.training.progress import ProgressBar
 from .common import (
     Report,
     Views,
+    as_sets,
     build_guidance,
     cache_summary,
     check_output_folder,
     existing_file,
+    guidance_cameras,
     load_input,
     logger,
     make_views,
     on_white,
     pick_device,
-    sample_offsets,
+    reference_azimuth,
+    step_views,
     synchronize,
     to_uint8,
+    uses_reference_loss,
     write_video,
 )
 from .config import DreamGaussianConfig, DreamGaussianError
@@ -129,13 +140,17 @@ def _initial_model(cfg: DreamGaussianConfig, device: torch.device) -> GaussianMo
     return GaussianModel.random_ball(cfg.num_pts, 0.5, sh_degree=cfg.sh_degree, generator=generator, device=device)
 
 
-def orbit_frames(render, cfg: DreamGaussianConfig, device: torch.device) -> list[np.ndarray]:
-    """`video_frames` views around the object at the input elevation, rendered by `render(views) -> [1, 3, S, S]`."""
+def orbit_frames(render, cfg: DreamGaussianConfig, device: torch.device, progress: bool = False) -> list[np.ndarray]:
+    """`video_frames` views around the object at the input elevation, rendered by `render(views) -> [1, 3, S, S]`
+    (with a progress bar when `progress`)."""
     frames = []
+    bar = ProgressBar(cfg.video_frames, enabled=progress, desc="video", unit="view")
     for azimuth in np.linspace(0.0, 360.0, cfg.video_frames, endpoint=False):
         views = make_views([cfg.elevation], [float(azimuth)], cfg.radius, cfg.fovy, cfg.video_size, device)
         with torch.no_grad():
             frames.append(to_uint8(render(views)[0].permute(1, 2, 0)))
+        bar.update()
+    bar.close()
     return frames
 
 
@@ -158,21 +173,24 @@ def extract_mesh(model: GaussianModel, cfg: DreamGaussianConfig):
 
 def run_stage1(cfg: DreamGaussianConfig, progress: bool = True) -> Stage1Result:
     """Train the Gaussians and write the stage-1 outputs (see the module docstring)."""
-    cfg.check_supported()
+    mode = cfg.check_supported()
     if cfg.gui:
         logger.warning("gui=true ignored: dreamgaussian-hash3d runs headless (progress bar, report, save_video=true)")
     # the inputs, then the output folder, are checked before any work, so a bad run overwrites nothing
-    reference = load_input(cfg)  # [4, S, S]
+    reference = load_input(cfg) if mode in ("image", "imagedream") or cfg.input else None  # [4, S, S]
     check_output_folder(cfg)
     device = pick_device(cfg)
     model = _initial_model(cfg, device)
     torch.manual_seed(cfg.seed)
     report = Report("stage 1 (Gaussians)", cfg, device)
     guidance = build_guidance(cfg, device, reference)
+    weight = cfg.lambda_zero123 if mode == "image" else cfg.lambda_sd
 
-    ref_rgb = on_white(reference)[None].to(device)  # [1, 3, S, S]
-    ref_alpha = reference[3:][None].to(device)
-    ref_views = make_views([cfg.elevation], [0.0], cfg.radius, cfg.fovy, cfg.ref_size, device)
+    reference_loss = uses_reference_loss(cfg, reference)
+    if reference_loss:
+        ref_rgb = on_white(reference)[None].to(device)  # [1, 3, S, S]
+        ref_alpha = reference[3:][None].to(device)
+    ref_views = make_views([cfg.elevation], [reference_azimuth(cfg)], cfg.radius, cfg.fovy, cfg.ref_size, device)
     white = torch.ones(3, device=device)
     backend = resolve_backend(cfg.gaussian_backend, device)
     lr = lr_config(cfg)
@@ -189,20 +207,19 @@ def run_stage1(cfg: DreamGaussianConfig, progress: bool = True) -> Stage1Result:
     for step in range(1, cfg.iters + 1):
         ratio = min(1.0, step / cfg.iters)
         GaussianModel.update_learning_rate(optimizer, step, lr)
-        # the input view
-        rgb, alpha, _ = render_gaussians(model, ref_views, white, backend)
-        warm = ratio if cfg.warmup_rgb_loss else 1.0
-        loss = warm * (10000.0 * F.mse_loss(rgb, ref_rgb) + 1000.0 * F.mse_loss(alpha, ref_alpha))
-        # random views, scored by Zero123
-        vers, hors = sample_offsets(rng, cfg, cfg.batch_size)
-        size = render_resolution(cfg, ratio)
-        views = make_views([cfg.elevation + v for v in vers], hors, cfg.radius, cfg.fovy, size, device)
-        black = [rng.random() <= cfg.invert_bg_prob for _ in vers]
-        backgrounds = torch.tensor([[0.0] * 3 if b else [1.0] * 3 for b in black], device=device)
+        loss = torch.zeros((), device=device)
+        if reference_loss:  # the input view
+            rgb, alpha, _ = render_gaussians(model, ref_views, white, backend)
+            warm = ratio if cfg.warmup_rgb_loss else 1.0
+            loss = warm * (10000.0 * F.mse_loss(rgb, ref_rgb) + 1000.0 * F.mse_loss(alpha, ref_alpha))
+        # random views (with their multi-view companions), scored by the guidance
+        views, extra, backgrounds, extra_backgrounds = step_views(rng, cfg, render_resolution(cfg, ratio), device)
         images, _, meta = render_gaussians(model, views, backgrounds, backend)
+        if extra is not None:
+            images = as_sets(images, render_gaussians(model, extra, extra_backgrounds, backend)[0])
         guidance.update_step(step, cfg.iters)
-        out = guidance(images, views.elevation, views.azimuth, views.distance)
-        loss = loss + cfg.lambda_zero123 * out.loss
+        out = guidance(images, *guidance_cameras(views, extra))
+        loss = loss + weight * out.loss
         with section("backward"):
             loss.backward()
         with section("optimizer"):
@@ -236,9 +253,10 @@ def run_stage1(cfg: DreamGaussianConfig, progress: bool = True) -> Stage1Result:
     if cfg.save_video:
         video = write_video(
             cfg.output_path(".mp4"),
-            orbit_frames(lambda v: render_gaussians(model, v, white, backend)[0], cfg, device),
+            orbit_frames(lambda v: render_gaussians(model, v, white, backend)[0], cfg, device, progress),
         )
     report.set(
+        mode=mode,
         steps=cfg.iters,
         train_time_s=round(train_time, 3),
         step_time_ms=round(1000 * train_time / cfg.iters, 2),

@@ -19,6 +19,13 @@ Each of the `iters_refine` steps (1-based, ratio = step / iters_refine):
 4. Adam (default betas): the texture (stored as logits, albedo = sigmoid) at texture_lr; with train_geo also
    per-vertex offsets at geom_lr.
 
+The text modes follow DreamGaussian's main2.py instead: the input view's loss only with an input image and never
+in imagedream (input view at azimuth 90 in text_mv); each random view (with its three multi-view companions in
+text_mv / imagedream) is rendered at refine_resolution·s and the target is the guidance's `refine`: the render's
+latents noised to DDIM step int(50·strength), strength = 0.8 + 0.15·ratio, and denoised over the remaining steps
+with CFG (SD 100, MVDream 100, ImageDream 5; the UNet calls go through the cache); loss += lambda_sd·MSE(render,
+target resized to the render).
+
 Outputs: `{save_path}.obj` + `.mtl` + `_albedo.png` (or `{save_path}.glb` with mesh_format=glb), optionally the
 orbit video `{save_path}_refined.mp4`, and `{save_path}_refine_report.json`.
 """
@@ -40,16 +47,21 @@ from hash3d.training.progress import ProgressBar
 from .common import (
     Report,
     Views,
+    as_sets,
     build_guidance,
     cache_summary,
     check_output_folder,
+    guidance_cameras,
     load_input,
     logger,
     make_views,
     on_white,
     pick_device,
+    reference_azimuth,
     sample_offsets,
+    step_views,
     synchronize,
+    uses_reference_loss,
     write_video,
 )
 from .config import DreamGaussianConfig, DreamGaussianError
@@ -143,9 +155,28 @@ def _ssaa(rng: np.random.Generator) -> float:
     return float(min(2.0, max(0.125, 2.0 * rng.random())))
 
 
+def _text_step(
+    cfg: DreamGaussianConfig, step: int, rng: np.random.Generator, vertices: torch.Tensor, mesh: Mesh,
+    albedo: torch.Tensor, backend: str, guidance, device: torch.device,
+) -> torch.Tensor:  # fmt: skip
+    """The text modes' stage-2 loss on one step's random views: lambda_sd·MSE(render, guidance.refine(render))."""
+    ratio = min(1.0, step / cfg.iters_refine)
+    views, extra, _, _ = step_views(rng, cfg, cfg.refine_resolution, device)
+    # one random supersampling factor per view, as DreamGaussian
+    primary = [render_mesh(vertices, mesh, albedo, views.select(i), backend, _ssaa(rng))[0] for i in range(len(views))]
+    images = torch.cat(primary)
+    if extra is not None:
+        others = [render_mesh(vertices, mesh, albedo, extra.select(i), backend, _ssaa(rng))[0] for i in range(len(extra))]
+        images = as_sets(images, torch.cat(others))
+    guidance.update_step(step, cfg.iters_refine)
+    target = guidance.refine(images, *guidance_cameras(views, extra), strength=0.8 + 0.15 * ratio)
+    target = F.interpolate(target, images.shape[-2:], mode="bilinear", align_corners=False)
+    return cfg.lambda_sd * F.mse_loss(images, target)
+
+
 def run_stage2(cfg: DreamGaussianConfig, progress: bool = True) -> Stage2Result:
     """Refine the stage-1 mesh's texture and write the stage-2 outputs (see the module docstring)."""
-    cfg.check_supported()
+    mode = cfg.check_supported()
     mesh_path = stage1_mesh_path(cfg)
     if not mesh_path.is_file():
         if cfg.mesh:
@@ -154,7 +185,7 @@ def run_stage2(cfg: DreamGaussianConfig, progress: bool = True) -> Stage2Result:
             f"stage-1 mesh not found: {mesh_path} (run stage 1 first: python main.py --config CONFIG "
             f"input=IMAGE save_path={cfg.save_path}, with the same outdir and mesh_format; or give mesh=PATH)"
         )
-    reference = load_input(cfg)
+    reference = load_input(cfg) if mode in ("image", "imagedream") or cfg.input else None
     check_output_folder(cfg)
     device = pick_device(cfg)
     mesh = textured_mesh(load_mesh(mesh_path), cfg.texture_size)
@@ -172,8 +203,9 @@ def run_stage2(cfg: DreamGaussianConfig, progress: bool = True) -> Stage2Result:
         offsets = torch.zeros_like(base, requires_grad=True)
         groups.append({"params": [offsets], "lr": cfg.geom_lr})
     optimizer = torch.optim.Adam(groups)
-    ref_rgb = on_white(reference)[None].to(device)
-    ref_views = make_views([cfg.elevation], [0.0], cfg.radius, cfg.fovy, cfg.ref_size, device)
+    reference_loss = uses_reference_loss(cfg, reference)
+    ref_rgb = on_white(reference)[None].to(device) if reference_loss else None
+    ref_views = make_views([cfg.elevation], [reference_azimuth(cfg)], cfg.radius, cfg.fovy, cfg.ref_size, device)
     rng = np.random.default_rng(cfg.seed)
     bar = ProgressBar(cfg.iters_refine, enabled=progress, desc="stage 2")
 
@@ -184,16 +216,21 @@ def run_stage2(cfg: DreamGaussianConfig, progress: bool = True) -> Stage2Result:
     t0 = time.perf_counter()
     for step in range(1, cfg.iters_refine + 1):
         albedo = torch.sigmoid(logits)
-        image, alpha, viewcos = render_mesh(vertices(), mesh, albedo, ref_views, backend, _ssaa(rng))
-        valid = ((alpha > 0) & (viewcos > 0.5)).float()
-        loss = cfg.refine_ref_weight * F.mse_loss(image * valid, ref_rgb * valid)
-        vers, hors = sample_offsets(rng, cfg, cfg.batch_size)
-        views = make_views([cfg.elevation + v for v in vers], hors, cfg.radius, cfg.fovy, cfg.refine_resolution, device)
-        # one random supersampling factor per view, as DreamGaussian
-        images = [render_mesh(vertices(), mesh, albedo, views.select(i), backend, _ssaa(rng))[0] for i in range(len(vers))]
-        guidance.update_step(step, cfg.iters_refine)
-        out = guidance(torch.cat(images), views.elevation, views.azimuth, views.distance)
-        loss = loss + cfg.lambda_zero123 * out.loss
+        loss = torch.zeros((), device=device)
+        if reference_loss:
+            image, alpha, viewcos = render_mesh(vertices(), mesh, albedo, ref_views, backend, _ssaa(rng))
+            valid = ((alpha > 0) & (viewcos > 0.5)).float()
+            loss = cfg.refine_ref_weight * F.mse_loss(image * valid, ref_rgb * valid)
+        if mode != "image":
+            loss = loss + _text_step(cfg, step, rng, vertices(), mesh, albedo, backend, guidance, device)
+        else:
+            vers, hors = sample_offsets(rng, cfg, cfg.batch_size)
+            views = make_views([cfg.elevation + v for v in vers], hors, cfg.radius, cfg.fovy, cfg.refine_resolution, device)
+            # one random supersampling factor per view, as DreamGaussian
+            images = [render_mesh(vertices(), mesh, albedo, views.select(i), backend, _ssaa(rng))[0] for i in range(len(vers))]
+            guidance.update_step(step, cfg.iters_refine)
+            out = guidance(torch.cat(images), views.elevation, views.azimuth, views.distance)
+            loss = loss + cfg.lambda_zero123 * out.loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -215,7 +252,7 @@ def run_stage2(cfg: DreamGaussianConfig, progress: bool = True) -> Stage2Result:
         v = vertices().detach()
         video = write_video(
             cfg.output_path("_refined.mp4"),
-            orbit_frames(lambda views: render_mesh(v, mesh, albedo, views, backend)[0], cfg, device),
+            orbit_frames(lambda views: render_mesh(v, mesh, albedo, views, backend)[0], cfg, device, progress),
         )
     report.set(
         steps=cfg.iters_refine,
@@ -226,7 +263,8 @@ def run_stage2(cfg: DreamGaussianConfig, progress: bool = True) -> Stage2Result:
         mesh_vertices=final.n_vertices,
         mesh_faces=final.n_faces,
         texture_size=int(albedo.shape[0]),
-        target="zero123-sds",
+        mode=mode,
+        target="zero123-sds" if mode == "image" else {"text": "sd", "text_mv": "mvdream", "imagedream": "imagedream"}[mode] + "-refine",
         cache=cache_summary(guidance),
     )
     outputs = files + ([video] if video else [])
