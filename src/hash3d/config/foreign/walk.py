@@ -16,7 +16,7 @@ from typing import Any
 
 from ..errors import ConfigError, RegistryError, did_you_mean
 from ..registry import lookup, names
-from ..typed import block_info
+from ..typed import block_info, key_hint
 from .report import Report
 from .rules import Context, get_path, has_path, join, set_path
 from .schedules import at_epoch_zero, counts_epochs, is_schedule
@@ -140,7 +140,7 @@ class _Walker:
                 del node[key]
                 self.walk_rules_only(value, full)
             else:
-                hint = did_you_mean(str(key), [*fields, *rules])
+                hint = did_you_mean(str(key), [*fields, *rules]) or key_hint(cls, str(key), path)
                 ctx.refuse(full, f"unknown config key '{full}'{hint}")
 
     def walk_rules_only(self, node: dict[str, Any], path: str) -> None:
