@@ -38,6 +38,7 @@ EXPERIMENTS = sorted(
     p for p in CORPUS.rglob("*.yaml") if "dreamgaussian" not in p.parent.name
 )  # threestudio layout
 FLAT = sorted(p for p in CORPUS.rglob("*.yaml") if "dreamgaussian" in p.parent.name)
+FLAT_IMAGE = [p for p in FLAT if p.stem.startswith("image_sai") or p.stem == "image"]  # Zero123 modes
 ZERO123_CKPT = {"stable-zero123.yaml", "zero123.yaml"}  # threestudio's own: LDM checkpoints, refused until pointed away
 
 
@@ -194,7 +195,17 @@ def test_each_threestudio_layout_file_trains_two_steps(path, written_models, tmp
     assert report.dialect == "hash3d" and again.system_type == system_type(path)
 
 
-@pytest.mark.parametrize("path", FLAT, ids=ids(FLAT))
+@pytest.mark.parametrize("path", [p for p in FLAT if p not in FLAT_IMAGE], ids=ids([p for p in FLAT if p not in FLAT_IMAGE]))
+def test_each_dreamgaussian_text_or_multiview_file_loads(path):
+    from hash3d.systems.dreamgaussian.config import load_options
+
+    cfg = load_options(path, ["save_path=run", 'prompt="a cat"', "input=x_rgba.png"])
+    modes = {"text": (False, False), "text_mv": (True, False), "imagedream": (False, True)}
+    assert (cfg.mvdream, cfg.imagedream) == modes[path.stem] and cfg.lambda_sd == 1.0 and not cfg.cache.enabled
+    cfg.check_supported()
+
+
+@pytest.mark.parametrize("path", FLAT_IMAGE, ids=ids(FLAT_IMAGE))
 def test_each_dreamgaussian_file_trains_stage_one(path, written_models, tmp_path):
     from hash3d.systems.dreamgaussian.config import load_options
     from hash3d.systems.dreamgaussian.stage1 import run_stage1
