@@ -108,8 +108,8 @@ def test_each_threestudio_layout_file_loads_and_maps(path, written_models):
         assert tuple(guidance.cache.cell_size) == (20.0, 20.0, 0.1, 10.0) and guidance.cache.n_buckets == 200
         assert guidance.cache.bucket_size == 3 and not guidance.cache.adaptive
         assert guidance.cache.mode == "features"
-        expected_p = {"zero123-system": 0.1, "dreamfusion-system": 0.1, "gaussiandreamer-system": 0.3}
-        assert guidance.cache.policy.probability == expected_p[cfg.system_type]
+        expected_p = {"gaussiandreamer-system": 0.3}.get(cfg.system_type, 0.1)
+        assert guidance.cache.policy.probability == expected_p
 
 
 def test_original_stable_zero123_maps_every_changed_key(written_models):
@@ -172,7 +172,7 @@ def tiny_run_overrides(path: Path, models: dict[str, str], out: Path) -> list[st
         "trainer.test_after_fit=false",
         "system.guidance.dtype=fp32",
     ]
-    if cfg.system_type in ("zero123-system", "dreamfusion-system"):
+    if getattr(cfg.system, "renderer_type", "") == "nerf-volume-renderer":
         extra += ["system.renderer.num_samples_per_ray=32", "system.geometry.pos_encoding_config.n_levels=4",
                   "system.geometry.pos_encoding_config.log2_hashmap_size=12"]  # fmt: skip
     return [*base, *smoke_overrides(cfg, steps=2, size=24), *extra]
@@ -459,6 +459,16 @@ def test_mapping_table_key_by_key(case):
     if expect is not None:
         target, expected = expect
         assert get_path(out, target) == expected
+
+
+def test_upstream_spellings_of_our_values_are_mapped():
+    data, report = read(BASES["dreamfusion"], [*BASE_OVERRIDES, "system.geometry.density_activation=trunc_exp",
+                                              "data.light_sample_strategy=dreamfusion3dgs", "system.geometry.normal_type=null"])  # fmt: skip
+    assert data["system"]["geometry"]["normal_type"] == "none"
+    assert data["system"]["geometry"]["density_activation"] == "exp"
+    assert data["data"]["light_sample_strategy"] == "dreamfusion"
+    mapped = {r.key for r in report.of("mapped")}
+    assert {"system.geometry.density_activation", "data.light_sample_strategy"} <= mapped
 
 
 def test_every_rule_has_a_key_case():

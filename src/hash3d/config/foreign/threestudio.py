@@ -206,6 +206,8 @@ RULES: dict[str, dict[str, Rule]] = {
 VALUE_ALIASES: dict[str, dict[Any, Any]] = {
     "activation": {"ReLU": "relu", "SiLU": "silu"},
     "light_sample_strategy": {"dreamfusion3dgs": "dreamfusion"},
+    "density_activation": {"trunc_exp": "exp"},
+    "normal_type": {None: "none"},  # ours is the truncated exp (its gradient clamped, as threestudio's)
     "prune_alpha_threshold": {True: 0.01, False: 0.0},
     "every_n_train_steps": {0: None},  # Lightning: 0 = no periodic checkpoints
 }

@@ -45,6 +45,9 @@ def read_experiment(data: dict[str, Any], schema: type) -> tuple[dict[str, Any],
     finish = SYSTEM_FINISH.get(walker.system_type)
     if finish is not None:
         finish(ctx)
+    if get_path(root, "system.geometry.normal_type", None) == "none" and "renderer" in root.get("system", {}):
+        # threestudio renders normals only when asked; a geometry without normals must not be asked
+        ctx.put_default("system.renderer.return_normal", False, "the geometry has no normals")
     for path, value, why in ctx.pending:
         _fill(ctx, path, value, why, "default")
     _check_models(ctx)
