@@ -63,6 +63,10 @@ def model_overrides(path: Path, models: dict[str, str]) -> list[str]:
     kind = system_type(path)
     if kind == "zero123-system":
         return [f"system.guidance.pretrained_model_name_or_path={models['zero123']}", f"data.image_path={IMAGE}"]
+    if kind == "magic123-system":
+        return [f"system.guidance_3d.pretrained_model_name_or_path={models['zero123']}", f"data.image_path={IMAGE}",
+                f"system.guidance.pretrained_model_name_or_path={models['sd']}",
+                f"system.prompt_processor.pretrained_model_name_or_path={models['sd']}", 'system.prompt_processor.prompt="a dog"']
     out = [
         f"system.guidance.pretrained_model_name_or_path={models['sd']}",
         f"system.prompt_processor.pretrained_model_name_or_path={models['sd']}",
@@ -286,6 +290,7 @@ BASES = {
     "dreamfusion": CORPUS / "threestudio" / "dreamfusion-sd.yaml",
     "zero123": CORPUS / "hash3d" / "threestudio-hash3d" / "stable-zero123_hash3d.yaml",
     "gaussiandreamer": CORPUS / "gaussiandreamer" / "gaussiandreamer-sd.yaml",
+    "magic123": CORPUS / "hash3d" / "threestudio-hash3d" / "magic123-coarse-sd-hash3d.yaml",
 }
 BASE_OVERRIDES = ['system.prompt_processor.prompt="a cat"']
 
@@ -433,6 +438,12 @@ KEY_CASES = [
     ("gaussiandreamer", "system.radius", 5.0, "mapped", ("system.init.shap_e.scale", 2.0)),
     ("gaussiandreamer", "data.load_type", 0, "no effect", None),
     ("gaussiandreamer", "system.optimizer", {"name": "Adam"}, "no effect", None),
+    # the original fork's Magic123
+    ("magic123", "system.loss.lambda_sds", 0.025, "no effect", None),
+    ("magic123", "system.loss.lambda_sds", 0.5, "refused", None),
+    ("magic123", "system.loss.lambda_3d_sds", 1.0, "no effect", None),
+    ("magic123", "system.loss.lambda_sd_img", 0.1, "refused", None),
+    ("magic123", "system.loss.lambda_normal_smoothness_2d", 10.0, "mapped", ("system.loss.lambda_normal_smooth", 10.0)),
 ]
 
 
@@ -444,7 +455,8 @@ def case_id(case):
 def test_mapping_table_key_by_key(case):
     base, key, value, verdict, expect = case
     path = BASES[base]
-    data = resolve(OmegaConf.merge(load_yaml(path), OmegaConf.from_dotlist(BASE_OVERRIDES)))
+    extra = [f"data.image_path={IMAGE}"] if base == "magic123" else []
+    data = resolve(OmegaConf.merge(load_yaml(path), OmegaConf.from_dotlist([*BASE_OVERRIDES, *extra])))
     node = data
     *parents, leaf = key.split(".")
     for part in parents:

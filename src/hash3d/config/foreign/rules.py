@@ -81,10 +81,12 @@ class Context:
 Rule = Callable[[Context, str, Any, Mapping[str, Any]], None]
 
 
-def also_ours(rule: Rule) -> Rule:
-    """Mark a rule for a key that is also one of ours but does nothing in this system (e.g. an optimizer block the
-    system does not use): the key stays, and the rule's verdict is recorded instead of 'as is'."""
+def also_ours(rule: Rule, drop: bool = False) -> Rule:
+    """Mark a rule for a key that is also one of ours but means something else in this upstream system (e.g. an
+    optimizer block the system does not use): the rule's verdict is recorded instead of 'as is', and with `drop` the
+    key is taken out of the tree (our own meaning of it must not apply)."""
     rule.also_ours = True  # type: ignore[attr-defined]
+    rule.drop = drop  # type: ignore[attr-defined]
     return rule
 
 

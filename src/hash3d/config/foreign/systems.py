@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from .rules import Context, Rule, also_ours, get_path, no_effect, same_as, set_path
+from .rules import Context, Rule, also_ours, get_path, no_effect, off_only, same_as, set_path, to
 
 
 def _gd_load_type(ctx: Context, key: str, value: Any, block: Any) -> None:
@@ -47,6 +47,16 @@ def _gd_finish(ctx: Context) -> None:
         ctx.put_default(f"data.{key}", value, "GaussianDreamer's camera sampler default")
 
 
+def _magic123_second_weight(ctx: Context, key: str, value: Any, block: Any) -> None:
+    # the original fork's magic123 weighs the guidance's `loss_sds` with lambda_sds (= lambda_sd in its files) and the
+    # 3D guidance's with lambda_3d_sd; lambda_3d_sds sits beside it with the same value
+    ours = {"lambda_sds": "lambda_sd", "lambda_3d_sds": "lambda_3d_sd"}[key.rpartition(".")[2]]
+    if value == 0:
+        ctx.report.add(key, "no effect", f"0 (the weight is system.loss.{ours})")
+        return
+    same_as(f"system.loss.{ours}", f"its weight is system.loss.{ours} here")(ctx, key, value, block)
+
+
 SYSTEM_RULES: dict[str, dict[str, dict[str, Rule]]] = {
     "gaussiandreamer-system": {
         "system": {
@@ -56,6 +66,14 @@ SYSTEM_RULES: dict[str, dict[str, dict[str, Rule]]] = {
             "optimizer": also_ours(no_effect("the Gaussians have their own Adam (system.lr), as in GaussianDreamer")),
         },
         "data": {"load_type": same_as("system.load_type", "the cameras follow the system's shape source")},
+    },
+    "magic123-system": {
+        "system.loss": {
+            "lambda_sds": also_ours(_magic123_second_weight, drop=True),
+            "lambda_3d_sds": _magic123_second_weight,
+            "lambda_sd_img": off_only("the guidance's image-space loss"),
+            "lambda_normal_smoothness_2d": to("lambda_normal_smooth"),
+        },
     },
 }
 

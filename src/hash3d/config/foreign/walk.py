@@ -124,6 +124,8 @@ class _Walker:
             value = node[key]
             if key in fields and getattr(rules.get(key), "also_ours", False):
                 first = len(ctx.report.readings)
+                if getattr(rules[key], "drop", False):
+                    del node[key]
                 rules[key](ctx, full, value, written)
                 for reading in ctx.report.readings[first:]:
                     reading.ours = True
