@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from .cli import run_cli, setup_logging
-from .config import ConfigError, ExperimentConfig, UserInputError, build, load_config, to_yaml
+from .config import ConfigError, ExperimentConfig, UserInputError, build, explain_config, load_config_report, to_yaml
 from .config.loader import config_file
 from .training.checkpoint import check_config, load_checkpoint
 from .training.loop import Trainer, resolve_precision, seed_everything
@@ -47,7 +47,7 @@ def build_parser(prog: str = "launch.py") -> argparse.ArgumentParser:
         "data.image_path=./load/images/dog1_rgba.png trainer.max_steps=300 resume=PATH.",
     )
     p.add_argument("--config", required=True, help="YAML config (may extend others with `extends:`)")
-    mode = p.add_mutually_exclusive_group(required=True)
+    mode = p.add_mutually_exclusive_group()
     mode.add_argument("--train", action="store_true", help="train, then render the test orbit")
     mode.add_argument("--validate", action="store_true", help="render the validation views of resume=CKPT")
     mode.add_argument("--test", action="store_true", help="render the test orbit (frames + mp4) of resume=CKPT")
@@ -57,6 +57,12 @@ def build_parser(prog: str = "launch.py") -> argparse.ArgumentParser:
         default=None,
         help="GPU index (default 0; comma list accepted; one GPU is used). 'cpu' forces the CPU. On a machine "
         "without a GPU the run falls back to the CPU with a note.",
+    )
+    p.add_argument(
+        "--explain",
+        action="store_true",
+        help="print how each key of the config (threestudio, original Hash3D and GaussianDreamer files included) is "
+        "read here: as is, mapped, upstream default, accepted with no effect, or refused; then exit",
     )
     p.add_argument("--verbose", action="store_true", help="debug logging and full tracebacks")
     return p
@@ -68,6 +74,8 @@ def parse_args(argv: Sequence[str], prog: str = "launch.py") -> tuple[argparse.N
     flags = [e for e in extras if e.startswith("-")]
     if flags:
         parser.error(f"unrecognized arguments: {' '.join(flags)}")
+    if not args.explain and not any(getattr(args, m) for m in MODES):
+        parser.error("one of the arguments --train --validate --test --export (or --explain) is required")
     bad = [e for e in extras if "=" not in e]
     if bad:
         parser.error(f"overrides must be key.sub=value; got {' '.join(bad)}")
@@ -123,11 +131,19 @@ def run(argv: Sequence[str] | None = None, prog: str = "launch.py") -> Path:
     argv = list(sys.argv[1:] if argv is None else argv)
     args, overrides = parse_args(argv, prog)
     setup_logging(args.verbose)
+    config_path = config_file(args.config)
+    if args.explain:
+        text, ok = explain_config(config_path, overrides)
+        print(text)
+        if not ok:
+            raise ConfigError(f"{config_path} does not load as it is (see above)")
+        return config_path
     mode = next(m for m in MODES if getattr(args, m))
 
     # 1. everything that can be wrong with the input, before any output exists
-    config_path = config_file(args.config)
-    cfg, _ = load_config(config_path, overrides)
+    cfg, _, report = load_config_report(config_path, overrides)
+    if report.no_effect_line():
+        log.info("%s", report.no_effect_line())
     if not cfg.system_type:
         raise ConfigError("system_type is empty: name the system to run (e.g. system_type: zero123-system)")
     if not cfg.data_type:

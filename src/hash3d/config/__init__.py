@@ -13,7 +13,8 @@ See `registry.py` for a complete example of registering a component.
 from .diff import config_diff, flatten
 from .errors import ConfigError, RegistryError, UserInputError, closest, did_you_mean
 from .methods import discover, smoke_overrides, twin_differences, twins
-from .loader import load_config, load_yaml, merge, parse_overrides, resolve, save_yaml, to_yaml, validate
+from .foreign import Report, read_dreamgaussian, read_experiment
+from .loader import config_file, explain_config, load_config, load_config_report, load_yaml, merge, parse_overrides, resolve, save_yaml, to_yaml, validate
 from .registry import REGISTRY, Entry, build, build_block, load_plugins, lookup, names, register, register_lazy
 from .schema import CheckpointConfig, ExperimentConfig, TrainerConfig
 from .typed import block, from_data, to_data
@@ -36,7 +37,13 @@ __all__ = [
     "did_you_mean",
     "discover",
     "from_data",
+    "config_file",
+    "explain_config",
     "load_config",
+    "load_config_report",
+    "read_dreamgaussian",
+    "read_experiment",
+    "Report",
     "load_plugins",
     "load_yaml",
     "lookup",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -13,11 +13,17 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from .errors import ConfigError
+from .foreign import Report, read_experiment
+from .foreign.schedules import c_max
 from .typed import from_data, to_data
 
 T = TypeVar("T")
 
 SELF = "_self_"
+
+
+def _plain(value: Any) -> Any:
+    return OmegaConf.to_container(value, resolve=True) if isinstance(value, (ListConfig, DictConfig)) else value
 
 
 def _register_resolvers() -> None:
@@ -32,11 +38,10 @@ def _register_resolvers() -> None:
         "rmspace": lambda s, sub="_": str(s).replace(" ", sub),
         "tuple2": lambda s: [float(s), float(s)],
         "gt0": lambda s: s > 0,
-        "cmaxgt0": lambda s: (max(s) if isinstance(s, (list, ListConfig)) else s) > 0,
+        "cmaxgt0": lambda s: c_max(_plain(s)) > 0,
+        "not": lambda s: not s,
         "not0": lambda s: s != 0,
-        "cmaxgt0orcmaxgt0": lambda a, b: any(
-            (max(x) if isinstance(x, (list, ListConfig)) else x) > 0 for x in (a, b)
-        ),
+        "cmaxgt0orcmaxgt0": lambda a, b: c_max(_plain(a)) > 0 or c_max(_plain(b)) > 0,
         "calc_exp_lr_decay_rate": lambda factor, n: factor ** (1.0 / n),
         "sqrt": lambda x: math.sqrt(x),
     }
@@ -50,12 +55,15 @@ _register_resolvers()
 
 def config_file(path: str | os.PathLike) -> Path:
     """The file a `--config` path names: itself, or for the original Hash3D project's names (`X-hash3d.yaml`, with a
-    hyphen) that are not there, our `X_hash3d.yaml` beside it."""
+    hyphen) that are not there, our `X_hash3d.yaml` beside it (and the other way round)."""
     path = Path(path)
-    if not path.is_file() and path.name.endswith("-hash3d.yaml"):
-        twin = path.with_name(path.name[: -len("-hash3d.yaml")] + "_hash3d.yaml")
-        if twin.is_file():
-            return twin
+    if path.is_file():
+        return path
+    for a, b in (("-hash3d.yaml", "_hash3d.yaml"), ("_hash3d.yaml", "-hash3d.yaml")):
+        if path.name.endswith(a):
+            twin = path.with_name(path.name[: -len(a)] + b)
+            if twin.is_file():
+                return twin
     return path
 
 
@@ -127,6 +135,14 @@ def merge(base: DictConfig, *others: DictConfig) -> DictConfig:
         raise ConfigError(f"cannot apply overrides: {exc}") from exc
 
 
+def _missing_keys(cfg: DictConfig) -> list[str]:
+    """Keys whose value is `???` (a broken interpolation is left for `resolve` to report)."""
+    try:
+        return sorted(OmegaConf.missing_keys(cfg))
+    except OmegaConfBaseException:
+        return []
+
+
 def resolve(cfg: DictConfig) -> dict[str, Any]:
     """Resolve every interpolation -> plain python data."""
     try:
@@ -145,22 +161,89 @@ def validate(schema: type[T], data: Any) -> T:
     return from_data(schema, data)
 
 
-def load_config(
-    path: str | os.PathLike | None, overrides: Sequence[str] = (), schema: type[T] | None = None
-) -> tuple[T, DictConfig]:
-    """Load a YAML (following `extends`), apply overrides, resolve and validate.
+Translate = Callable[[dict[str, Any], type], "tuple[dict[str, Any], Report]"]
 
-    Returns the typed config and the merged, unresolved OmegaConf tree (what `configs/raw.yaml`-style dumps need).
-    `schema` defaults to the experiment schema (`ExperimentConfig`).
+
+def load_config_report(
+    path: str | os.PathLike | None,
+    overrides: Sequence[str] = (),
+    schema: type[T] | None = None,
+    translate: Translate | None = None,
+) -> tuple[T, DictConfig, Report]:
+    """`load_config`, also returning how each key was read (`foreign.Report`).
+
+    `translate` reads a foreign layout into ours (default for the experiment schema: threestudio's layout, see
+    `hash3d.config.foreign`); a key it refuses raises ConfigError before validation.
     """
     if schema is None:
         from .schema import ExperimentConfig
 
         schema = ExperimentConfig  # type: ignore[assignment]
-    base = load_yaml(path) if path is not None else OmegaConf.create({})
+        translate = translate or read_experiment
+    base = load_yaml(config_file(path)) if path is not None else OmegaConf.create({})
     merged = merge(base, parse_overrides(overrides)) if overrides else base
-    typed = validate(schema, resolve(merged))  # type: ignore[arg-type]
+    missing = _missing_keys(merged)
+    if missing:
+        raise ConfigError(
+            f"{', '.join(missing)} must be given (??? in {path}): add e.g. {missing[0]}=VALUE to the command line"
+        )
+    data = resolve(merged)
+    report = Report()
+    if translate is not None:
+        data, report = translate(data, schema)  # type: ignore[arg-type]
+        report.raise_refusals()
+    typed = validate(schema, data)  # type: ignore[arg-type]
+    return typed, merged, report
+
+
+def load_config(
+    path: str | os.PathLike | None,
+    overrides: Sequence[str] = (),
+    schema: type[T] | None = None,
+    translate: Translate | None = None,
+) -> tuple[T, DictConfig]:
+    """Load a YAML (following `extends`), apply overrides, resolve, read a foreign layout, and validate.
+
+    Returns the typed config and the merged, unresolved OmegaConf tree (what `configs/raw.yaml`-style dumps need).
+    `schema` defaults to the experiment schema (`ExperimentConfig`).
+    """
+    typed, merged, _ = load_config_report(path, overrides, schema, translate)
     return typed, merged
+
+
+def explain_config(
+    path: str | os.PathLike,
+    overrides: Sequence[str] = (),
+    schema: type | None = None,
+    translate: Translate | None = None,
+) -> tuple[str, bool]:
+    """How each key of a config file (after overrides) is read here -> (text, whether the config would run)."""
+    if schema is None:
+        from .schema import ExperimentConfig
+
+        schema = ExperimentConfig
+        translate = translate or read_experiment
+    merged = load_yaml(config_file(path))
+    if overrides:
+        merged = merge(merged, parse_overrides(overrides))
+    missing = _missing_keys(merged)
+    for key in missing:  # `???` values: explain the rest, then say which keys the command line must give
+        OmegaConf.update(merged, key, "<required>")
+    data = resolve(merged)
+    report = Report()
+    if translate is not None:
+        data, report = translate(data, schema)
+    lines = [report.explain()]
+    try:
+        if missing:
+            raise ConfigError(f"{', '.join(missing)} must be given (??? in the file): add e.g. {missing[0]}=VALUE")
+        report.raise_refusals()
+        validate(schema, data)
+    except ConfigError as exc:
+        lines.append(f"error: {exc}")
+        return "\n".join(lines), False
+    lines.append("ok: the config loads")
+    return "\n".join(lines), True
 
 
 def to_yaml(cfg: Any) -> str:

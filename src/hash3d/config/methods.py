@@ -19,6 +19,8 @@ from .loader import load_config
 from .typed import to_data
 
 HASH3D_SUFFIX = "_hash3d"
+ORIGINAL_SUFFIX = "-hash3d"
+"""The original project's spelling (`latentnerf-hash3d.yaml`), accepted next to ours."""
 
 
 def discover(folder: str | Path) -> dict[str, Path]:
@@ -27,12 +29,14 @@ def discover(folder: str | Path) -> dict[str, Path]:
 
 
 def twins(folder: str | Path) -> list[tuple[Path, Path]]:
-    """(X.yaml, X_hash3d.yaml) pairs; a `_hash3d` file without its twin raises ValueError."""
+    """(X.yaml, X_hash3d.yaml) pairs (or X-hash3d.yaml, the original spelling); a cache file without its twin raises
+    ValueError."""
     methods = discover(folder)
     pairs = []
     for name, path in methods.items():
-        if name.endswith(HASH3D_SUFFIX):
-            plain = name[: -len(HASH3D_SUFFIX)]
+        suffix = next((s for s in (HASH3D_SUFFIX, ORIGINAL_SUFFIX) if name.endswith(s)), None)
+        if suffix:
+            plain = name[: -len(suffix)]
             if plain not in methods:
                 raise ValueError(f"{path} has no no-cache twin {plain}.yaml in {folder}")
             pairs.append((methods[plain], path))

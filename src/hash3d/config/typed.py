@@ -205,7 +205,7 @@ def _deeper_keys(cls: type, depth: int = 3) -> list[str]:
     return out
 
 
-def _key_hint(cls: type, key: str, path: str) -> str:
+def key_hint(cls: type, key: str, path: str) -> str:
     """' — did you mean ...' for an unknown key: a close field of this block, else a close field of a nested block
     (a key written one level too high, like cache.probabilty for cache.policy.probability), by its full key."""
     hint = did_you_mean(key, [f.name for f in fields(cls) if f.init])
@@ -233,7 +233,7 @@ def _dataclass_from_data(cls: type, value: Any, path: str) -> Any:
     for key in value:
         if key not in known:
             full = f"{path}.{key}" if path else str(key)
-            raise ConfigError(f"unknown config key '{full}'{_key_hint(cls, str(key), path)}")
+            raise ConfigError(f"unknown config key '{full}'{key_hint(cls, str(key), path)}")
     kwargs: dict[str, Any] = {}
     blocks = [f for f in init_fields if _BLOCK in f.metadata]
     for f in init_fields:

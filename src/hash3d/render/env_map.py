@@ -65,8 +65,15 @@ class NeuralEnvironmentMapConfig:
     color_activation: Literal["sigmoid", "none"] = "sigmoid"
     dir_encoding_config: DirectionEncodingConfig = field(default_factory=DirectionEncodingConfig)
     mlp_network_config: MLPConfig = field(default_factory=_env_mlp)
-    eval_color: tuple[float, float, float] | None = None
-    """Outside training, a fixed colour instead of the network (None: the network)."""
+    eval_color: tuple[float, ...] | None = None
+    """Outside training, a fixed colour (n_output_dims values) instead of the network (None: the network)."""
+    random_aug: bool = False
+    """In training, with probability `random_aug_prob`, a random solid colour per view instead of the network."""
+    random_aug_prob: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.eval_color is not None and len(self.eval_color) != self.n_output_dims:
+            raise ValueError(f"eval_color needs {self.n_output_dims} values (n_output_dims); got {self.eval_color!r}")
 
 
 @register("background", "neural-environment-map-background", config=NeuralEnvironmentMapConfig)
@@ -84,7 +91,12 @@ class NeuralEnvironmentMapBackground(nn.Module):
         """Ray directions [..., 3] -> colours [..., n_output_dims]."""
         cfg = self.config
         if not self.training and cfg.eval_color is not None:
-            return torch.tensor(cfg.eval_color, dtype=dirs.dtype, device=dirs.device).expand(*dirs.shape[:-1], 3)
+            return torch.tensor(cfg.eval_color, dtype=dirs.dtype, device=dirs.device).expand(*dirs.shape[:-1], cfg.n_output_dims)
         features = spherical_harmonics(torch.nn.functional.normalize(dirs, dim=-1), cfg.dir_encoding_config.degree)
         color = self.network(features.reshape(-1, features.shape[-1])).reshape(*dirs.shape[:-1], cfg.n_output_dims)
-        return torch.sigmoid(color) if cfg.color_activation == "sigmoid" else color
+        color = torch.sigmoid(color) if cfg.color_activation == "sigmoid" else color
+        if self.training and cfg.random_aug and float(torch.rand(())) < cfg.random_aug_prob:
+            # the global RNG: seeded by the run and saved in its checkpoints
+            random = torch.rand(dirs.shape[0], *([1] * (dirs.dim() - 2)), cfg.n_output_dims)
+            color = color * 0 + random.to(color).expand_as(color)  # keeps the graph (and the parameters) connected
+        return color

@@ -25,8 +25,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..config import to_data
 from ..profiling import section
 from .checkpoint import CheckpointError, make_checkpoint, save_checkpoint, set_rng_state
+from .loggers import ExtraLoggers, LoggersConfig
 from .outputs import MetricsLogger, TrialDir, compose_views, remove_tree, save_image, save_video
 from .progress import ProgressBar
 from .system import System
@@ -102,8 +104,15 @@ class Trainer:
         self.precision = precision
         self.global_step = 0
         self.interrupted = False
+        self.loggers = ExtraLoggers(LoggersConfig(), trial.root, trial.root.name)  # opened by fit()
 
     # ------------------------------------------------------------------ helpers
+    def _open_loggers(self, system: System) -> ExtraLoggers:
+        loggers = self._system_option(system, "loggers", None)
+        if loggers is None:
+            return ExtraLoggers(LoggersConfig(), self.trial.root, self.trial.root.name)
+        return ExtraLoggers(loggers, self.trial.root, self.trial.root.name, to_data(self.cfg))
+
     def place(self, system: System) -> None:
         """Move the system to the run's device (and keep `system.device` in step)."""
         system.move_to(self.device)
@@ -209,6 +218,7 @@ class Trainer:
                 log.info("note: the checkpoint is at step %d >= trainer.max_steps=%d: nothing to train", start, max_steps)
         self.global_step = start
         metrics = MetricsLogger(self.trial.metrics, resume_step=start if ckpt is not None else None)
+        self.loggers = self._open_loggers(system)
         if cfg.trainer.num_sanity_val_steps > 0 and start == 0:
             self.validate(system, datamodule, limit=cfg.trainer.num_sanity_val_steps)
             system.train()
@@ -267,6 +277,7 @@ class Trainer:
                     cache = system.cache_stats()
                     values.update({f"cache/{k}": v for k, v in cache.items()})
                     metrics.log(gstep, values)
+                    self.loggers.log_scalars(gstep, values)
                     bar.set_postfix(values.get("train/loss"), cache)
                     if not math.isfinite(values.get("train/loss", 0.0)):
                         log.warning("the loss is %s at step %d", values.get("train/loss"), gstep)
@@ -288,6 +299,7 @@ class Trainer:
         finally:
             bar.close()
             metrics.flush()
+            self.loggers.close()
         if cfg.checkpoint.save_last or self.interrupted:  # an interrupted run always leaves a checkpoint to resume
             self._save(self.trial.last_ckpt, system, optimizer, scheduler, scaler, datamodule)
         system.on_fit_end()
@@ -332,6 +344,7 @@ class Trainer:
             save_image(path, frame)
             frames.append(frame)
             written.append(path)
+        self.loggers.log_images(step, "val", frames)
         if as_video and frames:
             video = self.trial.save / f"it{step}-val.mp4"
             save_video(video, frames, self._system_option(system, "video_fps", 30))

@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from ..config.errors import ConfigError
+from .loggers import LoggersConfig
 from .lr_schedule import LRSchedulerConfig, build_scheduler
 
 
@@ -86,6 +87,8 @@ class SystemConfig:
     cleanup_after_validation_step: bool = False
     """Empty the CUDA cache after each validation view."""
     cleanup_after_test_step: bool = False
+    loggers: LoggersConfig = field(default_factory=LoggersConfig)
+    """Weights & Biases / TensorBoard next to the CSV log (threestudio's block; off by default)."""
 
 
 def build_optimizer(module: nn.Module, cfg: OptimizerConfig) -> torch.optim.Optimizer:

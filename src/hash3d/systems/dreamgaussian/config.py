@@ -14,6 +14,7 @@ the values are negated once, in `common.py` (`dg_to_world_elevation`, `make_view
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +22,8 @@ from typing import Literal
 
 from hash3d.cache.config import CacheConfig
 from hash3d.config.errors import ConfigError, UserInputError
-from hash3d.config.loader import load_config
+from hash3d.config.foreign import read_dreamgaussian
+from hash3d.config.loader import load_config_report
 
 __all__ = [
     "DreamGaussianConfig",
@@ -156,6 +158,9 @@ class DreamGaussianConfig:
     densification_interval: int = 100
     opacity_reset_interval: int = 700
     densify_grad_threshold: float = 0.01
+    grad_clip: float = 0.0
+    """Stage 1: before each step, clip the gradient norm of each Gaussian parameter tensor (positions, scales,
+    rotations, colours, opacities) to this value; 0 = off (the original Hash3D fork's option)."""
 
     # ---- textured mesh (stage 2)
     geom_lr: float = 0.0001
@@ -215,6 +220,8 @@ class DreamGaussianConfig:
             raise ConfigError(f"'min_ver' ({self.min_ver}) must not exceed 'max_ver' ({self.max_ver})")
         if not 0 <= self.sh_degree <= 3:
             raise ConfigError(f"'sh_degree' must be 0..3; got {self.sh_degree}")
+        if self.grad_clip < 0:
+            raise ConfigError(f"'grad_clip' must be >= 0 (0 = off); got {self.grad_clip}")
         if len(self.render_resolutions) != len(self.render_resolution_ratios) + 1:
             raise ConfigError(
                 f"'render_resolutions' needs one entry more than 'render_resolution_ratios'; got "
@@ -298,5 +305,7 @@ def load_options(config: str | os.PathLike | None, overrides: list[str] | tuple[
     """
     if config is not None and not Path(config).is_file():
         raise ConfigError(f"config file not found: {config} (the configs are in dreamgaussian-hash3d/configs/)")
-    cfg, _ = load_config(config, list(overrides), schema=DreamGaussianConfig)
+    cfg, _, report = load_config_report(config, list(overrides), DreamGaussianConfig, read_dreamgaussian)
+    if report.no_effect_line():
+        logging.getLogger("hash3d").info("%s", report.no_effect_line())
     return cfg

@@ -223,6 +223,9 @@ def run_stage1(cfg: DreamGaussianConfig, progress: bool = True) -> Stage1Result:
         with section("backward"):
             loss.backward()
         with section("optimizer"):
+            if cfg.grad_clip > 0:
+                for param in model.params.values():
+                    torch.nn.utils.clip_grad_norm_(param, cfg.grad_clip)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
         with section("densify"):
