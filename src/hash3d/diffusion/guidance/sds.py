@@ -43,7 +43,7 @@ class GuidanceConfig:
     seed: int = 0
     cuda_graphs: bool = True
     """Replay UNet passes and cache lookups as CUDA graphs (CUDA only; ignored on the CPU). At SDS sizes the UNet is
-    bound by kernel launches: graphs make a cache-off step 2.5-3.6x faster on an H100 (docs/benchmarks.md)."""
+    bound by kernel launches, which graphs remove (docs/benchmarks.md has the measured effect)."""
     hit_graphs: bool = True
     """With CUDA graphs and a cache: answer a tried request through the graphed hit step (`hit_step.py`: two graphs
     around one host read) instead of the host-dispatched path. Off: the eager path, the reference of the graphed one."""
@@ -122,7 +122,7 @@ class SDSGuidance(torch.nn.Module):
         self.device = device
         self.unet = unet
         self.vae = vae
-        # diffusers' ModelMixin.dtype walks every submodule (about 1 ms for a full UNet): read the dtypes once
+        # diffusers' ModelMixin.dtype walks every submodule on each read: read the dtypes once
         self.unet_dtype = next(unet.parameters()).dtype
         self.vae_dtype = next(vae.parameters()).dtype
         # latent side: diffusers' sample_size, or image_size in the latent-diffusion configs of the multi-view UNets
