@@ -9,8 +9,6 @@ Stable Diffusion guidance adds for the camera (`view_prompts` / `view_direction`
 
 from __future__ import annotations
 
-import colorsys
-
 import torch
 
 from hash3d.diffusion.guidance.stable_diffusion import (
@@ -20,6 +18,7 @@ from hash3d.diffusion.guidance.stable_diffusion import (
     view_prompts,
 )
 
+from .colors import COLOR_NAMES, color_index
 from .objects import KINDS, TEXTURES, Objects
 
 __all__ = [
@@ -33,10 +32,6 @@ __all__ = [
     "views_direction",
 ]
 
-COLOR_NAMES = ("red", "orange", "yellow", "green", "cyan", "blue", "purple", "pink", "white", "grey", "black")
-# hue bins (degrees, upper bounds) of the saturated colours
-_HUES = ((15, "red"), (45, "orange"), (70, "yellow"), (160, "green"), (200, "cyan"), (255, "blue"),
-         (290, "purple"), (335, "pink"), (360, "red"))
 SHAPE_NAMES = {"sphere": "sphere", "box": "box", "cylinder": "cylinder", "cone": "cone", "torus": "torus"}
 _TEXTURE_WORDS = {"solid": "", "stripes": "striped", "checker": "checkered"}
 _CUBE_ASPECT = 1.3
@@ -46,13 +41,9 @@ WORDS = tuple(sorted(set(COLOR_NAMES) | set(SHAPE_NAMES.values()) | {"cube", "st
 """Every word a caption can hold: the tokenizer makes each of them one token."""
 
 
-def color_name(rgb: tuple[float, float, float]) -> str:
-    """The named colour nearest an albedo in [0, 1]^3 (hue bins; low saturation is white, grey or black)."""
-    h, s, v = colorsys.rgb_to_hsv(*(min(1.0, max(0.0, float(c))) for c in rgb))
-    if s < 0.3 or v < 0.2:
-        return "black" if v < 0.3 else "white" if v > 0.7 and s < 0.2 else "grey"
-    hue = 360.0 * h
-    return next(name for bound, name in _HUES if hue < bound)
+def color_name(rgb) -> str:
+    """The named colour nearest an albedo in [0, 1]^3 (see `hash3d.mini.colors`)."""
+    return COLOR_NAMES[int(color_index(torch.as_tensor(rgb, dtype=torch.float32)))]
 
 
 def shape_name(kind: int, size: tuple[float, float, float]) -> str:
