@@ -1,7 +1,7 @@
 """A CLIP byte-level BPE tokenizer written by the project, in the real on-disk layout (vocab.json, merges.txt).
 
 The vocabulary holds every byte symbol (plain and word-final), so any text encodes, plus, for each word in `words`,
-the chain of left-to-right merges that builds it, so each of those words is one token. Every merge result is in
+merges that build it, so each of those words is one token. Every merge result is in
 the vocabulary, so whatever order the BPE applies overlapping merges in, it never produces an unknown token.
 """
 
@@ -26,22 +26,50 @@ def _byte_symbols() -> list[str]:
     return [table[b] for b in range(256)]
 
 
+def _bpe(word: str, ranks: dict[tuple[str, str], int]) -> list[str]:
+    """The tokens CLIP's BPE makes of one word with these merge ranks (lowest rank first, all occurrences)."""
+    symbols = list(word[:-1]) + [word[-1] + "</w>"]
+    while len(symbols) > 1:
+        pairs = {(a, b) for a, b in zip(symbols, symbols[1:])}
+        best = min(pairs, key=lambda pair: ranks.get(pair, float("inf")))
+        if best not in ranks:
+            break
+        merged, i = [], 0
+        while i < len(symbols):
+            if i + 1 < len(symbols) and (symbols[i], symbols[i + 1]) == best:
+                merged.append(symbols[i] + symbols[i + 1])
+                i += 2
+            else:
+                merged.append(symbols[i])
+                i += 1
+        symbols = merged
+    return symbols
+
+
 def _word_merges(words: Iterable[str]) -> list[tuple[str, str]]:
-    """Left-to-right merges that build each (lower-case ASCII) word as one word-final token, without repeats."""
-    merges: list[tuple[str, str]] = []
-    seen: set[tuple[str, str]] = set()
+    """Merges that make each (lower-case ASCII) word one word-final token.
+
+    Words are built left to right; where earlier merges split a word differently (a merge of another word applies
+    first), merges of the pieces it ends up as are appended. Appended merges rank below all others, so they never
+    change a word that already is one token; the loop ends because every round shortens each unfinished word.
+    """
+    words = list(dict.fromkeys(words))
     for word in words:
         if not word or not word.isascii() or not word.isalpha() or word != word.lower():
             raise ValueError(f"tokenizer words must be lower-case ASCII letters, got {word!r}")
-        symbols = list(word[:-1]) + [word[-1] + "</w>"]
-        left = symbols[0]
-        for right in symbols[1:]:
-            pair = (left, right)
-            if pair not in seen:
-                seen.add(pair)
-                merges.append(pair)
-            left = left + right
-    return merges
+    merges: list[tuple[str, str]] = []
+    ranks: dict[tuple[str, str], int] = {}
+    while True:
+        unfinished = [pieces for pieces in (_bpe(w, ranks) for w in words) if len(pieces) > 1]
+        if not unfinished:
+            return merges
+        for pieces in unfinished:
+            left = pieces[0]
+            for right in pieces[1:]:
+                if (left, right) not in ranks:
+                    ranks[(left, right)] = len(merges)
+                    merges.append((left, right))
+                left = left + right
 
 
 def tokenizer_vocab(words: Iterable[str] = ()) -> tuple[dict[str, int], list[tuple[str, str]]]:
