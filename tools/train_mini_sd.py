@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Train Hash3D-mini-sd (a small text-to-image model on captioned procedural objects); see `hash3d.mini.train_sd`.
 
-    python tools/train_mini_sd.py --out outputs/mini-sd --minutes 7    # one command (< 10 min with evaluation)
+    python tools/train_mini_sd.py --out outputs/mini-sd --compile   # one command (< 10 min with evaluation)
     python tools/train_mini_sd.py --out /tmp/mini-sd-smoke --tiny      # CPU smoke test
 """
 

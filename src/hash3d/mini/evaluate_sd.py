@@ -130,7 +130,7 @@ def write_sd_card(path: str | Path, run: dict[str, Any], metrics: dict[str, Any]
         "  (', front view' / ', side view' / ', back view' / ', overhead view'), chosen with its default thresholds.",
         "- Images 64×64 RGB on white; cameras as `hash3d.data.cameras` at distance 3.8, fovy 20°, elevation −10…85°.",
         "- Unconditional branch: the empty prompt. Scheduler: v-prediction, cosine betas, 1000 steps.",
-        f"- VAE: the Hash3D-mini Zero123 model's (frozen, scaling_factor 1: whitened latents).",
+        f"- VAE: the Hash3D-mini Zero123 model's (frozen; scaling_factor {run['scaling_factor']:g}, whitened latents).",
         "",
         "## Architecture",
         "",
@@ -141,7 +141,8 @@ def write_sd_card(path: str | Path, run: dict[str, Any], metrics: dict[str, Any]
         "",
         "## Recipe",
         "",
-        f"- Device: {run['device']}; command `{run['command']}`.",
+        f"- Device: {run['device']}; command `{run['command']}`; UNet compiled: {run['compiled']}; training stopped by "
+        f"the {run['stopped_by']}.",
         f"- {run['steps']} steps in {run['minutes']} min, batch {cfg['batch']}, AdamW lr {cfg['lr']} (warm-up "
         f"{cfg['warmup_steps']}, cosine to 10 %), EMA {cfg['ema']} (exported), captions dropped {cfg['cfg_drop']:.0%}.",
         "",

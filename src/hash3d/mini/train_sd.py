@@ -1,6 +1,6 @@
 """Train Hash3D-mini-sd: a small latent text-to-image model on captioned renders of the procedural objects.
 
-    python tools/train_mini_sd.py --out outputs/mini-sd --minutes 7 --export-parts $OUT/mini-sd   # one GPU command
+    python tools/train_mini_sd.py --out outputs/mini-sd --compile --export-parts $OUT/mini-sd   # one GPU command
     python tools/train_mini_sd.py --out /tmp/mini-sd --tiny                                     # CPU smoke test
 
 Data: the Zero123 mini's `ViewPool` (objects × views, refreshed a few objects per step), elevations −10…85° so
@@ -46,8 +46,11 @@ SD_ELEVATION_RANGE = (-10.0, 85.0)
 @dataclass
 class SDTrainConfig:
     out: str
-    minutes: float = 7.0
+    minutes: float = 6.5
     """Training-loop budget of the one command, in minutes (pool rendering, export and evaluation come on top)."""
+    deadline_minutes: float = 8.0
+    """Wall-clock limit of training from the command's start: training stops there even if `minutes` is not spent,
+    so that export and evaluation still fit a 10-minute command."""
     steps: int | None = None
     """Budget in steps instead of minutes (tests, exact reproduction)."""
     preset: str = "default"
@@ -120,9 +123,11 @@ class SDTrainer:
         self.opt = torch.optim.AdamW(self.params, lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
         self.ema = [p.detach().clone().float() for p in self.params]
         self.unet_fn = torch.compile(self.parts["unet"]) if cfg.compile_unet else self.parts["unet"]
+        self._compile_checked = not cfg.compile_unet
         self.pool = ViewPool(cfg.pool_objects, cfg.pool_views, self.device, elevation_range=SD_ELEVATION_RANGE)
         # token ids of every pool object's caption with each view suffix: [P, directions, max_length]
         self.tokens = torch.zeros(cfg.pool_objects, 4, max_length, dtype=torch.long, device=self.device)
+        self.t_start = time.time()
         self.step = 0
         self.seconds = 0.0
         self.loss_log: list[list[float]] = []
@@ -165,6 +170,8 @@ class SDTrainer:
         return self.cfg.lr * warm * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
 
     def _done(self) -> bool:
+        if time.time() - self.t_start >= 60 * self.cfg.deadline_minutes:
+            return True
         if self.cfg.steps is not None:
             return self.step >= self.cfg.steps
         return self.seconds >= 60 * self.cfg.minutes
@@ -200,6 +207,20 @@ class SDTrainer:
         torch._foreach_lerp_(self.ema, [q.detach().float() for q in self.params], 1 - decay)
         return loss.detach()
 
+    def _checked_step(self) -> torch.Tensor:
+        """A training step; the first one with a compiled UNet falls back to eager if compiling fails (compiling
+        happens there, before the optimiser step, so the step is simply redone)."""
+        if self._compile_checked:
+            return self._train_step()
+        self._compile_checked = True
+        try:
+            return self._train_step()
+        except Exception as err:  # noqa: BLE001 - any compiler failure
+            _log(f"torch.compile of the UNet failed ({type(err).__name__}: {str(err).splitlines()[0][:200]}); "
+                 "training eagerly")
+            self.unet_fn = self.parts["unet"]
+            return self._train_step()
+
     def train(self) -> None:
         t0 = time.perf_counter()
         self.pool.fill(self.pool.P)
@@ -214,7 +235,7 @@ class SDTrainer:
         while not self._done():
             if self.step % REFRESH_EVERY == 0:
                 self._refresh()
-            loss_sum += self._train_step()
+            loss_sum += self._checked_step()
             n_sum += 1
             self.step += 1
             now = time.time()
@@ -251,7 +272,11 @@ class SDTrainer:
                               ddim_steps=self.cfg.eval_steps, cfg_scales=self.cfg.eval_cfg, grid_cfg=self.cfg.grid_cfg,
                               grid_path=self.model_dir / "samples.png", grid_rows=self.cfg.grid_rows)
         metrics["eval_seconds"] = round(time.perf_counter() - t0, 1)
-        run = {"config": asdict(self.cfg), "device": self.device_name, "steps": self.step,
+        spent = self.step >= self.cfg.steps if self.cfg.steps is not None else self.seconds >= 60 * self.cfg.minutes
+        stopped = "budget" if spent else "deadline"
+        run = {"stopped_by": stopped, "scaling_factor": self.scaling_factor,
+               "compiled": self.unet_fn is not self.parts["unet"], "config": asdict(self.cfg), "device": self.device_name,
+               "steps": self.step,
                "minutes": round(self.seconds / 60, 2), "loss_log": self.loss_log, "parameters": self.n_params,
                "folder_bytes": folder_bytes(self.model_dir), "command": self.command}
         (self.out / "eval.json").write_text(json.dumps({"metrics": metrics, "run": run}, indent=2) + "\n")
@@ -270,7 +295,9 @@ def parse_args(argv: list[str] | None = None) -> SDTrainConfig:
     ap = argparse.ArgumentParser(prog="train_mini_sd", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True, help="run folder: tokenizer/, eval.json, model/")
-    ap.add_argument("--minutes", type=float, default=7.0, help="training-loop budget in minutes (default 7)")
+    ap.add_argument("--minutes", type=float, default=6.5, help="training-loop budget in minutes (default 6.5)")
+    ap.add_argument("--deadline-minutes", type=float, default=8.0,
+                    help="stop training this many wall-clock minutes after the start, budget spent or not (default 8)")
     ap.add_argument("--steps", type=int, help="budget in steps instead of minutes")
     ap.add_argument("--tiny", action="store_true", help="tiny model and data, a few steps: a CPU smoke test")
     ap.add_argument("--batch", type=int)
@@ -286,7 +313,8 @@ def parse_args(argv: list[str] | None = None) -> SDTrainConfig:
     ap.add_argument("--export-parts", help="also write the folder as <=15 MiB tar parts + card + picture here")
     args = ap.parse_args(argv)
     values: dict[str, Any] = dict(TINY_SD) if args.tiny else {}
-    values.update(out=args.out, minutes=args.minutes, device=args.device, compile_unet=args.compile)
+    values.update(out=args.out, minutes=args.minutes, deadline_minutes=args.deadline_minutes, device=args.device,
+                  compile_unet=args.compile)
     for key in ("steps", "batch", "lr", "pool_objects", "refresh", "vae_dir", "seed", "eval_objects", "model_dir",
                 "export_parts"):
         value = getattr(args, key)
