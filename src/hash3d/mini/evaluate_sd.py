@@ -167,6 +167,15 @@ def write_sd_card(path: str | Path, run: dict[str, Any], metrics: dict[str, Any]
         "",
         *[f"{i + 1}. {c}" for i, c in enumerate(metrics.get("grid_captions", []))],
         "",
+        "## Reproduce",
+        "",
+        "```",
+        "python tools/train_mini_sd.py --out outputs/mini-sd --compile",
+        "```",
+        "",
+        "One command: `--minutes` (default 6.5) of training, stopped at `--deadline-minutes` (default 8) after the start",
+        "whatever is left, then export and this evaluation. Step counts depend on the GPU; the table above is this folder's.",
+        "",
     ]
     path = Path(path)
     path.write_text("\n".join(lines))
