@@ -56,6 +56,12 @@ def test_tokenizer_makes_every_caption_word_one_token(tmp_path):
     assert ids[0] == vocab["<|startoftext|>"] and ids[-1] == vocab["<|endoftext|>"]
     assert len(ids) == 2 + len(text.replace(",", " ,").split())
     assert tok.decode(ids, skip_special_tokens=True).replace(" ,", ",") == text
+    # the longest captions (four two-coloured textured parts) fit the text encoder's positions untruncated
+    from hash3d.mini.sd_model import sd_configs
+
+    limit = sd_configs("default")["tokenizer"]["model_max_length"]
+    longest = ", ".join(["a red and blue striped cylinder"] * 3) + " and a red and blue checkered cylinder, overhead view"
+    assert len(tok(longest).input_ids) < limit
     # unknown words still encode (byte symbols), and no words means the test models' tokenizer
     assert all(t in vocab for t in tok.tokenize("zebra"))
     assert len(tokenizer_vocab()[0]) == BYTE_VOCAB_SIZE
@@ -144,7 +150,7 @@ def test_tiny_training_writes_a_folder_the_sd_guidance_loads(tmp_path):
                                                               guidance_scale=7.5))
     assert g.image_size == 64 and g.prediction_type == "v_prediction"
     g.set_prompt("a red sphere on a blue cube")
-    assert g.cond_embeddings.shape[:2] == (len(DIRECTIONS), 16)
+    assert g.cond_embeddings.shape[:2] == (len(DIRECTIONS), 40)
     rgb = torch.rand(2, 3, 64, 64, requires_grad=True)
     out_ = g(rgb, torch.tensor([10.0, 70.0]), torch.tensor([0.0, 90.0]), torch.full((2,), 3.8))
     out_.loss.backward()

@@ -27,11 +27,11 @@ TRAINED_PARTS = ("unet", "text_encoder")
 SD_PRESETS: dict[str, dict[str, Any]] = {
     "default": dict(
         unet_channels=[96, 128, 160], unet_heads=[3, 4, 5], unet_layers=1, unet_groups=32, pool_heads=4,
-        text_hidden=128, text_layers=3, text_heads=4, max_length=32, latent=32,
+        text_hidden=128, text_layers=3, text_heads=4, max_length=40, latent=32,
     ),
     "tiny": dict(
         unet_channels=[16, 32, 32], unet_heads=[1, 2, 2], unet_layers=1, unet_groups=8, pool_heads=2,
-        text_hidden=32, text_layers=1, text_heads=2, max_length=16, latent=32,
+        text_hidden=32, text_layers=1, text_heads=2, max_length=40, latent=32,
     ),
 }
 
