@@ -135,7 +135,14 @@ def test_tiny_training_writes_a_folder_the_sd_guidance_loads(tmp_path):
     from hash3d.mini.train_sd import main
 
     out = tmp_path / "run"
+    # a command whose deadline passes at once only checkpoints; the same command again resumes and finishes
+    assert main(["--out", str(out), "--tiny", "--deadline-minutes", "0"]) == 0
+    assert (out / "checkpoint.pt").exists() and not (out / "model").exists()
     assert main(["--out", str(out), "--tiny"]) == 0
+    run = json.loads((out / "eval.json").read_text())["run"]
+    assert run["steps"] == 3 and [(x["start_step"], x["end_step"]) for x in run["sessions"]] == [(0, 0), (0, 3)]
+    with pytest.raises(ValueError, match="'tiny' run, not 'default'"):
+        main(["--out", str(out)])
     model = out / "model"
     for part in ("unet", "text_encoder", "vae", "tokenizer", "scheduler"):
         assert (model / part).is_dir(), part

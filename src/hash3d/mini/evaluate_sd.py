@@ -141,8 +141,9 @@ def write_sd_card(path: str | Path, run: dict[str, Any], metrics: dict[str, Any]
         "",
         "## Recipe",
         "",
-        f"- Device: {run['device']}; command `{run['command']}`; UNet compiled: {run['compiled']}; training stopped by "
-        f"the {run['stopped_by']}.",
+        f"- Device: {run['device']}; {len(run['sessions'])} command(s): "
+        + "; ".join(f"`{x['command']}` (steps {x['start_step']}…{x['end_step']}, {x['wall_minutes']} min wall clock, "
+                    f"UNet compiled: {x['compiled']})" for x in run["sessions"]) + ".",
         f"- {run['steps']} steps in {run['minutes']} min, batch {cfg['batch']}, AdamW lr {cfg['lr']} (warm-up "
         f"{cfg['warmup_steps']}, cosine to 10 %), EMA {cfg['ema']} (exported), captions dropped {cfg['cfg_drop']:.0%}.",
         "",
@@ -173,8 +174,9 @@ def write_sd_card(path: str | Path, run: dict[str, Any], metrics: dict[str, Any]
         "python tools/train_mini_sd.py --out outputs/mini-sd --compile",
         "```",
         "",
-        "One command: `--minutes` (default 6.5) of training, stopped at `--deadline-minutes` (default 8) after the start",
-        "whatever is left, then export and this evaluation. Step counts depend on the GPU; the table above is this folder's.",
+        "`--minutes` (default 6.5) of training over all commands; each command stops training `--deadline-minutes`",
+        "(default 7.5) after its start and checkpoints; run it again until it prints 'done' (then it exports and runs this",
+        "evaluation). Step counts depend on the GPU; the table above is this folder's.",
         "",
     ]
     path = Path(path)

@@ -10,9 +10,12 @@ shipped Hash3D-mini Zero123 model's (trained on the same renders; frozen, copied
 CLIP text encoder train jointly: v-prediction MSE on the cosine schedule, t uniform, 10 % of captions replaced by
 the empty prompt (the guidance's unconditional branch) for CFG, AdamW with warm-up and cosine decay, EMA (exported).
 
-One command trains for `--minutes` of loop time (no resume: the default budget fits one 10-minute command with
-pool rendering, export and evaluation), then writes the folder (`OUT/model`, fp16 safetensors), scores held-out
-captions through that folder (`evaluate_sd`) and writes the model card and `samples.png` into it.
+Training runs `--minutes` of loop time over all commands of the run: each command stops training at
+`--deadline-minutes` of wall clock after its start, saves `OUT/checkpoint.pt` and, if budget is left, exits (the same
+command again resumes). The default budget (6.5 min) fits one 10-minute command with pool rendering, export and
+evaluation; `--minutes 14` takes two. When the budget is spent the command writes the folder (`OUT/model`, fp16
+safetensors), scores held-out captions through that folder (`evaluate_sd`) and writes the model card and
+`samples.png` into it.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from .tokenizer import write_clip_tokenizer
 __all__ = ["SD_ELEVATION_RANGE", "TINY_SD", "SDTrainConfig", "SDTrainer", "main", "parse_args"]
 
 SD_ELEVATION_RANGE = (-10.0, 85.0)
+CHECKPOINT = "checkpoint.pt"
 
 
 @dataclass
@@ -48,9 +52,9 @@ class SDTrainConfig:
     out: str
     minutes: float = 6.5
     """Training-loop budget of the one command, in minutes (pool rendering, export and evaluation come on top)."""
-    deadline_minutes: float = 8.0
-    """Wall-clock limit of training from the command's start: training stops there even if `minutes` is not spent,
-    so that export and evaluation still fit a 10-minute command."""
+    deadline_minutes: float = 7.5
+    """Wall-clock limit of training from the command's start: training stops there even if `minutes` is not spent
+    (checkpoint; run again to resume), so that export and evaluation still fit a 10-minute command."""
     steps: int | None = None
     """Budget in steps instead of minutes (tests, exact reproduction)."""
     preset: str = "default"
@@ -68,7 +72,7 @@ class SDTrainConfig:
     vae_dir: str = str(MINI_MODEL / "vae")
     seed: int = 0
     device: str = "auto"
-    eval_objects: int = 64
+    eval_objects: int = 256
     eval_steps: int = 50
     eval_cfg: tuple[float, ...] = (1.0, 3.0, 7.5)
     grid_cfg: float = 7.5
@@ -97,6 +101,11 @@ class SDTrainer:
         self.out = Path(cfg.out)
         self.out.mkdir(parents=True, exist_ok=True)
         self.model_dir = Path(cfg.model_dir) if cfg.model_dir else self.out / "model"
+        path = self.out / CHECKPOINT
+        self._checkpoint = torch.load(path, map_location="cpu", weights_only=False) if path.exists() else None
+        if self._checkpoint is not None and self._checkpoint["preset"] != cfg.preset:
+            raise ValueError(f"{path} is a {self._checkpoint['preset']!r} run, not {cfg.preset!r}: use the same options "
+                             "as the first command, or another --out")
         name = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
         self.device = torch.device(name)
         self.cuda = self.device.type == "cuda"
@@ -128,6 +137,7 @@ class SDTrainer:
         # token ids of every pool object's caption with each view suffix: [P, directions, max_length]
         self.tokens = torch.zeros(cfg.pool_objects, 4, max_length, dtype=torch.long, device=self.device)
         self.t_start = time.time()
+        self.sessions: list[dict[str, Any]] = []
         self.step = 0
         self.seconds = 0.0
         self.loss_log: list[list[float]] = []
@@ -168,6 +178,11 @@ class SDTrainer:
         else:
             frac = self.seconds / max(1e-9, 60 * self.cfg.minutes)
         return self.cfg.lr * warm * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
+
+    def budget_spent(self) -> bool:
+        if self.cfg.steps is not None:
+            return self.step >= self.cfg.steps
+        return self.seconds >= 60 * self.cfg.minutes
 
     def _done(self) -> bool:
         if time.time() - self.t_start >= 60 * self.cfg.deadline_minutes:
@@ -221,10 +236,38 @@ class SDTrainer:
             self.unet_fn = self.parts["unet"]
             return self._train_step()
 
-    def train(self) -> None:
+    def save_checkpoint(self) -> None:
+        ckpt = {"version": 1, "preset": self.cfg.preset, "parts": {k: m.state_dict() for k, m in self.parts.items()},
+                "opt": self.opt.state_dict(), "ema": [e.cpu() for e in self.ema], "step": self.step,
+                "seconds": self.seconds, "loss_log": self.loss_log, "next_id": self.pool.next_id,
+                "sessions": self.sessions}
+        tmp = self.out / (CHECKPOINT + ".tmp")
+        torch.save(ckpt, tmp)
+        tmp.replace(self.out / CHECKPOINT)
+
+    def _resume(self) -> int:
+        """Load OUT/checkpoint.pt if there is one; returns the pool's next object id (0 for a fresh run)."""
+        ckpt = self._checkpoint
+        if ckpt is None:
+            return 0
+        for name, module in self.parts.items():
+            module.load_state_dict(ckpt["parts"][name])
+        self.opt.load_state_dict(ckpt["opt"])
+        for e, saved in zip(self.ema, ckpt["ema"]):
+            e.copy_(saved.to(self.device))
+        self.step, self.seconds, self.loss_log = ckpt["step"], ckpt["seconds"], ckpt["loss_log"]
+        self.sessions = ckpt["sessions"]
+        self._checkpoint = None
+        _log(f"resumed from {self.out / CHECKPOINT}: step {self.step}, {self.seconds / 60:.2f} min trained")
+        return int(ckpt["next_id"])
+
+    def train(self) -> bool:
+        """Train until the budget is spent or this command's deadline; checkpoint; True when the budget is spent."""
+        next_id = max(self._resume(), self.pool.P)
+        start_step = self.step
         t0 = time.perf_counter()
-        self.pool.fill(self.pool.P)
-        self._caption_ids(0, self.pool.P)
+        self.pool.fill(next_id)
+        self._caption_ids(next_id - self.pool.P, next_id)
         self.pool.set_encoder(self._encode)
         _log(f"pool: {self.pool.P} objects × {self.pool.V} views rendered, encoded and captioned in "
              f"{time.perf_counter() - t0:.1f} s")
@@ -250,6 +293,12 @@ class SDTrainer:
                      f"it/s | {self.seconds / 60:.2f}/{self.cfg.minutes:g} min")
                 loss_sum.zero_()
                 n_sum, last_log = 0, now
+        self.sessions.append({"device": self.device_name, "command": self.command, "start_step": start_step,
+                              "end_step": self.step, "wall_minutes": round((time.time() - self.t_start) / 60, 2),
+                              "compiled": self.unet_fn is not self.parts["unet"]})
+        self.save_checkpoint()
+        _log(f"checkpoint saved: step {self.step}, {self.seconds / 60:.2f}/{self.cfg.minutes:g} min trained")
+        return self.budget_spent()
 
     def ema_parts(self) -> dict[str, torch.nn.Module]:
         parts = {k: copy.deepcopy(m).eval() for k, m in self.parts.items()}
@@ -272,10 +321,8 @@ class SDTrainer:
                               ddim_steps=self.cfg.eval_steps, cfg_scales=self.cfg.eval_cfg, grid_cfg=self.cfg.grid_cfg,
                               grid_path=self.model_dir / "samples.png", grid_rows=self.cfg.grid_rows)
         metrics["eval_seconds"] = round(time.perf_counter() - t0, 1)
-        spent = self.step >= self.cfg.steps if self.cfg.steps is not None else self.seconds >= 60 * self.cfg.minutes
-        stopped = "budget" if spent else "deadline"
-        run = {"stopped_by": stopped, "scaling_factor": self.scaling_factor,
-               "compiled": self.unet_fn is not self.parts["unet"], "config": asdict(self.cfg), "device": self.device_name,
+        run = {"sessions": self.sessions, "scaling_factor": self.scaling_factor,
+               "config": asdict(self.cfg), "device": self.device_name,
                "steps": self.step,
                "minutes": round(self.seconds / 60, 2), "loss_log": self.loss_log, "parameters": self.n_params,
                "folder_bytes": folder_bytes(self.model_dir), "command": self.command}
@@ -296,8 +343,9 @@ def parse_args(argv: list[str] | None = None) -> SDTrainConfig:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True, help="run folder: tokenizer/, eval.json, model/")
     ap.add_argument("--minutes", type=float, default=6.5, help="training-loop budget in minutes (default 6.5)")
-    ap.add_argument("--deadline-minutes", type=float, default=8.0,
-                    help="stop training this many wall-clock minutes after the start, budget spent or not (default 8)")
+    ap.add_argument("--deadline-minutes", type=float, default=7.5,
+                    help="stop training this many wall-clock minutes after the start and checkpoint; run the same "
+                         "command again to resume (default 7.5)")
     ap.add_argument("--steps", type=int, help="budget in steps instead of minutes")
     ap.add_argument("--tiny", action="store_true", help="tiny model and data, a few steps: a CPU smoke test")
     ap.add_argument("--batch", type=int)
@@ -327,9 +375,11 @@ def main(argv: list[str] | None = None) -> int:
     cfg = parse_args(argv)
     trainer = SDTrainer(cfg)
     trainer.command = "python tools/train_mini_sd.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    trainer.train()
-    trainer.finalize()
-    _log("done: the model folder, its card and samples.png are written")
+    if trainer.train():
+        trainer.finalize()
+        _log("done: the model folder, its card and samples.png are written")
+    else:
+        _log("not finished: run the same command again to resume")
     return 0
 
 
