@@ -162,3 +162,16 @@ def test_tiny_training_writes_a_folder_the_sd_guidance_loads(tmp_path):
     out_ = g(rgb, torch.tensor([10.0, 70.0]), torch.tensor([0.0, 90.0]), torch.full((2,), 3.8))
     out_.loss.backward()
     assert torch.isfinite(out_.loss) and rgb.grad.abs().sum() > 0
+
+    # the random-weight twin: same layout and text positions, other UNet weights, the same VAE
+    from hash3d.diffusion.loading import load_stable_diffusion
+    from hash3d.mini.sd_model import write_random_sd_twin
+
+    twin = write_random_sd_twin(tmp_path / "twin", model)
+    trained, fresh = load_stable_diffusion(model), load_stable_diffusion(twin)
+    assert fresh.unet.config.cross_attention_dim == trained.unet.config.cross_attention_dim
+    assert fresh.tokenizer.model_max_length == trained.tokenizer.model_max_length == 40
+    w_trained = trained.unet.conv_in.weight.float()
+    assert not torch.allclose(fresh.unet.conv_in.weight, w_trained, atol=1e-3)
+    assert torch.equal(fresh.vae.decoder.conv_out.weight, trained.vae.decoder.conv_out.weight)
+    StableDiffusionGuidance(StableDiffusionGuidanceConfig(pretrained_model_name_or_path=str(twin), dtype="fp32"))

@@ -20,7 +20,15 @@ from hash3d.diffusion.layout import DIFFUSERS_VERSION, build_component, model_in
 from .text_data import WORDS
 from .tokenizer import tokenizer_vocab, write_clip_tokenizer
 
-__all__ = ["SD_PRESETS", "TRAINED_PARTS", "build_sd_parts", "count_sd_parameters", "save_sd_model", "sd_configs"]
+__all__ = [
+    "SD_PRESETS",
+    "TRAINED_PARTS",
+    "build_sd_parts",
+    "count_sd_parameters",
+    "save_sd_model",
+    "sd_configs",
+    "write_random_sd_twin",
+]
 
 TRAINED_PARTS = ("unet", "text_encoder")
 
@@ -155,3 +163,27 @@ def save_sd_model(parts: dict[str, torch.nn.Module], configs: dict[str, dict[str
         if progress:
             hf_logging.enable_progress_bar()
     return path
+
+
+def write_random_sd_twin(path: str | Path, source: str | Path, seed: int = 1) -> Path:
+    """A random-weight twin of the Hash3D-mini-sd folder `source` in `path`: the same tokenizer, scheduler and (trained,
+    caption-blind) VAE, with the UNet and text encoder rebuilt from their stored configs with fresh weights
+    (diffusers' / transformers' own initialisation, seeded; the default seed is not the training's 0, so the twin is
+    not the trained model's starting point either). Whatever a text-to-3D pipeline reaches with it is the
+    floor: nothing of it comes from knowing the captions."""
+    source = Path(source)
+    configs: dict[str, dict[str, Any]] = {}
+    for name in TRAINED_PARTS:
+        file = source / name / "config.json"
+        if not file.exists():
+            raise FileNotFoundError(f"{file} is missing: {source} is not a Hash3D-mini-sd folder")
+        data = json.loads(file.read_text())
+        configs[name] = {k: v for k, v in data.items()
+                         if not k.startswith("_") and k not in ("dtype", "torch_dtype", "transformers_version")}
+    configs["scheduler"] = json.loads((source / "scheduler" / "scheduler_config.json").read_text())
+    tokenizer = json.loads((source / "tokenizer" / "tokenizer_config.json").read_text())
+    configs["tokenizer"] = {"model_max_length": tokenizer["model_max_length"]}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        parts = build_sd_parts(configs)
+    return save_sd_model(parts, configs, source / "vae", path, dtype=torch.float32)
