@@ -185,11 +185,7 @@ class SDTrainer:
         return self.seconds >= 60 * self.cfg.minutes
 
     def _done(self) -> bool:
-        if time.time() - self.t_start >= 60 * self.cfg.deadline_minutes:
-            return True
-        if self.cfg.steps is not None:
-            return self.step >= self.cfg.steps
-        return self.seconds >= 60 * self.cfg.minutes
+        return time.time() - self.t_start >= 60 * self.cfg.deadline_minutes or self.budget_spent()
 
     def _train_step(self) -> torch.Tensor:
         cfg, pool = self.cfg, self.pool
