@@ -4,6 +4,12 @@
 - `render`: batched sphere tracer (threestudio cameras from `hash3d.data.cameras`), straight RGBA on white.
 - `model`: the parts in the diffusers Zero123 layout (`load_zero123` loads the folder) and the conditioning.
 - `train`: the training loop (`tools/train_mini.py`), resumable, with model card and held-out evaluation.
+
+Hash3D-mini-sd, the text-to-image sibling in the Stable Diffusion layout (`tools/train_mini_sd.py`):
+- `colors` / `text_data`: named colours; captions from object parameters with the SD guidance's view suffixes.
+- `tokenizer`: a CLIP BPE tokenizer written by the project (every caption word one token).
+- `sd_model` / `train_sd` / `evaluate_sd`: parts and folder, the one-command training loop, held-out scores + card.
+- `caption_score`: colour and shape agreement of generated images with the described object's renders.
 """
 
 from .objects import HELD_OUT_ID_BASE, KINDS, TEXTURES, Objects, make_objects, sample_views

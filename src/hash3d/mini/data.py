@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from .objects import HELD_OUT_ID_BASE, make_objects, sample_views
+from .objects import HELD_OUT_ID_BASE, VIEW_ELEVATION_RANGE, make_objects, sample_views
 from .render import on_white, render
 
 __all__ = ["ViewPool", "render_ids"]
@@ -32,11 +32,12 @@ class ViewPool:
     """P objects × V views: RGB (fp16, on white), cameras, and once the VAE is frozen, the views' latents."""
 
     def __init__(self, n_objects: int, n_views: int, device: torch.device, compile_render: bool = False,
-                 size: int = 64):
+                 size: int = 64, elevation_range: tuple[float, float] = VIEW_ELEVATION_RANGE):
         if n_views < 2:
             raise ValueError("the pool needs at least 2 views per object to make (input, target) pairs")
         self.P, self.V, self.device = n_objects, n_views, device
         self.compile_render = compile_render
+        self.elevation_range = elevation_range
         self.rgb = torch.ones(n_objects, n_views, 3, size, size, dtype=torch.float16, device=device)
         self.elevation = torch.zeros(n_objects, n_views, device=device)
         self.azimuth = torch.zeros(n_objects, n_views, device=device)
@@ -45,7 +46,7 @@ class ViewPool:
         self.next_id = 0
 
     def _render_into(self, ids: torch.Tensor) -> None:
-        elevation, azimuth = sample_views(ids, self.V)
+        elevation, azimuth = sample_views(ids, self.V, elevation_range=self.elevation_range)
         # big chunks keep the GPU busy (each march step is ~80 element-wise kernels); small ones suit a CPU's cache
         chunk = 1024 if self.device.type == "cuda" else 128
         rgb = render_ids(ids, elevation, azimuth, compile_step=self.compile_render, chunk=chunk)

@@ -206,12 +206,13 @@ def make_objects(ids: torch.Tensor, device=None) -> Objects:
                    color2=color2, texture=texture, frequency=frequency)
 
 
-def sample_views(ids: torch.Tensor, views: int, stream: int = 100) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random cameras per object: elevation uniform in VIEW_ELEVATION_RANGE, azimuth uniform in [0, 360).
+def sample_views(ids: torch.Tensor, views: int, stream: int = 100,
+                 elevation_range: tuple[float, float] = VIEW_ELEVATION_RANGE) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random cameras per object: elevation uniform in `elevation_range`, azimuth uniform in [0, 360).
 
     ids [N] -> (elevation, azimuth), each [N, views] in degrees; deterministic per (id, stream).
     """
     ids = torch.as_tensor(ids, dtype=torch.int64).reshape(-1)
-    elevation = _lerp(hash_uniform(ids, stream, views), *VIEW_ELEVATION_RANGE)
+    elevation = _lerp(hash_uniform(ids, stream, views), *elevation_range)
     azimuth = 360.0 * hash_uniform(ids, stream + 1, views)
     return elevation, azimuth

@@ -1,0 +1,189 @@
+"""Hash3D-mini-sd's parts in the Stable Diffusion on-disk layout (`load_stable_diffusion` and so the SD guidance
+load the folder unchanged): `tokenizer` (CLIP BPE, every caption word one token), a small `CLIPTextModel`, a
+`UNet2DConditionModel` on 32×32×4 latents (cross-attention on the text states, which also pool into the timestep
+embedding through ``addition_embed_type="text"``), the `AutoencoderKL` of the shipped Hash3D-mini Zero123 model
+(trained on the same renders; copied unchanged, frozen), and a v-prediction DDIM scheduler config (cosine betas).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from hash3d.diffusion.layout import DIFFUSERS_VERSION, build_component, model_index
+
+from .text_data import WORDS
+from .tokenizer import tokenizer_vocab, write_clip_tokenizer
+
+__all__ = [
+    "SD_PRESETS",
+    "TRAINED_PARTS",
+    "build_sd_parts",
+    "count_sd_parameters",
+    "save_sd_model",
+    "sd_configs",
+    "write_random_sd_twin",
+]
+
+TRAINED_PARTS = ("unet", "text_encoder")
+
+SD_PRESETS: dict[str, dict[str, Any]] = {
+    "default": dict(
+        unet_channels=[96, 128, 160], unet_heads=[3, 4, 5], unet_layers=1, unet_groups=32, pool_heads=4,
+        text_hidden=128, text_layers=3, text_heads=4, max_length=40, latent=32,
+    ),
+    "tiny": dict(
+        unet_channels=[16, 32, 32], unet_heads=[1, 2, 2], unet_layers=1, unet_groups=8, pool_heads=2,
+        text_hidden=32, text_layers=1, text_heads=2, max_length=40, latent=32,
+    ),
+}
+
+
+def sd_configs(preset: str = "default") -> dict[str, dict[str, Any]]:
+    """Config dicts of the unet, text encoder, tokenizer (max length) and scheduler, keyed by subfolder."""
+    if preset not in SD_PRESETS:
+        raise ValueError(f"preset must be one of {sorted(SD_PRESETS)}, got {preset!r}")
+    p = SD_PRESETS[preset]
+    vocab, _ = tokenizer_vocab(WORDS)
+    eos = len(vocab) - 1  # <|startoftext|> and <|endoftext|> are the last two ids
+    levels = len(p["unet_channels"])
+    unet = {
+        "act_fn": "silu",
+        "addition_embed_type": "text",
+        "addition_embed_type_num_heads": p["pool_heads"],
+        "attention_head_dim": list(p["unet_heads"]),  # diffusers reads this as the number of heads per block
+        "block_out_channels": list(p["unet_channels"]),
+        "center_input_sample": False,
+        "cross_attention_dim": p["text_hidden"],
+        "down_block_types": ["DownBlock2D"] + ["CrossAttnDownBlock2D"] * (levels - 1),
+        "downsample_padding": 1,
+        "flip_sin_to_cos": True,
+        "freq_shift": 0,
+        "in_channels": 4,
+        "layers_per_block": p["unet_layers"],
+        "mid_block_scale_factor": 1,
+        "norm_eps": 1e-05,
+        "norm_num_groups": p["unet_groups"],
+        "only_cross_attention": False,
+        "out_channels": 4,
+        "resnet_time_scale_shift": "scale_shift",
+        "sample_size": p["latent"],
+        "up_block_types": ["CrossAttnUpBlock2D"] * (levels - 1) + ["UpBlock2D"],
+        "upcast_attention": False,
+        "use_linear_projection": True,
+    }
+    text_encoder = {
+        "architectures": ["CLIPTextModel"],
+        "attention_dropout": 0.0,
+        "bos_token_id": eos - 1,
+        "dropout": 0.0,
+        "eos_token_id": eos,
+        "hidden_act": "gelu",
+        "hidden_size": p["text_hidden"],
+        "initializer_factor": 1.0,
+        "initializer_range": 0.02,
+        "intermediate_size": 4 * p["text_hidden"],
+        "layer_norm_eps": 1e-05,
+        "max_position_embeddings": p["max_length"],
+        "model_type": "clip_text_model",
+        "num_attention_heads": p["text_heads"],
+        "num_hidden_layers": p["text_layers"],
+        "pad_token_id": eos,
+        "projection_dim": p["text_hidden"],
+        "vocab_size": len(vocab),
+    }
+    scheduler = {
+        "_class_name": "DDIMScheduler",
+        "_diffusers_version": DIFFUSERS_VERSION,
+        "beta_end": 0.02,
+        "beta_schedule": "squaredcos_cap_v2",
+        "beta_start": 0.0001,
+        "clip_sample": False,
+        "clip_sample_range": 1.0,
+        "num_train_timesteps": 1000,
+        "prediction_type": "v_prediction",
+        "rescale_betas_zero_snr": False,
+        "set_alpha_to_one": False,
+        "steps_offset": 0,
+        "timestep_spacing": "trailing",
+        "trained_betas": None,
+    }
+    return {"unet": unet, "text_encoder": text_encoder, "scheduler": scheduler,
+            "tokenizer": {"model_max_length": p["max_length"]}}
+
+
+def build_sd_parts(configs: dict[str, dict[str, Any]]) -> dict[str, torch.nn.Module]:
+    """The trained parts (unet, text_encoder) on the current default device."""
+    return {name: build_component(name, configs[name]) for name in TRAINED_PARTS}
+
+
+def count_sd_parameters(preset: str = "default") -> dict[str, int]:
+    """Parameters per trained part, counted on the meta device."""
+    with torch.device("meta"):
+        parts = build_sd_parts(sd_configs(preset))
+    return {name: sum(p.numel() for p in m.parameters()) for name, m in parts.items()}
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def save_sd_model(parts: dict[str, torch.nn.Module], configs: dict[str, dict[str, Any]], vae_dir: str | Path,
+                  path: str | Path, dtype: torch.dtype = torch.float16) -> Path:
+    """Write the folder in the Stable Diffusion layout; the VAE folder `vae_dir` is copied as it is."""
+    from transformers.utils import logging as hf_logging
+
+    path, vae_dir = Path(path), Path(vae_dir)
+    if not (vae_dir / "config.json").exists():
+        raise FileNotFoundError(f"no VAE folder at {vae_dir} (config.json missing): pass the shipped Hash3D-mini "
+                                "Zero123 model's vae/ folder")
+    path.mkdir(parents=True, exist_ok=True)
+    index = model_index("sd")
+    index["scheduler"] = ["diffusers", "DDIMScheduler"]
+    _write_json(path / "model_index.json", index)
+    _write_json(path / "scheduler" / "scheduler_config.json", configs["scheduler"])
+    write_clip_tokenizer(path / "tokenizer", configs["tokenizer"]["model_max_length"], WORDS)
+    if (path / "vae").exists():
+        shutil.rmtree(path / "vae")
+    shutil.copytree(vae_dir, path / "vae")
+    progress = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        for name in TRAINED_PARTS:
+            module = copy.deepcopy(parts[name]).to("cpu")
+            torch.nn.Module.to(module, dtype=dtype, memory_format=torch.contiguous_format).eval()
+            module.save_pretrained(path / name, safe_serialization=True)
+    finally:
+        if progress:
+            hf_logging.enable_progress_bar()
+    return path
+
+
+def write_random_sd_twin(path: str | Path, source: str | Path, seed: int = 1) -> Path:
+    """A random-weight twin of the Hash3D-mini-sd folder `source` in `path`: the same tokenizer, scheduler and (trained,
+    caption-blind) VAE, with the UNet and text encoder rebuilt from their stored configs with fresh weights
+    (diffusers' / transformers' own initialisation, seeded; the default seed is not the training's 0, so the twin is
+    not the trained model's starting point either). Whatever a text-to-3D pipeline reaches with it is the
+    floor: nothing of it comes from knowing the captions."""
+    source = Path(source)
+    configs: dict[str, dict[str, Any]] = {}
+    for name in TRAINED_PARTS:
+        file = source / name / "config.json"
+        if not file.exists():
+            raise FileNotFoundError(f"{file} is missing: {source} is not a Hash3D-mini-sd folder")
+        data = json.loads(file.read_text())
+        configs[name] = {k: v for k, v in data.items()
+                         if not k.startswith("_") and k not in ("dtype", "torch_dtype", "transformers_version")}
+    configs["scheduler"] = json.loads((source / "scheduler" / "scheduler_config.json").read_text())
+    tokenizer = json.loads((source / "tokenizer" / "tokenizer_config.json").read_text())
+    configs["tokenizer"] = {"model_max_length": tokenizer["model_max_length"]}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        parts = build_sd_parts(configs)
+    return save_sd_model(parts, configs, source / "vae", path, dtype=torch.float32)
