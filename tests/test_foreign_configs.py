@@ -58,10 +58,19 @@ def system_type(path: Path) -> str:
     return str(OmegaConf.load(path).system_type)
 
 
-def model_overrides(path: Path, models: dict[str, str]) -> list[str]:
-    """Point the file's model ids at the tiny local models (what the README tells a user to do offline)."""
+def model_overrides(path: Path, models: dict[str, str], coarse: str = "coarse/ckpts/last.ckpt") -> list[str]:
+    """Point the file's model ids at the tiny local models (what the README tells a user to do offline); a refine
+    stage also gets its coarse checkpoint (the `???` its file leaves to the command line)."""
+    return [*_models(path, models), *([f"system.geometry_convert_from={coarse}"] if is_refine(path) else [])]
+
+
+def is_refine(path: Path) -> bool:
+    return OmegaConf.load(path).system.get("refinement", False) is True
+
+
+def _models(path: Path, models: dict[str, str]) -> list[str]:
     kind = system_type(path)
-    if kind == "zero123-system":
+    if kind in ("zero123-system", "gaussian-splatting-zero123-system"):
         return [f"system.guidance.pretrained_model_name_or_path={models['zero123']}", f"data.image_path={IMAGE}"]
     if kind == "magic123-system":
         return [f"system.guidance_3d.pretrained_model_name_or_path={models['zero123']}", f"data.image_path={IMAGE}",
@@ -167,8 +176,8 @@ def test_threestudio_zero123_checkpoint_paths_are_refused_with_the_diffusers_id(
     assert cfg.system.guidance.dtype == "fp32" and cfg.system.guidance.guidance_scale == 3.0
 
 
-def tiny_run_overrides(path: Path, models: dict[str, str], out: Path) -> list[str]:
-    base = model_overrides(path, models)
+def tiny_run_overrides(path: Path, models: dict[str, str], out: Path, coarse: str = "") -> list[str]:
+    base = model_overrides(path, models, coarse)
     cfg, _ = load_config(path, base)
     extra = [
         f"exp_root_dir={out}",
@@ -176,15 +185,42 @@ def tiny_run_overrides(path: Path, models: dict[str, str], out: Path) -> list[st
         "trainer.test_after_fit=false",
         "system.guidance.dtype=fp32",
     ]
-    if getattr(cfg.system, "renderer_type", "") == "nerf-volume-renderer":
-        extra += ["system.renderer.num_samples_per_ray=32", "system.geometry.pos_encoding_config.n_levels=4",
-                  "system.geometry.pos_encoding_config.log2_hashmap_size=12"]  # fmt: skip
+    renderer = getattr(cfg.system, "renderer_type", "")
+    if renderer in ("nerf-volume-renderer", "nvdiff-rasterizer"):  # the refine stage's grid must match its coarse one
+        extra += ["system.geometry.pos_encoding_config.n_levels=4", "system.geometry.pos_encoding_config.log2_hashmap_size=12"]
+    if renderer == "nerf-volume-renderer":
+        extra += ["system.renderer.num_samples_per_ray=32"]
+    if renderer == "nvdiff-rasterizer":
+        # a two-step coarse density stays far below upstream's threshold 25: take the surface at a percentile
+        extra += ["system.geometry.isosurface_resolution=16", "system.geometry_convert_override.isosurface_threshold=auto"]
+    if system_type(path).startswith("gaussian-splatting"):
+        extra += ["system.geometry.init_num_pts=100", "system.renderer.rasterizer=torch"]
     return [*base, *smoke_overrides(cfg, steps=2, size=24), *extra]
 
 
+@pytest.fixture(scope="module")
+def coarse_trials() -> dict[str, Path]:
+    """Coarse file name -> its two-step trial, filled by the coarse files' own training test (the corpus order trains
+    a coarse file before its refine partner) for the refine files to start from."""
+    return {}
+
+
+def coarse_of(refine: Path, models, trials: dict[str, Path], tmp_path_factory) -> str:
+    """The checkpoint of the refine file's own upstream coarse partner, trained here when no earlier test did."""
+    coarse = refine.with_name(refine.name.replace("-refine-", "-coarse-"))
+    if coarse.name not in trials:
+        out = tmp_path_factory.mktemp("coarse")
+        assert main(["--config", str(coarse), "--train", *tiny_run_overrides(coarse, models, out)]) == 0
+        (trials[coarse.name],) = [p for p in out.glob("*/*") if p.is_dir()]
+    return str(trials[coarse.name] / "ckpts" / "last.ckpt")
+
+
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=ids(EXPERIMENTS))
-def test_each_threestudio_layout_file_trains_two_steps(path, written_models, tmp_path, capsys):
-    args = tiny_run_overrides(path, written_models, tmp_path)
+def test_each_threestudio_layout_file_trains_two_steps(path, written_models, tmp_path, capsys, coarse_trials,
+                                                       tmp_path_factory):  # fmt: skip
+    coarse = coarse_of(path, written_models, coarse_trials, tmp_path_factory) if is_refine(path) else ""
+    capsys.readouterr()
+    args = tiny_run_overrides(path, written_models, tmp_path, coarse)
     assert main(["--config", str(path), "--train", *args]) == 0
     err = capsys.readouterr().err
     notices = [line for line in err.splitlines() if "accepted, no effect here:" in line]
@@ -197,6 +233,8 @@ def test_each_threestudio_layout_file_trains_two_steps(path, written_models, tmp
     # the parsed config is ours: it loads back without any foreign reading
     again, _, report = load_config_report(trial / "configs" / "parsed.yaml", [])
     assert report.dialect == "hash3d" and again.system_type == system_type(path)
+    if path.with_name(path.name.replace("-coarse-", "-refine-")).is_file():
+        coarse_trials[path.name] = trial
 
 
 @pytest.mark.parametrize("path", [p for p in FLAT if p not in FLAT_IMAGE], ids=ids([p for p in FLAT if p not in FLAT_IMAGE]))

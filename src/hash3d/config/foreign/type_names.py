@@ -66,6 +66,8 @@ TYPE_NAMES: tuple[TypeName, ...] = (
     # geometry
     T("geometry", "implicit-volume", "implicit-volume",
       defaults={"radius": 1.0, "normal_type": "finite_difference", "mlp_network_config.n_hidden_layers": 1}),
+    T("geometry", "tetrahedra-sdf-grid", "tetrahedra-sdf-grid",
+      defaults={"radius": 1.0, "mlp_network_config.n_hidden_layers": 1}),
     # material / background / renderer / exporter
     T("material", "diffuse-with-point-light-material", "diffuse-with-point-light"),
     T("background", "solid-color-background", "solid-color-background"),
