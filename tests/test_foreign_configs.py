@@ -141,6 +141,48 @@ def test_original_stable_zero123_maps_every_changed_key(written_models):
             "system.guidance.cond_image_path", "system.renderer.return_comp_normal"} <= no_effect  # fmt: skip
 
 
+def test_original_gaussian_zero123_reads_as_our_gaussian_zero123_system(written_models):
+    path = CORPUS / "hash3d" / "threestudio-hash3d" / "gaussian_splatting_zero123_hash3d.yaml"
+    cfg, _, report = load_config_report(path, model_overrides(path, written_models))
+    s = cfg.system
+    assert cfg.system_type == "gaussian-splatting-zero123-system" and s.guidance_type == "zero123-guidance"
+    assert s.renderer.invert_bg_prob == 1.0 and tuple(s.renderer.back_ground_color) == (1.0, 1.0, 1.0)
+    assert list(s.loss.lambda_rgb) == [100, 500.0, 1000.0, 400] and s.loss.lambda_mask == 50.0
+    assert s.guidance.guidance_scale == 5.0 and s.guidance.cache.mode == "features"
+    assert s.geometry.densification_interval == 100 and s.geometry.densify_until_iter == 1000
+    no_effect = {r.key for r in report.of("no effect")}
+    assert {"system.renderer_type", "system.renderer.debug", "system.material_type", "system.material",
+            "system.background_type", "system.loss.lambda_normal_smooth", "system.loss.lambda_3d_normal_smooth"} <= no_effect  # fmt: skip
+
+
+def test_original_gaussian_shading_reads_as_our_shading_system():
+    path = CORPUS / "threestudio-3dgs" / "gaussian_splatting_shading.yaml"
+    cfg, _, report = load_config_report(path, BASE_OVERRIDES)
+    s = cfg.system
+    assert cfg.system_type == "gaussian-splatting-system" and s.guidance_type == "stable-diffusion-guidance"
+    assert s.material.ambient_only_steps == 2000 and s.material.soft_shading
+    assert tuple(s.material.diffuse_light_color) == (0.0, 0.0, 0.0)
+    assert s.background_type == "gaussian-mvdream-neural-environment-map-background" and s.background.random_aug_prob == 0.8
+    assert s.guidance.weighting == "sds" and list(s.guidance.max_step_percent) == [2000, 0.98, 0.5, 2001]
+    assert s.geometry.densification_interval == 300 and s.optimizer.params["background"].lr == 0.001
+    assert {"data.rays_d_normalize", "system.renderer_type", "system.material_type"} <= {r.key for r in report.of("no effect")}
+    with pytest.raises(ConfigError, match="'system.renderer_type': 'diff-gaussian-rasterizer-advanced': gaussian-splatting-"
+                                          "system has the renderer 'diff-gaussian-rasterizer-shading' built in and no "
+                                          "other; remove the key or set it to 'diff-gaussian-rasterizer-shading'"):  # fmt: skip
+        load_config(path, [*BASE_OVERRIDES, "system.renderer_type=diff-gaussian-rasterizer-advanced"])
+    with pytest.raises(ConfigError, match="'data.rays_d_normalize': only False is supported"):
+        load_config(path, [*BASE_OVERRIDES, "data.rays_d_normalize=true"])
+
+
+def test_original_refine_files_take_threestudios_dmtet_defaults():
+    path = CORPUS / "hash3d" / "threestudio-hash3d" / "magic3d-refine-sd-hash3d.yaml"
+    cfg, _, report = load_config_report(path, [*BASE_OVERRIDES, "system.geometry_convert_from=c/ckpts/last.ckpt"])
+    g = cfg.system.geometry
+    assert g.mlp_network_config.n_hidden_layers == 1 and g.radius == 2.0  # the upstream module default; the file's own
+    assert cfg.system.refinement and cfg.system.geometry_convert_inherit_texture
+    assert {r.key for r in report.of("default")} >= {"system.geometry.mlp_network_config.n_hidden_layers"}
+
+
 def test_gaussiandreamer_original_gets_what_its_code_hard_codes():
     path = CORPUS / "gaussiandreamer" / "gaussiandreamer-sd.yaml"
     cfg, _, report = load_config_report(path, BASE_OVERRIDES)
@@ -329,6 +371,8 @@ BASES = {
     "zero123": CORPUS / "hash3d" / "threestudio-hash3d" / "stable-zero123_hash3d.yaml",
     "gaussiandreamer": CORPUS / "gaussiandreamer" / "gaussiandreamer-sd.yaml",
     "magic123": CORPUS / "hash3d" / "threestudio-hash3d" / "magic123-coarse-sd-hash3d.yaml",
+    "gs_zero123": CORPUS / "hash3d" / "threestudio-hash3d" / "gaussian_splatting_zero123_hash3d.yaml",
+    "gs_shading": CORPUS / "hash3d" / "threestudio-hash3d" / "gaussian_splatting_shading_hash3d.yaml",
 }
 BASE_OVERRIDES = ['system.prompt_processor.prompt="a cat"']
 
@@ -482,6 +526,25 @@ KEY_CASES = [
     ("magic123", "system.loss.lambda_3d_sds", 1.0, "no effect", None),
     ("magic123", "system.loss.lambda_sd_img", 0.1, "refused", None),
     ("magic123", "system.loss.lambda_normal_smoothness_2d", 10.0, "mapped", ("system.loss.lambda_normal_smooth", 10.0)),
+    # threestudio-3dgs: the rasterisers and the shading material are built into our two Gaussian systems
+    ("gs_zero123", "system.renderer_type", "diff-gaussian-rasterizer-advanced", "no effect", None),
+    ("gs_zero123", "system.renderer_type", "diff-gaussian-rasterizer-shading", "refused", None),
+    ("gs_shading", "system.renderer_type", "diff-gaussian-rasterizer-shading", "no effect", None),
+    ("gs_shading", "system.renderer_type", "diff-gaussian-rasterizer-advanced", "refused", None),
+    ("gs_shading", "system.material_type", "gaussian-diffuse-with-point-light-material", "no effect", None),
+    ("gs_shading", "system.material_type", "no-material", "refused", None),
+    ("dreamfusion", "system.renderer_type", "diff-gaussian-rasterizer-shading", "refused", None),
+    ("gs_zero123", "system.material_type", "diffuse-with-point-light-material", "no effect", None),  # ignored upstream
+    ("gs_zero123", "system.material", {"n_output_dims": 3}, "no effect", None),
+    ("gs_zero123", "system.background_type", "neural-environment-map-background", "no effect", None),
+    ("gs_zero123", "system.background", {"color": [0.5, 0.5, 0.5]}, "no effect", None),
+    ("gs_zero123", "system.renderer.debug", True, "no effect", None),
+    ("gs_shading", "system.renderer.debug", True, "no effect", None),
+    ("gs_zero123", "system.loss.lambda_normal_smooth", 0.0, "no effect", None),
+    ("gs_zero123", "system.loss.lambda_normal_smooth", 2.0, "refused", None),
+    ("gs_zero123", "system.loss.lambda_3d_normal_smooth", 5.0, "no effect", None),
+    ("gs_shading", "data.rays_d_normalize", False, "no effect", None),
+    ("gs_shading", "data.rays_d_normalize", True, "refused", None),
 ]
 
 
