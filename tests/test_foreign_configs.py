@@ -183,6 +183,18 @@ def test_original_refine_files_take_threestudios_dmtet_defaults():
     assert {r.key for r in report.of("default")} >= {"system.geometry.mlp_network_config.n_hidden_layers"}
 
 
+def test_a_refine_network_unlike_the_coarse_one_is_a_config_error(written_models, coarse_trials, tmp_path_factory,
+                                                                   tmp_path, capsys):  # fmt: skip
+    path = CORPUS / "hash3d" / "threestudio-hash3d" / "magic3d-refine-sd-hash3d.yaml"
+    coarse = coarse_of(path, written_models, coarse_trials, tmp_path_factory)
+    args = [*tiny_run_overrides(path, written_models, tmp_path, coarse), "system.geometry.mlp_network_config.n_hidden_layers=2"]
+    capsys.readouterr()
+    assert main(["--config", str(path), "--train", *args]) == 2
+    err = capsys.readouterr().err
+    assert "cannot inherit the coarse stage's feature_network: its shapes differ; give system.geometry.mlp_network_config" in err
+    assert "internal error" not in err
+
+
 def test_gaussiandreamer_original_gets_what_its_code_hard_codes():
     path = CORPUS / "gaussiandreamer" / "gaussiandreamer-sd.yaml"
     cfg, _, report = load_config_report(path, BASE_OVERRIDES)
