@@ -557,6 +557,8 @@ KEY_CASES = [
     ("gs_zero123", "system.loss.lambda_3d_normal_smooth", 5.0, "no effect", None),
     ("gs_shading", "data.rays_d_normalize", False, "no effect", None),
     ("gs_shading", "data.rays_d_normalize", True, "refused", None),
+    ("dreamfusion", "data.rays_d_normalize", True, "no effect", None),
+    ("dreamfusion", "data.rays_d_normalize", False, "refused", None),
 ]
 
 

@@ -117,6 +117,9 @@ GUIDANCE: dict[str, Rule] = {
 
 RULES: dict[str, dict[str, Rule]] = {
     "": {},
+    "data": {
+        "rays_d_normalize": only(True, "camera rays are unit length (threestudio's default)"),
+    },
     "trainer": {
         "devices": no_effect("one device, chosen by --gpu"),
         "accelerator": no_effect("the device is chosen by --gpu"),
