@@ -58,10 +58,19 @@ def system_type(path: Path) -> str:
     return str(OmegaConf.load(path).system_type)
 
 
-def model_overrides(path: Path, models: dict[str, str]) -> list[str]:
-    """Point the file's model ids at the tiny local models (what the README tells a user to do offline)."""
+def model_overrides(path: Path, models: dict[str, str], coarse: str = "coarse/ckpts/last.ckpt") -> list[str]:
+    """Point the file's model ids at the tiny local models (what the README tells a user to do offline); a refine
+    stage also gets its coarse checkpoint (the `???` its file leaves to the command line)."""
+    return [*_models(path, models), *([f"system.geometry_convert_from={coarse}"] if is_refine(path) else [])]
+
+
+def is_refine(path: Path) -> bool:
+    return OmegaConf.load(path).system.get("refinement", False) is True
+
+
+def _models(path: Path, models: dict[str, str]) -> list[str]:
     kind = system_type(path)
-    if kind == "zero123-system":
+    if kind in ("zero123-system", "gaussian-splatting-zero123-system"):
         return [f"system.guidance.pretrained_model_name_or_path={models['zero123']}", f"data.image_path={IMAGE}"]
     if kind == "magic123-system":
         return [f"system.guidance_3d.pretrained_model_name_or_path={models['zero123']}", f"data.image_path={IMAGE}",
@@ -132,6 +141,60 @@ def test_original_stable_zero123_maps_every_changed_key(written_models):
             "system.guidance.cond_image_path", "system.renderer.return_comp_normal"} <= no_effect  # fmt: skip
 
 
+def test_original_gaussian_zero123_reads_as_our_gaussian_zero123_system(written_models):
+    path = CORPUS / "hash3d" / "threestudio-hash3d" / "gaussian_splatting_zero123_hash3d.yaml"
+    cfg, _, report = load_config_report(path, model_overrides(path, written_models))
+    s = cfg.system
+    assert cfg.system_type == "gaussian-splatting-zero123-system" and s.guidance_type == "zero123-guidance"
+    assert s.renderer.invert_bg_prob == 1.0 and tuple(s.renderer.back_ground_color) == (1.0, 1.0, 1.0)
+    assert list(s.loss.lambda_rgb) == [100, 500.0, 1000.0, 400] and s.loss.lambda_mask == 50.0
+    assert s.guidance.guidance_scale == 5.0 and s.guidance.cache.mode == "features"
+    assert s.geometry.densification_interval == 100 and s.geometry.densify_until_iter == 1000
+    no_effect = {r.key for r in report.of("no effect")}
+    assert {"system.renderer_type", "system.renderer.debug", "system.material_type", "system.material",
+            "system.background_type", "system.loss.lambda_normal_smooth", "system.loss.lambda_3d_normal_smooth"} <= no_effect  # fmt: skip
+
+
+def test_original_gaussian_shading_reads_as_our_shading_system():
+    path = CORPUS / "threestudio-3dgs" / "gaussian_splatting_shading.yaml"
+    cfg, _, report = load_config_report(path, BASE_OVERRIDES)
+    s = cfg.system
+    assert cfg.system_type == "gaussian-splatting-system" and s.guidance_type == "stable-diffusion-guidance"
+    assert s.material.ambient_only_steps == 2000 and s.material.soft_shading
+    assert tuple(s.material.diffuse_light_color) == (0.0, 0.0, 0.0)
+    assert s.background_type == "gaussian-mvdream-neural-environment-map-background" and s.background.random_aug_prob == 0.8
+    assert s.guidance.weighting == "sds" and list(s.guidance.max_step_percent) == [2000, 0.98, 0.5, 2001]
+    assert s.geometry.densification_interval == 300 and s.optimizer.params["background"].lr == 0.001
+    assert {"data.rays_d_normalize", "system.renderer_type", "system.material_type"} <= {r.key for r in report.of("no effect")}
+    with pytest.raises(ConfigError, match="'system.renderer_type': 'diff-gaussian-rasterizer-advanced': gaussian-splatting-"
+                                          "system has the renderer 'diff-gaussian-rasterizer-shading' built in and no "
+                                          "other; remove the key or set it to 'diff-gaussian-rasterizer-shading'"):  # fmt: skip
+        load_config(path, [*BASE_OVERRIDES, "system.renderer_type=diff-gaussian-rasterizer-advanced"])
+    with pytest.raises(ConfigError, match="'data.rays_d_normalize': only False is supported"):
+        load_config(path, [*BASE_OVERRIDES, "data.rays_d_normalize=true"])
+
+
+def test_original_refine_files_take_threestudios_dmtet_defaults():
+    path = CORPUS / "hash3d" / "threestudio-hash3d" / "magic3d-refine-sd-hash3d.yaml"
+    cfg, _, report = load_config_report(path, [*BASE_OVERRIDES, "system.geometry_convert_from=c/ckpts/last.ckpt"])
+    g = cfg.system.geometry
+    assert g.mlp_network_config.n_hidden_layers == 1 and g.radius == 2.0  # the upstream module default; the file's own
+    assert cfg.system.refinement and cfg.system.geometry_convert_inherit_texture
+    assert {r.key for r in report.of("default")} >= {"system.geometry.mlp_network_config.n_hidden_layers"}
+
+
+def test_a_refine_network_unlike_the_coarse_one_is_a_config_error(written_models, coarse_trials, tmp_path_factory,
+                                                                   tmp_path, capsys):  # fmt: skip
+    path = CORPUS / "hash3d" / "threestudio-hash3d" / "magic3d-refine-sd-hash3d.yaml"
+    coarse = coarse_of(path, written_models, coarse_trials, tmp_path_factory)
+    args = [*tiny_run_overrides(path, written_models, tmp_path, coarse), "system.geometry.mlp_network_config.n_hidden_layers=2"]
+    capsys.readouterr()
+    assert main(["--config", str(path), "--train", *args]) == 2
+    err = capsys.readouterr().err
+    assert "cannot inherit the coarse stage's feature_network: its shapes differ; give system.geometry.mlp_network_config" in err
+    assert "internal error" not in err
+
+
 def test_gaussiandreamer_original_gets_what_its_code_hard_codes():
     path = CORPUS / "gaussiandreamer" / "gaussiandreamer-sd.yaml"
     cfg, _, report = load_config_report(path, BASE_OVERRIDES)
@@ -167,8 +230,8 @@ def test_threestudio_zero123_checkpoint_paths_are_refused_with_the_diffusers_id(
     assert cfg.system.guidance.dtype == "fp32" and cfg.system.guidance.guidance_scale == 3.0
 
 
-def tiny_run_overrides(path: Path, models: dict[str, str], out: Path) -> list[str]:
-    base = model_overrides(path, models)
+def tiny_run_overrides(path: Path, models: dict[str, str], out: Path, coarse: str = "") -> list[str]:
+    base = model_overrides(path, models, coarse)
     cfg, _ = load_config(path, base)
     extra = [
         f"exp_root_dir={out}",
@@ -176,15 +239,42 @@ def tiny_run_overrides(path: Path, models: dict[str, str], out: Path) -> list[st
         "trainer.test_after_fit=false",
         "system.guidance.dtype=fp32",
     ]
-    if getattr(cfg.system, "renderer_type", "") == "nerf-volume-renderer":
-        extra += ["system.renderer.num_samples_per_ray=32", "system.geometry.pos_encoding_config.n_levels=4",
-                  "system.geometry.pos_encoding_config.log2_hashmap_size=12"]  # fmt: skip
+    renderer = getattr(cfg.system, "renderer_type", "")
+    if renderer in ("nerf-volume-renderer", "nvdiff-rasterizer"):  # the refine stage's grid must match its coarse one
+        extra += ["system.geometry.pos_encoding_config.n_levels=4", "system.geometry.pos_encoding_config.log2_hashmap_size=12"]
+    if renderer == "nerf-volume-renderer":
+        extra += ["system.renderer.num_samples_per_ray=32"]
+    if renderer == "nvdiff-rasterizer":
+        # a two-step coarse density stays far below upstream's threshold 25: take the surface at a percentile
+        extra += ["system.geometry.isosurface_resolution=16", "system.geometry_convert_override.isosurface_threshold=auto"]
+    if system_type(path).startswith("gaussian-splatting"):
+        extra += ["system.geometry.init_num_pts=100", "system.renderer.rasterizer=torch"]
     return [*base, *smoke_overrides(cfg, steps=2, size=24), *extra]
 
 
+@pytest.fixture(scope="module")
+def coarse_trials() -> dict[str, Path]:
+    """Coarse file name -> its two-step trial, filled by the coarse files' own training test (the corpus order trains
+    a coarse file before its refine partner) for the refine files to start from."""
+    return {}
+
+
+def coarse_of(refine: Path, models, trials: dict[str, Path], tmp_path_factory) -> str:
+    """The checkpoint of the refine file's own upstream coarse partner, trained here when no earlier test did."""
+    coarse = refine.with_name(refine.name.replace("-refine-", "-coarse-"))
+    if coarse.name not in trials:
+        out = tmp_path_factory.mktemp("coarse")
+        assert main(["--config", str(coarse), "--train", *tiny_run_overrides(coarse, models, out)]) == 0
+        (trials[coarse.name],) = [p for p in out.glob("*/*") if p.is_dir()]
+    return str(trials[coarse.name] / "ckpts" / "last.ckpt")
+
+
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=ids(EXPERIMENTS))
-def test_each_threestudio_layout_file_trains_two_steps(path, written_models, tmp_path, capsys):
-    args = tiny_run_overrides(path, written_models, tmp_path)
+def test_each_threestudio_layout_file_trains_two_steps(path, written_models, tmp_path, capsys, coarse_trials,
+                                                       tmp_path_factory):  # fmt: skip
+    coarse = coarse_of(path, written_models, coarse_trials, tmp_path_factory) if is_refine(path) else ""
+    capsys.readouterr()
+    args = tiny_run_overrides(path, written_models, tmp_path, coarse)
     assert main(["--config", str(path), "--train", *args]) == 0
     err = capsys.readouterr().err
     notices = [line for line in err.splitlines() if "accepted, no effect here:" in line]
@@ -197,6 +287,8 @@ def test_each_threestudio_layout_file_trains_two_steps(path, written_models, tmp
     # the parsed config is ours: it loads back without any foreign reading
     again, _, report = load_config_report(trial / "configs" / "parsed.yaml", [])
     assert report.dialect == "hash3d" and again.system_type == system_type(path)
+    if path.with_name(path.name.replace("-coarse-", "-refine-")).is_file():
+        coarse_trials[path.name] = trial
 
 
 @pytest.mark.parametrize("path", [p for p in FLAT if p not in FLAT_IMAGE], ids=ids([p for p in FLAT if p not in FLAT_IMAGE]))
@@ -291,6 +383,8 @@ BASES = {
     "zero123": CORPUS / "hash3d" / "threestudio-hash3d" / "stable-zero123_hash3d.yaml",
     "gaussiandreamer": CORPUS / "gaussiandreamer" / "gaussiandreamer-sd.yaml",
     "magic123": CORPUS / "hash3d" / "threestudio-hash3d" / "magic123-coarse-sd-hash3d.yaml",
+    "gs_zero123": CORPUS / "hash3d" / "threestudio-hash3d" / "gaussian_splatting_zero123_hash3d.yaml",
+    "gs_shading": CORPUS / "hash3d" / "threestudio-hash3d" / "gaussian_splatting_shading_hash3d.yaml",
 }
 BASE_OVERRIDES = ['system.prompt_processor.prompt="a cat"']
 
@@ -444,6 +538,27 @@ KEY_CASES = [
     ("magic123", "system.loss.lambda_3d_sds", 1.0, "no effect", None),
     ("magic123", "system.loss.lambda_sd_img", 0.1, "refused", None),
     ("magic123", "system.loss.lambda_normal_smoothness_2d", 10.0, "mapped", ("system.loss.lambda_normal_smooth", 10.0)),
+    # threestudio-3dgs: the rasterisers and the shading material are built into our two Gaussian systems
+    ("gs_zero123", "system.renderer_type", "diff-gaussian-rasterizer-advanced", "no effect", None),
+    ("gs_zero123", "system.renderer_type", "diff-gaussian-rasterizer-shading", "refused", None),
+    ("gs_shading", "system.renderer_type", "diff-gaussian-rasterizer-shading", "no effect", None),
+    ("gs_shading", "system.renderer_type", "diff-gaussian-rasterizer-advanced", "refused", None),
+    ("gs_shading", "system.material_type", "gaussian-diffuse-with-point-light-material", "no effect", None),
+    ("gs_shading", "system.material_type", "no-material", "refused", None),
+    ("dreamfusion", "system.renderer_type", "diff-gaussian-rasterizer-shading", "refused", None),
+    ("gs_zero123", "system.material_type", "diffuse-with-point-light-material", "no effect", None),  # ignored upstream
+    ("gs_zero123", "system.material", {"n_output_dims": 3}, "no effect", None),
+    ("gs_zero123", "system.background_type", "neural-environment-map-background", "no effect", None),
+    ("gs_zero123", "system.background", {"color": [0.5, 0.5, 0.5]}, "no effect", None),
+    ("gs_zero123", "system.renderer.debug", True, "no effect", None),
+    ("gs_shading", "system.renderer.debug", True, "no effect", None),
+    ("gs_zero123", "system.loss.lambda_normal_smooth", 0.0, "no effect", None),
+    ("gs_zero123", "system.loss.lambda_normal_smooth", 2.0, "refused", None),
+    ("gs_zero123", "system.loss.lambda_3d_normal_smooth", 5.0, "no effect", None),
+    ("gs_shading", "data.rays_d_normalize", False, "no effect", None),
+    ("gs_shading", "data.rays_d_normalize", True, "refused", None),
+    ("dreamfusion", "data.rays_d_normalize", True, "no effect", None),
+    ("dreamfusion", "data.rays_d_normalize", False, "refused", None),
 ]
 
 

@@ -17,6 +17,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from ..config.errors import ConfigError
 from ..config.registry import register
 from .field import FieldOutput
 from .hash_grid import HashGrid, HashGridConfig
@@ -135,7 +136,7 @@ class TetrahedraSDFGrid(nn.Module):
         """
         cfg = self.config
         if abs(float(volume.radius) - self.radius) > 1e-6:
-            raise ValueError(
+            raise ConfigError(
                 f"geometry.radius is {self.radius:g} but the coarse geometry's radius is {float(volume.radius):g}: "
                 "set the same radius in both stages"
             )
@@ -162,7 +163,7 @@ class TetrahedraSDFGrid(nn.Module):
                 shapes = {k: tuple(v.shape) for k, v in target.state_dict().items()}
                 if {k: tuple(v.shape) for k, v in source.items()} != shapes:
                     key = "pos_encoding_config" if name == "encoding" else "mlp_network_config"
-                    raise ValueError(
+                    raise ConfigError(
                         f"cannot inherit the coarse stage's {name}: its shapes differ; give system.geometry.{key} the "
                         "coarse config's values (or set system.geometry_convert_inherit_texture=false)"
                     )

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from .rules import Context, Rule, also_ours, get_path, no_effect, off_only, same_as, set_path, to
+from .rules import Context, Rule, also_ours, get_path, no_effect, off_only, only, same_as, set_path, to
 
 
 def _gd_load_type(ctx: Context, key: str, value: Any, block: Any) -> None:
@@ -57,7 +57,33 @@ def _magic123_second_weight(ctx: Context, key: str, value: Any, block: Any) -> N
     same_as(f"system.loss.{ours}", f"its weight is system.loss.{ours} here")(ctx, key, value, block)
 
 
+_UNUSED_BY_3DGS = "unused: threestudio-3dgs' plain rasteriser ignores the material and background, as this system does"
+# threestudio-3dgs' rasterisers pass debug=False to the CUDA rasteriser whatever the key says
+_GAUSSIAN_RENDERER: dict[str, Rule] = {"debug": no_effect("rasteriser debugging aid; upstream ignores it too")}
+
 SYSTEM_RULES: dict[str, dict[str, dict[str, Rule]]] = {
+    "gaussian-splatting-zero123-system": {
+        "system": {
+            "material_type": no_effect(_UNUSED_BY_3DGS),
+            "material": no_effect(_UNUSED_BY_3DGS),
+            "background_type": no_effect(_UNUSED_BY_3DGS),
+            "background": no_effect(_UNUSED_BY_3DGS),
+        },
+        "system.renderer": _GAUSSIAN_RENDERER,
+        "system.loss": {
+            # upstream raises when it is on: its rasteriser renders no normals
+            "lambda_normal_smooth": off_only("the 2D normal smoothness loss (upstream's rasteriser renders no normals)"),
+            "lambda_3d_normal_smooth": no_effect("read by nothing in upstream's gaussian_zero123 system"),
+        },
+    },
+    "gaussian-splatting-system": {
+        "data": {
+            # the shading renders along unnormalised (z-depth) rays: positions = origin + depth x direction, and the
+            # environment map is looked up with those directions
+            "rays_d_normalize": only(False, "the shading uses unnormalised z-depth ray directions"),
+        },
+        "system.renderer": _GAUSSIAN_RENDERER,
+    },
     "gaussiandreamer-system": {
         "system": {
             "load_type": _gd_load_type,

@@ -8,6 +8,7 @@ from typing import Any
 
 from .rules import Context, Rule, join, mapping, no_effect, off_only, only, same_as, to
 from .systems import SYSTEM_RULES
+from .type_names import built_in_names
 
 _WEIGHTING = {"sds": "sds", "dreamfusion": "sds", "uniform": "uniform", "fantasia3d": "fantasia3d"}
 _CACHE_MODE = {"feature": "features", "features": "features", "noise": "noise"}
@@ -43,6 +44,24 @@ def _cache_mode(ctx: Context, key: str, value: Any, block: Any) -> None:
 
 def _half_precision(ctx: Context, key: str, value: Any, block: Any) -> None:
     to("dtype", mapping({True: "fp16", False: "fp32"}, "half_precision_weights"))(ctx, key, value, block)
+
+
+def _built_in_type(kind: str) -> Rule:
+    """`system.<kind>_type` of a system that has no such key (its component is built in, e.g. a Gaussian
+    rasteriser): accepted when it names that built-in component (`built_in` in the type table), else refused."""
+
+    def rule(ctx: Context, key: str, value: Any, block: Any) -> None:
+        system_type = str(ctx.root.get("system_type", ""))
+        built = built_in_names(kind, system_type)
+        if value in built:
+            ctx.report.add(key, "no effect", f"{value!r} is built into {system_type}")
+        elif built:
+            ctx.refuse(key, f"{value!r}: {system_type} has the {kind} {built[0]!r} built in and no other; remove the "
+                            f"key or set it to {built[0]!r}")  # fmt: skip
+        else:
+            ctx.refuse(key, f"{system_type} takes no {kind}: remove the key")
+
+    return rule
 
 
 GUIDANCE: dict[str, Rule] = {
@@ -98,6 +117,9 @@ GUIDANCE: dict[str, Rule] = {
 
 RULES: dict[str, dict[str, Rule]] = {
     "": {},
+    "data": {
+        "rays_d_normalize": only(True, "camera rays are unit length (threestudio's default)"),
+    },
     "trainer": {
         "devices": no_effect("one device, chosen by --gpu"),
         "accelerator": no_effect("the device is chosen by --gpu"),
@@ -130,6 +152,9 @@ RULES: dict[str, dict[str, Rule]] = {
         "save_on_train_epoch_end": no_effect("threestudio's data never ends an epoch"),
     },
     "system": {
+        "renderer_type": _built_in_type("renderer"),
+        "material_type": _built_in_type("material"),
+        "background_type": _built_in_type("background"),
         "prompt_processor_type": no_effect("the system reads the prompt; the guidance model encodes it"),
         "prompt_processor": no_effect("this system takes no prompt"),
         "geometry_convert_from": off_only("initialising from another run's geometry", "use system.weights=CKPT"),

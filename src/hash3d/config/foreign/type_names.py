@@ -4,7 +4,8 @@ One line per upstream name. `defaults` are the upstream module's own defaults wh
 keys a foreign file leaves out (never keys it sets). `sets` are values the upstream name itself implies (a `-cache`
 guidance has the cache on). `ours=None` with `missing` set: the upstream component is not implemented here, and a
 file that names it is refused with that fix. `ours=None` without `missing`: the block is read by another part (a
-prompt processor's prompt is read by the system).
+prompt processor's prompt is read by the system). `built_in`: systems whose own code is this component (e.g. the
+Gaussian rasterisers); the name is read there, and refused with `missing` elsewhere.
 
 To add a system: register it (`hash3d.config.register`), then add its upstream names here, e.g.
     T("system", "magic3d-system", "magic3d-system"),
@@ -32,6 +33,9 @@ class TypeName:
     missing: str = ""
     """When ours is None: what to do instead (the refusal's fix)."""
     note: str = ""
+    built_in: tuple[str, ...] = ()
+    """Systems of ours that have this component built in (they have no `*_type` key for it): in their files the
+    name is accepted with no effect; any other name for that kind is refused."""
 
 
 T = TypeName
@@ -62,12 +66,22 @@ TYPE_NAMES: tuple[TypeName, ...] = (
     # geometry
     T("geometry", "implicit-volume", "implicit-volume",
       defaults={"radius": 1.0, "normal_type": "finite_difference", "mlp_network_config.n_hidden_layers": 1}),
+    T("geometry", "tetrahedra-sdf-grid", "tetrahedra-sdf-grid",
+      defaults={"radius": 1.0, "mlp_network_config.n_hidden_layers": 1}),
     # material / background / renderer / exporter
     T("material", "diffuse-with-point-light-material", "diffuse-with-point-light"),
     T("background", "solid-color-background", "solid-color-background"),
     T("background", "neural-environment-map-background", "neural-environment-map-background"),
     T("renderer", "nerf-volume-renderer", "nerf-volume-renderer"),
     T("exporter", "mesh-exporter", "mesh-exporter"),
+    # threestudio-3dgs' rasterisers and material: built into our Gaussian-splatting systems
+    T("renderer", "diff-gaussian-rasterizer-advanced", None, built_in=("gaussian-splatting-zero123-system",),
+      missing="the plain Gaussian rasteriser is built into system_type gaussian-splatting-zero123-system"),
+    T("renderer", "diff-gaussian-rasterizer-shading", None, built_in=("gaussian-splatting-system",),
+      missing="the shading Gaussian rasteriser is built into system_type gaussian-splatting-system"),
+    T("material", "gaussian-diffuse-with-point-light-material", None, built_in=("gaussian-splatting-system",),
+      missing="the Gaussians' point-light material is built into system_type gaussian-splatting-system (its "
+              "system.material block)"),
     # guidance
     T("guidance", "stable-zero123-guidance", "stable-zero123-guidance", defaults=_TS_ZERO123),
     T("guidance", "zero123-guidance", "zero123-guidance", defaults=_TS_ZERO123),
@@ -89,6 +103,11 @@ _BY_NAME: dict[tuple[str, str], TypeName] = {(t.kind, t.upstream): t for t in TY
 def upstream_type(kind: str, name: str) -> TypeName | None:
     """The table's line for an upstream name, or None when the name is not an upstream one."""
     return _BY_NAME.get((kind, name))
+
+
+def built_in_names(kind: str, system_type: str) -> list[str]:
+    """Upstream names of the `kind` component that `system_type` has built in."""
+    return sorted(t.upstream for t in TYPE_NAMES if t.kind == kind and system_type in t.built_in)
 
 
 def upstream_names(kind: str) -> list[str]:
