@@ -86,7 +86,7 @@ GUIDANCE: dict[str, Rule] = {
     "enable_memory_efficient_attention": no_effect(_SPEED),
     "enable_sequential_cpu_offload": no_effect(_SPEED),
     "enable_attention_slicing": no_effect(_SPEED),
-    "enable_channels_last_format": no_effect("see system.guidance.channels_last"),
+    "enable_channels_last_format": no_effect("a memory layout only (channels-last measured slower here and is not offered)"),
     "token_merging": off_only("token merging (ToMe)"),
     "token_merging_params": no_effect("token merging is off"),
     "use_sjc": off_only("score Jacobian chaining"),
