@@ -55,27 +55,41 @@ PRESETS: dict[str, dict[str, Any]] = {
 IMAGE_SIZE = 64
 
 
-def model_configs(preset: str = "default", scaling_factor: float = 1.0) -> dict[str, dict[str, Any]]:
-    """Config dicts of every part (keys as in the real config.json files), keyed by subfolder."""
-    if preset not in PRESETS:
-        raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
-    p = PRESETS[preset]
-    vae_scale = 2 ** (len(p["vae_channels"]) - 1)
-    latent = IMAGE_SIZE // vae_scale
+SCHEDULER_CONFIG: dict[str, Any] = {
+    "_class_name": "DDIMScheduler",
+    "_diffusers_version": DIFFUSERS_VERSION,
+    "beta_end": 0.02,
+    "beta_schedule": "squaredcos_cap_v2",
+    "beta_start": 0.0001,
+    "clip_sample": False,
+    "clip_sample_range": 1.0,
+    "num_train_timesteps": 1000,
+    "prediction_type": "v_prediction",
+    "rescale_betas_zero_snr": False,
+    "set_alpha_to_one": False,
+    "steps_offset": 0,
+    "timestep_spacing": "trailing",
+    "trained_betas": None,
+}
+"""The DDIM scheduler of the mini models: v-prediction on a cosine schedule, trailing timesteps."""
+
+
+def unet_config(p: dict[str, Any], in_channels: int, sample_size: int, cross_attention_dim: int) -> dict[str, Any]:
+    """The mini UNet2DConditionModel's config.json for a preset `p` (widths, heads, layers, groups)."""
     levels = len(p["unet_channels"])
-    unet = {
+    return {
         "act_fn": "silu",
         "addition_embed_type": "text",
         "addition_embed_type_num_heads": p["pool_heads"],
         "attention_head_dim": list(p["unet_heads"]),  # diffusers reads this as the number of heads per block
         "block_out_channels": list(p["unet_channels"]),
         "center_input_sample": False,
-        "cross_attention_dim": p["context_dim"],
+        "cross_attention_dim": cross_attention_dim,
         "down_block_types": ["DownBlock2D"] + ["CrossAttnDownBlock2D"] * (levels - 1),
         "downsample_padding": 1,
         "flip_sin_to_cos": True,
         "freq_shift": 0,
-        "in_channels": 8,
+        "in_channels": in_channels,
         "layers_per_block": p["unet_layers"],
         "mid_block_scale_factor": 1,
         "norm_eps": 1e-05,
@@ -83,11 +97,20 @@ def model_configs(preset: str = "default", scaling_factor: float = 1.0) -> dict[
         "only_cross_attention": False,
         "out_channels": 4,
         "resnet_time_scale_shift": "scale_shift",
-        "sample_size": latent,
+        "sample_size": sample_size,
         "up_block_types": ["CrossAttnUpBlock2D"] * (levels - 1) + ["UpBlock2D"],
         "upcast_attention": False,
         "use_linear_projection": True,
     }
+
+def model_configs(preset: str = "default", scaling_factor: float = 1.0) -> dict[str, dict[str, Any]]:
+    """Config dicts of every part (keys as in the real config.json files), keyed by subfolder."""
+    if preset not in PRESETS:
+        raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
+    p = PRESETS[preset]
+    vae_scale = 2 ** (len(p["vae_channels"]) - 1)
+    latent = IMAGE_SIZE // vae_scale
+    unet = unet_config(p, in_channels=8, sample_size=latent, cross_attention_dim=p["context_dim"])
     vae = {
         "act_fn": "silu",
         "block_out_channels": list(p["vae_channels"]),
@@ -121,22 +144,7 @@ def model_configs(preset: str = "default", scaling_factor: float = 1.0) -> dict[
         "projection_dim": p["clip_projection"],
     }
     feature_extractor = clip_image_processor_config(IMAGE_SIZE)
-    scheduler = {
-        "_class_name": "DDIMScheduler",
-        "_diffusers_version": DIFFUSERS_VERSION,
-        "beta_end": 0.02,
-        "beta_schedule": "squaredcos_cap_v2",
-        "beta_start": 0.0001,
-        "clip_sample": False,
-        "clip_sample_range": 1.0,
-        "num_train_timesteps": 1000,
-        "prediction_type": "v_prediction",
-        "rescale_betas_zero_snr": False,
-        "set_alpha_to_one": False,
-        "steps_offset": 0,
-        "timestep_spacing": "trailing",
-        "trained_betas": None,
-    }
+    scheduler = dict(SCHEDULER_CONFIG)
     return {
         "unet": unet,
         "vae": vae,
@@ -222,7 +230,7 @@ def whiten_latents(vae, mean: torch.Tensor, std: torch.Tensor) -> None:
 # Writing the folder
 
 
-def _write_json(path: Path, data: dict[str, Any]) -> None:
+def write_json(path: Path, data: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
@@ -234,9 +242,9 @@ def save_model(parts: dict[str, torch.nn.Module], configs: dict[str, dict[str, A
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    _write_json(path / "model_index.json", model_index("zero123"))
-    _write_json(path / "scheduler" / "scheduler_config.json", configs["scheduler"])
-    _write_json(path / "feature_extractor" / "preprocessor_config.json", configs["feature_extractor"])
+    write_json(path / "model_index.json", model_index("zero123"))
+    write_json(path / "scheduler" / "scheduler_config.json", configs["scheduler"])
+    write_json(path / "feature_extractor" / "preprocessor_config.json", configs["feature_extractor"])
     progress = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
     try:
@@ -253,7 +261,7 @@ def save_model(parts: dict[str, torch.nn.Module], configs: dict[str, dict[str, A
     cfg_file = path / "cc_projection" / "config.json"
     stored = json.loads(cfg_file.read_text())
     stored["_class_name"] = "CCProjection"  # as in the community pipeline's folders
-    _write_json(cfg_file, stored)
+    write_json(cfg_file, stored)
     return path
 
 

@@ -15,8 +15,9 @@ from typing import Any
 
 import torch
 
-from hash3d.diffusion.layout import DIFFUSERS_VERSION, build_component, model_index
+from hash3d.diffusion.layout import build_component, model_index
 
+from .model import SCHEDULER_CONFIG, unet_config, write_json
 from .text_data import WORDS
 from .tokenizer import tokenizer_vocab, write_clip_tokenizer
 
@@ -51,32 +52,7 @@ def sd_configs(preset: str = "default") -> dict[str, dict[str, Any]]:
     p = SD_PRESETS[preset]
     vocab, _ = tokenizer_vocab(WORDS)
     eos = len(vocab) - 1  # <|startoftext|> and <|endoftext|> are the last two ids
-    levels = len(p["unet_channels"])
-    unet = {
-        "act_fn": "silu",
-        "addition_embed_type": "text",
-        "addition_embed_type_num_heads": p["pool_heads"],
-        "attention_head_dim": list(p["unet_heads"]),  # diffusers reads this as the number of heads per block
-        "block_out_channels": list(p["unet_channels"]),
-        "center_input_sample": False,
-        "cross_attention_dim": p["text_hidden"],
-        "down_block_types": ["DownBlock2D"] + ["CrossAttnDownBlock2D"] * (levels - 1),
-        "downsample_padding": 1,
-        "flip_sin_to_cos": True,
-        "freq_shift": 0,
-        "in_channels": 4,
-        "layers_per_block": p["unet_layers"],
-        "mid_block_scale_factor": 1,
-        "norm_eps": 1e-05,
-        "norm_num_groups": p["unet_groups"],
-        "only_cross_attention": False,
-        "out_channels": 4,
-        "resnet_time_scale_shift": "scale_shift",
-        "sample_size": p["latent"],
-        "up_block_types": ["CrossAttnUpBlock2D"] * (levels - 1) + ["UpBlock2D"],
-        "upcast_attention": False,
-        "use_linear_projection": True,
-    }
+    unet = unet_config(p, in_channels=4, sample_size=p["latent"], cross_attention_dim=p["text_hidden"])
     text_encoder = {
         "architectures": ["CLIPTextModel"],
         "attention_dropout": 0.0,
@@ -97,22 +73,7 @@ def sd_configs(preset: str = "default") -> dict[str, dict[str, Any]]:
         "projection_dim": p["text_hidden"],
         "vocab_size": len(vocab),
     }
-    scheduler = {
-        "_class_name": "DDIMScheduler",
-        "_diffusers_version": DIFFUSERS_VERSION,
-        "beta_end": 0.02,
-        "beta_schedule": "squaredcos_cap_v2",
-        "beta_start": 0.0001,
-        "clip_sample": False,
-        "clip_sample_range": 1.0,
-        "num_train_timesteps": 1000,
-        "prediction_type": "v_prediction",
-        "rescale_betas_zero_snr": False,
-        "set_alpha_to_one": False,
-        "steps_offset": 0,
-        "timestep_spacing": "trailing",
-        "trained_betas": None,
-    }
+    scheduler = dict(SCHEDULER_CONFIG)
     return {"unet": unet, "text_encoder": text_encoder, "scheduler": scheduler,
             "tokenizer": {"model_max_length": p["max_length"]}}
 
@@ -129,11 +90,6 @@ def count_sd_parameters(preset: str = "default") -> dict[str, int]:
     return {name: sum(p.numel() for p in m.parameters()) for name, m in parts.items()}
 
 
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-
-
 def save_sd_model(parts: dict[str, torch.nn.Module], configs: dict[str, dict[str, Any]], vae_dir: str | Path,
                   path: str | Path, dtype: torch.dtype = torch.float16) -> Path:
     """Write the folder in the Stable Diffusion layout; the VAE folder `vae_dir` is copied as it is."""
@@ -146,8 +102,8 @@ def save_sd_model(parts: dict[str, torch.nn.Module], configs: dict[str, dict[str
     path.mkdir(parents=True, exist_ok=True)
     index = model_index("sd")
     index["scheduler"] = ["diffusers", "DDIMScheduler"]
-    _write_json(path / "model_index.json", index)
-    _write_json(path / "scheduler" / "scheduler_config.json", configs["scheduler"])
+    write_json(path / "model_index.json", index)
+    write_json(path / "scheduler" / "scheduler_config.json", configs["scheduler"])
     write_clip_tokenizer(path / "tokenizer", configs["tokenizer"]["model_max_length"], WORDS)
     if (path / "vae").exists():
         shutil.rmtree(path / "vae")
