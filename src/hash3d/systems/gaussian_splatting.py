@@ -133,12 +133,6 @@ class GaussianSplattingSystem(GaussianSystemMixin, System):
         self.strategy.check_sanity(self.gaussians.params, optimizer)
         return optimizer
 
-    def update_step(self, step: int, max_steps: int | None = None) -> None:
-        self.global_step = step
-        self.max_steps = max_steps or self.max_steps
-        if self.guidance is not None:
-            self.guidance.update_step(step, max_steps)
-
     def update_learning_rates(self, step: int) -> None:
         rates = self.cfg.geometry.learning_rates(step)
         for group in self.optimizer.param_groups:

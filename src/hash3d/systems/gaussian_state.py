@@ -34,6 +34,13 @@ def rasterize_cameras(
 class GaussianSystemMixin:
     gaussians: GaussianModel
 
+    def update_step(self, step: int, max_steps: int | None = None) -> None:
+        """Only the guidance changes with the step (the Gaussians follow their own learning-rate schedules)."""
+        self.global_step = step
+        self.max_steps = max_steps or self.max_steps
+        if self.guidance is not None:
+            self.guidance.update_step(step, max_steps)
+
     def save_color_ply(self, path: Path) -> Path:
         """Gaussian centres with the colour of their degree-0 SH term (a point cloud any viewer opens)."""
         g = self.gaussians

@@ -186,12 +186,6 @@ class GaussianDreamerSystem(GaussianSystemMixin, System):
         self.strategy.check_sanity(self.gaussians.params, optimizer)
         return optimizer
 
-    def update_step(self, step: int, max_steps: int | None = None) -> None:
-        self.global_step = step
-        self.max_steps = max_steps or self.max_steps
-        if self.guidance is not None:
-            self.guidance.update_step(step, max_steps)
-
     # ------------------------------------------------------------------ rendering
     def render(self, cams: CameraBatch) -> tuple[torch.Tensor, torch.Tensor, RasterMeta]:
         """rgb [B, H, W, 3], alpha [B, H, W, 1] and the rasteriser's meta (projected means, radii, depth)."""
