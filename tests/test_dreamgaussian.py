@@ -29,6 +29,24 @@ CONFIGS = FRONT / "configs"
 EXAMPLE = FRONT / "data" / "mug_rgba.png"
 
 
+SMALL = {
+    "iters": 6,
+    "iters_refine": 3,
+    "num_pts": 200,
+    "ref_size": 32,
+    "render_resolutions": "[24,32,32]",
+    "refine_resolution": 32,
+    "mesh_resolution": 24,
+    "texture_size": 32,
+    "density_start_iter": 2,
+    "densification_interval": 3,
+    "density_thresh": 0.05,
+    "cache.cell_size": "[360,360,10,1000]",
+    "cache.policy.probability": 1,
+}
+"""Options that shrink a DreamGaussian config to a few CPU seconds (the text-mode tests use them too)."""
+
+
 def tiny(model: str, outdir: Path, **extra) -> list[str]:
     """Overrides that shrink a config to a few CPU seconds; the cache (when on) hits after its first call."""
     base = {
@@ -36,19 +54,7 @@ def tiny(model: str, outdir: Path, **extra) -> list[str]:
         "save_path": "mug",
         "outdir": str(outdir),
         "guidance.pretrained_model_name_or_path": model,
-        "iters": 6,
-        "iters_refine": 3,
-        "num_pts": 200,
-        "ref_size": 32,
-        "render_resolutions": "[24,32,32]",
-        "refine_resolution": 32,
-        "mesh_resolution": 24,
-        "texture_size": 32,
-        "density_start_iter": 2,
-        "densification_interval": 3,
-        "density_thresh": 0.05,
-        "cache.cell_size": "[360,360,10,1000]",
-        "cache.policy.probability": 1,
+        **SMALL,
     }
     base.update(extra)
     return [f"{k}={v}" for k, v in base.items()]

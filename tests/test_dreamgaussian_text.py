@@ -22,6 +22,7 @@ from hash3d.systems.dreamgaussian.common import (
     step_views,
     uses_reference_loss,
 )
+from test_dreamgaussian import SMALL
 
 ROOT = Path(__file__).resolve().parents[1]
 FRONT = ROOT / "dreamgaussian-hash3d"
@@ -42,19 +43,9 @@ def tiny(model: str, outdir: Path, **extra) -> list[str]:
         "save_path": "corgi",
         "outdir": str(outdir),
         "guidance.pretrained_model_name_or_path": model,
+        **SMALL,
         "iters": 4,
         "iters_refine": 2,
-        "num_pts": 200,
-        "ref_size": 32,
-        "render_resolutions": "[24,32,32]",
-        "refine_resolution": 32,
-        "mesh_resolution": 24,
-        "texture_size": 32,
-        "density_start_iter": 2,
-        "densification_interval": 3,
-        "density_thresh": 0.05,
-        "cache.cell_size": "[360,360,10,1000]",
-        "cache.policy.probability": 1,
     }
     base.update(extra)
     return [f"{k}={v}" for k, v in base.items()]
