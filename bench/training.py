@@ -232,6 +232,9 @@ def main() -> None:
     parser.add_argument("--stage2", action="store_true", help="dreamgaussian: run stage 2 after every stage 1")
     parser.add_argument("--baselines", action="store_true", help="also the no-guidance and fewer-steps runs")
     parser.add_argument("--no-warmup", action="store_true", help="skip the unrecorded warm-up run")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="run cache off and shipped this many times, alternating; each shipped row is also "
+                             "compared with the cache-off run just before it (the 'vs pair' column)")
     parser.add_argument("--models", default="/tmp/hash3d-bench-models")
     parser.add_argument("--out", help="write the rows as JSON here (default: bench/results-training-<pipeline>[-<steps>]-<device>.json)")
     parser.add_argument("extra", nargs="*", help="key=value overrides for every run")
@@ -289,10 +292,15 @@ def main() -> None:
     if not args.no_warmup:  # CUDA context, kernels compiled on first use, cuDNN autotuning: not the first run's bill
         go(pipe.hashed, min(steps, 30), [], "warm-up")
         rows.clear()
+    if args.repeats < 1:
+        raise SystemExit(f"--repeats must be at least 1, got {args.repeats}")
     off = go(pipe.base, steps, [], "cache off")
     if args.baselines and pipe.no_guidance:
         go(pipe.base, steps, [pipe.no_guidance], "no guidance (SDS weight 0)")
-    go(pipe.hashed, steps, [], "shipped")
+    go(pipe.hashed, steps, [], "shipped")["pair_train_s"] = off["train_s"]
+    for repeat in range(2, args.repeats + 1):
+        pair = go(pipe.base, steps, [], f"cache off ({repeat})")
+        go(pipe.hashed, steps, [], f"shipped ({repeat})")["pair_train_s"] = pair["train_s"]
     for variant in (v for v in variants if v.mode in ("config", *pipe.cache_modes)):
         go(pipe.hashed, steps, variant.overrides(prefix.rstrip(".")), f"cache {variant.name}")
     cached = [r for r in rows if r.get("mode")]
@@ -332,7 +340,7 @@ def expected_speedup(off: dict, row: dict, hit_cost: dict[str, float]) -> float 
 
 def format_table(rows: list[dict], off: dict, hit_cost: dict[str, float]) -> str:
     head = ["run", "cache", "steps", "train s", "it/s", "speed-up", "expected", "UNet samples from cache",
-            "requests skipped", "cache graphs", "peak GB"]
+            "requests skipped", "cache graphs", "peak GB", "vs pair"]
     head += [f"{p} ms" for p in PARTS]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     off_step = off["train_s"] / off["steps"]
@@ -343,7 +351,7 @@ def format_table(rows: list[dict], off: dict, hit_cost: dict[str, float]) -> str
         cells = [r["label"], cache, str(r["steps"]), f"{r['train_s']:.1f}", f"{r['it_per_s']:.2f}",
                  f"{off_step / (r['train_s'] / r['steps']):.2f}x", "-" if expected is None else f"{expected:.2f}x",
                  saved, str(r.get("skipped_requests", 0)), str(r.get("graphs_captured", 0)),
-                 f"{r['peak_gb']:.1f}"]  # fmt: skip
+                 f"{r['peak_gb']:.1f}", f"{r['pair_train_s'] / r['train_s']:.2f}x" if "pair_train_s" in r else "-"]
         cells += [f"{r['parts_ms'][p]:.1f}" for p in PARTS]
         if "stage2_s" in r:
             cells[2] += f" (+{r['stage2_s']:.1f} stage 2)"

@@ -82,3 +82,16 @@ def _give_freed_memory_back():
     yield
     if _LIBC is not None and hasattr(_LIBC, "malloc_trim"):
         _LIBC.malloc_trim(0)
+
+
+def pytest_collection_modifyitems(config, items):
+    """A test that skips without CUDA belongs to the GPU tier (`tools/gpu_tests.sh` runs `-m gpu`): one missing the
+    `gpu` mark would never run anywhere."""
+    unmarked = [
+        item.nodeid for item in items
+        if item.get_closest_marker("gpu") is None and any(
+            any(word in str(mark.kwargs.get("reason", "")) for word in ("CUDA", "GPU"))
+            for mark in item.iter_markers("skipif"))
+    ]
+    if unmarked:
+        raise pytest.UsageError("tests that need CUDA but lack @pytest.mark.gpu (add it): " + ", ".join(unmarked))

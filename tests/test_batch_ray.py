@@ -33,6 +33,7 @@ with the model it loaded for the first."""
 KEPT = "dreamfusion-sd_hash3d/a_red_fox"
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_on_a_gpu_machine_each_worker_takes_a_gpu_and_keeps_its_model(tmp_path, written_models):
     """Runs first, before this module starts its CPU-only cluster: the batch starts its own, with the GPUs."""

@@ -1216,6 +1216,7 @@ def test_insert_core_with_mask_has_no_host_sync(kind, backend):
     assert table.stats.inserts == 4 + 3 + 0 + 5
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
 @pytest.mark.parametrize("kind", ["grid", "adaptive"])
 @pytest.mark.parametrize("capacity", [9, 100])  # 100: the pool grows (16, 32, 64, 100 rows) between replays
@@ -1247,6 +1248,7 @@ def test_graphed_masked_insert_matches_eager_twin(kind, capacity):
         assert graphed.rows > 16  # it grew while its graphs were in use (they were dropped and captured again)
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="measures GPU memory")
 @pytest.mark.parametrize("backend_name", ["torch", "triton"])
 def test_gpu_memory_of_a_nearly_empty_default_table(backend_name):

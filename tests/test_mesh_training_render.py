@@ -144,6 +144,7 @@ def test_soft_shading_draws_the_light_split():
     assert torch.allclose(torch.as_tensor(evaluation.ambient), torch.tensor([0.1, 0.1, 0.1]))
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_mesh_renderer_on_cuda_matches_the_torch_backend():
     cfg = TetrahedraSDFGridConfig(radius=1.0, isosurface_resolution=32)
