@@ -205,7 +205,7 @@ def worst_pixels(ref: dict, other: dict, k: int = 8) -> str:
 
 def position_gradient(scene: dict, width: int, height: int, backend: str, weight: Tensor | None = None) -> Tensor:
     """d/d(vertices) of sum(weight · image²) for the vertex-coloured scene (weight [C, H, W], default 1)."""
-    from .mesh_raster import rasterize_mesh  # noqa: PLC0415
+    from hash3d.render.mesh_raster import rasterize_mesh  # noqa: PLC0415
 
     v = scene["vertices"].detach().clone().requires_grad_(True)
     image, _, _ = rasterize_mesh(

@@ -21,11 +21,11 @@ def exact_fp32():
     torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
-def make(path, mode, graphs):
+def make(path, mode, graphs, hit_graphs=True):
     cache = CacheConfig(enabled=mode is not None, mode=mode or "features", cell_size=(10, 10, 0.1, 1000), policy=CachePolicyConfig(1.0))
     g = Zero123Guidance(
         Zero123GuidanceConfig(pretrained_model_name_or_path=path, dtype="fp32", cuda_graphs=graphs, cache=cache,
-                              timestep_sampling="random_shared"),
+                              timestep_sampling="random_shared", hit_graphs=hit_graphs),
         "cuda",
     )
     g.set_image(torch.rand(4, 64, 64, generator=torch.Generator().manual_seed(0)))
@@ -108,21 +108,23 @@ def test_graphed_vae_encoder_matches_eager(written_models):
     assert not torch.equal(results[True][0][0], results[True][1][0])  # the posterior sample is drawn anew each call
 
 
-def test_cache_reports_its_graph_captures(written_models):
-    """UNet passes are captured at the second call of a phase and batch shape, table calls at the first: a miss (full
-    pass recording the deep feature, eager; table insert) then hits (query; shallow pass eager once, then captured),
-    and further hits add none."""
-    g = make(written_models["zero123"], "features", True)
+@pytest.mark.parametrize("hit_graphs", [False, True])
+def test_cache_reports_its_graph_captures(written_models, hit_graphs):
+    """A miss (full pass recording the deep feature, eager; table insert, captured at once), then hits. Without the
+    hit-step graphs: the query is captured at the first hit, the shallow pass ran eagerly then and is captured at its
+    second call. With them (the default): the first hit captures the prepare / answer pair (query and shallow pass
+    inside). Further hits add none."""
+    g = make(written_models["zero123"], "features", True, hit_graphs)
     latents = torch.randn(2, 4, 8, 8, device="cuda")
     cams = (torch.tensor([10.0, 20.0], device="cuda"), torch.tensor([0.0, 90.0], device="cuda"), torch.full((2,), 1.2, device="cuda"))
     assert g.cache.stats["graphs_captured"] == 0
     g(latents, *cams, rgb_as_latents=True)
-    assert g.cache.stats["graphs_captured"] == 1  # the insert; the full pass ran eagerly
+    assert g.cache.stats["graphs_captured"] == 1
     g(latents, *cams, rgb_as_latents=True)
-    assert g.cache.stats["graphs_captured"] == 2  # + the query; the shallow pass ran eagerly
+    assert g.cache.stats["graphs_captured"] == (3 if hit_graphs else 2)
     g(latents, *cams, rgb_as_latents=True)
     captured = g.cache.stats["graphs_captured"]
-    assert captured == 3  # + the shallow pass, at its second call
+    assert captured == 3
     for _ in range(2):
         g(latents, *cams, rgb_as_latents=True)
     assert g.cache.stats["graphs_captured"] == captured

@@ -17,6 +17,7 @@ import math
 import random
 import zlib
 from collections import deque
+from dataclasses import replace
 
 import pytest
 import torch
@@ -1242,7 +1243,10 @@ def test_graphed_masked_insert_matches_eager_twin(kind, capacity):
         assert torch.equal(hit_g, hit_t)
         if got_t is not None:
             torch.testing.assert_close(got_g, got_t)
-        assert graphed.stats == twin.stats
+        # a graphed insert reserves rows for the whole batch (its mask is not read on the host), the twin for the
+        # kept rows: the pools may differ in size, never in what they hold
+        assert replace(graphed.stats, bytes=0) == replace(twin.stats, bytes=0)
+        assert graphed.stats.bytes >= twin.stats.bytes
     assert graphed.graphs_captured >= 2  # one insert graph for every mask, plus the query
     if capacity == 100:
         assert graphed.rows > 16  # it grew while its graphs were in use (they were dropped and captured again)
@@ -1259,13 +1263,13 @@ def test_gpu_memory_of_a_nearly_empty_default_table(backend_name):
 
     if backend_name == "triton" and not triton_available(torch.device("cuda")):
         pytest.skip("triton not installed")
-    torch.cuda.synchronize()
-    base = torch.cuda.memory_allocated()
-    table = CacheConfig(adaptive=True, table_backend=backend_name).build_table("cuda")
-    empty = torch.cuda.memory_allocated() - base
     keys = torch.tensor([[10.0, 20.0, 1.5, 500.0], [12.0, 40.0, 1.5, 500.0], [30.0, 90.0, 1.5, 300.0]], device="cuda")
     latents = torch.randn(3, 4, 64, 64, device="cuda", dtype=torch.float16)
     values = torch.randn(3, 2, 640, 32, 32, device="cuda", dtype=torch.float16)  # deep features, CFG pair
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()  # the inputs above are not the table's
+    table = CacheConfig(adaptive=True, table_backend=backend_name).build_table("cuda")
+    empty = torch.cuda.memory_allocated() - base
     table.insert(keys, latents, values)
     torch.cuda.synchronize()
     held = torch.cuda.memory_allocated() - base

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import random
+from dataclasses import replace
 
 import pytest
 import torch
@@ -59,7 +60,9 @@ def _resumed(table: HashTable, cells, common: dict, backend: str) -> HashTable:
     buffer.seek(0)
     restored = HashTable(cells, backend=backend, **common)
     restored.load_state_dict(torch.load(buffer, weights_only=True))
-    assert restored.stats == table.stats
+    # a restored pool holds the live rows (it may be smaller than the one that grew while entries were evicted)
+    assert replace(restored.stats, bytes=0) == replace(table.stats, bytes=0)
+    assert restored.stats.bytes <= table.stats.bytes
     return restored
 
 

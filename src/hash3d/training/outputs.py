@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import csv
+import logging
 import shutil
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -21,6 +22,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+logger = logging.getLogger("hash3d")
 from PIL import Image
 
 
@@ -130,17 +133,23 @@ def save_image(path: Path, frame: np.ndarray) -> None:
     Image.fromarray(frame).save(path)
 
 
-def save_video(path: Path, frames: Sequence[np.ndarray], fps: int = 30) -> None:
-    """H.264 mp4 through imageio's ffmpeg (frames padded to even sizes, which yuv420p needs)."""
+def save_video(path: Path, frames: Sequence[np.ndarray], fps: int = 30) -> Path | None:
+    """H.264 mp4 through imageio's ffmpeg (frames padded to even sizes, which yuv420p needs); the path written, or
+    None when there are no frames or imageio-ffmpeg is missing (a warning then: the run's other outputs stand)."""
+    import importlib.util
+
     import imageio.v2 as imageio
 
     if not frames:
-        return
+        return None
+    if importlib.util.find_spec("imageio_ffmpeg") is None:
+        logger.warning("no video written to %s: imageio-ffmpeg is not installed (fix: pip install imageio-ffmpeg)", path)
+        return None
     h, w = frames[0].shape[:2]
     ph, pw = h % 2, w % 2
     path.parent.mkdir(parents=True, exist_ok=True)
     writer = imageio.get_writer(
-        str(path), fps=fps, codec="libx264", quality=8, macro_block_size=1, ffmpeg_log_level="error", pixelformat="yuv420p"
+        str(path), format="FFMPEG", fps=fps, codec="libx264", quality=8, macro_block_size=1, ffmpeg_log_level="error", pixelformat="yuv420p"
     )
     try:
         for frame in frames:
@@ -149,6 +158,7 @@ def save_video(path: Path, frames: Sequence[np.ndarray], fps: int = 30) -> None:
             writer.append_data(frame)
     finally:
         writer.close()
+    return path
 
 
 def remove_tree(path: Path) -> None:

@@ -333,14 +333,6 @@ def cache_summary(guidance) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------------ outputs
 
 
-def write_video(path: Path, frames: list[np.ndarray], fps: int = 30) -> Path:
-    """uint8 frames [H, W, 3] -> an mp4 (imageio + imageio-ffmpeg)."""
-    import imageio.v2 as imageio  # noqa: PLC0415
-
-    imageio.mimwrite(str(path), frames, fps=fps, quality=8, macro_block_size=1)
-    return path
-
-
 def to_uint8(image: torch.Tensor) -> np.ndarray:
     """[H, W, 3] in [0, 1] -> uint8."""
     return (image.detach().clamp(0, 1).cpu().numpy() * 255 + 0.5).astype(np.uint8)

@@ -49,6 +49,7 @@ from hash3d.scene.gaussian_density import GaussianDensifyStrategy
 from hash3d.scene.gaussian_mesh import GaussianField, GaussianMeshConfig, extract_gaussian_mesh
 from hash3d.scene.gaussians import GaussianLRConfig, GaussianModel
 from hash3d.scene.isosurface import NoSurfaceError
+from hash3d.training.outputs import save_video
 from hash3d.training.progress import ProgressBar
 
 from .common import (
@@ -70,7 +71,6 @@ from .common import (
     synchronize,
     to_uint8,
     uses_reference_loss,
-    write_video,
 )
 from .config import DreamGaussianConfig, DreamGaussianError
 
@@ -251,7 +251,7 @@ def run_stage1(cfg: DreamGaussianConfig, progress: bool = True) -> Stage1Result:
     )  # fmt: skip
     video = None
     if cfg.save_video:
-        video = write_video(
+        video = save_video(
             cfg.output_path(".mp4"),
             orbit_frames(lambda v: render_gaussians(model, v, white, backend)[0], cfg, device, progress),
         )

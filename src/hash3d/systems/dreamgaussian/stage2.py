@@ -42,6 +42,7 @@ import torch.nn.functional as F
 
 from hash3d.render.mesh_raster import rasterize_mesh, resolve_mesh_backend
 from hash3d.scene.isosurface import Mesh
+from hash3d.training.outputs import save_video
 from hash3d.training.progress import ProgressBar
 
 from .common import (
@@ -62,7 +63,6 @@ from .common import (
     step_views,
     synchronize,
     uses_reference_loss,
-    write_video,
 )
 from .config import DreamGaussianConfig, DreamGaussianError
 from .stage1 import orbit_frames
@@ -250,7 +250,7 @@ def run_stage2(cfg: DreamGaussianConfig, progress: bool = True) -> Stage2Result:
     video = None
     if cfg.save_video:
         v = vertices().detach()
-        video = write_video(
+        video = save_video(
             cfg.output_path("_refined.mp4"),
             orbit_frames(lambda views: render_mesh(v, mesh, albedo, views, backend)[0], cfg, device, progress),
         )
