@@ -42,6 +42,9 @@ class TrainerConfig:
     """Render at most this many validation views (None: all)."""
     limit_test_batches: int | None = None
     """Render at most this many test views (None: all)."""
+    benchmark: bool = False
+    """cuDNN autotuning (`torch.backends.cudnn.benchmark`, Lightning's name) for the run: each new convolution shape
+    is timed once and the fastest kernel kept (the VAE encoder's convolutions)."""
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:

@@ -200,6 +200,7 @@ class Trainer:
         self.bind(system)
         system.max_steps = max_steps
         system.train()
+        torch.backends.cudnn.benchmark = bool(cfg.trainer.benchmark)
         # first, so that what it resets (set_image / set_prompt reseed the guidance) is then overwritten by the checkpoint
         system.resuming = ckpt is not None
         system.on_fit_start(datamodule)
