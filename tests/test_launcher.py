@@ -356,3 +356,10 @@ def test_a_file_that_is_not_a_checkpoint_is_named_as_such(config, tmp_path, caps
     assert "is not a Hash3D checkpoint" in err and why in err and "resume from a ckpts/*.ckpt" in err
     assert "weights_only" not in err  # torch's advice, which a user of the launcher cannot act on
     assert not root.exists()
+
+
+@pytest.mark.parametrize("flag", [True, False])
+def test_trainer_benchmark_sets_cudnn_autotuning_for_the_run(config, tmp_path, monkeypatch, flag):
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", not flag)
+    train(config, tmp_path / "out", f"trainer.benchmark={str(flag).lower()}", "trainer.max_steps=1")
+    assert torch.backends.cudnn.benchmark is flag
