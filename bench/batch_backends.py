@@ -45,8 +45,6 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from hash3d.testing.models import write_model  # noqa: E402
-
 IMAGES = [REPO / "threestudio-hash3d" / "load" / "images" / n for n in ("dog1_rgba.png", "mug_rgba.png", "snowman_rgba.png")]
 IMAGES.append(REPO / "assets" / "mini_heldout_rgba.png")
 CONFIG = "configs/image_sai_hash3d.yaml"
@@ -82,7 +80,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.backends = [b for b in args.backends if "=" not in b]
     unknown = [b for b in args.backends if b not in ("local", "ray")]
     if unknown or not args.backends:
-        parser.error(f"--backends {' '.join(args.backends)}: each is local or ray")
+        parser.error(f"--backends {' '.join(args.backends)}: give local, ray or both".replace(" :", ":"))
     if args.items < 1:
         parser.error(f"--items {args.items}: must be at least 1")
     bad = [e for e in args.extra if "=" not in e]
@@ -178,6 +176,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     model = Path(args.models) / f"zero123-{args.size}"
     if not (model / "model_index.json").is_file():
+        from hash3d.testing.models import write_model  # diffusers: seconds of import, not needed to parse options
+
         dtype = torch.float16 if args.device == "cuda" and args.size == "full" else torch.float32
         write_model("zero123", args.size, model, dtype=dtype, device=args.device)
     work = Path(args.work)
