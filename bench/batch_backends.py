@@ -62,7 +62,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--backends", nargs="+", default=["local", "ray"], metavar="{local,ray}")
     parser.add_argument("--jobs", type=int, help="jobs at once (default: local 1, Ray one per GPU, 1 without GPUs)")
     parser.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"],
-                        help="where the items run (auto: cuda when there is one); cpu hides the GPUs from the batch")  # fmt: skip
+                        help="where the items run (auto: cuda when there is one); cpu hides the GPUs")
     parser.add_argument("--size", default="auto", choices=["auto", "full", "tiny"],
                         help="full: full-size fp16 model and the config's sizes (the GPU measurement); tiny: tiny fp32 "
                         "model and items of a few CPU seconds (auto: full on cuda, tiny on cpu)")  # fmt: skip
@@ -121,7 +121,8 @@ def batch_env(args: argparse.Namespace) -> dict[str, str]:
 def device_name(device: str) -> str:
     if device == "cuda":
         return torch.cuda.get_device_name(0)
-    model = next((line.split(":", 1)[1].strip() for line in _cpuinfo() if line.startswith("model name")), platform.machine())
+    names = [line.split(":", 1)[1].strip() for line in _cpuinfo() if line.startswith("model name")]
+    model = names[0] if names else platform.machine()
     return f"CPU, {os.cpu_count()} cores ({model}), no GPU used"
 
 
