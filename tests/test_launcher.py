@@ -363,3 +363,17 @@ def test_trainer_benchmark_sets_cudnn_autotuning_for_the_run(config, tmp_path, m
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", not flag)
     train(config, tmp_path / "out", f"trainer.benchmark={str(flag).lower()}", "trainer.max_steps=1")
     assert torch.backends.cudnn.benchmark is flag
+
+
+@pytest.mark.parametrize("geometry, refused", [("tetrahedra-sdf-grid", True), ("implicit-volume", False)])
+def test_isosurface_resolution_is_part_of_the_model_only_for_dmtet(geometry, refused):
+    """DMTet's tetrahedral grid is its model (a resume at another resolution cannot load the SDF); for a volume the
+    resolution only sets the exported mesh's detail."""
+    from hash3d.training.checkpoint import config_differences
+
+    def config(resolution):
+        return {"system_type": "magic3d-system",
+                "system": {"geometry_type": geometry, "geometry": {"isosurface_resolution": resolution}}}
+
+    diffs = config_differences(config(16), config(24), "train")
+    assert diffs == (["system.geometry.isosurface_resolution: 16 in the checkpoint, 24 now"] if refused else [])

@@ -44,6 +44,8 @@ OUTPUT_ONLY = {
     "isosurface_coarse_to_fine",
     "isosurface_outlier_fraction",
 }
+# geometries whose isosurface grid is the model itself (DMTet's tetrahedra), not an export setting
+MODEL_GRID_GEOMETRIES = ("tetrahedra-sdf-grid",)
 # blocks of the system config that do not change the saved model: ignored when a checkpoint is only rendered/exported
 EVAL_IGNORED_SYSTEM_BLOCKS = ("guidance", "guidance_3d", "prompt_processor", "loss", "optimizer", "exporter")
 
@@ -161,6 +163,10 @@ def _diff(saved: Any, current: Any, path: str, out: list[str], ignore_leaf: set[
 def config_differences(saved: dict[str, Any], current: dict[str, Any], mode: str) -> list[str]:
     """Key paths whose values differ in the parts of the config that define the model (and, for training, the data)."""
     out: list[str] = []
+    ignored = OUTPUT_ONLY
+    if any(isinstance(c.get("system"), dict) and c["system"].get("geometry_type") in MODEL_GRID_GEOMETRIES
+           for c in (saved, current)):
+        ignored = OUTPUT_ONLY - {"isosurface_resolution"}
     keys = ["system_type", "system"] + (["data_type", "data"] if mode == "train" else [])
     for key in keys:
         a, b = saved.get(key), current.get(key)
@@ -168,7 +174,7 @@ def config_differences(saved: dict[str, Any], current: dict[str, Any], mode: str
             a = {k: v for k, v in a.items() if not k.startswith(EVAL_IGNORED_SYSTEM_BLOCKS)}
             b = {k: v for k, v in b.items() if not k.startswith(EVAL_IGNORED_SYSTEM_BLOCKS)}
         if isinstance(a, dict) or isinstance(b, dict):
-            _diff(a or {}, b or {}, key, out, OUTPUT_ONLY)
+            _diff(a or {}, b or {}, key, out, ignored)
         elif a != b:
             out.append(f"{key}: {a!r} in the checkpoint, {b!r} now")
     return out
