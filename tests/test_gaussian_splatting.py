@@ -299,3 +299,21 @@ def test_bad_inputs_name_the_problem(written_models, tmp_path, capsys):
                              f"data.image_path={FRONT / 'load/images/dog1_rgba.png'}")  # fmt: skip
     assert main(["--config", str(CONFIGS / f"{ZERO123}.yaml"), "--train", *args]) == 2
     assert "opacity_reset_interval" in capsys.readouterr().err
+
+
+def test_color_clip_clamps_the_rendered_dc_colour_only():
+    """threestudio-3dgs' color_clip: the DC coefficients the rasteriser sees are clamped to ±clip (gradient zero where
+    clamped); the stored parameters and the higher SH bands are untouched."""
+    model = GaussianModel(
+        torch.zeros(3, 3), torch.tensor([[[3.0, -0.5, -4.0]], [[1.0, 2.5, 0.0]], [[-2.0, 0.0, 0.2]]]),
+        torch.full((3, 3, 3), 5.0), torch.zeros(3), torch.zeros(3, 3), torch.tensor([[1.0, 0, 0, 0]] * 3),
+    )  # fmt: skip
+    model.active_sh_degree = 1
+    model.params["sh0"].requires_grad_(True)
+    splats = model.splats(dc_clip=2.0)
+    want = torch.tensor([[[2.0, -0.5, -2.0]], [[1.0, 2.0, 0.0]], [[-2.0, 0.0, 0.2]]])
+    assert torch.equal(splats.colors[:, :1], want)
+    assert torch.equal(splats.colors[:, 1:], torch.full((3, 3, 3), 5.0))
+    assert torch.equal(model.splats().colors[:, :1], model.params["sh0"])  # no clip: the parameters as stored
+    splats.colors[:, 0].sum().backward()
+    assert torch.equal(model.params["sh0"].grad, torch.tensor([[[0.0, 1, 0]], [[1.0, 0, 1]], [[1.0, 1, 1]]]))

@@ -8,7 +8,6 @@ Keys accepted for upstream configs that act differently here:
 - `scale_lr` is never read (upstream does not read it either): the scaling group's rate is `scaling_lr`.
 - `opacity_reset_interval`: opacity resets are not implemented; a value inside the run is refused by the system (the
   threestudio-3dgs configs use 5e7 and 1e5, beyond their runs).
-- `color_clip`: the DC colour is not clipped.
 """
 
 from __future__ import annotations
@@ -59,7 +58,7 @@ class GaussianSplattingConfig:
     sphere: bool = False
     """Isotropic Gaussians: not supported (only false)."""
     color_clip: ScheduleValue = 2.0
-    """Accepted; the DC colour is not clipped here."""
+    """The DC colour coefficients are clamped to ±color_clip when rendered (a schedule, read at each step)."""
     init_num_pts: int = 4096
     pc_init_radius: float = 0.5
     opacity_init: float = 0.05

@@ -302,13 +302,15 @@ class GaussianModel(nn.Module):
 
     # ---------------------------------------------------------------- rendering
 
-    def splats(self) -> Splats:
+    def splats(self, dc_clip: float | None = None) -> Splats:
         """This model's activated parameters at its active SH degree, as a rasteriser takes them
-        (`hash3d.render.gaussian_raster.rasterize_splats`)."""
+        (`hash3d.render.gaussian_raster.rasterize_splats`); `dc_clip` clamps the DC coefficients to ±dc_clip
+        (threestudio-3dgs' `color_clip`; the stored parameters are unchanged, their gradient is zero where clamped)."""
         K = (self.active_sh_degree + 1) ** 2
-        return Splats(
-            self.means, self.params["quats"], self.scales, self.opacities, self.sh_coeffs[:, :K], self.active_sh_degree
-        )
+        sh = self.sh_coeffs[:, :K]
+        if dc_clip is not None:
+            sh = torch.cat([sh[:, :1].clamp(-dc_clip, dc_clip), sh[:, 1:]], dim=1)
+        return Splats(self.means, self.params["quats"], self.scales, self.opacities, sh, self.active_sh_degree)
 
     # ---------------------------------------------------------------- optimisation
 

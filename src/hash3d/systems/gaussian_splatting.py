@@ -154,7 +154,8 @@ class GaussianSplattingSystem(GaussianSystemMixin, System):
         return torch.where(invert.to(self.device)[:, None], 1.0 - color, color)
 
     def render(self, cams: CameraBatch, background: torch.Tensor):
-        return rasterize_cameras(self.gaussians, cams, background, self.cfg.renderer.rasterizer)
+        clip = schedule_value(self.cfg.geometry.color_clip, self.global_step)
+        return rasterize_cameras(self.gaussians, cams, background, self.cfg.renderer.rasterizer, dc_clip=clip)
 
     # ------------------------------------------------------------------ the step
     def optimise(self, terms: dict[str, torch.Tensor], step: int, meta) -> dict[str, Any]:

@@ -20,14 +20,16 @@ from ..scene.gaussians import PARAM_NAMES, GaussianModel
 
 
 def rasterize_cameras(
-    gaussians: GaussianModel, cams: CameraBatch, background: torch.Tensor, backend: str = "auto"
+    gaussians: GaussianModel, cams: CameraBatch, background: torch.Tensor, backend: str = "auto",
+    dc_clip: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, RasterMeta]:
     """rgb [B, H, W, 3], alpha [B, H, W, 1] and the rasteriser's meta (projected means, radii, depth) of a camera batch;
-    background [3] or [B, 3]. Cameras and projections run in fp32 even under autocast."""
+    background [3] or [B, 3]; `dc_clip` as `GaussianModel.splats`. Cameras and projections run in fp32 even under
+    autocast."""
     with torch.autocast(cams.c2w.device.type, enabled=False):
         viewmats = world_to_camera_opencv(cams.c2w.float())
         Ks = cams.intrinsics().to(viewmats)
-        return rasterize_splats(gaussians.splats(), viewmats, Ks, cams.width, cams.height, background.float(),
+        return rasterize_splats(gaussians.splats(dc_clip), viewmats, Ks, cams.width, cams.height, background.float(),
                                 resolve_backend(backend, cams.c2w.device))
 
 
