@@ -25,7 +25,8 @@ from hash3d.mini.text_data import captions
 __all__ = ["TextCase", "is_simple", "make_text_case", "text_case_ids"]
 
 _SEARCH = 4096
-"""How many held-out ids past the offset `text_case_ids` looks through for simple captions."""
+"""How many held-out ids past the offset `text_case_ids` looks through for simple captions (about one in six is)."""
+_CHUNK = 64
 
 
 @dataclass
@@ -64,8 +65,12 @@ def text_case_ids(n_objects: int, offset: int = DEFAULT_ID_OFFSET, simple: bool 
     start = HELD_OUT_ID_BASE + offset
     if not simple:
         return list(range(start, start + n_objects))
-    ids = torch.arange(start, start + _SEARCH)
-    found = [i for i, c in zip(ids.tolist(), captions(make_objects(ids))) if is_simple(c)]
+    found: list[int] = []
+    for chunk in range(start, start + _SEARCH, _CHUNK):  # captions are made per object: look no further than needed
+        ids = torch.arange(chunk, chunk + _CHUNK)
+        found += [i for i, c in zip(ids.tolist(), captions(make_objects(ids))) if is_simple(c)]
+        if len(found) >= n_objects:
+            break
     if len(found) < n_objects:
         raise ValueError(f"only {len(found)} simple captions among held-out ids {start}…{start + _SEARCH - 1}; "
                          "ask for fewer objects or pass simple=False")
