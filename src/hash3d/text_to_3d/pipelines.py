@@ -35,14 +35,15 @@ class TextPipeline:
 
     def run(self, variant: Variant, prompt: str, outdir: str | Path, *, model: str | Path = MINI_SD_MODEL,
             overrides: list[str] | tuple[str, ...] = (), test_views: tuple[float, int, int] | None = None,
-            progress: bool = True) -> PipelineRun:
+            progress: bool = True, finish: bool = False) -> PipelineRun:
         """Train on `prompt`; `test_views` = (elevation, n, size) as `run_threestudio`'s (threestudio-style runs can
-        only be scored at the test orbit they rendered; DreamGaussian's result renders any view)."""
+        only be scored at the test orbit they rendered; DreamGaussian's result renders any view). `finish` also runs
+        what follows training: DreamGaussian's stage 2 (texture), the launchers' --export (mesh)."""
         if self.front_end == "dreamgaussian":
-            return run_dreamgaussian(variant, None, outdir, model=model, overrides=list(overrides), refine=False,
+            return run_dreamgaussian(variant, None, outdir, model=model, overrides=list(overrides), refine=finish,
                                      progress=progress, config=self.config(variant), prompt=prompt)
         return run_threestudio(variant, None, outdir, model=model, overrides=overrides, test_views=test_views,
-                               export=False, progress=progress, config=self.config(variant), prompt=prompt,
+                               export=finish, progress=progress, config=self.config(variant), prompt=prompt,
                                eval_block="data")
 
 
