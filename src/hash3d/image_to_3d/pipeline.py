@@ -6,6 +6,8 @@ own entry functions (no code of theirs is repeated here):
 - `threestudio`: threestudio-hash3d's launcher (`hash3d.launch.run`, i.e. launch.py --train, then --export) with
   `configs/stable-zero123-mini.yaml` / `stable-zero123-mini_hash3d.yaml`.
 
+The same two runners take another config and a prompt: `hash3d.text_to_3d` runs the text pipelines through them.
+
 Cameras: a view is named in threestudio's terms, elevation above the horizon and azimuth relative to the input
 view. DreamGaussian's own options use the opposite elevation sign, so its runs get elevation = −e; its azimuth 0 is
 the input view. The threestudio runs put the input view at azimuth 0.
