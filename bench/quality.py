@@ -3,7 +3,7 @@
 
     python bench/quality.py [--pipeline dreamgaussian|threestudio] [--objects 2] [--variants default|off,noise@1,...]
                             [--out outputs/quality] [--no-random] [--refine] [--threads 2] [OPTION=VALUE ...]
-    python bench/quality.py --task text [--pipeline dreamgaussian|dreamfusion-sd|gaussiandreamer-sd] [--objects 2]
+    python bench/quality.py --task text [--pipeline dreamgaussian|dreamfusion-sd|gaussiandreamer-sd|...] [--objects 2]
                             [--all-captions] [--variants ...] [--out outputs/quality-text] [OPTION=VALUE ...]
 
 Held-out procedural objects (ids 10**12 + offset + i, never trained on) are reconstructed from one 64 px view
@@ -16,8 +16,8 @@ Prints a markdown table and writes OUT/quality.json; `--merge A.json B.json` pri
 
 --task text: held-out captions of procedural objects (by default one-part, one-colour ones: "a pink sphere") are
 turned into 3D by a text pipeline with the shipped Hash3D-mini-sd model and its -mini config (dreamgaussian-hash3d
-configs/text_mini*.yaml, threestudio-hash3d configs/dreamfusion-sd-mini*.yaml, gaussian-dreamer-hash3d
-configs/gaussiandreamer-sd-mini*.yaml), rendered at the same 16 views at elevation 30° (world azimuth, 0 = the
+configs/text_mini*.yaml, threestudio-hash3d configs/dreamfusion-sd-mini*.yaml and magic3d-coarse-sd-mini*.yaml,
+gaussian-dreamer-hash3d configs/gaussiandreamer-sd-mini*.yaml; `hash3d.text_to_3d.TEXT_PIPELINES`), rendered at the same 16 views at elevation 30° (world azimuth, 0 = the
 caption's front) and scored against the described object's renders: PSNR, SSIM, silhouette IoU and foreground colour
 error. The random-weight twin is `write_random_sd_twin`'s.
 

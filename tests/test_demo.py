@@ -201,6 +201,10 @@ def test_demo_text_errors_and_unknown_words(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["--pipeline", "dreamfusion-sd"])
     assert "is text to 3D: give --text PROMPT" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--pipeline", "bogus"])
+    assert "unknown --pipeline bogus: image to 3D runs dreamgaussian or threestudio, --text runs dreamgaussian, " \
+           "dreamfusion-sd" in capsys.readouterr().err
     assert main(["--text", "  ", "--out", str(tmp_path / "o"), *TINY]) == 2
     assert "--text is empty" in capsys.readouterr().err and not (tmp_path / "o").exists()
     from hash3d.demo import unknown_words

@@ -66,8 +66,6 @@ from .image_to_3d.variants import AS_CONFIGURED, Variant
 from .shipped import EXAMPLE_ELEVATION, EXAMPLE_INPUT, MINI_MODEL, MINI_SD_MODEL, require
 
 IMAGE_PIPELINES = ("dreamgaussian", "threestudio")
-TEXT_PIPELINES = ("dreamgaussian", "dreamfusion-sd", "gaussiandreamer-sd")
-"""The pipelines of `hash3d.text_to_3d.TEXT_PIPELINES` (named here so that --help imports no pipeline code)."""
 
 __all__ = ["main", "run_demo", "format_report"]
 
@@ -246,10 +244,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--text", default=None, metavar="PROMPT",
                         help="text to 3D with Hash3D-mini-sd, e.g. 'a red sphere on a blue cube'")
-    parser.add_argument("--pipeline", choices=sorted(set(IMAGE_PIPELINES) | set(TEXT_PIPELINES)),
-                        default="dreamgaussian", metavar="NAME",
+    parser.add_argument("--pipeline", default="dreamgaussian", metavar="NAME",
                         help="dreamgaussian (default; minutes on a CPU) or threestudio (about an hour); with --text: "
-                        "dreamgaussian, dreamfusion-sd or gaussiandreamer-sd")
+                        "dreamgaussian or a threestudio-style recipe such as dreamfusion-sd")
     parser.add_argument("--input", default=None, help="RGBA image of one object (default: the example)")
     parser.add_argument("--elevation", type=float, default=None,
                         help="input camera's elevation in degrees, positive = from above (default 15, the example's)")
@@ -272,13 +269,18 @@ def main(argv: list[str] | None = None) -> int:
     if bad:
         parser.error(f"unrecognized arguments: {' '.join(bad)} (config options are given as key=value)")
     args.options = extras
-    if args.text is not None:
+    if args.text is not None or args.pipeline not in IMAGE_PIPELINES:
+        from .text_to_3d.pipelines import TEXT_PIPELINES  # imported only here: --help stays quick
+
+        if args.text is None:
+            if args.pipeline in TEXT_PIPELINES:
+                parser.error(f"--pipeline {args.pipeline} is text to 3D: give --text PROMPT")
+            parser.error(f"unknown --pipeline {args.pipeline}: image to 3D runs {' or '.join(IMAGE_PIPELINES)}, "
+                         f"--text runs {', '.join(TEXT_PIPELINES)}")
         if args.pipeline not in TEXT_PIPELINES:
             parser.error(f"--text runs a text pipeline: {', '.join(TEXT_PIPELINES)}; got --pipeline {args.pipeline}")
         if args.input is not None or args.elevation is not None:
             parser.error("--input and --elevation are for image to 3D; --text takes none")
-    elif args.pipeline not in IMAGE_PIPELINES:
-        parser.error(f"--pipeline {args.pipeline} is text to 3D: give --text PROMPT")
     if args.steps is not None and args.steps < 1:
         parser.error("--steps must be >= 1")
     if args.refine_steps is not None and args.refine_steps < 0:

@@ -42,7 +42,7 @@ EVAL_SIZE = 64
 class TextHarnessConfig:
     out: Path
     pipeline: str = "dreamgaussian"
-    """A name of `TEXT_PIPELINES`: dreamgaussian, dreamfusion-sd, gaussiandreamer-sd."""
+    """A name of `TEXT_PIPELINES`: dreamgaussian, dreamfusion-sd, gaussiandreamer-sd, magic3d-coarse-sd."""
     objects: int = 1
     id_offset: int = DEFAULT_ID_OFFSET
     simple: bool = True

@@ -53,6 +53,7 @@ TEXT_PIPELINES = {
         TextPipeline("dreamgaussian", "dreamgaussian", DG_CONFIGS, "text_mini"),
         TextPipeline("dreamfusion-sd", "threestudio", TS_CONFIGS, "dreamfusion-sd-mini"),
         TextPipeline("gaussiandreamer-sd", "threestudio", GD_CONFIGS, "gaussiandreamer-sd-mini"),
+        TextPipeline("magic3d-coarse-sd", "threestudio", TS_CONFIGS, "magic3d-coarse-sd-mini"),
     )
 }
 
