@@ -16,8 +16,8 @@ Prints a markdown table and writes OUT/quality.json; `--merge A.json B.json` pri
 
 --task text: held-out captions of procedural objects (by default one-part, one-colour ones: "a pink sphere") are
 turned into 3D by a text pipeline with the shipped Hash3D-mini-sd model and its -mini config (dreamgaussian-hash3d
-configs/text_mini*.yaml, threestudio-hash3d configs/dreamfusion-sd-mini*.yaml and magic3d-coarse-sd-mini*.yaml,
-gaussian-dreamer-hash3d configs/gaussiandreamer-sd-mini*.yaml; `hash3d.text_to_3d.TEXT_PIPELINES`), rendered at the same 16 views at elevation 30° (world azimuth, 0 = the
+configs/text_mini*.yaml, threestudio-hash3d configs/dreamfusion-sd-mini*.yaml, magic3d-coarse-sd-mini*.yaml and
+gaussian_splatting_shading-mini*.yaml, gaussian-dreamer-hash3d configs/gaussiandreamer-sd-mini*.yaml; `hash3d.text_to_3d.TEXT_PIPELINES`), rendered at the same 16 views at elevation 30° (world azimuth, 0 = the
 caption's front) and scored against the described object's renders: PSNR, SSIM, silhouette IoU and foreground colour
 error. The random-weight twin is `write_random_sd_twin`'s.
 

@@ -4,8 +4,8 @@ measured on held-out captions of procedural objects; `bench/quality.py --task te
 `tests/test_quality_text.py` its CI case).
 
 - `cases`: held-out captions and their objects' ground-truth orbit (16 views at elevation 30°)
-- `pipelines`: the text pipelines (DreamGaussian, dreamfusion-sd, gaussiandreamer-sd, magic3d-coarse-sd) with their
-  `-mini` configs
+- `pipelines`: the text pipelines (DreamGaussian, dreamfusion-sd, gaussiandreamer-sd, magic3d-coarse-sd,
+  gaussian_splatting_shading) with their `-mini` configs
 - `harness`: runs, scores (PSNR / SSIM, silhouette IoU, colour error), table and JSON (the image harness's)
 """
 

@@ -42,7 +42,8 @@ EVAL_SIZE = 64
 class TextHarnessConfig:
     out: Path
     pipeline: str = "dreamgaussian"
-    """A name of `TEXT_PIPELINES`: dreamgaussian, dreamfusion-sd, gaussiandreamer-sd, magic3d-coarse-sd."""
+    """A name of `TEXT_PIPELINES`: dreamgaussian, dreamfusion-sd, gaussiandreamer-sd, magic3d-coarse-sd,
+    gaussian_splatting_shading."""
     objects: int = 1
     id_offset: int = DEFAULT_ID_OFFSET
     simple: bool = True

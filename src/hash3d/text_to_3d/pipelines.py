@@ -54,6 +54,7 @@ TEXT_PIPELINES = {
         TextPipeline("dreamfusion-sd", "threestudio", TS_CONFIGS, "dreamfusion-sd-mini"),
         TextPipeline("gaussiandreamer-sd", "threestudio", GD_CONFIGS, "gaussiandreamer-sd-mini"),
         TextPipeline("magic3d-coarse-sd", "threestudio", TS_CONFIGS, "magic3d-coarse-sd-mini"),
+        TextPipeline("gaussian_splatting_shading", "threestudio", TS_CONFIGS, "gaussian_splatting_shading-mini"),
     )
 }
 
