@@ -58,6 +58,9 @@ def test_installed_package_finds_its_shipped_data(wheel, tmp_path):
         "assert (s.MINI_MODEL / 'unet' / 'config.json').is_file() and s.EXAMPLE_INPUT.is_file()\n"
         "assert (s.MINI_SD_MODEL / 'text_encoder' / 'config.json').is_file()\n"
         "assert all(path.is_file() for pair in p.CONFIGS.values() for path in pair)\n"
+        "from hash3d.image_to_3d import Variant\n"
+        "from hash3d.text_to_3d import TEXT_PIPELINES\n"
+        "assert all(x.config(Variant(on, 'config')).is_file() for x in TEXT_PIPELINES.values() for on in (0, 1))\n"
     )
     result = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, timeout=300,
                             env={"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin"})  # fmt: skip
