@@ -10,7 +10,8 @@ when cache on falls more than 0.5 dB below cache off.
 
 Measured on this CPU (torch 2.13, one thread, another job on the second core), the same runs as this test with 16
 views (`python bench/quality.py --task text --id-offset 2056 --variants off,features@1 --threads 1 iters=60
-num_pts=500 position_lr_max_steps=60 "cache.cell_size=[60,90,1,200]"`):
+num_pts=500 position_lr_max_steps=60 "cache.cell_size=[60,90,1,200]"`; the stage-1 mesh options of CI_OPTIONS
+change no score):
 
     model            cache        PSNR   IoU    colour err   hit rate
     mini-sd          off          13.60  0.929  0.330         0
