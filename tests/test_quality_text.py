@@ -133,3 +133,25 @@ def test_ci_text_to_3d_beats_the_random_twin_and_the_cache_keeps_it(tmp_path):
     assert off["psnr"] >= floor["psnr"] + MIN_MARGIN_DB, f"not clearly above the random-weight twin: {table}"
     assert off["color_error"] < floor["color_error"] - 0.1, f"no closer to the described colour: {table}"
     assert on["psnr"] >= off["psnr"] - MAX_DROP_DB, f"the cache costs more than {MAX_DROP_DB} dB: {table}"
+
+
+def test_harness_scores_a_launcher_pipeline_at_its_test_orbit(tmp_path):
+    """The threestudio-style path (GaussianDreamer's launcher): its test orbit is rendered at the scored views and
+    read back; two steps, two views, no random twin."""
+    result = run_text_harness(TextHarnessConfig(
+        out=tmp_path, pipeline="gaussiandreamer-sd", objects=1, id_offset=CI_OBJECT_OFFSET, n_views=2,
+        variants=[Variant(False)], random_baseline=False, progress=False,
+        overrides=["trainer.max_steps=2", "checkpoint.every_n_train_steps=2", "system.init.sphere.num_points=200"],
+    ))
+    (row,) = result["rows"]
+    (obj,) = row["per_object"]
+    assert obj["caption"] == "a pink sphere" and row["unet_calls"] == 2
+    pred = sorted((tmp_path / "runs" / "gaussiandreamer-sd" / "mini-sd" / "off" / "object2056" / "pred").glob("*.png"))
+    assert len(pred) == 2 and 5 < row["psnr"] < 40 and 0 <= row["iou"] <= 1 and row["color_error"] >= 0
+    test_frames = sorted(tmp_path.glob("runs/**/save/it2-test/*.png"))
+    assert len(test_frames) == 3  # 0°, 180° and 360°: the first two are scored
+    import numpy as np
+    from PIL import Image
+
+    frame = np.asarray(Image.open(test_frames[1]).convert("RGB"))  # 1.png: 180°, rgb | other panels
+    assert frame.shape[0] == 64 and np.array_equal(np.asarray(Image.open(pred[1])), frame[:, :64])
