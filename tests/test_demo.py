@@ -211,3 +211,14 @@ def test_demo_text_errors_and_unknown_words(tmp_path, capsys):
 
     assert unknown_words("A red sphere, a fox playing a violin") == ["fox", "playing", "violin"]
     assert unknown_words("a red and blue striped sphere on a grey cube, overhead view") == []
+
+
+def test_demo_text_runs_a_launcher_recipe_and_exports(tmp_path):
+    out = tmp_path / "gd"
+    assert main(["--text", "a green cone", "--pipeline", "gaussiandreamer-sd", "--out", str(out), "--steps", "2",
+                 "--no-progress", "data.n_test_views=3", "system.init.sphere.num_points=200"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    (run,) = report["runs"]
+    assert report["pipeline"] == "gaussiandreamer-sd" and report["prompt"] == "a green cone" and run["steps"] == 2
+    assert Path(run["video"]).name == "it2-test.mp4" and len(imageio.mimread(run["video"])) == 3
+    assert "last_3dgs.ply" in {Path(p).name for p in run["mesh"]}  # what --export writes for Gaussians

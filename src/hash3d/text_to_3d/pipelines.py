@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from hash3d.config.errors import ConfigError
 from hash3d.image_to_3d.pipeline import PipelineRun, run_dreamgaussian, run_threestudio
@@ -23,7 +24,7 @@ __all__ = ["TEXT_PIPELINES", "TextPipeline", "text_pipeline"]
 @dataclass(frozen=True)
 class TextPipeline:
     name: str
-    front_end: str
+    front_end: Literal["dreamgaussian", "threestudio"]
     """'dreamgaussian' (main.py's stage 1, in-process) or 'threestudio' (a launch.py, through hash3d.launch)."""
     folder: Path
     config_name: str
