@@ -131,6 +131,7 @@ def test_default_model_fits_the_size_budget():
     from hash3d.shipped import MINI_SD_MODEL
 
     assert folder_bytes(MINI_SD_MODEL) < 25e6  # the shipped folder, card and samples included
+    assert "## Limits" in (MINI_SD_MODEL / "README.md").read_text()
 
 
 def test_tiny_training_writes_a_folder_the_sd_guidance_loads(tmp_path):
@@ -155,6 +156,9 @@ def test_tiny_training_writes_a_folder_the_sd_guidance_loads(tmp_path):
     assert set(metrics["scores"]) == {"1", "3"} and (model / "samples.png").exists()
     card = (model / "README.md").read_text()
     assert "| CFG | colour |" in card and metrics["captions"][0] in card
+    best = max(metrics["scores"], key=lambda k: metrics["scores"][k]["color"])
+    assert f"## Limits\n\nTrained {json.loads((out / 'eval.json').read_text())['run']['minutes']} min (3 steps). " \
+           f"At CFG {best} it follows colours" in card
 
     g = StableDiffusionGuidance(StableDiffusionGuidanceConfig(pretrained_model_name_or_path=str(model), dtype="fp32",
                                                               guidance_scale=7.5))
