@@ -172,3 +172,53 @@ def test_demo_own_input_errors_are_one_line_and_leave_no_folder(tmp_path, capsys
     monkeypatch.setattr(Path, "mkdir", denied)
     assert main(["--out", str(tmp_path / "locked" / "x"), *TINY]) == 2
     assert "cannot create the output folder" in capsys.readouterr().err
+
+
+def test_demo_text_runs_dreamgaussian_text_with_the_shipped_mini_sd(tmp_path, capsys):
+    from hash3d.shipped import MINI_SD_MODEL
+
+    out = tmp_path / "text"
+    assert main(["--text", "a red sphere on a blue cube", "--out", str(out), *TINY]) == 0
+    printed = capsys.readouterr()
+    assert "text-to-3D of 'a red sphere on a blue cube'" in printed.out and "never seen" not in printed.err
+    report = json.loads((out / "report.json").read_text())
+    assert report["task"] == "text" and report["prompt"] == "a red sphere on a blue cube" and "input" not in report
+    assert Path(report["model"]).resolve() == MINI_SD_MODEL.resolve()
+    (run,) = report["runs"]
+    assert run["run"] == "cache on" and run["steps"] == 6 and run["unet_calls"] == 6  # 4 + 2 steps, one view each
+    assert run["cache_config"]["mode"] == "noise" and len(imageio.mimread(run["video"])) == 4
+    assert {Path(p).suffix for p in run["mesh"]} >= {".obj", ".mtl", ".png"}
+    stage1 = json.loads((out / "object_report.json").read_text())
+    assert stage1["steps"] == 4
+
+
+def test_demo_text_errors_and_unknown_words(tmp_path, capsys):
+    for args, message in ((["--pipeline", "threestudio"], "--text runs a text pipeline"),
+                          (["--input", "x.png"], "--input and --elevation are for image to 3D")):
+        with pytest.raises(SystemExit):
+            main(["--text", "a red cone", *args])
+        assert message in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--pipeline", "dreamfusion-sd"])
+    assert "is text to 3D: give --text PROMPT" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--pipeline", "bogus"])
+    assert "unknown --pipeline bogus: image to 3D runs dreamgaussian or threestudio, --text runs dreamgaussian, " \
+           "dreamfusion-sd" in capsys.readouterr().err
+    assert main(["--text", "  ", "--out", str(tmp_path / "o"), *TINY]) == 2
+    assert "--text is empty" in capsys.readouterr().err and not (tmp_path / "o").exists()
+    from hash3d.demo import unknown_words
+
+    assert unknown_words("A red sphere, a fox playing a violin") == ["fox", "playing", "violin"]
+    assert unknown_words("a red and blue striped sphere on a grey cube, overhead view") == []
+
+
+def test_demo_text_runs_a_launcher_recipe_and_exports(tmp_path):
+    out = tmp_path / "gd"
+    assert main(["--text", "a green cone", "--pipeline", "gaussiandreamer-sd", "--out", str(out), "--steps", "2",
+                 "--no-progress", "data.n_test_views=3", "system.init.sphere.num_points=200"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    (run,) = report["runs"]
+    assert report["pipeline"] == "gaussiandreamer-sd" and report["prompt"] == "a green cone" and run["steps"] == 2
+    assert Path(run["video"]).name == "it2-test.mp4" and len(imageio.mimread(run["video"])) == 3
+    assert "last_3dgs.ply" in {Path(p).name for p in run["mesh"]}  # what --export writes for Gaussians

@@ -14,7 +14,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PARTS = ["pyproject.toml", "README.md", "src", "models", "assets", "dreamgaussian-hash3d/configs",
-         "threestudio-hash3d/configs"]  # fmt: skip
+         "threestudio-hash3d/configs", "gaussian-dreamer-hash3d/configs"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +40,8 @@ def test_wheel_carries_the_shipped_model_example_and_configs(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     for name in ["models/hash3d-mini-zero123/unet/diffusion_pytorch_model.safetensors",
                  "models/hash3d-mini-zero123/model_index.json", "assets/mini_heldout_rgba.png",
+                 "models/hash3d-mini-sd/unet/diffusion_pytorch_model.safetensors",
+                 "models/hash3d-mini-sd/tokenizer/vocab.json", "gaussian-dreamer-configs/gaussiandreamer-sd.yaml",
                  "dreamgaussian-configs/image_mini_hash3d.yaml", "threestudio-configs/stable-zero123-mini_hash3d.yaml"]:
         assert f"hash3d/shipped/{name}" in names, name
     assert not any("__pycache__" in n for n in names)
@@ -54,7 +56,11 @@ def test_installed_package_finds_its_shipped_data(wheel, tmp_path):
         "import hash3d, hash3d.shipped as s, hash3d.image_to_3d.pipeline as p\n"
         "print(hash3d.__file__)\n"
         "assert (s.MINI_MODEL / 'unet' / 'config.json').is_file() and s.EXAMPLE_INPUT.is_file()\n"
+        "assert (s.MINI_SD_MODEL / 'text_encoder' / 'config.json').is_file()\n"
         "assert all(path.is_file() for pair in p.CONFIGS.values() for path in pair)\n"
+        "from hash3d.image_to_3d import Variant\n"
+        "from hash3d.text_to_3d import TEXT_PIPELINES\n"
+        "assert all(x.config(Variant(on, 'config')).is_file() for x in TEXT_PIPELINES.values() for on in (0, 1))\n"
     )
     result = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, timeout=300,
                             env={"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin"})  # fmt: skip

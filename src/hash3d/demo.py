@@ -1,8 +1,11 @@
-"""Hash3D demo, the README's main job: image to 3D on a CPU with the shipped Hash3D-mini model, cache on.
+"""Hash3D demo, the README's main job: image to 3D on a CPU with the shipped Hash3D-mini model, cache on; and,
+with `--text`, text to 3D with the shipped Hash3D-mini-sd model.
 
     python -m hash3d.demo [--pipeline dreamgaussian|threestudio] [--input IMAGE] [--elevation DEG] [--out DIR]
                           [--steps N] [--refine-steps N] [--cache on|off|both] [--threads N] [--no-progress]
                           [OPTION=VALUE ...]
+    python -m hash3d.demo --text "a red sphere on a blue cube" [--pipeline dreamgaussian|dreamfusion-sd|
+                          gaussiandreamer-sd] [--out DIR] [--steps N] [--refine-steps N] [--cache ...] [...]
 
 By default it reconstructs `assets/mini_heldout_rgba.png` — a 64 px view, from 15° above, of procedural object
 10**12 + 1011, which the model never saw in training (held-out ids start at 10**12) — with dreamgaussian-hash3d
@@ -34,6 +37,13 @@ In the 10-minute budget DreamGaussian runs its whole schedule, mesh and videos i
 200 of its config's 300 steps (threestudio's own recipe has 600) and its object is still a blob in the wrong
 colours. So the demo runs DreamGaussian;
 `--pipeline threestudio` runs the other one (expect about an hour for its 300 default steps on a CPU; `--steps` cuts it).
+
+Text to 3D (`--text PROMPT`): the same outputs from a prompt, by DreamGaussian's text mode with
+`configs/text_mini_hash3d.yaml` (Gaussians by SDS from Hash3D-mini-sd, then mesh and texture), offline; `--pipeline
+dreamfusion-sd` or `gaussiandreamer-sd` runs those recipes' mini configs instead (`hash3d.text_to_3d.pipelines`).
+Hash3D-mini-sd knows only the words of its captions (colours, shapes, 'striped', 'checkered', 'on', 'next to':
+models/hash3d-mini-sd/README.md); other words are embedded but mean nothing to it, and the demo says so. Its
+output is a soft object in the described colours: the model follows colours clearly and shapes weakly (its card).
 """
 
 from __future__ import annotations
@@ -53,7 +63,9 @@ import torch
 from .cli import run_cli
 from .config.errors import UserInputError
 from .image_to_3d.variants import AS_CONFIGURED, Variant
-from .shipped import EXAMPLE_ELEVATION, EXAMPLE_INPUT, MINI_MODEL, require
+from .shipped import EXAMPLE_ELEVATION, EXAMPLE_INPUT, MINI_MODEL, MINI_SD_MODEL, require
+
+IMAGE_PIPELINES = ("dreamgaussian", "threestudio")
 
 __all__ = ["main", "run_demo", "format_report"]
 
@@ -65,7 +77,7 @@ def _runs(cache: str) -> list[tuple[str, Variant]]:
 
 def _pipeline_overrides(args) -> list[str]:
     out: list[str] = []
-    if args.pipeline == "dreamgaussian":
+    if args.pipeline == "dreamgaussian":  # DreamGaussian's option names, in image and text mode
         if args.steps is not None:
             out += [f"iters={args.steps}", f"position_lr_max_steps={args.steps}"]
         if args.refine_steps is not None:
@@ -138,28 +150,67 @@ def _output_folder(out: Path) -> Path | None:
     return created
 
 
-def run_demo(args) -> dict[str, Any]:
-    from .image_to_3d.pipeline import run_pipeline
+def unknown_words(prompt: str) -> list[str]:
+    """The words of `prompt` that no Hash3D-mini-sd caption holds (the model has learnt nothing for them)."""
+    from .mini.text_data import WORDS
 
-    model = _existing(Path(args.model), MINI_MODEL, "the Zero123 model folder", "--model")
-    image = _input_image(Path(args.input))
+    return [w for w in prompt.replace(",", " ").lower().split() if w not in WORDS]
+
+
+def _text_prompt(text: str, model: Path) -> str:
+    if not text.strip():
+        raise UserInputError('--text is empty: describe an object, e.g. --text "a red sphere on a blue cube"')
+    unknown = unknown_words(text)
+    if unknown and model.resolve() == MINI_SD_MODEL.resolve():
+        print(f"[demo] warning: Hash3D-mini-sd has never seen {', '.join(repr(w) for w in unknown)}: it knows only "
+              f"the words of its captions (colours, shapes, 'striped', 'checkered', 'on', 'next to'; "
+              f"{MINI_SD_MODEL / 'README.md'})", file=sys.stderr)
+    return text
+
+
+def run_demo(args) -> dict[str, Any]:
+    text = getattr(args, "text", None)
+    if text is None:
+        from .image_to_3d.pipeline import run_pipeline
+
+        model = _existing(Path(args.model or MINI_MODEL), MINI_MODEL, "the Zero123 model folder", "--model")
+        source = _input_image(Path(args.input or EXAMPLE_INPUT))
+        elevation = EXAMPLE_ELEVATION if args.elevation is None else args.elevation
+
+        def run_one(variant: Variant, folder: Path, overrides: list[str]):
+            extra = {"refine": True} if args.pipeline == "dreamgaussian" else {"export": True}
+            return run_pipeline(args.pipeline, variant, source, folder, input_elevation=elevation, model=model,
+                                overrides=overrides, progress=not args.no_progress, **extra)
+    else:
+        from .text_to_3d import text_pipeline
+
+        model = _existing(Path(args.model or MINI_SD_MODEL), MINI_SD_MODEL, "the Stable Diffusion model folder",
+                          "--model")
+        source, elevation = _text_prompt(text, model), None
+        pipeline = text_pipeline(args.pipeline)
+
+        def run_one(variant: Variant, folder: Path, overrides: list[str]):
+            return pipeline.run(variant, source, folder, model=model, overrides=overrides,
+                                progress=not args.no_progress, finish=True)
+
     out = Path(args.out)
     created = _output_folder(out)
     try:
-        return _run_all(args, run_pipeline, model, image, out)
+        return _run_all(args, run_one, model, source, elevation, out)
     except BaseException:
         if created is not None and not any(p.is_file() for p in created.rglob("*")):
             shutil.rmtree(created, ignore_errors=True)  # a rejected input leaves no empty folder behind
         raise
 
 
-def _run_all(args, run_pipeline, model: Path, image: Path, out: Path) -> dict[str, Any]:
+def _run_all(args, run_one, model: Path, source, elevation: float | None, out: Path) -> dict[str, Any]:
     overrides = _pipeline_overrides(args)
     runs = _runs(args.cache)
+    text = getattr(args, "text", None)
     report: dict[str, Any] = {
         "pipeline": args.pipeline,
-        "input": str(image),
-        "input_elevation": args.elevation,
+        "task": "image" if text is None else "text",
+        **({"input": str(source), "input_elevation": elevation} if text is None else {"prompt": source}),
         "model": str(model),
         "overrides": overrides,
         "device": "cuda" if torch.cuda.is_available() else "cpu",
@@ -172,9 +223,7 @@ def _run_all(args, run_pipeline, model: Path, image: Path, out: Path) -> dict[st
         folder = out / name.replace(" ", "-") if len(runs) > 1 else out
         print(f"[demo] {args.pipeline}, {name}: {folder}", file=sys.stderr)
         t0 = time.perf_counter()
-        extra = {"refine": True} if args.pipeline == "dreamgaussian" else {"export": True}
-        run = run_pipeline(args.pipeline, variant, image, folder, input_elevation=args.elevation, model=model,
-                           overrides=overrides, progress=not args.no_progress, **extra)
+        run = run_one(variant, folder, overrides)
         report["runs"].append(_run_entry(name, variant, run, folder, time.perf_counter() - t0))
     report["total_time_s"] = round(time.perf_counter() - start, 2)
     by_name = {r["run"]: r for r in report["runs"]}
@@ -189,21 +238,25 @@ def _run_all(args, run_pipeline, model: Path, image: Path, out: Path) -> dict[st
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m hash3d.demo",
-        description="Image to 3D on a CPU with the shipped Hash3D-mini model, offline (the README's main job). "
-        "Trailing OPTION=VALUE pairs go to the front-end's config.",
+        description="Image to 3D on a CPU with the shipped Hash3D-mini model, offline (the README's main job); with "
+        "--text, text to 3D with the shipped Hash3D-mini-sd. Trailing OPTION=VALUE pairs go to the front-end's config.",
         epilog="Outputs, timings and why DreamGaussian is the default: the hash3d.demo module docstring and README.md.",
     )
-    parser.add_argument("--pipeline", choices=["dreamgaussian", "threestudio"], default="dreamgaussian",
-                        help="front-end to run (default dreamgaussian: minutes on a CPU; threestudio: about an hour)")
-    parser.add_argument("--input", default=str(EXAMPLE_INPUT), help="RGBA image of one object (default: the example)")
-    parser.add_argument("--elevation", type=float, default=EXAMPLE_ELEVATION,
+    parser.add_argument("--text", default=None, metavar="PROMPT",
+                        help="text to 3D with Hash3D-mini-sd, e.g. 'a red sphere on a blue cube'")
+    parser.add_argument("--pipeline", default="dreamgaussian", metavar="NAME",
+                        help="dreamgaussian (default; minutes on a CPU) or threestudio (about an hour); with --text: "
+                        "dreamgaussian or a threestudio-style recipe such as dreamfusion-sd")
+    parser.add_argument("--input", default=None, help="RGBA image of one object (default: the example)")
+    parser.add_argument("--elevation", type=float, default=None,
                         help="input camera's elevation in degrees, positive = from above (default 15, the example's)")
     parser.add_argument("--out", default="outputs/demo", help="output folder (default outputs/demo)")
     parser.add_argument("--steps", type=int, default=None, help="training steps (default: the mini config's)")
     parser.add_argument("--refine-steps", type=int, default=None, help="DreamGaussian stage-2 steps (default: config)")
     parser.add_argument("--cache", choices=["on", "off", "both"], default="on",
                         help="Hash3D cache on, off, or both runs side by side (default on)")
-    parser.add_argument("--model", default=str(MINI_MODEL), help="Zero123-family model folder (default: Hash3D-mini)")
+    parser.add_argument("--model", default=None,
+                        help="Zero123-family (--text: Stable Diffusion) model folder (default: Hash3D-mini / -mini-sd)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
@@ -216,6 +269,18 @@ def main(argv: list[str] | None = None) -> int:
     if bad:
         parser.error(f"unrecognized arguments: {' '.join(bad)} (config options are given as key=value)")
     args.options = extras
+    if args.text is not None or args.pipeline not in IMAGE_PIPELINES:
+        from .text_to_3d.pipelines import TEXT_PIPELINES  # imported only here: --help stays quick
+
+        if args.text is None:
+            if args.pipeline in TEXT_PIPELINES:
+                parser.error(f"--pipeline {args.pipeline} is text to 3D: give --text PROMPT")
+            parser.error(f"unknown --pipeline {args.pipeline}: image to 3D runs {' or '.join(IMAGE_PIPELINES)}, "
+                         f"--text runs {', '.join(TEXT_PIPELINES)}")
+        if args.pipeline not in TEXT_PIPELINES:
+            parser.error(f"--text runs a text pipeline: {', '.join(TEXT_PIPELINES)}; got --pipeline {args.pipeline}")
+        if args.input is not None or args.elevation is not None:
+            parser.error("--input and --elevation are for image to 3D; --text takes none")
     if args.steps is not None and args.steps < 1:
         parser.error("--steps must be >= 1")
     if args.refine_steps is not None and args.refine_steps < 0:
@@ -228,8 +293,9 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> None:
         report = run_demo(args)
         print()
-        print(f"{report['pipeline']} image-to-3D of {report['input']} on {report['device']} "
-              f"({report['threads']} threads), {report['total_time_s']:.1f} s in all")
+        what = f"image-to-3D of {report['input']}" if args.text is None else f"text-to-3D of {report['prompt']!r}"
+        print(f"{report['pipeline']} {what} on {report['device']} ({report['threads']} threads), "
+              f"{report['total_time_s']:.1f} s in all")
         print(format_report(report))
         last = report["runs"][-1]
         print(f"outputs: {last['folder']} (video {last['video']}, mesh {', '.join(last['mesh'])})")

@@ -38,7 +38,7 @@ from .pipeline import PIPELINES, run_pipeline
 from .random_model import write_random_mini
 from .variants import Variant, default_variants
 
-__all__ = ["HarnessConfig", "run_harness", "format_table", "score_folder"]
+__all__ = ["HarnessConfig", "aggregate", "environment", "format_table", "run_harness", "run_plan", "score_folder", "write_views"]
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ def score_folder(gt_dir: Path, pred_dir: Path, lpips_net: str | None = None) -> 
     return {name: float(stat.mean) for name, stat in table.summary().items()}
 
 
-def _write_views(images: torch.Tensor, folder: Path) -> Path:
+def write_views(images: torch.Tensor, folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     for i, view in enumerate(images):
         save_rgb(view, folder / f"{i:03d}.png")
@@ -106,16 +106,17 @@ def _run_one(cfg: HarnessConfig, label: str, model: Path, variant: Variant, case
                        progress=cfg.progress, **extra)
     row: dict[str, Any] = {"object": case.name, "object_id": case.object_id, "wall_s": round(run.wall_s, 2)}
     row.update(run.stats)
-    pred = _write_views(run.views(case.eval_elevation, case.delta_azimuths, size), folder / "pred")
+    pred = write_views(run.views(case.eval_elevation, case.delta_azimuths, size), folder / "pred")
     row["views"] = score_folder(gt_dir, pred, cfg.lpips_net)
     if cfg.score_mesh:
         mesh = run.mesh_views(case.eval_elevation, case.delta_azimuths, size)
         if mesh is not None:
-            row["mesh"] = score_folder(gt_dir, _write_views(mesh, folder / "pred_mesh"), cfg.lpips_net)
+            row["mesh"] = score_folder(gt_dir, write_views(mesh, folder / "pred_mesh"), cfg.lpips_net)
     return row
 
 
-def _aggregate(label: str, variant: Variant, rows: list[dict[str, Any]]) -> dict[str, Any]:
+def aggregate(label: str, variant: Variant, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """One table row: the means over the objects' rows of one (model, variant)."""
     def mean(get) -> float | None:
         values = [get(r) for r in rows]
         values = [v for v in values if v is not None]
@@ -133,6 +134,8 @@ def _aggregate(label: str, variant: Variant, rows: list[dict[str, Any]]) -> dict
         "psnr": mean(lambda r: r["views"]["psnr"]),
         "ssim": mean(lambda r: r["views"]["ssim"]),
         "lpips": mean(lambda r: r["views"].get("lpips")),
+        "iou": mean(lambda r: r["views"].get("iou")),
+        "color_error": mean(lambda r: r["views"].get("color_error")),
         "mesh_psnr": mean(lambda r: r.get("mesh", {}).get("psnr")),
         "mesh_ssim": mean(lambda r: r.get("mesh", {}).get("ssim")),
         "train_time_s": round(train / len(rows), 2),
@@ -160,7 +163,9 @@ def format_table(rows: list[dict[str, Any]]) -> str:
         base["random weights"] = trained_off
     has_lpips = any(r.get("lpips") is not None for r in rows)
     has_mesh = any(r.get("mesh_psnr") is not None for r in rows)
+    has_shape = any(r.get("iou") is not None for r in rows)
     head = ["model", "cache", "PSNR", "ΔPSNR", "SSIM"] + (["LPIPS"] if has_lpips else [])
+    head += ["IoU", "colour err"] if has_shape else []
     head += (["mesh PSNR", "mesh SSIM"] if has_mesh else []) + ["train s", "it/s", "UNet calls", "saved", "hit rate"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
 
@@ -173,6 +178,8 @@ def format_table(rows: list[dict[str, Any]]) -> str:
         cells = [r["model"], r["variant"], f(r["psnr"], 2), "–" if delta is None else f"{delta:+.2f}", f(r["ssim"], 4)]
         if has_lpips:
             cells.append(f(r.get("lpips"), 4))
+        if has_shape:
+            cells += [f(r.get("iou"), 3), f(r.get("color_error"), 3)]
         if has_mesh:
             cells += [f(r.get("mesh_psnr"), 2), f(r.get("mesh_ssim"), 4)]
         cells += [f(r["train_time_s"], 1), f(r["it_per_s"], 2), str(r["unet_calls"]),
@@ -206,20 +213,35 @@ def run_harness(cfg: HarnessConfig) -> dict[str, Any]:
             "eval_views": {"elevation": cases[0][0].eval_elevation, "delta_azimuths": cases[0][0].delta_azimuths},
             "overrides": list(cfg.overrides),
             "lpips": cfg.lpips_net,
-            "torch": torch.__version__,
-            "threads": torch.get_num_threads(),
-            "cpu": platform.processor() or platform.machine(),
+            **environment(),
         },
         "rows": [],
     }
-    path = cfg.out / cfg.json_name
+
+    def run_one(label: str, model: Path, variant: Variant, item) -> dict[str, Any]:
+        return _run_one(cfg, label, model, variant, *item)
+
+    return run_plan(plan, [(c.name, (c, i, g)) for c, i, g in cases], run_one, result, cfg.out / cfg.json_name)
+
+
+def environment() -> dict[str, Any]:
+    """Where the numbers come from: torch version, threads, processor."""
+    return {"torch": torch.__version__, "threads": torch.get_num_threads(),
+            "cpu": platform.processor() or platform.machine()}
+
+
+def run_plan(plan: list[tuple[str, Path, Variant]], cases: list[tuple[str, Any]], run_one, result: dict[str, Any],
+             path: Path) -> dict[str, Any]:
+    """For every (label, model, variant) of `plan` and every (name, case) of `cases`, `run_one(label, model, variant,
+    case)` -> that object's row; each (label, variant) is aggregated into a table row of `result["rows"]`. `result` is
+    written to `path` after every variant (partial results survive) and once more with the table."""
     for label, model, variant in plan:
         rows = []
-        for case, input_path, gt_dir in cases:
-            logger.info("quality: %s, cache %s, %s", label, variant.name, case.name)
-            rows.append(_run_one(cfg, label, model, variant, case, input_path, gt_dir))
-        result["rows"].append(_aggregate(label, variant, rows))
-        path.write_text(json.dumps(result, indent=2) + "\n")  # after every variant: partial results survive
+        for name, case in cases:
+            logger.info("quality: %s, cache %s, %s", label, variant.name, name)
+            rows.append(run_one(label, model, variant, case))
+        result["rows"].append(aggregate(label, variant, rows))
+        path.write_text(json.dumps(result, indent=2) + "\n")
     result["table"] = format_table(result["rows"])
     path.write_text(json.dumps(result, indent=2) + "\n")
     return result

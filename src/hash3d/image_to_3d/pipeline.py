@@ -6,6 +6,8 @@ own entry functions (no code of theirs is repeated here):
 - `threestudio`: threestudio-hash3d's launcher (`hash3d.launch.run`, i.e. launch.py --train, then --export) with
   `configs/stable-zero123-mini.yaml` / `stable-zero123-mini_hash3d.yaml`.
 
+The same two runners take another config and a prompt: `hash3d.text_to_3d` runs the text pipelines through them.
+
 Cameras: a view is named in threestudio's terms, elevation above the horizon and azimuth relative to the input
 view. DreamGaussian's own options use the opposite elevation sign, so its runs get elevation = −e; its azimuth 0 is
 the input view. The threestudio runs put the input view at azimuth 0.
@@ -17,6 +19,7 @@ measurement is in `hash3d.demo`'s docstring and docs/benchmarks.md).
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import time
 from dataclasses import dataclass, field
@@ -113,27 +116,33 @@ class PipelineRun:
 def dreamgaussian_options(
     variant: Variant,
     *,
-    input_path: str | Path,
+    input_path: str | Path | None,
     outdir: str | Path,
     input_elevation: float | None = None,
     save_path: str = "object",
     model: str | Path = MINI_MODEL,
     overrides: list[str] | tuple[str, ...] = (),
+    config: Path | None = None,
+    prompt: str | None = None,
 ):
-    """The DreamGaussian options of a run: the mini config (cache off or on) with the variant's cache settings,
-    absolute paths for the model, input and outputs, the input elevation (threestudio sign), then `overrides`."""
+    """The DreamGaussian options of a run: `config` (default: the image mini config, cache off or on) with the
+    variant's cache settings, absolute paths for the model, input and outputs, the input elevation (threestudio sign),
+    the prompt, then `overrides`."""
     from hash3d.systems.dreamgaussian import load_options
 
     options = [
-        f"input={Path(input_path).resolve()}",
         f"outdir={Path(outdir).resolve()}",
         f"save_path={save_path}",
         f"guidance.pretrained_model_name_or_path={_model_arg(model)}",
         *variant.overrides("cache"),
     ]
+    if input_path is not None:
+        options.insert(0, f"input={Path(input_path).resolve()}")
     if input_elevation is not None:
         options.append(f"elevation={-float(input_elevation):g}")
-    return load_options(config_path("dreamgaussian", variant), [*options, *overrides])
+    if prompt is not None:
+        options.append(f"prompt={json.dumps(prompt)}")  # quoted: a caption may hold commas
+    return load_options(config or config_path("dreamgaussian", variant), [*options, *overrides])
 
 
 def _dg_views(cfg, elevation: float, delta_azimuths: list[float], size: int, device):
@@ -170,7 +179,7 @@ def _sum_stats(reports: list[dict[str, Any]], batch_size: int) -> dict[str, Any]
 
 def run_dreamgaussian(
     variant: Variant,
-    input_path: str | Path,
+    input_path: str | Path | None,
     outdir: str | Path,
     *,
     input_elevation: float | None = None,
@@ -178,13 +187,16 @@ def run_dreamgaussian(
     overrides: list[str] | tuple[str, ...] = (),
     refine: bool = True,
     progress: bool = True,
+    config: Path | None = None,
+    prompt: str | None = None,
 ) -> PipelineRun:
-    """Stage 1 (Gaussians, coarse mesh, video) and, when `refine` and iters_refine > 0, stage 2 (texture)."""
+    """Stage 1 (Gaussians, coarse mesh, video) and, when `refine` and iters_refine > 0, stage 2 (texture). `config`
+    and `prompt` as in `dreamgaussian_options` (text-to-3D: a text config, a prompt and no input)."""
     from hash3d.systems.dreamgaussian.stage1 import run_stage1
     from hash3d.systems.dreamgaussian.stage2 import run_stage2
 
     cfg = dreamgaussian_options(variant, input_path=input_path, outdir=outdir, input_elevation=input_elevation,
-                                model=model, overrides=overrides)
+                                model=model, overrides=overrides, config=config, prompt=prompt)
     start = time.perf_counter()
     stage1 = run_stage1(cfg, progress=progress)
     reports = {"stage1": json.loads(Path(stage1.report).read_text())}
@@ -209,7 +221,7 @@ def _read_metrics(trial: Path) -> list[dict[str, str]]:
 
 def run_threestudio(
     variant: Variant,
-    input_path: str | Path,
+    input_path: str | Path | None,
     outdir: str | Path,
     *,
     input_elevation: float | None = None,
@@ -218,29 +230,37 @@ def run_threestudio(
     test_views: tuple[float, int, int] | None = None,
     export: bool = True,
     progress: bool = True,
+    config: Path | None = None,
+    prompt: str | None = None,
+    eval_block: str = "data.random_camera",
 ) -> PipelineRun:
-    """launch.py --train (then --export) with the mini config. `test_views` = (elevation, n, size) makes the test
-    orbit that training ends with render n views at that elevation (azimuths 0, 360/n, …) at size², so that
-    `views()` can score them; otherwise the config's own orbit is rendered (the video)."""
+    """launch.py --train (then --export) with `config` (default: the image mini config, cache off or on). `test_views`
+    = (elevation, n, size) makes the test orbit that training ends with render n views at that elevation (azimuths
+    0, 360/n, …) at size², so that `views()` can score them; otherwise the config's own orbit is rendered (the
+    video). Text-to-3D: a text config, `prompt` and no input; `eval_block` is where the config's random-camera
+    options sit (`data` in the random-camera datamodule of the text configs)."""
     from hash3d.config import load_config
     from hash3d.launch import run as launch
 
-    config = config_path("threestudio", variant)
+    config = config or config_path("threestudio", variant)
     options = [
-        f"data.image_path={Path(input_path).resolve()}",
         f"exp_root_dir={Path(outdir).resolve()}",
         "use_timestamp=false",
         f"system.guidance.pretrained_model_name_or_path={_model_arg(model)}",
         f"trainer.enable_progress_bar={str(progress).lower()}",
         *variant.overrides("system.guidance.cache"),
     ]
+    if input_path is not None:
+        options.insert(0, f"data.image_path={Path(input_path).resolve()}")
     if input_elevation is not None:
         options.append(f"data.default_elevation_deg={float(input_elevation):g}")
+    if prompt is not None:
+        options.append(f"system.prompt_processor.prompt={json.dumps(prompt)}")  # quoted: a caption may hold commas
     if test_views is not None:
         elevation, n, size = test_views
         # threestudio's test orbit has n + 1 frames from 0 to 360° inclusive: the first n are the views wanted
-        options += [f"data.random_camera.eval_elevation_deg={elevation:g}", f"data.random_camera.n_test_views={n + 1}",
-                    f"data.random_camera.eval_height={size}", f"data.random_camera.eval_width={size}"]
+        options += [f"{eval_block}.eval_elevation_deg={elevation:g}", f"{eval_block}.n_test_views={n + 1}",
+                    f"{eval_block}.eval_height={size}", f"{eval_block}.eval_width={size}"]
     options += list(overrides)
     cfg, _ = load_config(config, options)
     start = time.perf_counter()
@@ -252,7 +272,7 @@ def run_threestudio(
         launch(["--config", str(trial / "configs" / "parsed.yaml"), "--export", "--gpu", "0",
                 f"resume={trial / 'ckpts' / 'last.ckpt'}"], prog="launch.py")
         mesh = sorted((trial / "save" / f"it{steps}-export").glob("*"))
-    batch = cfg.data.random_camera.batch_size
+    batch = functools.reduce(getattr, eval_block.split("."), cfg).batch_size
     batch = int(batch[0] if isinstance(batch, (list, tuple)) else batch)
 
     def num(key: str) -> float:

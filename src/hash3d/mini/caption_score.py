@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from .colors import COLOR_NAMES, color_index
 from .evaluate import iou, silhouette
 
-__all__ = ["caption_following", "caption_scores", "color_histogram"]
+__all__ = ["caption_following", "caption_scores", "color_histogram", "foreground_color_error", "shape_and_color"]
 
 
 def color_histogram(rgb: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -55,3 +55,27 @@ def caption_following(samples: torch.Tensor, references: torch.Tensor) -> dict[s
     other = caption_scores(samples, references.roll(1, dims=0))
     return {"color": own["color"].mean().item(), "shape": own["shape"].mean().item(),
             "color_shuffled": other["color"].mean().item(), "shape_shuffled": other["shape"].mean().item()}
+
+
+def _mean_foreground(rgb: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    weight = mask[:, None].float()
+    return (rgb.float() * weight).flatten(2).sum(-1) / weight.flatten(2).sum(-1).clamp(min=1.0)
+
+
+def foreground_color_error(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
+    """Per view, the distance between the mean colours of the two images' silhouettes (RGB in [0, 1], so 0 … √3):
+    pred, gt [V, 3, H, W] on white -> [V]. An empty silhouette counts as white, so an empty prediction of a
+    coloured object scores the full distance of that colour from white."""
+    mp, mg = silhouette(pred.float()), silhouette(gt.float())
+    white = torch.ones(3, device=pred.device)
+    cp = torch.where(mp.flatten(1).any(1)[:, None], _mean_foreground(pred, mp), white)
+    cg = torch.where(mg.flatten(1).any(1)[:, None], _mean_foreground(gt, mg), white)
+    return (cp - cg).norm(dim=-1)
+
+
+def shape_and_color(pred: torch.Tensor, gt: torch.Tensor) -> dict[str, float]:
+    """Mean silhouette IoU and foreground colour error over views of the same size: {"iou", "color_error"}."""
+    if pred.shape != gt.shape or pred.dim() != 4 or pred.shape[1] != 3:
+        raise ValueError(f"pred and gt must both be [V, 3, H, W]; got {tuple(pred.shape)} and {tuple(gt.shape)}")
+    return {"iou": iou(silhouette(pred.float()), silhouette(gt.float())).mean().item(),
+            "color_error": foreground_color_error(pred, gt).mean().item()}

@@ -109,6 +109,25 @@ def write_samples_png(samples: torch.Tensor, renders: torch.Tensor, path: str | 
     return path
 
 
+def _limits(run: dict[str, Any], metrics: dict[str, Any]) -> list[str]:
+    """The card's 'Limits' line: how far the scores stand from the shuffled ones at the CFG scale with the best colour
+    score, so that a reader sees what the model follows and what it barely does."""
+    scale, best = max(metrics["scores"].items(), key=lambda kv: kv[1]["color"])
+
+    def margin(name: str) -> str:
+        own, other = best[name], best[f"{name}_shuffled"]
+        word = "clearly" if own - other >= 0.15 else "weakly" if own - other >= 0.03 else "not"
+        return f"{word} ({own:.2f} vs {other:.2f} shuffled)"
+
+    return [
+        "## Limits",
+        "",
+        f"Trained {run['minutes']} min ({run['steps']} steps). At CFG {scale} it follows colours {margin('color')} and "
+        f"shapes {margin('shape')}.",
+        "",
+    ]
+
+
 def write_sd_card(path: str | Path, run: dict[str, Any], metrics: dict[str, Any]) -> Path:
     """The model card README.md: what it is, how it was trained, held-out caption-following scores."""
     cfg = run["config"]
@@ -162,6 +181,7 @@ def write_sd_card(path: str | Path, run: dict[str, Any], metrics: dict[str, Any]
         *[f"| {k} | {v['color']:.3f} | {v['color_shuffled']:.3f} | {v['shape']:.3f} | {v['shape_shuffled']:.3f} |"
           for k, v in metrics["scores"].items()],
         "",
+        *_limits(run, metrics),
         "![held-out samples](samples.png)",
         "",
         "`samples.png`: each row four samples of one held-out caption | the described object's render. Captions:",
