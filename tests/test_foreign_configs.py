@@ -399,7 +399,7 @@ KEY_CASES = [
     ("dreamfusion", "trainer.callbacks", [], "no effect", None),
     ("dreamfusion", "trainer.enable_checkpointing", True, "no effect", None),
     ("dreamfusion", "trainer.enable_model_summary", False, "no effect", None),
-    ("dreamfusion", "trainer.benchmark", True, "no effect", None),
+    ("dreamfusion", "trainer.benchmark", True, "as is", None),
     ("dreamfusion", "trainer.deterministic", True, "no effect", None),
     ("dreamfusion", "trainer.detect_anomaly", False, "no effect", None),
     ("dreamfusion", "trainer.check_val_every_n_epoch", 1, "no effect", None),

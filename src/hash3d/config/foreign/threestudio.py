@@ -129,7 +129,6 @@ RULES: dict[str, dict[str, Rule]] = {
         "callbacks": no_effect("the training loop's own callbacks"),
         "enable_checkpointing": no_effect("checkpoints follow the checkpoint block"),
         "enable_model_summary": no_effect("no model summary is printed"),
-        "benchmark": no_effect("cuDNN autotuning; the result is the same"),
         "deterministic": no_effect("runs are seeded by seed"),
         "detect_anomaly": no_effect("debugging aid"),
         "check_val_every_n_epoch": no_effect("validation follows val_check_interval"),
