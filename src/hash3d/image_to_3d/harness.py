@@ -44,10 +44,11 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass
-class HarnessConfig:
+class HarnessRunOptions:
+    """What every quality harness (image to 3D here, text to 3D in `hash3d.text_to_3d`) takes."""
+
     out: Path
     pipeline: str = "dreamgaussian"
-    """dreamgaussian (configs/image_mini*.yaml) or threestudio (configs/stable-zero123-mini*.yaml)."""
     objects: int = 1
     """How many held-out objects (ids HELD_OUT_ID_BASE + id_offset + i)."""
     id_offset: int = DEFAULT_ID_OFFSET
@@ -61,20 +62,30 @@ class HarnessConfig:
     """Name of the trained model's rows (e.g. to tell apart runs with different overrides in a merged table)."""
     overrides: list[str] = field(default_factory=list)
     """Config overrides for every run (DreamGaussian: iters=150 num_pts=500; threestudio: trainer.max_steps=100)."""
-    refine: bool = False
-    """DreamGaussian: also run stage 2 (texture refinement); the mesh scores are then the refined mesh's."""
-    score_mesh: bool = True
-    """DreamGaussian: also render and score the mesh (stage 1's, or stage 2's with `refine`)."""
-    lpips_net: str | None = None
     progress: bool = True
     json_name: str = "quality.json"
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
-        if self.pipeline not in PIPELINES:
-            raise ConfigError(f"unknown pipeline {self.pipeline!r}; choose from {', '.join(PIPELINES)}")
         if self.objects < 1:
             raise ConfigError(f"objects must be >= 1; got {self.objects}")
+
+
+@dataclass
+class HarnessConfig(HarnessRunOptions):
+    """The image-to-3D harness: pipeline dreamgaussian (configs/image_mini*.yaml) or threestudio
+    (configs/stable-zero123-mini*.yaml)."""
+
+    refine: bool = False
+    """DreamGaussian: also run stage 2 (texture refinement); the mesh scores are then the refined mesh's."""
+    score_mesh: bool = True
+    """DreamGaussian: also render and score the mesh (stage 1's, or stage 2's with `refine`)."""
+    lpips_net: str | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.pipeline not in PIPELINES:
+            raise ConfigError(f"unknown pipeline {self.pipeline!r}; choose from {', '.join(PIPELINES)}")
 
 
 def score_folder(gt_dir: Path, pred_dir: Path, lpips_net: str | None = None) -> dict[str, float]:

@@ -18,14 +18,13 @@ tokenizer and VAE, with a fresh UNet and text encoder): the floor of a model tha
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hash3d.config.errors import ConfigError
-from hash3d.image_to_3d.cases import DEFAULT_ID_OFFSET, N_VIEWS
-from hash3d.image_to_3d.harness import environment, run_plan, score_folder, write_views
-from hash3d.image_to_3d.variants import Variant, default_variants
+from hash3d.image_to_3d.cases import N_VIEWS
+from hash3d.image_to_3d.harness import HarnessRunOptions, environment, run_plan, score_folder, write_views
+from hash3d.image_to_3d.variants import Variant
 from hash3d.mini.caption_score import shape_and_color
 from hash3d.shipped import MINI_SD_MODEL
 
@@ -39,31 +38,20 @@ EVAL_SIZE = 64
 
 
 @dataclass
-class TextHarnessConfig:
-    out: Path
-    pipeline: str = "dreamgaussian"
-    """A name of `TEXT_PIPELINES`: dreamgaussian, dreamfusion-sd, gaussiandreamer-sd, magic3d-coarse-sd,
-    gaussian_splatting_shading."""
-    objects: int = 1
-    id_offset: int = DEFAULT_ID_OFFSET
-    simple: bool = True
-    """Only one-part, one-colour captions ('a pink sphere'); False: every held-out object in order."""
-    variants: list[Variant] = field(default_factory=default_variants)
-    random_baseline: bool = True
-    trained: bool = True
+class TextHarnessConfig(HarnessRunOptions):
+    """The text-to-3D harness: `pipeline` a name of `TEXT_PIPELINES` (dreamgaussian, dreamfusion-sd,
+    gaussiandreamer-sd, magic3d-coarse-sd, gaussian_splatting_shading); overrides e.g. iters=100 (DreamGaussian),
+    trainer.max_steps=100 (threestudio-style)."""
+
     model: Path = MINI_SD_MODEL
     label: str = "mini-sd"
-    overrides: list[str] = field(default_factory=list)
-    """Config overrides for every run (DreamGaussian: iters=100; threestudio-style: trainer.max_steps=100)."""
+    simple: bool = True
+    """Only one-part, one-colour captions ('a pink sphere'); False: every held-out object in order."""
     n_views: int = N_VIEWS
-    progress: bool = True
-    json_name: str = "quality.json"
 
     def __post_init__(self) -> None:
-        self.out = Path(self.out)
+        super().__post_init__()
         text_pipeline(self.pipeline)
-        if self.objects < 1:
-            raise ConfigError(f"objects must be >= 1; got {self.objects}")
 
 
 def _run_one(cfg: TextHarnessConfig, label: str, model: Path, variant: Variant, case: TextCase,
