@@ -25,6 +25,7 @@ import logging
 import platform
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,7 @@ from .pipeline import PIPELINES, run_pipeline
 from .random_model import write_random_mini
 from .variants import Variant, default_variants
 
-__all__ = ["HarnessConfig", "aggregate", "environment", "format_table", "run_harness", "run_plan", "score_folder", "write_views"]
+__all__ = ["HarnessConfig", "HarnessRunOptions", "aggregate", "environment", "format_table", "run_harness", "run_plan", "score_folder", "write_views"]
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +70,16 @@ class HarnessRunOptions:
         self.out = Path(self.out)
         if self.objects < 1:
             raise ConfigError(f"objects must be >= 1; got {self.objects}")
+
+    def model_plan(self, random_dir: Path, write_random: Callable[[Path, Path], None]) -> list[tuple[str, Path, Variant]]:
+        """(row label, model folder, variant) of every run: the trained model's variants, then (random_baseline) its
+        random-weight twin with the cache off, written into `random_dir` by `write_random(random_dir, model)` once."""
+        plan = [(self.label, Path(self.model), v) for v in self.variants] if self.trained else []
+        if self.random_baseline:
+            if not (random_dir / "model_index.json").is_file():
+                write_random(random_dir, self.model)
+            plan.append(("random weights", random_dir, Variant(False)))
+        return plan
 
 
 @dataclass
@@ -207,14 +218,7 @@ def run_harness(cfg: HarnessConfig) -> dict[str, Any]:
         case = make_case(object_id)
         input_path, gt_dir = case.write(cfg.out / "cases" / case.name)
         cases.append((case, input_path, gt_dir))
-    plan: list[tuple[str, Path, Variant]] = []
-    if cfg.trained:
-        plan += [(cfg.label, Path(cfg.model), v) for v in cfg.variants]
-    if cfg.random_baseline:
-        random_dir = cfg.out / "random-mini"
-        if not (random_dir / "model_index.json").is_file():
-            write_random_mini(random_dir, cfg.model)
-        plan.append(("random weights", random_dir, Variant(False)))
+    plan = cfg.model_plan(cfg.out / "random-mini", write_random_mini)
     result: dict[str, Any] = {
         "settings": {
             "pipeline": cfg.pipeline + (" (stage 1 + 2)" if cfg.refine and cfg.pipeline == "dreamgaussian" else ""),

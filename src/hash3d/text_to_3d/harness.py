@@ -82,14 +82,7 @@ def run_text_harness(cfg: TextHarnessConfig) -> dict[str, Any]:
     for object_id in text_case_ids(cfg.objects, cfg.id_offset, cfg.simple):
         case = make_text_case(object_id, n_views=cfg.n_views)
         cases.append((case, case.write(cfg.out / "cases" / case.name)))
-    plan: list[tuple[str, Path, Variant]] = []
-    if cfg.trained:
-        plan += [(cfg.label, Path(cfg.model), v) for v in cfg.variants]
-    if cfg.random_baseline:
-        random_dir = cfg.out / "random-mini-sd"
-        if not (random_dir / "model_index.json").is_file():
-            write_random_sd_twin(random_dir, cfg.model)
-        plan.append(("random weights", random_dir, Variant(False)))
+    plan = cfg.model_plan(cfg.out / "random-mini-sd", write_random_sd_twin)
     first = cases[0][0]
     result: dict[str, Any] = {
         "settings": {
