@@ -16,6 +16,33 @@ _CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 _CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 
 
+def clip_text_config(hidden: int, heads: int, layers: int, vocab_size: int, bos: int, eos: int, pad: int,
+                     intermediate: int | None = None, projection: int | None = None,
+                     max_length: int = 77) -> dict[str, Any]:
+    """`text_encoder/config.json` of a `CLIPTextModel` (GELU, 1e-5 layer norm); intermediate 4x hidden and the
+    projection as wide as the hidden state unless given."""
+    return {
+        "architectures": ["CLIPTextModel"],
+        "attention_dropout": 0.0,
+        "bos_token_id": bos,
+        "dropout": 0.0,
+        "eos_token_id": eos,
+        "hidden_act": "gelu",
+        "hidden_size": hidden,
+        "initializer_factor": 1.0,
+        "initializer_range": 0.02,
+        "intermediate_size": 4 * hidden if intermediate is None else intermediate,
+        "layer_norm_eps": 1e-05,
+        "max_position_embeddings": max_length,
+        "model_type": "clip_text_model",
+        "num_attention_heads": heads,
+        "num_hidden_layers": layers,
+        "pad_token_id": pad,
+        "projection_dim": hidden if projection is None else projection,
+        "vocab_size": vocab_size,
+    }
+
+
 def clip_image_processor_config(side: int) -> dict[str, Any]:
     """`feature_extractor/preprocessor_config.json` of a CLIP image encoder that takes side x side images."""
     return {

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -235,29 +236,41 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
     path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
+def save_parts(parts: dict[str, torch.nn.Module], names: Sequence[str], path: Path, dtype: torch.dtype,
+               configure: Callable[[str, torch.nn.Module], None] | None = None) -> None:
+    """`save_pretrained` of CPU copies of `parts[name]` for each name into `path / name`, weights as contiguous `dtype`
+    safetensors (training may keep convolutions channels-last), `configure(name, copy)` first; transformers' progress
+    bars stay off meanwhile."""
+    from transformers.utils import logging as hf_logging
+
+    progress = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        for name in names:
+            module = copy.deepcopy(parts[name]).to("cpu")
+            torch.nn.Module.to(module, dtype=dtype, memory_format=torch.contiguous_format).eval()
+            if configure is not None:
+                configure(name, module)
+            module.save_pretrained(path / name, safe_serialization=True)
+    finally:
+        if progress:
+            hf_logging.enable_progress_bar()
+
+
 def save_model(parts: dict[str, torch.nn.Module], configs: dict[str, dict[str, Any]], path: str | Path,
                dtype: torch.dtype = torch.float16) -> Path:
     """Write the model folder in the layout `load_zero123` reads, weights as `dtype` safetensors."""
-    from transformers.utils import logging as hf_logging
-
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     write_json(path / "model_index.json", model_index("zero123"))
     write_json(path / "scheduler" / "scheduler_config.json", configs["scheduler"])
     write_json(path / "feature_extractor" / "preprocessor_config.json", configs["feature_extractor"])
-    progress = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        for name in PARTS:
-            module = copy.deepcopy(parts[name]).to("cpu")
-            # safetensors wants contiguous tensors; training may keep convolutions channels-last
-            torch.nn.Module.to(module, dtype=dtype, memory_format=torch.contiguous_format).eval()
-            if name == "vae":
-                module.register_to_config(scaling_factor=float(configs["vae"]["scaling_factor"]))
-            module.save_pretrained(path / name, safe_serialization=True)
-    finally:
-        if progress:
-            hf_logging.enable_progress_bar()
+
+    def scaled_vae(name: str, module: torch.nn.Module) -> None:
+        if name == "vae":
+            module.register_to_config(scaling_factor=float(configs["vae"]["scaling_factor"]))
+
+    save_parts(parts, PARTS, path, dtype, scaled_vae)
     cfg_file = path / "cc_projection" / "config.json"
     stored = json.loads(cfg_file.read_text())
     stored["_class_name"] = "CCProjection"  # as in the community pipeline's folders

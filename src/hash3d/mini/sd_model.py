@@ -7,7 +7,6 @@ embedding through ``addition_embed_type="text"``), the `AutoencoderKL` of the sh
 
 from __future__ import annotations
 
-import copy
 import json
 import shutil
 from pathlib import Path
@@ -15,9 +14,9 @@ from typing import Any
 
 import torch
 
-from hash3d.diffusion.layout import build_component, model_index
+from hash3d.diffusion.layout import build_component, clip_text_config, model_index
 
-from .model import SCHEDULER_CONFIG, unet_config, write_json
+from .model import SCHEDULER_CONFIG, save_parts, unet_config, write_json
 from .text_data import WORDS
 from .tokenizer import tokenizer_vocab, write_clip_tokenizer
 
@@ -53,26 +52,8 @@ def sd_configs(preset: str = "default") -> dict[str, dict[str, Any]]:
     vocab, _ = tokenizer_vocab(WORDS)
     eos = len(vocab) - 1  # <|startoftext|> and <|endoftext|> are the last two ids
     unet = unet_config(p, in_channels=4, sample_size=p["latent"], cross_attention_dim=p["text_hidden"])
-    text_encoder = {
-        "architectures": ["CLIPTextModel"],
-        "attention_dropout": 0.0,
-        "bos_token_id": eos - 1,
-        "dropout": 0.0,
-        "eos_token_id": eos,
-        "hidden_act": "gelu",
-        "hidden_size": p["text_hidden"],
-        "initializer_factor": 1.0,
-        "initializer_range": 0.02,
-        "intermediate_size": 4 * p["text_hidden"],
-        "layer_norm_eps": 1e-05,
-        "max_position_embeddings": p["max_length"],
-        "model_type": "clip_text_model",
-        "num_attention_heads": p["text_heads"],
-        "num_hidden_layers": p["text_layers"],
-        "pad_token_id": eos,
-        "projection_dim": p["text_hidden"],
-        "vocab_size": len(vocab),
-    }
+    text_encoder = clip_text_config(p["text_hidden"], p["text_heads"], p["text_layers"], len(vocab), bos=eos - 1, eos=eos,
+                                    pad=eos, max_length=p["max_length"])
     scheduler = dict(SCHEDULER_CONFIG)
     return {"unet": unet, "text_encoder": text_encoder, "scheduler": scheduler,
             "tokenizer": {"model_max_length": p["max_length"]}}
@@ -93,8 +74,6 @@ def count_sd_parameters(preset: str = "default") -> dict[str, int]:
 def save_sd_model(parts: dict[str, torch.nn.Module], configs: dict[str, dict[str, Any]], vae_dir: str | Path,
                   path: str | Path, dtype: torch.dtype = torch.float16) -> Path:
     """Write the folder in the Stable Diffusion layout; the VAE folder `vae_dir` is copied as it is."""
-    from transformers.utils import logging as hf_logging
-
     path, vae_dir = Path(path), Path(vae_dir)
     if not (vae_dir / "config.json").exists():
         raise FileNotFoundError(f"no VAE folder at {vae_dir} (config.json missing): pass the shipped Hash3D-mini "
@@ -108,16 +87,7 @@ def save_sd_model(parts: dict[str, torch.nn.Module], configs: dict[str, dict[str
     if (path / "vae").exists():
         shutil.rmtree(path / "vae")
     shutil.copytree(vae_dir, path / "vae")
-    progress = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        for name in TRAINED_PARTS:
-            module = copy.deepcopy(parts[name]).to("cpu")
-            torch.nn.Module.to(module, dtype=dtype, memory_format=torch.contiguous_format).eval()
-            module.save_pretrained(path / name, safe_serialization=True)
-    finally:
-        if progress:
-            hf_logging.enable_progress_bar()
+    save_parts(parts, TRAINED_PARTS, path, dtype)
     return path
 
 

@@ -22,7 +22,9 @@ from typing import Any, Literal
 
 import torch
 
-from hash3d.diffusion.layout import DIFFUSERS_VERSION, build_component, clip_image_processor_config, model_index
+from hash3d.diffusion.layout import (
+    DIFFUSERS_VERSION, build_component, clip_image_processor_config, clip_text_config, model_index,
+)
 from hash3d.testing import multiview_models
 from hash3d.testing.tokenizer import CLIP_TOKENIZER_VOCAB_SIZE, write_clip_tokenizer
 
@@ -130,47 +132,9 @@ def _vae_config(family: str, size: str) -> dict[str, Any]:
 
 def _text_encoder_config(size: str) -> dict[str, Any]:
     if size == "full":  # OpenCLIP ViT-H/14 text tower as stored in stable-diffusion-2-1-base/text_encoder
-        return {
-            "architectures": ["CLIPTextModel"],
-            "attention_dropout": 0.0,
-            "bos_token_id": 0,
-            "dropout": 0.0,
-            "eos_token_id": 2,
-            "hidden_act": "gelu",
-            "hidden_size": 1024,
-            "initializer_factor": 1.0,
-            "initializer_range": 0.02,
-            "intermediate_size": 4096,
-            "layer_norm_eps": 1e-05,
-            "max_position_embeddings": 77,
-            "model_type": "clip_text_model",
-            "num_attention_heads": 16,
-            "num_hidden_layers": 23,
-            "pad_token_id": 1,
-            "projection_dim": 512,
-            "vocab_size": 49408,
-        }
+        return clip_text_config(1024, 16, 23, 49408, bos=0, eos=2, pad=1, projection=512)
     eos = CLIP_TOKENIZER_VOCAB_SIZE - 1  # ids of the written tokenizer: ..., <|startoftext|>, <|endoftext|>
-    return {
-        "architectures": ["CLIPTextModel"],
-        "attention_dropout": 0.0,
-        "bos_token_id": eos - 1,
-        "dropout": 0.0,
-        "eos_token_id": eos,
-        "hidden_act": "gelu",
-        "hidden_size": 32,
-        "initializer_factor": 1.0,
-        "initializer_range": 0.02,
-        "intermediate_size": 64,
-        "layer_norm_eps": 1e-05,
-        "max_position_embeddings": 77,
-        "model_type": "clip_text_model",
-        "num_attention_heads": 2,
-        "num_hidden_layers": 2,
-        "pad_token_id": eos,
-        "projection_dim": 32,
-        "vocab_size": CLIP_TOKENIZER_VOCAB_SIZE,
-    }
+    return clip_text_config(32, 2, 2, CLIP_TOKENIZER_VOCAB_SIZE, bos=eos - 1, eos=eos, pad=eos, intermediate=64)
 
 
 def _image_encoder_config(size: str) -> dict[str, Any]:
