@@ -271,7 +271,7 @@ class GaussianModel(nn.Module):
         """A copy with one scale per Gaussian, the mean of its three log scales (threestudio-3dgs' `sphere` reads
         exp(mean log scale) on all three axes); an isotropic model is copied as is."""
         p = {k: v.detach() for k, v in self.params.items()}
-        scales = p["scales"].mean(dim=1, keepdim=True)
+        scales = p["scales"].double().mean(dim=1, keepdim=True).to(p["scales"].dtype)  # exact for equal columns
         return GaussianModel(p["means"], p["sh0"], p["shN"], p["opacities"], scales, p["quats"], self.active_sh_degree)
 
     # ---------------------------------------------------------------- activations
