@@ -20,7 +20,7 @@ upstream loops do.)
 
 Statistics (3DGS): for every Gaussian, the norm of the gradient of its projected mean in NDC units
 (pixel gradient × (W/2, H/2)) is summed over the views that saw it, and the views are counted; at a
-refinement the mean gradient decides: ≥ `grad_threshold` and small (max scale ≤ percent_dense·extent)
+refinement the mean gradient decides: ≥ `grad_threshold` and small (max scale, or with size_measure="norm" the norm of the scales, ≤ percent_dense·extent)
 → cloned (an exact copy), ≥ threshold and large → split into 2 samples drawn from the Gaussian, scales
 ÷ 1.6, the original removed. Then Gaussians with opacity < `min_opacity` (and optionally too large ones)
 are pruned, and the statistics restart from zero. An opacity reset (every `opacity_reset_every` steps) clamps the
@@ -88,7 +88,10 @@ class GaussianDensifyStrategy:
     grad_threshold: float = 0.01
     """Mean NDC gradient norm that triggers clone / split (DreamGaussian 0.01, 3DGS and GaussianDreamer 0.0002)."""
     percent_dense: float = 0.01
-    """Clone when max scale ≤ percent_dense·scene_extent, else split."""
+    """Clone when the size (`size_measure`) ≤ percent_dense·scene_extent, else split."""
+    size_measure: Literal["max", "norm"] = "max"
+    """A Gaussian's size for clone / split: its largest scale (3DGS) or the norm of its three scales
+    (threestudio-3dgs); an isotropic Gaussian has its one scale on all three axes."""
     scene_extent: float = 4.0
     min_opacity: float = 0.01
     """Prune Gaussians whose opacity falls below this at every refinement."""
@@ -292,7 +295,7 @@ class GaussianDensifyStrategy:
         n_clone = n_split = 0
         if grow:
             big_grad = grads >= self.grad_threshold
-            is_small = torch.exp(params["scales"]).max(dim=-1).values <= extent_cut
+            is_small = self.size(params["scales"]) <= extent_cut
             clone = big_grad & is_small
             n_clone = int(clone.sum())
             if n_clone:
@@ -300,8 +303,7 @@ class GaussianDensifyStrategy:
                 max_radii = torch.cat([max_radii, max_radii[clone]])
                 big_grad = torch.cat([big_grad, torch.zeros(n_clone, dtype=torch.bool, device=device)])
             # the fresh clones are small and carry no gradient, so they are never split
-            scales = torch.exp(params["scales"])
-            split = big_grad & (scales.max(dim=-1).values > extent_cut)
+            split = big_grad & (self.size(params["scales"]) > extent_cut)
             n_split = int(split.sum())
             if n_split:
                 new = self._split_children(params, split, generator)
@@ -321,6 +323,11 @@ class GaussianDensifyStrategy:
         return DensifyReport(
             refined=True, cloned=n_clone, split=n_split, pruned=n_prune, num_gaussians=params["means"].shape[0]
         )
+
+    def size(self, log_scales: Tensor) -> Tensor:
+        """[N] size of each Gaussian compared with the clone / split cut (see `size_measure`)."""
+        scales = torch.exp(log_scales).expand(-1, 3)
+        return scales.norm(dim=-1) if self.size_measure == "norm" else scales.max(dim=-1).values
 
     def prune_mask(self, params: nn.ParameterDict, max_radii: Tensor, step: int) -> Tensor:
         """[N] Gaussians to prune: opacity below `min_opacity`, or too large in the world or on screen (when on)."""

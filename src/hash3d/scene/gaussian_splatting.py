@@ -58,7 +58,7 @@ class GaussianSplattingConfig:
     """Mean NDC gradient of the projected centre (over the views that saw the Gaussian) that triggers clone / split."""
     min_opac_prune: float = 0.005
     split_thresh: float = 0.02
-    """Largest scale (world units) up to which a Gaussian is cloned; larger ones are split."""
+    """Norm of the three scales (world units) up to which a Gaussian is cloned; larger ones are split (as upstream)."""
     radii2d_thresh: float = 1000.0
     """With prune_big_points: also prune Gaussians whose screen radius (pixels) exceeded this."""
     prune_big_points: bool = False
@@ -109,12 +109,13 @@ class GaussianSplattingConfig:
 
     def densify_strategy(self) -> GaussianDensifyStrategy:
         """threestudio-3dgs' densification as the shared strategy: statistics every step from every view that saw a
-        Gaussian; clone when max scale <= split_thresh, split (2 children from N(0, scale/2), scales / 1.6) when
+        Gaussian; clone when the norm of the scales <= split_thresh, split (2 children from N(0, scale/2), scales / 1.6) when
         larger; pruning on its own schedule, followed at multiples of opacity_reset_interval by the opacity reset;
         the max_num cap."""
         return GaussianDensifyStrategy(
             grad_threshold=self.densify_grad_threshold,
             percent_dense=self.split_thresh,
+            size_measure="norm",
             scene_extent=1.0,
             min_opacity=self.min_opac_prune,
             stats_start=0,
