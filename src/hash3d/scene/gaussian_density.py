@@ -20,12 +20,12 @@ upstream loops do.)
 
 Statistics (3DGS): for every Gaussian, the norm of the gradient of its projected mean in NDC units
 (pixel gradient × (W/2, H/2)) is summed over the views that saw it, and the views are counted; at a
-refinement the mean gradient decides: ≥ `grad_threshold` and small (max scale, or with size_measure="norm" the norm of the scales, ≤ percent_dense·extent)
-→ cloned (an exact copy), ≥ threshold and large → split into 2 samples drawn from the Gaussian, scales
-÷ 1.6, the original removed. Then Gaussians with opacity < `min_opacity` (and optionally too large ones)
-are pruned, and the statistics restart from zero. An opacity reset (every `opacity_reset_every` steps) clamps the
-opacities to a small value (3DGS) or scales them by a factor (threestudio-3dgs); Adam's moments of the opacities
-restart at zero.
+refinement the mean gradient decides: ≥ `grad_threshold` and small (max scale, or the norm of the scales
+with `size_measure="norm"`, ≤ percent_dense·extent) → cloned (an exact copy), ≥ threshold and large → split
+into 2 samples drawn from the Gaussian, scales ÷ 1.6, the original removed. Then Gaussians with opacity
+< `min_opacity` (and optionally too large ones) are pruned, and the statistics restart from zero. An opacity reset
+(every `opacity_reset_every` steps) clamps the opacities to a small value (3DGS) or scales them by a factor
+(threestudio-3dgs); Adam's moments of the opacities restart at zero.
 """
 
 from __future__ import annotations
@@ -110,7 +110,7 @@ class GaussianDensifyStrategy:
     """... unless this is set: opacity = opacity · opacity_reset_factor (threestudio-3dgs: 0.9)."""
     opacity_reset_window: Literal["stats", "prune"] = "stats"
     """"stats": a reset step must lie in the statistics window (3DGS); "prune": it must be a step of the separate
-    prune schedule (`prune_every`), the reset following the pruning (threestudio-3dgs resets inside its prune branch)."""
+    prune schedule (`prune_every`), the reset following the pruning (threestudio-3dgs resets in its prune branch)."""
     prune_world_scale: float | None = 0.1
     """Also prune Gaussians whose max scale exceeds prune_world_scale·scene_extent (None: off) ..."""
     prune_world_scale_start: int = 0
@@ -242,7 +242,9 @@ class GaussianDensifyStrategy:
 
     def prunes_at(self, step: int) -> bool:
         """Whether `step` is a step of the separate prune schedule (never when pruning is part of refinement)."""
-        return self.prune_every is not None and self.prune_start <= step <= self.prune_stop and step % self.prune_every == 0
+        if self.prune_every is None:
+            return False
+        return self.prune_start <= step <= self.prune_stop and step % self.prune_every == 0
 
     def resets_opacity_at(self, step: int) -> bool:
         """Whether `step_post_backward` at `step` resets the opacities (unless the max_num cap acts first)."""
@@ -345,7 +347,7 @@ class GaussianDensifyStrategy:
         k = self.split_count
         scales = torch.exp(params["scales"][mask]).repeat(k, 1)  # [k·S, 3]
         rot = quat_to_rotmat(params["quats"][mask]).repeat(k, 1, 1)  # [k·S, 3, 3]
-        # [k·S, 3] even for isotropic Gaussians (one scale column): the offset is a 3D point, the children stay isotropic
+        # [k·S, 3] also for isotropic Gaussians (one scale column): offsets are 3D, the children stay isotropic
         noise = torch.randn((scales.shape[0], 3), device=scales.device, dtype=scales.dtype, generator=generator)
         offsets = (rot @ (noise * scales / self.split_std_divisor)[..., None])[..., 0]
         new = {name: p[mask].repeat((k,) + (1,) * (p.dim() - 1)) for name, p in params.items()}
