@@ -110,8 +110,8 @@ class GaussianSplattingConfig:
     def densify_strategy(self) -> GaussianDensifyStrategy:
         """threestudio-3dgs' densification as the shared strategy: statistics every step from every view that saw a
         Gaussian; clone when the norm of the scales <= split_thresh, split (2 children from N(0, scale/2), scales
-        / 1.6) when larger; pruning on its own schedule, followed at multiples of opacity_reset_interval by the opacity reset;
-        the max_num cap."""
+        / 1.6) when larger; pruning on its own schedule, followed at multiples of opacity_reset_interval by the
+        opacity reset; the max_num cap."""
         return GaussianDensifyStrategy(
             grad_threshold=self.densify_grad_threshold,
             percent_dense=self.split_thresh,
