@@ -11,8 +11,8 @@ Upstream semantics kept here:
   opacities restart at zero (threestudio-3dgs' `reset_opacity`, not 3DGS' clamp to 0.01). The shipped configs use
   5e7 and 1e5, beyond their runs.
 - `sphere: true`: isotropic Gaussians. Upstream keeps three log scales and renders exp(their mean) on every axis;
-  here the scale parameter has one column (the same trajectory under Adam, which is invariant to the 1/3 factor of
-  upstream's gradient), read as three equal scales for rendering, densification and the .ply, whose three scale
+  here the scale parameter has one column (the same trajectory under Adam up to its eps: each of upstream's columns
+  gets a third of this column's gradient), read as three equal scales for rendering, densification and the .ply, whose three scale
   columns are equal (upstream writes its three raw, unequal columns).
 """
 
