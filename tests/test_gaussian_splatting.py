@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 
 import imageio.v2 as imageio
+import numpy as np
 import pytest
 import torch
 import trimesh
@@ -15,6 +16,7 @@ import trimesh
 from hash3d.config import load_config, twin_differences
 from hash3d.launch import main
 from hash3d.render.gaussian_raster import RasterMeta
+from hash3d.scene.gaussian_ply import read_ply
 from hash3d.scene.gaussian_splatting import GaussianSplattingConfig
 from hash3d.scene.gaussians import GaussianModel
 from hash3d.training import load_checkpoint
@@ -52,8 +54,8 @@ def _meta(grads, visible) -> RasterMeta:
 
 
 def test_densification_counts_match_a_hand_computed_case():
-    """threshold 0.01 on the mean gradient over the views that saw a Gaussian; clone when max scale <= 0.02
-    (split_thresh), else split into 2; prune opacity < 0.005; all at step 100 (interval 100)."""
+    """threshold 0.01 on the mean gradient over the views that saw a Gaussian; clone when the norm of the scales
+    <= 0.02 (split_thresh; 0.01 on each axis: 0.017), else split into 2; prune opacity < 0.005; all at step 100 (interval 100)."""
     cfg = GaussianSplattingConfig(densification_interval=100, prune_interval=100, densify_until_iter=1000,
                                   prune_until_iter=1000)  # fmt: skip
     strategy = cfg.densify_strategy()
@@ -94,6 +96,68 @@ def test_max_num_keeps_a_random_subset():
     assert model.num_gaussians == 109
 
 
+def test_opacity_reset_scales_by_0_9_at_prune_steps_only():
+    """threestudio-3dgs: at a prune step (0 < s < 13, s % 2 == 0) that is a multiple of opacity_reset_interval (3),
+    after the pruning, opacity <- 0.9 * opacity and Adam's moments of the opacities restart at zero (its step count
+    and the other groups' moments are kept). Other multiples of 3 (9: no prune step; 15: past prune_until_iter) and
+    the other prune steps leave the opacities alone."""
+    cfg = GaussianSplattingConfig(opacity_reset_interval=3, prune_interval=2, prune_from_iter=0, prune_until_iter=13,
+                                  densify_until_iter=0, min_opac_prune=0.0)  # fmt: skip
+    strategy = cfg.densify_strategy()
+    model = _model(scales=[0.01, 0.05, 0.01], opacities=[0.5, 0.2, 0.9])
+    optimizer = torch.optim.Adam([{"params": [p], "name": k} for k, p in model.params.items()], lr=0.0)
+    state = strategy.initialize_state()
+    want = torch.tensor([0.5, 0.2, 0.9])
+    resets = []
+    for step in range(1, 17):
+        for p in model.params.values():
+            p.grad = torch.ones_like(p)
+        optimizer.step()  # rate 0: the moments grow, the values stay
+        report = strategy.step_post_backward(model.params, optimizer, state, step, None)
+        opacity_state = optimizer.state[model.params["opacities"]]
+        if report.opacity_reset:
+            resets.append(step)
+            want = want * 0.9
+            assert float(opacity_state["exp_avg"].abs().sum()) == 0.0 and float(opacity_state["exp_avg_sq"].sum()) == 0.0
+            assert float(optimizer.state[model.params["means"]]["exp_avg"].min()) > 0.0
+        else:
+            assert float(opacity_state["exp_avg"].min()) > 0.0
+        assert float(opacity_state["step"]) == step
+        assert torch.allclose(model.opacities, want, rtol=1e-6, atol=0), step
+    assert resets == [6, 12] and model.num_gaussians == 3
+
+
+def test_isotropic_gaussians_stay_isotropic_through_clone_and_split(tmp_path):
+    """sphere: one log scale per Gaussian; a clone copies it, a split gives 2 children of scale / 1.6 whose positions
+    are drawn in 3D; clone or split by the norm of the three scales, as upstream (0.015: norm 0.026 > 0.02, split);
+    rendering reads 3 equal scales; the .ply holds 3 equal scale columns and loads back."""
+    cfg = GaussianSplattingConfig(densification_interval=100, prune_interval=100, densify_until_iter=1000,
+                                  prune_until_iter=1000, sphere=True)  # fmt: skip
+    strategy = cfg.densify_strategy()
+    model = _model(scales=[0.01, 0.05, 0.015], opacities=[0.5, 0.5, 0.5]).to_isotropic()
+    assert model.isotropic and model.params["scales"].shape == (3, 1)
+    optimizer = torch.optim.Adam([{"params": [p], "name": k} for k, p in model.params.items()], lr=0.01)
+    state = strategy.initialize_state()
+    before = model.params["means"].detach().clone()
+    strategy.step_post_backward(model.params, optimizer, state, 99, _meta([[0.02] * 3, [0.02] * 3], [[1] * 3] * 2))
+    report = strategy.step_post_backward(model.params, optimizer, state, 100, None, torch.Generator().manual_seed(0))
+    assert (report.cloned, report.split) == (1, 2) and model.num_gaussians == 3 + 1 + 4 - 2
+    raw = model.params["scales"].detach()
+    assert raw.shape == (6, 1) and all(s["exp_avg"].shape[0] == 6 for s in optimizer.state.values())
+    want = torch.tensor([0.01, 0.01, 0.05 / 1.6, 0.015 / 1.6, 0.05 / 1.6, 0.015 / 1.6])  # g0, its clone, 2 x (g1, g2)
+    assert torch.allclose(torch.exp(raw[:, 0]), want, rtol=1e-5)
+    assert torch.equal(model.scales, torch.exp(raw).repeat(1, 3))
+    offsets = model.params["means"].detach()[[2, 4]] - before[1]
+    assert (offsets[:, 0] != offsets[:, 1]).all() and (offsets[:, 1] != offsets[:, 2]).all()  # 3D samples
+
+    model.save_ply(tmp_path / "iso.ply")
+    v = read_ply(tmp_path / "iso.ply")["vertex"].properties
+    assert all(np.array_equal(v["scale_0"], v[f"scale_{i}"]) for i in (1, 2))
+    assert np.array_equal(v["scale_0"], raw[:, 0].numpy())
+    loaded = GaussianModel.from_ply(tmp_path / "iso.ply")  # a viewer's reading: anisotropic layout, equal columns
+    assert torch.equal(loaded.scales, model.scales.detach()) and torch.equal(loaded.to_isotropic().params["scales"], raw)
+
+
 def test_learning_rates_follow_exponential_schedules():
     cfg = GaussianSplattingConfig(position_lr=(0, 0.001, 0.00002, 1000), scale_lr=(0, 0.01, 0.001, 1000))
     assert cfg.learning_rates(0)["means"] == pytest.approx(0.001)
@@ -101,8 +165,6 @@ def test_learning_rates_follow_exponential_schedules():
     assert cfg.learning_rates(5000)["means"] == pytest.approx(0.00002)
     assert cfg.learning_rates(500)["scales"] == 0.005  # scale_lr is read by nothing (as upstream)
     assert cfg.learning_rates(0)["shN"] == pytest.approx(0.01 / 20)
-    with pytest.raises(ValueError, match="sphere"):
-        GaussianSplattingConfig(sphere=True)
 
 
 # ------------------------------------------------------------------------------------------ zero123 system
@@ -177,6 +239,46 @@ def test_zero123_trains_resumes_exactly_and_exports(written_models, tmp_path, mo
     n = wa["gaussians.params.means"].shape[0]
     assert GaussianModel.from_ply(out / "model_3dgs.ply").num_gaussians == n
     assert len(trimesh.load(out / "model.obj", force="mesh").faces) > 0
+
+
+@pytest.mark.slow
+def test_zero123_sphere_with_opacity_reset_resumes_exactly_and_exports(written_models, tmp_path, monkeypatch, capsys):
+    """sphere: true with densification and an opacity reset inside the run (prune steps 2, 4, ...; reset interval 2:
+    the reset falls at step 2, after the resume point): the resumed run equals the uninterrupted one, every Gaussian
+    keeps one scale, the exported .ply has 3 equal scale columns; a sphere checkpoint refuses sphere=false even when
+    the config comparison is off."""
+    monkeypatch.chdir(FRONT)
+    model = written_models["zero123"]
+    extra = ("system.geometry.sphere=true", "system.geometry.opacity_reset_interval=2", "trainer.test_after_fit=false")
+    resets = lambda: [x for x in capsys.readouterr().err.splitlines() if "opacities reset" in x]  # noqa: E731
+    full = run_zero123(f"{ZERO123}.yaml", model, tmp_path / "full", 4, *extra)
+    assert resets() == ["[INFO] step 2: opacities reset (x0.9)"]
+    part = run_zero123(f"{ZERO123}.yaml", model, tmp_path / "part", 2, *extra)
+    assert resets() == []
+    assert main(["--config", str(part / "configs" / "parsed.yaml"), "--train", f"resume={part / 'ckpts' / 'last.ckpt'}",
+                 "trainer.max_steps=4", "checkpoint.every_n_train_steps=4"]) == 0  # fmt: skip
+    assert resets() == ["[INFO] step 2: opacities reset (x0.9)"]
+    a, b = metrics(full), metrics(part)
+    counts = [int(float(r["train/num_gaussians"])) for r in a]
+    assert counts[0] == 200 and len(set(counts)) > 1  # densification acted
+    for column in ("train/loss", "train/num_gaussians", "lr"):
+        assert [r[column] for r in a] == [r[column] for r in b], column
+    ca, cb = (load_checkpoint(t / "ckpts" / "last.ckpt") for t in (full, part))
+    wa, wb = ca["state_dict"], cb["state_dict"]
+    assert wa.keys() == wb.keys()
+    assert all(torch.equal(wa[k], wb[k]) if torch.is_tensor(wa[k]) else wa[k] == wb[k] for k in wa)
+    n = wa["gaussians.params.means"].shape[0]
+    assert wa["gaussians.params.scales"].shape == (n, 1)
+
+    assert main(["--config", str(full / "configs" / "parsed.yaml"), "--export", f"resume={full / 'ckpts' / 'last.ckpt'}"]) == 0
+    v = read_ply(full / "save" / "it4-export" / "model_3dgs.ply")["vertex"].properties
+    assert len(v["scale_0"]) == n and all(np.array_equal(v["scale_0"], v[f"scale_{i}"]) for i in (1, 2))
+    assert np.array_equal(v["scale_0"], wa["gaussians.params.scales"][:, 0].numpy())
+
+    capsys.readouterr()
+    assert main(["--config", str(full / "configs" / "parsed.yaml"), "--export", f"resume={full / 'ckpts' / 'last.ckpt'}",
+                 "system.geometry.sphere=false", "checkpoint.check_config=false"]) == 2  # past the config comparison
+    assert "pass system.geometry.sphere=true" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------------------------ shading system
@@ -292,13 +394,6 @@ def test_bad_inputs_name_the_problem(written_models, tmp_path, capsys):
     args = shading_overrides(sd, tmp_path / "a", 1, 'system.prompt_processor.prompt=""')
     assert main(["--config", str(CONFIGS / f"{SHADING}.yaml"), "--train", *args]) == 2
     assert "prompt is empty" in capsys.readouterr().err
-    args = shading_overrides(sd, tmp_path / "b", 1, "system.geometry.sphere=true")
-    assert main(["--config", str(CONFIGS / f"{SHADING}.yaml"), "--train", *args]) == 2
-    assert "sphere" in capsys.readouterr().err
-    args = zero123_overrides(zero123, tmp_path / "c", 3, "system.geometry.opacity_reset_interval=2",
-                             f"data.image_path={FRONT / 'load/images/dog1_rgba.png'}")  # fmt: skip
-    assert main(["--config", str(CONFIGS / f"{ZERO123}.yaml"), "--train", *args]) == 2
-    assert "opacity_reset_interval" in capsys.readouterr().err
 
 
 def test_color_clip_clamps_the_rendered_dc_colour_only():

@@ -45,3 +45,21 @@ def test_config_trains_and_exports_on_the_gpu(config, written_models, tmp_path, 
         export.append("system.geometry.isosurface_threshold=5")
     assert main(export) == 0
     assert any((trial / "save" / "it2-export").iterdir())
+
+
+def test_isotropic_gaussians_with_an_opacity_reset_on_the_gpu(written_models, tmp_path, monkeypatch):
+    """sphere: true and an opacity reset inside the run through gsplat: step 1 densifies, prunes and resets; the .ply
+    export has three equal scale columns."""
+    from hash3d.scene.gaussian_ply import read_ply
+
+    monkeypatch.chdir(FRONT)
+    config = "gaussian_splatting_zero123_hash3d.yaml"
+    family, extra = CASES[config]
+    args = [f"exp_root_dir={tmp_path}", f"system.guidance.pretrained_model_name_or_path={written_models[family]}",
+            *SMALL, *extra, "system.geometry.sphere=true", "system.geometry.opacity_reset_interval=1",
+            "system.geometry.prune_interval=1", "system.geometry.densification_interval=1"]  # fmt: skip
+    assert main(["--config", f"configs/{config}", "--train", "--gpu", "0", *args]) == 0
+    (trial,) = [p for p in tmp_path.glob("*/*") if p.is_dir()]
+    assert main(["--config", str(trial / "configs" / "parsed.yaml"), "--export", f"resume={trial / 'ckpts' / 'last.ckpt'}"]) == 0
+    v = read_ply(trial / "save" / "it2-export" / "model_3dgs.ply")["vertex"].properties
+    assert (v["scale_0"] == v["scale_1"]).all() and (v["scale_0"] == v["scale_2"]).all()

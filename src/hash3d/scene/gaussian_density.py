@@ -20,10 +20,12 @@ upstream loops do.)
 
 Statistics (3DGS): for every Gaussian, the norm of the gradient of its projected mean in NDC units
 (pixel gradient × (W/2, H/2)) is summed over the views that saw it, and the views are counted; at a
-refinement the mean gradient decides: ≥ `grad_threshold` and small (max scale ≤ percent_dense·extent)
-→ cloned (an exact copy), ≥ threshold and large → split into 2 samples drawn from the Gaussian, scales
-÷ 1.6, the original removed. Then Gaussians with opacity < `min_opacity` (and optionally too large ones)
-are pruned, and the statistics restart from zero.
+refinement the mean gradient decides: ≥ `grad_threshold` and small (max scale, or the norm of the scales
+with `size_measure="norm"`, ≤ percent_dense·extent) → cloned (an exact copy), ≥ threshold and large → split
+into 2 samples drawn from the Gaussian, scales ÷ 1.6, the original removed. Then Gaussians with opacity
+< `min_opacity` (and optionally too large ones) are pruned, and the statistics restart from zero. An opacity reset
+(every `opacity_reset_every` steps) clamps the opacities to a small value (3DGS) or scales them by a factor
+(threestudio-3dgs); Adam's moments of the opacities restart at zero.
 """
 
 from __future__ import annotations
@@ -86,7 +88,10 @@ class GaussianDensifyStrategy:
     grad_threshold: float = 0.01
     """Mean NDC gradient norm that triggers clone / split (DreamGaussian 0.01, 3DGS and GaussianDreamer 0.0002)."""
     percent_dense: float = 0.01
-    """Clone when max scale ≤ percent_dense·scene_extent, else split."""
+    """Clone when the size (`size_measure`) ≤ percent_dense·scene_extent, else split."""
+    size_measure: Literal["max", "norm"] = "max"
+    """A Gaussian's size for clone / split: its largest scale (3DGS) or the norm of its three scales
+    (threestudio-3dgs); an isotropic Gaussian has its one scale on all three axes."""
     scene_extent: float = 4.0
     min_opacity: float = 0.01
     """Prune Gaussians whose opacity falls below this at every refinement."""
@@ -98,8 +103,14 @@ class GaussianDensifyStrategy:
     refine_every: int = 100
     """Refine at steps s in [refine_start, refine_stop] with s % refine_every == 0."""
     opacity_reset_every: int | None = 700
-    """Clamp every opacity to `opacity_reset_value` at steps s % every == 0 inside the stats window (None: never)."""
+    """Reset the opacities at steps s > 0 with s % every == 0 inside `opacity_reset_window` (None: never)."""
     opacity_reset_value: float = 0.01
+    """The 3DGS reset (DreamGaussian): opacity = min(opacity, opacity_reset_value) ..."""
+    opacity_reset_factor: float | None = None
+    """... unless this is set: opacity = opacity · opacity_reset_factor (threestudio-3dgs: 0.9)."""
+    opacity_reset_window: Literal["stats", "prune"] = "stats"
+    """"stats": a reset step must lie in the statistics window (3DGS); "prune": it must be a step of the separate
+    prune schedule (`prune_every`), the reset following the pruning (threestudio-3dgs resets in its prune branch)."""
     prune_world_scale: float | None = 0.1
     """Also prune Gaussians whose max scale exceeds prune_world_scale·scene_extent (None: off) ..."""
     prune_world_scale_start: int = 0
@@ -129,6 +140,12 @@ class GaussianDensifyStrategy:
     "sum" (GaussianDreamer): gradients are summed over the cameras of the step, one sample per step."""
     cameras_averaged: bool = False
     """Set when the loss is a mean over the C cameras of a step: gradients are multiplied by C first."""
+
+    def __post_init__(self) -> None:
+        if self.opacity_reset_window == "prune" and self.opacity_reset_every and self.prune_every is None:
+            raise ValueError("opacity_reset_window='prune' needs the separate prune schedule (set prune_every)")
+        if self.opacity_reset_factor is not None and not 0.0 < self.opacity_reset_factor < 1.0:
+            raise ValueError(f"opacity_reset_factor must be in (0, 1); got {self.opacity_reset_factor}")
 
     # ------------------------------------------------------------------ presets
 
@@ -208,23 +225,34 @@ class GaussianDensifyStrategy:
             self.update_state(state, meta)
         if self.refine_start <= step <= self.refine_stop and step % self.refine_every == 0:
             report = self.refine(params, optimizer, state, step, generator)
-        if self.prune_every is not None and self.prune_start <= step <= self.prune_stop and step % self.prune_every == 0:
+        if self.prunes_at(step):
             prune = self.prune_mask(params, state.max_radii, step)
             n_prune = int(prune.sum())
             if n_prune:
                 remove_gaussians(params, optimizer, ~prune)
                 state.slice(~prune)
             report.pruned += n_prune
-        if (
-            self.opacity_reset_every
-            and self.stats_start <= step <= self.stats_stop
-            and step > 0
-            and step % self.opacity_reset_every == 0
-        ):
-            reset_opacities(params, optimizer, self.opacity_reset_value)
+        if self.resets_opacity_at(step):
+            reset_opacities(params, optimizer, self.opacity_reset_value, self.opacity_reset_factor)
             report.opacity_reset = True
         report.num_gaussians = params["means"].shape[0]
         return report
+
+    # ------------------------------------------------------------------ schedules
+
+    def prunes_at(self, step: int) -> bool:
+        """Whether `step` is a step of the separate prune schedule (never when pruning is part of refinement)."""
+        if self.prune_every is None:
+            return False
+        return self.prune_start <= step <= self.prune_stop and step % self.prune_every == 0
+
+    def resets_opacity_at(self, step: int) -> bool:
+        """Whether `step_post_backward` at `step` resets the opacities (unless the max_num cap acts first)."""
+        if not self.opacity_reset_every or step <= 0 or step % self.opacity_reset_every:
+            return False
+        if self.opacity_reset_window == "prune":
+            return self.prunes_at(step)
+        return self.stats_start <= step <= self.stats_stop
 
     # ------------------------------------------------------------------ pieces
 
@@ -269,7 +297,7 @@ class GaussianDensifyStrategy:
         n_clone = n_split = 0
         if grow:
             big_grad = grads >= self.grad_threshold
-            is_small = torch.exp(params["scales"]).max(dim=-1).values <= extent_cut
+            is_small = self.size(params["scales"]) <= extent_cut
             clone = big_grad & is_small
             n_clone = int(clone.sum())
             if n_clone:
@@ -277,8 +305,7 @@ class GaussianDensifyStrategy:
                 max_radii = torch.cat([max_radii, max_radii[clone]])
                 big_grad = torch.cat([big_grad, torch.zeros(n_clone, dtype=torch.bool, device=device)])
             # the fresh clones are small and carry no gradient, so they are never split
-            scales = torch.exp(params["scales"])
-            split = big_grad & (scales.max(dim=-1).values > extent_cut)
+            split = big_grad & (self.size(params["scales"]) > extent_cut)
             n_split = int(split.sum())
             if n_split:
                 new = self._split_children(params, split, generator)
@@ -299,6 +326,11 @@ class GaussianDensifyStrategy:
             refined=True, cloned=n_clone, split=n_split, pruned=n_prune, num_gaussians=params["means"].shape[0]
         )
 
+    def size(self, log_scales: Tensor) -> Tensor:
+        """[N] size of each Gaussian compared with the clone / split cut (see `size_measure`)."""
+        scales = torch.exp(log_scales).expand(-1, 3)
+        return scales.norm(dim=-1) if self.size_measure == "norm" else scales.max(dim=-1).values
+
     def prune_mask(self, params: nn.ParameterDict, max_radii: Tensor, step: int) -> Tensor:
         """[N] Gaussians to prune: opacity below `min_opacity`, or too large in the world or on screen (when on)."""
         prune = torch.sigmoid(params["opacities"]) < self.min_opacity
@@ -315,7 +347,8 @@ class GaussianDensifyStrategy:
         k = self.split_count
         scales = torch.exp(params["scales"][mask]).repeat(k, 1)  # [k·S, 3]
         rot = quat_to_rotmat(params["quats"][mask]).repeat(k, 1, 1)  # [k·S, 3, 3]
-        noise = torch.randn(scales.shape, device=scales.device, dtype=scales.dtype, generator=generator)
+        # [k·S, 3] also for isotropic Gaussians (one scale column): offsets are 3D, the children stay isotropic
+        noise = torch.randn((scales.shape[0], 3), device=scales.device, dtype=scales.dtype, generator=generator)
         offsets = (rot @ (noise * scales / self.split_std_divisor)[..., None])[..., 0]
         new = {name: p[mask].repeat((k,) + (1,) * (p.dim() - 1)) for name, p in params.items()}
         new["means"] = params["means"][mask].repeat(k, 1) + offsets
@@ -397,13 +430,14 @@ def append_gaussians(
     )
 
 
-def reset_opacities(params: nn.ParameterDict, optimizer: torch.optim.Optimizer | None, value: float = 0.01) -> None:
-    """3DGS opacity reset: opacity = min(opacity, value); the opacity group's moments restart at zero."""
-    cap = torch.logit(torch.tensor(value, dtype=params["opacities"].dtype, device=params["opacities"].device))
-    update_params_and_optimizer(
-        params,
-        optimizer,
-        lambda _, p: torch.minimum(p, cap),
-        lambda _n, _k, s: torch.zeros_like(s),
-        names=["opacities"],
-    )
+def reset_opacities(
+    params: nn.ParameterDict, optimizer: torch.optim.Optimizer | None, value: float = 0.01, factor: float | None = None
+) -> None:
+    """Opacity reset: opacity = min(opacity, value) (3DGS), or opacity · factor when `factor` is given
+    (threestudio-3dgs); the opacity group's moments restart at zero, its step count is kept."""
+    if factor is None:
+        cap = torch.logit(torch.tensor(value, dtype=params["opacities"].dtype, device=params["opacities"].device))
+        new = lambda _, p: torch.minimum(p, cap)  # noqa: E731
+    else:
+        new = lambda _, p: torch.logit(torch.sigmoid(p) * factor)  # noqa: E731
+    update_params_and_optimizer(params, optimizer, new, lambda _n, _k, s: torch.zeros_like(s), names=["opacities"])

@@ -4,10 +4,16 @@ The block keeps threestudio-3dgs' key names; this module turns them into what th
 learning rates per parameter group at a step (`learning_rates`, every rate a threestudio schedule interpolated in
 log space, as upstream's `C(..., interpolation="exp")`) and a `GaussianDensifyStrategy` (`densify_strategy`).
 
-Keys accepted for upstream configs that act differently here:
+Upstream semantics kept here:
 - `scale_lr` is never read (upstream does not read it either): the scaling group's rate is `scaling_lr`.
-- `opacity_reset_interval`: opacity resets are not implemented; a value inside the run is refused by the system (the
-  threestudio-3dgs configs use 5e7 and 1e5, beyond their runs).
+- `opacity_reset_interval`: at a prune step s (prune_from_iter < s < prune_until_iter, s % prune_interval == 0) with
+  s % opacity_reset_interval == 0, after the pruning, every opacity is multiplied by 0.9 and Adam's moments of the
+  opacities restart at zero (threestudio-3dgs' `reset_opacity`, not 3DGS' clamp to 0.01). The shipped configs use
+  5e7 and 1e5, beyond their runs.
+- `sphere: true`: isotropic Gaussians. Upstream keeps three log scales and renders exp(their mean) on every axis;
+  here the scale parameter has one column (the same trajectory under Adam up to its eps: each of upstream's columns
+  gets a third of this column's gradient), read as three equal scales for rendering, densification and the .ply, whose three scale
+  columns are equal (upstream writes its three raw, unequal columns).
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from .gaussian_density import GaussianDensifyStrategy
 from .gaussians import GaussianModel
 
 SPLIT_COUNT = 2
+OPACITY_RESET_FACTOR = 0.9
 
 
 @dataclass
@@ -40,7 +47,7 @@ class GaussianSplattingConfig:
     densification_interval: int = 100
     prune_interval: int = 100
     opacity_reset_interval: int = 100000
-    """Opacity resets are not implemented: the system refuses an interval that falls inside the run."""
+    """At prune steps that are multiples of this, opacities are multiplied by 0.9 (their Adam moments restart)."""
     densify_from_iter: int = 0
     densify_until_iter: int = 1000
     """Clone / split at steps s with densify_from_iter < s < densify_until_iter and s % densification_interval == 0."""
@@ -51,12 +58,12 @@ class GaussianSplattingConfig:
     """Mean NDC gradient of the projected centre (over the views that saw the Gaussian) that triggers clone / split."""
     min_opac_prune: float = 0.005
     split_thresh: float = 0.02
-    """Largest scale (world units) up to which a Gaussian is cloned; larger ones are split."""
+    """Norm of the three scales (world units) up to which a Gaussian is cloned; larger ones are split (as upstream)."""
     radii2d_thresh: float = 1000.0
     """With prune_big_points: also prune Gaussians whose screen radius (pixels) exceeded this."""
     prune_big_points: bool = False
     sphere: bool = False
-    """Isotropic Gaussians: not supported (only false)."""
+    """Isotropic Gaussians: one scale per Gaussian (the .ply gets three equal scale columns)."""
     color_clip: ScheduleValue = 2.0
     """The DC colour coefficients are clamped to ±color_clip when rendered (a schedule, read at each step)."""
     init_num_pts: int = 4096
@@ -72,8 +79,6 @@ class GaussianSplattingConfig:
     def __post_init__(self) -> None:
         for name in ("position_lr", "scaling_lr", "feature_lr", "opacity_lr", "rotation_lr", "color_clip"):
             check_schedule(f"geometry.{name}", getattr(self, name))
-        if self.sphere:
-            raise ValueError("geometry.sphere: true (isotropic Gaussians) is not supported; use false")
         if not 0 <= self.sh_degree <= 3:
             raise ValueError(f"geometry.sh_degree must be 0..3; got {self.sh_degree}")
         if not 0 < self.opacity_init < 1:
@@ -104,11 +109,13 @@ class GaussianSplattingConfig:
 
     def densify_strategy(self) -> GaussianDensifyStrategy:
         """threestudio-3dgs' densification as the shared strategy: statistics every step from every view that saw a
-        Gaussian; clone when max scale <= split_thresh, split (2 children from N(0, scale/2), scales / 1.6) when
-        larger; pruning on its own schedule; the max_num cap."""
+        Gaussian; clone when the norm of the scales <= split_thresh, split (2 children from N(0, scale/2), scales
+        / 1.6) when larger; pruning on its own schedule, followed at multiples of opacity_reset_interval by the
+        opacity reset; the max_num cap."""
         return GaussianDensifyStrategy(
             grad_threshold=self.densify_grad_threshold,
             percent_dense=self.split_thresh,
+            size_measure="norm",
             scene_extent=1.0,
             min_opacity=self.min_opac_prune,
             stats_start=0,
@@ -116,7 +123,9 @@ class GaussianSplattingConfig:
             refine_start=self.densify_from_iter + 1,
             refine_stop=self.densify_until_iter - 1,
             refine_every=self.densification_interval,
-            opacity_reset_every=None,
+            opacity_reset_every=self.opacity_reset_interval,
+            opacity_reset_factor=OPACITY_RESET_FACTOR,
+            opacity_reset_window="prune",
             prune_world_scale=None,
             prune_screen_size=self.radii2d_thresh if self.prune_big_points else None,
             split_count=SPLIT_COUNT,
@@ -131,22 +140,25 @@ class GaussianSplattingConfig:
 
 
 def make_gaussians(cfg: GaussianSplattingConfig, device: torch.device | str | None = None, **_runtime) -> GaussianModel:
-    """The initial Gaussians: the .ply of `geometry_convert_from`, or `init_num_pts` in a ball of `pc_init_radius`."""
+    """The initial Gaussians: the .ply of `geometry_convert_from`, or `init_num_pts` in a ball of `pc_init_radius`;
+    isotropic (one scale each, the mean log scale) when `sphere`."""
     if cfg.geometry_convert_from:
-        return GaussianModel.from_ply(cfg.geometry_convert_from, device=device)
-    generator = torch.Generator().manual_seed(cfg.seed)
-    model = GaussianModel.random_ball(
-        cfg.init_num_pts, cfg.pc_init_radius, sh_degree=cfg.sh_degree, init_opacity=cfg.opacity_init,
-        generator=generator, device=device,
-    )  # fmt: skip
-    return model
+        model = GaussianModel.from_ply(cfg.geometry_convert_from, device=device)
+    else:
+        generator = torch.Generator().manual_seed(cfg.seed)
+        model = GaussianModel.random_ball(
+            cfg.init_num_pts, cfg.pc_init_radius, sh_degree=cfg.sh_degree, init_opacity=cfg.opacity_init,
+            generator=generator, device=device,
+        )  # fmt: skip
+    return model.to_isotropic() if cfg.sphere else model
 
 
 def empty_gaussians(cfg: GaussianSplattingConfig, device: torch.device | str | None = None) -> GaussianModel:
-    """N = 0 Gaussians of the configured SH degree (a checkpoint load adopts its own count)."""
+    """N = 0 Gaussians of the configured SH degree and scale columns (a checkpoint load adopts its own count)."""
     k = (cfg.sh_degree + 1) ** 2 - 1
     z = lambda *shape: torch.zeros(*shape, device=device)  # noqa: E731
-    return GaussianModel(z(0, 3), z(0, 1, 3), z(0, k, 3), z(0), z(0, 3), z(0, 4), active_sh_degree=0)
+    scales = z(0, 1 if cfg.sphere else 3)
+    return GaussianModel(z(0, 3), z(0, 1, 3), z(0, k, 3), z(0), scales, z(0, 4), active_sh_degree=0)
 
 
-__all__ = ["GaussianSplattingConfig", "empty_gaussians", "make_gaussians"]
+__all__ = ["OPACITY_RESET_FACTOR", "GaussianSplattingConfig", "empty_gaussians", "make_gaussians"]

@@ -9,7 +9,7 @@ means       [N, 3]          none (world space, threestudio z-up)
 sh0         [N, 1, 3]       colour = SH_C0·sh0 + 0.5 (degree-0 SH)
 shN         [N, K-1, 3]     higher SH bands, K = (sh_degree+1)² (K-1 may be 0)
 opacities   [N]             sigmoid
-scales      [N, 3]          exp
+scales      [N, 3] or [N, 1] exp; one column: isotropic (threestudio-3dgs `sphere`), read as 3 equal scales
 quats       [N, 4]          normalise (wxyz)
 ==========  ==============  ==========================================
 
@@ -155,7 +155,8 @@ def knn_mean_sq_dist(points: Tensor, k: int = 3, max_chunk_elements: int = 1 << 
 
 
 class GaussianModel(nn.Module):
-    """N anisotropic 3D Gaussians with SH colour. See the module docstring for the parameter layout."""
+    """N 3D Gaussians with SH colour, anisotropic (scales [N, 3]) or isotropic (scales [N, 1]). See the module
+    docstring for the parameter layout."""
 
     def __init__(
         self,
@@ -163,7 +164,7 @@ class GaussianModel(nn.Module):
         sh0: Tensor,  # [N, 1, 3]
         shN: Tensor,  # [N, K-1, 3]
         opacities: Tensor,  # [N] logits
-        scales: Tensor,  # [N, 3] log scales
+        scales: Tensor,  # [N, 3] log scales, or [N, 1] for isotropic Gaussians
         quats: Tensor,  # [N, 4] wxyz
         active_sh_degree: int | None = None,
     ):
@@ -172,7 +173,9 @@ class GaussianModel(nn.Module):
         k1 = shN.shape[1]
         if math.isqrt(k1 + 1) ** 2 != k1 + 1:
             raise ValueError(f"shN has {k1} bands; expected (d+1)²−1 for an SH degree d")
-        shapes = {"means": (n, 3), "sh0": (n, 1, 3), "shN": (n, k1, 3), "opacities": (n,), "scales": (n, 3), "quats": (n, 4)}
+        scale_cols = 1 if scales.dim() == 2 and scales.shape[1] == 1 else 3
+        shapes = {"means": (n, 3), "sh0": (n, 1, 3), "shN": (n, k1, 3), "opacities": (n,), "scales": (n, scale_cols),
+                  "quats": (n, 4)}  # fmt: skip
         tensors = dict(means=means, sh0=sh0, shN=shN, opacities=opacities, scales=scales, quats=quats)
         for name, t in tensors.items():
             if tuple(t.shape) != shapes[name]:
@@ -256,11 +259,20 @@ class GaussianModel(nn.Module):
         return cls(t(g.means), t(g.sh0), t(g.shN), t(g.opacities), t(g.scales), t(g.quats))
 
     def save_ply(self, path: str | os.PathLike) -> None:
-        """Write the raw parameters as a standard 3DGS .ply (float32, binary little-endian)."""
+        """Write the raw parameters as a standard 3DGS .ply (float32, binary little-endian); an isotropic model
+        writes its one log scale into all three scale columns, as viewers expect."""
         from hash3d.scene.gaussian_ply import save_gaussian_ply  # noqa: PLC0415
 
         p = {k: v.detach().float().cpu().numpy() for k, v in self.params.items()}
-        save_gaussian_ply(path, p["means"], p["sh0"], p["shN"], p["opacities"], p["scales"], p["quats"])
+        scales = np.repeat(p["scales"], 3 // p["scales"].shape[1], axis=1)
+        save_gaussian_ply(path, p["means"], p["sh0"], p["shN"], p["opacities"], scales, p["quats"])
+
+    def to_isotropic(self) -> "GaussianModel":
+        """A copy with one scale per Gaussian, the mean of its three log scales (threestudio-3dgs' `sphere` reads
+        exp(mean log scale) on all three axes); an isotropic model is copied as is."""
+        p = {k: v.detach() for k, v in self.params.items()}
+        scales = p["scales"].double().mean(dim=1, keepdim=True).to(p["scales"].dtype)  # exact for equal columns
+        return GaussianModel(p["means"], p["sh0"], p["shN"], p["opacities"], scales, p["quats"], self.active_sh_degree)
 
     # ---------------------------------------------------------------- activations
 
@@ -273,8 +285,14 @@ class GaussianModel(nn.Module):
         return self.params["means"]
 
     @property
-    def scales(self) -> Tensor:  # [N, 3]
-        return torch.exp(self.params["scales"])
+    def isotropic(self) -> bool:
+        """One scale per Gaussian (scales stored as [N, 1])."""
+        return self.params["scales"].shape[1] == 1
+
+    @property
+    def scales(self) -> Tensor:  # [N, 3], three equal columns when isotropic
+        s = torch.exp(self.params["scales"])
+        return s.repeat(1, 3) if self.isotropic else s
 
     @property
     def quats(self) -> Tensor:  # [N, 4] unit wxyz
@@ -353,4 +371,5 @@ class GaussianModel(nn.Module):
         self.active_sh_degree = min(int(state.get("active_sh_degree", self.active_sh_degree)), self.max_sh_degree)
 
     def extra_repr(self) -> str:
-        return f"num_gaussians={self.num_gaussians}, sh_degree={self.active_sh_degree}/{self.max_sh_degree}"
+        iso = ", isotropic" if self.isotropic else ""
+        return f"num_gaussians={self.num_gaussians}, sh_degree={self.active_sh_degree}/{self.max_sh_degree}{iso}"

@@ -27,7 +27,7 @@ from ..config import ConfigError, block, build_block, register
 from ..data.batches import CameraBatch, SingleImageBatch
 from ..diffusion.schedule import ScheduleValue, schedule_value
 from ..profiling import section
-from ..scene.gaussian_splatting import GaussianSplattingConfig, empty_gaussians, make_gaussians
+from ..scene.gaussian_splatting import OPACITY_RESET_FACTOR, GaussianSplattingConfig, empty_gaussians, make_gaussians
 from ..training.system import System, SystemConfig
 from .gaussian_state import GaussianSystemMixin, rasterize_cameras
 from .nerf import sum_losses
@@ -104,15 +104,19 @@ class GaussianSplattingSystem(GaussianSystemMixin, System):
             self.guidance = build_block(dataclasses.replace(self.cfg, guidance=gcfg), "guidance", device=self.device)
 
     def on_fit_start(self, datamodule) -> None:
-        reset = self.cfg.geometry.opacity_reset_interval
-        if reset < self.max_steps:
-            raise ConfigError(
-                f"system.geometry.opacity_reset_interval={reset} falls inside the run ({self.max_steps} steps): opacity "
-                "resets are not implemented; set it above trainer.max_steps"
-            )
         if not self.cfg.weights:  # resuming (or weights=) restores the Gaussians instead
             self._ensure_initialised()
         self.build_guidance()
+
+    def load_checkpoint_state_dict(self, state, ignore: tuple[str, ...] = ()) -> None:
+        super().load_checkpoint_state_dict(state, ignore)
+        sphere = self.cfg.geometry.sphere
+        if self.gaussians.isotropic != sphere:
+            saved = "isotropic (sphere: true)" if self.gaussians.isotropic else "anisotropic (sphere: false)"
+            raise ConfigError(
+                f"the checkpoint holds {saved} Gaussians but system.geometry.sphere={str(sphere).lower()}; "
+                f"pass system.geometry.sphere={str(not sphere).lower()} to load it"
+            )
 
     def other_modules(self) -> dict[str, torch.nn.Module]:
         """Trainable modules besides the Gaussians (the shading system's background), by optimizer group name."""
@@ -171,6 +175,8 @@ class GaussianSplattingSystem(GaussianSystemMixin, System):
         with section("optimizer"):
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
+        if report.opacity_reset:
+            log.info("step %d: opacities reset (x%g)", step, OPACITY_RESET_FACTOR)
         out["num_gaussians"] = report.num_gaussians
         return out
 
