@@ -214,25 +214,31 @@ class _FakeEvent:
         return end.at - self.at
 
 
-def test_request_timer_reads_only_finished_requests_in_order():
+def test_request_timer_times_each_request_until_the_next_and_reads_only_finished_ones():
     from hash3d.diffusion.request_timer import RequestTimer
 
     clock = {"now": 0.0, "gpu": -1.0}
     timer = RequestTimer(event=lambda: _FakeEvent(clock))
     for i, ms in enumerate((3.0, 5.0, 7.0)):
-        start = timer.start()
+        timer.mark((i,), i % 2 == 0)
         clock["now"] += ms
-        timer.stop(start, (i,), i % 2 == 0)
     assert list(timer.ready()) == []  # the GPU has not got there yet: nothing read, nothing waited for
-    clock["gpu"] = 8.0  # past the first two requests only
+    clock["gpu"] = 8.0  # past the first two periods only
     assert list(timer.ready()) == [((0,), True, 3.0), ((1,), False, 5.0)]
     clock["gpu"] = 100.0
+    assert list(timer.ready()) == []  # the third request's period ends only when a fourth starts
+    timer.mark((3,), True)
     assert list(timer.ready()) == [((2,), True, 7.0)] and not timer.pending
+    timer.clear()
+    clock["now"] += 50.0
+    timer.mark((4,), True)  # after a clear (a new run) nothing spans the gap
+    assert list(timer.ready()) == []
 
 
 def test_cache_feeds_measured_request_times_to_the_auto_policy():
-    """With a GPU timer (a fake clock here), every request is timed from the policy's decision to its answer, and the
-    times reach the policy: when trying is dearer, the cache stops trying and its requests run the plain UNet."""
+    """With a GPU timer (a fake clock here), every request is timed from the policy's decision to the next one (its
+    step), and the times reach the policy: when trying is dearer, the cache stops trying and its requests run the
+    plain UNet."""
     from test_unet_cache import inputs, run, tiny_unet
 
     from hash3d.diffusion import apply_hash_cache
@@ -246,15 +252,10 @@ def test_cache_feeds_measured_request_times_to_the_auto_policy():
     clock = {"now": 0.0, "gpu": 1e9}
     state = cache._state
     state.timer = RequestTimer(event=lambda: _FakeEvent(clock))
-    original = state.finish_request
-
-    def finish():  # each request "takes" 30 ms when it tried the cache, 20 ms when it skipped
-        clock["now"] += 30.0 if state.timing[2] else 20.0
-        original()
-
-    state.finish_request = finish
-    for _ in range(12):
+    for _ in range(12):  # each step "takes" 30 ms when its request tried the cache, 20 ms when it skipped
+        tried = state.tried
         run(unet, x, ctx, t, cache, keys)
+        clock["now"] += 30.0 if state.tried > tried else 20.0
     stats = cache.stats
     assert stats["policy_trying"] == 0.0 and stats["policy_try_ms"] == 30.0 and stats["policy_skip_ms"] == 20.0
     assert stats["skipped"] >= 4 and stats["tried"] + stats["skipped"] == 12

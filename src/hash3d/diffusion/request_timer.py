@@ -1,9 +1,11 @@
 """GPU time of cache requests from CUDA events, read back without synchronising.
 
-A request's cost on the GPU timeline is the time between an event recorded when the policy decided and one recorded
-when the request's answer was queued. It includes the GPU idling while the host launches or waits (a launch-bound
-UNet or a host read costs what it costs the step). Events are read only once the GPU has passed them, a few requests
-later, so timing adds no synchronisation.
+A request's cost is the GPU-timeline period from its decision to the next request's decision: the whole training
+step it belongs to. Timing only the UNet call misses what trying the cache costs around it: the host read of the hit
+count stalls the host, and the GPU then idles while the rest of the step is launched, after the request has ended.
+Both arms (try / skip) pay the same rendering, encoding and backward, so the difference of their periods is what
+trying the cache saves or costs. Events are read only once the GPU has passed them, a few requests later, so timing
+adds no synchronisation.
 """
 
 from __future__ import annotations
@@ -21,27 +23,28 @@ def _cuda_event() -> torch.cuda.Event:
 class RequestTimer:
     def __init__(self, max_pending: int = 256, event: Callable[[], torch.cuda.Event] = _cuda_event):
         self.pending: deque[tuple[torch.cuda.Event, torch.cuda.Event, tuple, bool]] = deque()
+        self.open: tuple[torch.cuda.Event, tuple, bool] | None = None
         self.max_pending = max_pending
         self.event = event
         """Makes an event with record(), query() and elapsed_time(other) (CUDA events; tests pass a stand-in)."""
 
-    def start(self) -> torch.cuda.Event:
+    def mark(self, shape: tuple, tried: bool) -> None:
+        """A request (latents of `shape`, tried or not) starts: it ends the previous request's period."""
         event = self.event()
         event.record()
-        return event
-
-    def stop(self, start: torch.cuda.Event, shape: tuple, tried: bool) -> None:
-        end = self.event()
-        end.record()
-        self.pending.append((start, end, shape, tried))
-        while len(self.pending) > self.max_pending:  # never read: drop the oldest rather than grow
-            self.pending.popleft()
+        if self.open is not None:
+            start, last_shape, last_tried = self.open
+            self.pending.append((start, event, last_shape, last_tried))
+            while len(self.pending) > self.max_pending:  # never read: drop the oldest rather than grow
+                self.pending.popleft()
+        self.open = (event, shape, tried)
 
     def ready(self) -> Iterator[tuple[tuple, bool, float]]:
-        """(shape, tried, ms) of every finished request, oldest first."""
+        """(shape, tried, ms) of every finished period, oldest first."""
         while self.pending and self.pending[0][1].query():
             start, end, shape, tried = self.pending.popleft()
             yield shape, tried, start.elapsed_time(end)
 
     def clear(self) -> None:
         self.pending.clear()
+        self.open = None

@@ -76,7 +76,6 @@ class _CacheState:
         self.policy = build_policy(config.policy)
         # the cost-aware policy reads GPU times; without a CUDA device it has none and tries every request
         self.timer = RequestTimer() if self.policy.measures and table.device.type == "cuda" else None
-        self.timing: tuple | None = None
         # output structure of the skipped blocks; survives resets, since a replayed CUDA graph of a full pass does
         # not run the Python hooks that record it
         self.block_outputs: dict[str, Any] = {}
@@ -87,7 +86,6 @@ class _CacheState:
         self.policy.reset()
         if self.timer is not None:
             self.timer.clear()
-        self.timing = None
         self.tried = 0
         self.skipped = 0
         self.full_samples = 0
@@ -145,7 +143,7 @@ class _CacheState:
         return self.policy.calls
 
     def should_try(self, shape: tuple) -> bool:
-        """The policy's decision for the next request (latents of `shape`); starts timing it for a measuring policy."""
+        """The policy's decision for the next request (latents of `shape`); a measuring policy's timer marks it."""
         if self.policy.measures and self.timer is None:
             self.policy.calls += 1
             return True
@@ -153,15 +151,8 @@ class _CacheState:
         if self.timer is not None:
             for done_shape, done_tried, ms in self.timer.ready():
                 self.policy.observe(done_shape, done_tried, ms)
-            self.timing = (self.timer.start(), shape, tried)
+            self.timer.mark(shape, tried)
         return tried
-
-    def finish_request(self) -> None:
-        """The request timed since `should_try` has queued its answer."""
-        if self.timing is not None:
-            start, shape, tried = self.timing
-            self.timer.stop(start, shape, tried)
-            self.timing = None
 
 
 def _take(obj: Any, index: torch.Tensor, batch: int) -> Any:
@@ -213,10 +204,7 @@ class _UNetHook(ModelHook):
         groups = batch // n_keys
         call = (sample, timestep, encoder_hidden_states) + args
 
-        try:
-            out = self._answer(forward, call, kwargs, req, n_keys, groups, batch)
-        finally:
-            st.finish_request()
+        out = self._answer(forward, call, kwargs, req, n_keys, groups, batch)
         return UNet2DConditionOutput(sample=out) if kwargs.get("return_dict", True) else (out,)
 
     def _answer(self, forward, call: tuple, kwargs: dict, req: _Request, n_keys: int, groups: int, batch: int):
@@ -504,7 +492,6 @@ class UNetCache:
         st.tried += 1
         st.cached_samples += hit.shape[0]
         st.last_hits = hit
-        st.finish_request()
 
     def state_dict(self) -> dict[str, Any]:
         """What a resumed run needs to continue exactly: the policy's random stream and counters, and (with
