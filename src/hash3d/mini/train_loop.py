@@ -295,10 +295,10 @@ def add_common_args(ap: argparse.ArgumentParser, *, out_help: str, minutes: floa
     ap.add_argument("--export-parts", help="also write the folder as <=15 MiB tar parts + card + picture here")
 
 
-def common_values(args: argparse.Namespace, tiny: dict[str, Any], optional: Sequence[str],
+def common_values(args: argparse.Namespace, tiny_preset: dict[str, Any], optional: Sequence[str],
                   **fixed: Any) -> dict[str, Any]:
-    """Config values: the tiny preset if --tiny, then `fixed`, then each `optional` flag that was given."""
-    values: dict[str, Any] = dict(tiny) if args.tiny else {}
+    """Config values: `tiny_preset` if --tiny, then `fixed`, then each common or `optional` flag that was given."""
+    values: dict[str, Any] = dict(tiny_preset) if args.tiny else {}
     values.update(out=args.out, minutes=args.minutes, device=args.device, **fixed)
     for key in ("steps", "batch", "lr", "pool_objects", "refresh", "seed", "eval_objects", "model_dir",
                 "export_parts", *optional):
