@@ -16,7 +16,6 @@ objects through that folder (DDIM 50, CFG) and writes the model card `README.md`
 
 from __future__ import annotations
 
-import argparse
 import copy
 import shutil
 import sys
@@ -30,29 +29,10 @@ import torch.nn.functional as F
 
 from . import model as mini_model
 from .data import ViewPool
-from .train_loop import (
-    REFRESH_EVERY,
-    EMA,
-    BaseTrainConfig,
-    CheckedUNet,
-    add_common_args,
-    build_seeded,
-    common_values,
-    cosine_lr,
-    encode_posterior,
-    export_parts,
-    load_checkpoint,
-    make_adamw,
-    make_logger,
-    noised_v,
-    optimizer_step,
-    run_main,
-    run_steps,
-    save_checkpoint,
-    scheduler_alphas,
-    setup_device,
-    write_eval_json,
-)
+from .train_loop import (REFRESH_EVERY, EMA, BaseTrainConfig, CheckedUNet, autocast, build_seeded, common_parser,
+                         common_values, cosine_lr, encode_posterior, export_parts, load_checkpoint, make_adamw,
+                         make_logger, noised_v, optimize, run_main, run_steps, scheduler_alphas, write_checkpoint,
+                         setup_device, write_eval_json)
 
 __all__ = ["TrainConfig", "Trainer", "export_parts", "main", "parse_args"]
 
@@ -195,7 +175,7 @@ class Trainer:
             "ema": self.ema.state(),
             "state": self.state,
         }
-        save_checkpoint(ckpt, self.out / CHECKPOINT)
+        write_checkpoint(ckpt, self.out / CHECKPOINT)
 
 
     # ------------------------------------------------------------------------------------------- budgets
@@ -252,9 +232,6 @@ class Trainer:
     def _generator(self, phase: int, step: int) -> torch.Generator:
         return torch.Generator(device=self.device).manual_seed((self.cfg.seed * 1_000_003 + phase * 7_919 + step) % 2**62)
 
-    def _autocast(self):
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cuda)
-
     # ------------------------------------------------------------------------------------------- VAE phase
     def _vae_step(self, step: int) -> torch.Tensor:
         g = self._generator(1, step)
@@ -265,17 +242,13 @@ class Trainer:
         if n_noise:
             x = torch.cat([x, random_smooth_images(n_noise, x.shape[-1], g, self.device)])
         x = x * 2 - 1
-        with self._autocast():
+        with autocast(self.device):
             posterior = self.vae.encode(x).latent_dist
             z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=g, device=self.device)
             rec = self.vae.decode(z).sample.float()
         kl = posterior.kl().float().mean() / x[0].numel()
         loss = (rec - x).abs().mean() + (rec - x).pow(2).mean() + 1e-4 * kl
-        self.vae_opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.vae.parameters(), 1.0)
-        self.vae_opt.step()
-        return loss.detach()
+        return optimize(loss, self.vae_opt, list(self.vae.parameters()))
 
     @torch.no_grad()
     def _freeze_vae(self) -> None:
@@ -335,7 +308,7 @@ class Trainer:
         keep = (torch.rand(B, generator=g, device=self.device) >= cfg.cfg_drop).float()
         for group in self.opt.param_groups:
             group["lr"] = self._lr(step)
-        with self._autocast():
+        with autocast(self.device):
             context = mini_model.condition(self.parts["image_encoder"], self.parts["cc_projection"], cond_rgb, camera,
                                            self.configs["feature_extractor"])
             context = context * keep.view(-1, 1, 1).to(context.dtype)
@@ -344,11 +317,7 @@ class Trainer:
             if self.cuda:
                 x_in = x_in.contiguous(memory_format=torch.channels_last)
             pred = self.unet(x_in, t, encoder_hidden_states=context).sample
-        loss = F.mse_loss(pred.float(), target)
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer_step(self.opt, self.params, self.ema, step)
-        return loss.detach()
+        return optimize(F.mse_loss(pred.float(), target), self.opt, self.params, self.ema, step)
 
     @property
     def unet_compiled(self) -> bool:
@@ -447,11 +416,10 @@ class Trainer:
 
 
 def parse_args(argv: list[str] | None = None) -> TrainConfig:
-    ap = argparse.ArgumentParser(prog="train_mini", description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common_args(ap, out_help="run folder: checkpoint.pt, eval.json, model/ (resumes if present)", minutes=15.0,
-                    minutes_help="total training budget over all commands (default 15)",
-                    refresh_help="objects re-rendered per step (default: automatic)")
+    ap = common_parser("train_mini", __doc__,
+                       out_help="run folder: checkpoint.pt, eval.json, model/ (resumes if present)",
+                       minutes=15.0, minutes_help="total training budget over all commands (default 15)",
+                       refresh_help="objects re-rendered per step (default: automatic)")
     ap.add_argument("--session-minutes", type=float, default=8.0,
                     help="stop this command after this many minutes (checkpoint; run again to resume). Default 8")
     ap.add_argument("--vae-steps", type=int, help="VAE budget in steps instead of minutes")
@@ -469,7 +437,6 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
 def main(argv: list[str] | None = None) -> int:
     return run_main(Trainer(parse_args(argv)), argv, "tools/train_mini.py", _log,
                     "the budget is spent and the model folder is written")
-
 
 
 if __name__ == "__main__":

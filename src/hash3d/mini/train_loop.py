@@ -24,9 +24,10 @@ from typing import Any
 
 import torch
 
-__all__ = ["BaseTrainConfig", "CheckedUNet", "EMA", "add_common_args", "build_seeded", "common_values", "cosine_lr",
-           "encode_posterior", "export_parts", "load_checkpoint", "make_adamw", "make_logger", "noised_v",
-           "optimizer_step", "run_main", "run_steps", "save_checkpoint", "scheduler_alphas", "setup_device"]
+__all__ = ["REFRESH_EVERY", "BaseTrainConfig", "CheckedUNet", "EMA", "autocast", "build_seeded", "common_parser",
+           "common_values", "cosine_lr", "encode_posterior", "export_parts", "load_checkpoint", "make_adamw",
+           "make_logger", "noised_v", "optimize", "run_main", "run_steps", "scheduler_alphas", "setup_device",
+           "write_checkpoint", "write_eval_json"]
 
 REFRESH_EVERY = 8
 """Steps between pool refreshes (rendering syncs with the GPU: it is done in batches, for that many steps at once)."""
@@ -129,11 +130,21 @@ class EMA:
             p.copy_(e.to(p.dtype))
 
 
-def optimizer_step(opt: torch.optim.Optimizer, params: Sequence[torch.Tensor], ema: EMA, step: int) -> None:
-    """Clip the gradients to norm 1, step, update the EMA."""
+def optimize(loss: torch.Tensor, opt: torch.optim.Optimizer, params: Sequence[torch.Tensor], ema: EMA | None = None,
+             step: int = 0) -> torch.Tensor:
+    """Backpropagate `loss` into fresh gradients, clip them to norm 1, step, update the EMA; the loss, detached."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
     torch.nn.utils.clip_grad_norm_(params, 1.0)
     opt.step()
-    ema.update(params, step)
+    if ema is not None:
+        ema.update(params, step)
+    return loss.detach()
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on CUDA; a no-op context elsewhere."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
 def cosine_lr(base: float, step: int, warmup_steps: int, frac: float) -> float:
@@ -241,7 +252,7 @@ def load_checkpoint(path: Path) -> dict[str, Any] | None:
     return torch.load(path, map_location="cpu", weights_only=False) if path.exists() else None
 
 
-def save_checkpoint(ckpt: dict[str, Any], path: Path) -> None:
+def write_checkpoint(ckpt: dict[str, Any], path: Path) -> None:
     """Written to a temporary file first, so that an interrupted save leaves the previous checkpoint intact."""
     tmp = path.with_name(path.name + ".tmp")
     torch.save(ckpt, tmp)
@@ -277,9 +288,11 @@ def write_eval_json(path: Path, payload: dict[str, Any]) -> None:
 # ----------------------------------------------------------------------------------------------- command line
 
 
-def add_common_args(ap: argparse.ArgumentParser, *, out_help: str, minutes: float, minutes_help: str,
-                    refresh_help: str) -> None:
-    """The flags both `tools/train_mini*.py` take (with their per-trainer defaults and help)."""
+def common_parser(prog: str, doc: str, *, out_help: str, minutes: float, minutes_help: str,
+                  refresh_help: str) -> argparse.ArgumentParser:
+    """A parser with the flags both `tools/train_mini*.py` take (with their per-trainer defaults and help)."""
+    ap = argparse.ArgumentParser(prog=prog, description=doc.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True, help=out_help)
     ap.add_argument("--minutes", type=float, default=minutes, help=minutes_help)
     ap.add_argument("--tiny", action="store_true", help="tiny model and data, a few steps: a CPU smoke test")
@@ -293,6 +306,7 @@ def add_common_args(ap: argparse.ArgumentParser, *, out_help: str, minutes: floa
     ap.add_argument("--eval-objects", type=int)
     ap.add_argument("--model-dir", help="where to write the model folder (default OUT/model)")
     ap.add_argument("--export-parts", help="also write the folder as <=15 MiB tar parts + card + picture here")
+    return ap
 
 
 def common_values(args: argparse.Namespace, tiny_preset: dict[str, Any], optional: Sequence[str],

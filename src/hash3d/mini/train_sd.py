@@ -20,7 +20,6 @@ safetensors), scores held-out captions through that folder (`evaluate_sd`) and w
 
 from __future__ import annotations
 
-import argparse
 import copy
 import sys
 import time
@@ -38,29 +37,10 @@ from .data import ViewPool
 from .objects import make_objects
 from .text_data import WORDS, captions, view_captions, views_direction
 from .tokenizer import write_clip_tokenizer
-from .train_loop import (
-    REFRESH_EVERY,
-    EMA,
-    BaseTrainConfig,
-    CheckedUNet,
-    add_common_args,
-    build_seeded,
-    common_values,
-    cosine_lr,
-    encode_posterior,
-    export_parts,
-    load_checkpoint,
-    make_adamw,
-    make_logger,
-    noised_v,
-    optimizer_step,
-    run_main,
-    run_steps,
-    save_checkpoint,
-    scheduler_alphas,
-    setup_device,
-    write_eval_json,
-)
+from .train_loop import (REFRESH_EVERY, EMA, BaseTrainConfig, CheckedUNet, autocast, build_seeded, common_parser,
+                         common_values, cosine_lr, encode_posterior, export_parts, load_checkpoint, make_adamw,
+                         make_logger, noised_v, optimize, run_main, run_steps, scheduler_alphas, write_checkpoint,
+                         setup_device, write_eval_json)
 
 __all__ = ["SD_ELEVATION_RANGE", "TINY_SD", "SDTrainConfig", "SDTrainer", "main", "parse_args"]
 
@@ -193,23 +173,19 @@ class SDTrainer:
         x_t, t, target = noised_v(x0, self.alphas_cumprod, g)
         for group in self.opt.param_groups:
             group["lr"] = self._lr()
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cuda):
+        with autocast(self.device):
             states = self.parts["text_encoder"](tokens)[0]
             if self.cuda:
                 x_t = x_t.contiguous(memory_format=torch.channels_last)
             pred = self.unet(x_t, t, encoder_hidden_states=states).sample
-        loss = F.mse_loss(pred.float(), target)
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer_step(self.opt, self.params, self.ema, step)
-        return loss.detach()
+        return optimize(F.mse_loss(pred.float(), target), self.opt, self.params, self.ema, step)
 
     def save_checkpoint(self) -> None:
         ckpt = {"version": 1, "preset": self.cfg.preset, "parts": {k: m.state_dict() for k, m in self.parts.items()},
                 "opt": self.opt.state_dict(), "ema": self.ema.state(), "step": self.step,
                 "seconds": self.seconds, "loss_log": self.loss_log, "next_id": self.pool.next_id,
                 "sessions": self.sessions}
-        save_checkpoint(ckpt, self.out / CHECKPOINT)
+        write_checkpoint(ckpt, self.out / CHECKPOINT)
 
     def _resume(self) -> int:
         """Load OUT/checkpoint.pt if there is one; returns the pool's next object id (0 for a fresh run)."""
@@ -291,11 +267,9 @@ class SDTrainer:
 
 
 def parse_args(argv: list[str] | None = None) -> SDTrainConfig:
-    ap = argparse.ArgumentParser(prog="train_mini_sd", description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common_args(ap, out_help="run folder: tokenizer/, eval.json, model/", minutes=6.5,
-                    minutes_help="training-loop budget in minutes (default 6.5)",
-                    refresh_help="objects re-rendered per step (default 2)")
+    ap = common_parser("train_mini_sd", __doc__, out_help="run folder: tokenizer/, eval.json, model/", minutes=6.5,
+                       minutes_help="training-loop budget in minutes (default 6.5)",
+                       refresh_help="objects re-rendered per step (default 2)")
     ap.add_argument("--deadline-minutes", type=float, default=7.5,
                     help="stop training this many wall-clock minutes after the start and checkpoint; run the same "
                          "command again to resume (default 7.5)")
@@ -309,7 +283,6 @@ def parse_args(argv: list[str] | None = None) -> SDTrainConfig:
 def main(argv: list[str] | None = None) -> int:
     return run_main(SDTrainer(parse_args(argv)), argv, "tools/train_mini_sd.py", _log,
                     "the model folder, its card and samples.png are written")
-
 
 
 if __name__ == "__main__":
