@@ -21,6 +21,7 @@ import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +32,8 @@ from . import model as mini_model
 from .data import ViewPool
 from .train_loop import (REFRESH_EVERY, EMA, BaseTrainConfig, CheckedUNet, autocast, build_seeded, common_parser,
                          common_values, cosine_lr, encode_posterior, export_parts, load_checkpoint, make_adamw,
-                         make_logger, noised_v, optimize, run_main, run_steps, scheduler_alphas, write_checkpoint,
-                         setup_device, write_eval_json)
+                         make_logger, noised_v, optimize, run_main, run_steps, scheduler_alphas, setup_device,
+                         write_checkpoint, write_eval_json)
 
 __all__ = ["TrainConfig", "Trainer", "export_parts", "main", "parse_args"]
 
@@ -281,11 +282,6 @@ class Trainer:
              f"{self.state['raw_channel_std']} (whitened); latent std {std:.4f} (scaling_factor {1 / std:.4f}), "
              f"mean {lat.mean().item():+.4f}, posterior std / latent std {self.state['posterior_std_ratio']:.3f}")
 
-    def _encode(self, rgb: torch.Tensor) -> torch.Tensor:
-        """RGB in [0, 1] -> [B, 8, h, w]: the posterior's mean (the unscaled mode latents the guidance concatenates
-        for its input view) and its std (targets are posterior samples, as the guidance encodes renders)."""
-        return encode_posterior(self.vae, rgb)
-
     # ------------------------------------------------------------------------------------------- diffusion phase
     def _lr(self, step: int) -> float:
         done, total = self._diffusion_budget()
@@ -371,7 +367,7 @@ class Trainer:
             if "scaling_factor" in self.state:
                 self.vae.register_to_config(scaling_factor=self.state["scaling_factor"])
                 self.configs["vae"]["scaling_factor"] = self.state["scaling_factor"]
-            self.pool.set_encoder(self._encode)
+            self.pool.set_encoder(partial(encode_posterior, self.vae))
             for m in self.trainable:
                 m.train()
             self._run_phase("diffusion")

@@ -164,8 +164,9 @@ def noised_v(x0: torch.Tensor, alphas_cumprod: torch.Tensor, g: torch.Generator)
 
 @torch.no_grad()
 def encode_posterior(vae, rgb: torch.Tensor) -> torch.Tensor:
-    """RGB in [0, 1] -> [B, 8, h, w]: the VAE posterior's mean and std stacked (the pool keeps both: targets are
-    posterior samples, as the guidance encodes renders; the Zero123 input view is the mean)."""
+    """RGB in [0, 1] -> [B, 8, h, w]: the VAE posterior's mean and std stacked. The pool keeps both: targets are
+    posterior samples (as the guidance encodes renders), and the Zero123 input view is the mean (the unscaled mode
+    latents the guidance concatenates)."""
     posterior = vae.encode(rgb.float() * 2 - 1).latent_dist
     return torch.cat([posterior.mean, posterior.std], 1).float()
 

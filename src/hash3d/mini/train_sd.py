@@ -24,6 +24,7 @@ import copy
 import sys
 import time
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +40,8 @@ from .text_data import WORDS, captions, view_captions, views_direction
 from .tokenizer import write_clip_tokenizer
 from .train_loop import (REFRESH_EVERY, EMA, BaseTrainConfig, CheckedUNet, autocast, build_seeded, common_parser,
                          common_values, cosine_lr, encode_posterior, export_parts, load_checkpoint, make_adamw,
-                         make_logger, noised_v, optimize, run_main, run_steps, scheduler_alphas, write_checkpoint,
-                         setup_device, write_eval_json)
+                         make_logger, noised_v, optimize, run_main, run_steps, scheduler_alphas, setup_device,
+                         write_checkpoint, write_eval_json)
 
 __all__ = ["SD_ELEVATION_RANGE", "TINY_SD", "SDTrainConfig", "SDTrainer", "main", "parse_args"]
 
@@ -125,10 +126,6 @@ class SDTrainer:
         texts = [t for c in captions(make_objects(ids)) for t in view_captions(c)]
         self.tokens[(ids % self.pool.P).to(self.device)] = self._tokenize(texts).view(len(ids), 4, -1)
 
-    def _encode(self, rgb: torch.Tensor) -> torch.Tensor:
-        """RGB in [0, 1] -> posterior mean and std stacked [B, 8, h, w] (targets are posterior samples)."""
-        return encode_posterior(self.vae, rgb)
-
     def _refresh(self) -> None:
         start = self.pool.next_id
         self.pool.refresh(self.cfg.refresh * REFRESH_EVERY)
@@ -210,7 +207,7 @@ class SDTrainer:
         t0 = time.perf_counter()
         self.pool.fill(next_id)
         self._caption_ids(next_id - self.pool.P, next_id)
-        self.pool.set_encoder(self._encode)
+        self.pool.set_encoder(partial(encode_posterior, self.vae))
         _log(f"pool: {self.pool.P} objects × {self.pool.V} views rendered, encoded and captioned in "
              f"{time.perf_counter() - t0:.1f} s")
         for m in self.parts.values():
