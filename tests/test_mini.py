@@ -227,25 +227,58 @@ def test_resume_continues_the_step_count(tiny_run):
     assert after["diffusion_seconds"] > before["diffusion_seconds"]
 
 
-@pytest.mark.slow
-def test_a_failing_compiled_unet_falls_back_to_eager(tmp_path, capsys):
+def _broken_unet(*args, **kwargs):
+    raise RuntimeError("inductor exploded")
+
+
+def _trained_state(trainer) -> dict[str, object]:
+    return {"parts": {k: m.state_dict() for k, m in trainer.parts.items()}, "ema": trainer.ema.shadow,
+            "opt": trainer.opt.state_dict()["state"], "vae_opt": trainer.vae_opt.state_dict()["state"],
+            "losses": [r[2] for r in trainer.state["vae_log"] + trainer.state["loss_log"]],
+            "scaling_factor": trainer.state["scaling_factor"]}
+
+
+def _assert_identical(a, b, path=""):
+    if isinstance(a, torch.Tensor):
+        assert a.dtype == b.dtype and torch.equal(a, b), path
+    elif isinstance(a, dict):
+        assert list(a) == list(b), path
+        for k in a:
+            _assert_identical(a[k], b[k], f"{path}.{k}")
+    elif isinstance(a, list):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            _assert_identical(x, y, f"{path}[{i}]")
+    else:
+        assert a == b, path
+
+
+def test_the_same_seed_trains_bit_identical_weights_even_through_a_compile_fallback(tmp_path, capsys):
+    from hash3d.mini.train import TINY, Trainer, TrainConfig
+
+    cfg = {**TINY, "device": "cpu", "vae_steps": 2, "steps": 3, "log_every_s": 0.0, "compile_unet": "auto"}
+    plain = Trainer(TrainConfig(**cfg, out=str(tmp_path / "plain")))
+    init = {k: v.clone() for k, v in plain.parts["unet"].state_dict().items()}
+    assert plain.train()
+    fallback = Trainer(TrainConfig(**cfg, out=str(tmp_path / "fallback")))
+    fallback.unet.fn, fallback.unet.checked = _broken_unet, False  # as if torch.compile had returned it
+    assert fallback.unet_compiled
+    assert fallback.train()
+    assert "torch.compile of the UNet failed (RuntimeError: inductor exploded); training eagerly" in capsys.readouterr().out
+    assert fallback.unet.fn is fallback.parts["unet"] and not fallback.unet_compiled
+    a, b = _trained_state(plain), _trained_state(fallback)
+    assert len(a["losses"]) == 5 and all(math.isfinite(x) for x in a["losses"])  # logged every step
+    _assert_identical(a, b)
+    assert not all(torch.equal(v, plain.parts["unet"].state_dict()[k]) for k, v in init.items())  # it trained
+
+
+def test_a_compile_asked_for_explicitly_does_not_fall_back(tmp_path):
     from hash3d.mini.train import TINY, Trainer, TrainConfig
 
     trainer = Trainer(TrainConfig(**{**TINY, "out": str(tmp_path / "run"), "device": "cpu", "vae_steps": 1,
-                                     "steps": 2}))
-
-    def broken(*args, **kwargs):
-        raise RuntimeError("inductor exploded")
-
-    trainer.unet_fn = broken  # as if torch.compile had returned it
-    assert trainer.unet_compiled
-    trainer.cfg.compile_unet = "auto"
-    assert trainer.train()
-    assert trainer.unet_fn is trainer.parts["unet"] and not trainer.unet_compiled
-    assert trainer.state["step"] == 2
-    assert "torch.compile of the UNet failed (RuntimeError: inductor exploded); training eagerly" in capsys.readouterr().out
-    assert all(torch.isfinite(p).all() for p in trainer.params)
-    trainer.unet_fn, trainer._compile_checked = broken, False
-    trainer.cfg.compile_unet, trainer.cfg.steps = "on", 3
-    with pytest.raises(RuntimeError, match="inductor exploded"):  # asked for explicitly: no silent fallback
+                                     "compile_unet": "on"}))
+    assert trainer.unet_compiled and not trainer.unet.fallback
+    trainer.unet.fn = _broken_unet
+    with pytest.raises(RuntimeError, match="inductor exploded"):
         trainer.train()
+    assert trainer.state["step"] == 0 and trainer.state["vae_step"] == 1

@@ -184,6 +184,33 @@ def test_tiny_training_writes_a_folder_the_sd_guidance_loads(tmp_path):
     StableDiffusionGuidance(StableDiffusionGuidanceConfig(pretrained_model_name_or_path=str(twin), dtype="fp32"))
 
 
+def test_the_same_seed_trains_bit_identical_weights_even_through_a_compile_fallback(tmp_path, capsys):
+    from hash3d.mini.train_sd import TINY_SD, SDTrainConfig, SDTrainer
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("inductor exploded")
+
+    cfg = {**TINY_SD, "device": "cpu", "log_every_s": 0.0}
+    plain = SDTrainer(SDTrainConfig(**cfg, out=str(tmp_path / "plain")))
+    init = {k: v.clone() for k, v in plain.parts["unet"].state_dict().items()}
+    assert plain.train()
+    fallback = SDTrainer(SDTrainConfig(**cfg, out=str(tmp_path / "fallback")))
+    fallback.unet.fn, fallback.unet.checked = broken, False  # as if torch.compile had returned it
+    assert fallback.train()
+    assert "torch.compile of the UNet failed (RuntimeError: inductor exploded); training eagerly" in capsys.readouterr().out
+    assert fallback.sessions[-1]["compiled"] is False and fallback.step == plain.step == 3
+    assert [r[2] for r in fallback.loss_log] == [r[2] for r in plain.loss_log] and len(plain.loss_log) == 3
+    for name, part in plain.parts.items():
+        other = fallback.parts[name].state_dict()
+        for key, value in part.state_dict().items():
+            assert torch.equal(value, other[key]), (name, key)
+    assert all(torch.equal(a, b) for a, b in zip(plain.ema.shadow, fallback.ema.shadow))
+    opt_a, opt_b = plain.opt.state_dict()["state"], fallback.opt.state_dict()["state"]
+    assert all(torch.equal(opt_a[i][k], opt_b[i][k]) for i in opt_a for k in opt_a[i])
+    assert torch.equal(plain.tokens, fallback.tokens)
+    assert not all(torch.equal(v, plain.parts["unet"].state_dict()[k]) for k, v in init.items())  # it trained
+
+
 def test_shipped_model_loads_through_the_sd_guidance_and_follows_colours():
     """The shipped Hash3D-mini-sd, loaded as any SD checkpoint (`StableDiffusionGuidance` on the folder): DDIM samples of
     three one-part captions in different colours match their own caption's render in colour far better than another

@@ -4,6 +4,7 @@
 - `render`: batched sphere tracer (threestudio cameras from `hash3d.data.cameras`), straight RGBA on white.
 - `model`: the parts in the diffusers Zero123 layout (`load_zero123` loads the folder) and the conditioning.
 - `train`: the training loop (`tools/train_mini.py`), resumable, with model card and held-out evaluation.
+- `train_loop`: what both trainers share (base config and flags, EMA, compile fallback, the step loop, checkpoints).
 
 Hash3D-mini-sd, the text-to-image sibling in the Stable Diffusion layout (`tools/train_mini_sd.py`):
 - `colors` / `text_data`: named colours; captions from object parameters with the SD guidance's view suffixes.

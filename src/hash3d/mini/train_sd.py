@@ -20,13 +20,11 @@ safetensors), scores held-out captions through that folder (`evaluate_sd`) and w
 
 from __future__ import annotations
 
-import argparse
 import copy
-import json
-import math
 import sys
 import time
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +38,10 @@ from .data import ViewPool
 from .objects import make_objects
 from .text_data import WORDS, captions, view_captions, views_direction
 from .tokenizer import write_clip_tokenizer
+from .train_loop import (REFRESH_EVERY, EMA, BaseTrainConfig, CheckedUNet, autocast, build_seeded, common_parser,
+                         common_values, cosine_lr, encode_posterior, export_parts, load_checkpoint, make_adamw,
+                         make_logger, noised_v, optimize, run_main, run_steps, scheduler_alphas, setup_device,
+                         write_checkpoint, write_eval_json)
 
 __all__ = ["SD_ELEVATION_RANGE", "TINY_SD", "SDTrainConfig", "SDTrainer", "main", "parse_args"]
 
@@ -48,53 +50,30 @@ CHECKPOINT = "checkpoint.pt"
 
 
 @dataclass
-class SDTrainConfig:
-    out: str
+class SDTrainConfig(BaseTrainConfig):
     minutes: float = 6.5
     """Training-loop budget of the one command, in minutes (pool rendering, export and evaluation come on top)."""
     deadline_minutes: float = 7.5
     """Wall-clock limit of training from the command's start: training stops there even if `minutes` is not spent
     (checkpoint; run again to resume), so that export and evaluation still fit a 10-minute command."""
-    steps: int | None = None
-    """Budget in steps instead of minutes (tests, exact reproduction)."""
-    preset: str = "default"
-    batch: int = 256
-    lr: float = 3e-4
-    warmup_steps: int = 300
-    weight_decay: float = 0.01
-    ema: float = 0.999
-    cfg_drop: float = 0.1
-    pool_objects: int = 4096
-    pool_views: int = 8
     refresh: int = 2
     """Objects re-rendered per step (in batches every 8 steps)."""
     compile_unet: bool = False
     vae_dir: str = str(MINI_MODEL / "vae")
-    seed: int = 0
-    device: str = "auto"
     eval_objects: int = 256
-    eval_steps: int = 50
     eval_cfg: tuple[float, ...] = (1.0, 3.0, 7.5)
     grid_cfg: float = 7.5
-    grid_rows: int = 8
-    model_dir: str | None = None
-    export_parts: str | None = None
-    """Also write the model folder as a tar split into <= 15 MiB parts, plus card and picture, into this folder."""
-    log_every_s: float = 30.0
 
 
 TINY_SD = dict(preset="tiny", batch=4, pool_objects=8, pool_views=3, steps=3, warmup_steps=2, eval_objects=4,
                eval_steps=3, eval_cfg=(1.0, 3.0), grid_rows=2, refresh=1, log_every_s=5.0)
-REFRESH_EVERY = 8
 
-
-def _log(msg: str) -> None:
-    print(f"[mini-sd {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+_log = make_logger("mini-sd")
 
 
 class SDTrainer:
     def __init__(self, cfg: SDTrainConfig):
-        from diffusers import AutoencoderKL, DDPMScheduler
+        from diffusers import AutoencoderKL
         from transformers import CLIPTokenizer
 
         self.cfg = cfg
@@ -102,22 +81,14 @@ class SDTrainer:
         self.out.mkdir(parents=True, exist_ok=True)
         self.model_dir = Path(cfg.model_dir) if cfg.model_dir else self.out / "model"
         path = self.out / CHECKPOINT
-        self._checkpoint = torch.load(path, map_location="cpu", weights_only=False) if path.exists() else None
+        self._checkpoint = load_checkpoint(path)
         if self._checkpoint is not None and self._checkpoint["preset"] != cfg.preset:
             raise ValueError(f"{path} is a {self._checkpoint['preset']!r} run, not {cfg.preset!r}: use the same options "
                              "as the first command, or another --out")
-        name = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-        self.device = torch.device(name)
+        self.device, self.device_name = setup_device(cfg.device)
         self.cuda = self.device.type == "cuda"
-        if self.cuda:
-            torch.backends.cuda.matmul.allow_tf32 = True
-            torch.backends.cudnn.allow_tf32 = True
-        self.device_name = torch.cuda.get_device_name(self.device) if self.cuda else "cpu"
         self.configs = sd_model.sd_configs(cfg.preset)
-        with torch.random.fork_rng(devices=[self.device] if self.cuda else []):
-            torch.manual_seed(cfg.seed)
-            with torch.device(self.device):
-                self.parts = sd_model.build_sd_parts(self.configs)
+        self.parts = build_seeded(lambda: sd_model.build_sd_parts(self.configs), cfg.seed, self.device)
         if self.cuda:
             self.parts["unet"].to(memory_format=torch.channels_last)
         self.vae = AutoencoderKL.from_pretrained(cfg.vae_dir).to(self.device).eval().requires_grad_(False)
@@ -125,21 +96,17 @@ class SDTrainer:
         max_length = self.configs["tokenizer"]["model_max_length"]
         self.tokenizer = CLIPTokenizer.from_pretrained(write_clip_tokenizer(self.out / "tokenizer", max_length, WORDS))
         self.uncond_tokens = self._tokenize([""])[0]
-        sc = self.configs["scheduler"]
-        self.alphas_cumprod = DDPMScheduler(num_train_timesteps=sc["num_train_timesteps"],
-                                            beta_schedule=sc["beta_schedule"]).alphas_cumprod.float().to(self.device)
+        self.alphas_cumprod = scheduler_alphas(self.configs["scheduler"], self.device)
         self.params = [p for m in self.parts.values() for p in m.parameters()]
-        self.opt = torch.optim.AdamW(self.params, lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
-        self.ema = [p.detach().clone().float() for p in self.params]
-        self.unet_fn = torch.compile(self.parts["unet"]) if cfg.compile_unet else self.parts["unet"]
-        self._compile_checked = not cfg.compile_unet
+        self.opt = make_adamw(self.params, cfg.lr, cfg.weight_decay)
+        self.ema = EMA(self.params, cfg.ema)
+        self.unet = CheckedUNet(self.parts["unet"], cfg.compile_unet, fallback=True, log=_log)
         self.pool = ViewPool(cfg.pool_objects, cfg.pool_views, self.device, elevation_range=SD_ELEVATION_RANGE)
         # token ids of every pool object's caption with each view suffix: [P, directions, max_length]
         self.tokens = torch.zeros(cfg.pool_objects, 4, max_length, dtype=torch.long, device=self.device)
         self.t_start = time.time()
         self.sessions: list[dict[str, Any]] = []
-        self.step = 0
-        self.seconds = 0.0
+        self.progress: dict[str, Any] = {"step": 0, "seconds": 0.0}
         self.loss_log: list[list[float]] = []
         self.n_params = {k: sum(p.numel() for p in m.parameters()) for k, m in self.parts.items()}
         _log(f"device {self.device_name}, preset {cfg.preset}, parameters "
@@ -159,25 +126,28 @@ class SDTrainer:
         texts = [t for c in captions(make_objects(ids)) for t in view_captions(c)]
         self.tokens[(ids % self.pool.P).to(self.device)] = self._tokenize(texts).view(len(ids), 4, -1)
 
-    @torch.no_grad()
-    def _encode(self, rgb: torch.Tensor) -> torch.Tensor:
-        """RGB in [0, 1] -> posterior mean and std stacked [B, 8, h, w] (targets are posterior samples)."""
-        posterior = self.vae.encode(rgb.float() * 2 - 1).latent_dist
-        return torch.cat([posterior.mean, posterior.std], 1).float()
-
     def _refresh(self) -> None:
         start = self.pool.next_id
         self.pool.refresh(self.cfg.refresh * REFRESH_EVERY)
         self._caption_ids(start, self.pool.next_id)
 
     # ------------------------------------------------------------------------------------------- training
+    @property
+    def step(self) -> int:
+        """Steps trained over all commands."""
+        return self.progress["step"]
+
+    @property
+    def seconds(self) -> float:
+        """Training-loop seconds over all commands."""
+        return self.progress["seconds"]
+
     def _lr(self) -> float:
-        warm = min(1.0, (self.step + 1) / max(1, self.cfg.warmup_steps))
         if self.cfg.steps is not None:
             frac = self.step / max(1, self.cfg.steps)
         else:
             frac = self.seconds / max(1e-9, 60 * self.cfg.minutes)
-        return self.cfg.lr * warm * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
+        return cosine_lr(self.cfg.lr, self.step, self.cfg.warmup_steps, frac)
 
     def budget_spent(self) -> bool:
         if self.cfg.steps is not None:
@@ -187,9 +157,9 @@ class SDTrainer:
     def _done(self) -> bool:
         return time.time() - self.t_start >= 60 * self.cfg.deadline_minutes or self.budget_spent()
 
-    def _train_step(self) -> torch.Tensor:
+    def _train_step(self, step: int) -> torch.Tensor:
         cfg, pool = self.cfg, self.pool
-        g = torch.Generator(device=self.device).manual_seed(cfg.seed * 1_000_003 + self.step)
+        g = torch.Generator(device=self.device).manual_seed(cfg.seed * 1_000_003 + step)
         p, v = pool.sample_views(cfg.batch, g)
         direction = views_direction(pool.elevation[p, v], pool.azimuth[p, v])
         tokens = self.tokens[p, direction]
@@ -197,49 +167,22 @@ class SDTrainer:
         tokens = torch.where(drop[:, None], self.uncond_tokens[None], tokens)
         mean, std = pool.latents[p, v].chunk(2, dim=1)
         x0 = (mean + std * torch.randn(mean.shape, generator=g, device=self.device)) * self.scaling_factor
-        t = torch.randint(0, self.alphas_cumprod.shape[0], (cfg.batch,), generator=g, device=self.device)
-        noise = torch.randn(x0.shape, generator=g, device=self.device)
-        ab = self.alphas_cumprod[t].view(-1, 1, 1, 1)
-        x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
-        target = ab.sqrt() * noise - (1 - ab).sqrt() * x0  # v
+        x_t, t, target = noised_v(x0, self.alphas_cumprod, g)
         for group in self.opt.param_groups:
             group["lr"] = self._lr()
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cuda):
+        with autocast(self.device):
             states = self.parts["text_encoder"](tokens)[0]
             if self.cuda:
                 x_t = x_t.contiguous(memory_format=torch.channels_last)
-            pred = self.unet_fn(x_t, t, encoder_hidden_states=states).sample
-        loss = F.mse_loss(pred.float(), target)
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.params, 1.0)
-        self.opt.step()
-        decay = min(cfg.ema, (1 + self.step) / (10 + self.step))
-        torch._foreach_lerp_(self.ema, [q.detach().float() for q in self.params], 1 - decay)
-        return loss.detach()
-
-    def _checked_step(self) -> torch.Tensor:
-        """A training step; the first one with a compiled UNet falls back to eager if compiling fails (compiling
-        happens there, before the optimiser step, so the step is simply redone)."""
-        if self._compile_checked:
-            return self._train_step()
-        self._compile_checked = True
-        try:
-            return self._train_step()
-        except Exception as err:  # noqa: BLE001 - any compiler failure
-            _log(f"torch.compile of the UNet failed ({type(err).__name__}: {str(err).splitlines()[0][:200]}); "
-                 "training eagerly")
-            self.unet_fn = self.parts["unet"]
-            return self._train_step()
+            pred = self.unet(x_t, t, encoder_hidden_states=states).sample
+        return optimize(F.mse_loss(pred.float(), target), self.opt, self.params, self.ema, step)
 
     def save_checkpoint(self) -> None:
         ckpt = {"version": 1, "preset": self.cfg.preset, "parts": {k: m.state_dict() for k, m in self.parts.items()},
-                "opt": self.opt.state_dict(), "ema": [e.cpu() for e in self.ema], "step": self.step,
+                "opt": self.opt.state_dict(), "ema": self.ema.state(), "step": self.step,
                 "seconds": self.seconds, "loss_log": self.loss_log, "next_id": self.pool.next_id,
                 "sessions": self.sessions}
-        tmp = self.out / (CHECKPOINT + ".tmp")
-        torch.save(ckpt, tmp)
-        tmp.replace(self.out / CHECKPOINT)
+        write_checkpoint(ckpt, self.out / CHECKPOINT)
 
     def _resume(self) -> int:
         """Load OUT/checkpoint.pt if there is one; returns the pool's next object id (0 for a fresh run)."""
@@ -249,9 +192,9 @@ class SDTrainer:
         for name, module in self.parts.items():
             module.load_state_dict(ckpt["parts"][name])
         self.opt.load_state_dict(ckpt["opt"])
-        for e, saved in zip(self.ema, ckpt["ema"]):
-            e.copy_(saved.to(self.device))
-        self.step, self.seconds, self.loss_log = ckpt["step"], ckpt["seconds"], ckpt["loss_log"]
+        self.ema.load(ckpt["ema"])
+        self.progress.update(step=ckpt["step"], seconds=ckpt["seconds"])
+        self.loss_log = ckpt["loss_log"]
         self.sessions = ckpt["sessions"]
         self._checkpoint = None
         _log(f"resumed from {self.out / CHECKPOINT}: step {self.step}, {self.seconds / 60:.2f} min trained")
@@ -264,50 +207,36 @@ class SDTrainer:
         t0 = time.perf_counter()
         self.pool.fill(next_id)
         self._caption_ids(next_id - self.pool.P, next_id)
-        self.pool.set_encoder(self._encode)
+        self.pool.set_encoder(partial(encode_posterior, self.vae))
         _log(f"pool: {self.pool.P} objects × {self.pool.V} views rendered, encoded and captioned in "
              f"{time.perf_counter() - t0:.1f} s")
         for m in self.parts.values():
             m.train()
-        loss_sum, n_sum, last_log = torch.zeros((), device=self.device), 0, time.time()
-        t_prev = time.time()
-        while not self._done():
-            if self.step % REFRESH_EVERY == 0:
-                self._refresh()
-            loss_sum += self._checked_step()
-            n_sum += 1
-            self.step += 1
-            now = time.time()
-            self.seconds += now - t_prev
-            t_prev = now
-            if now - last_log >= self.cfg.log_every_s or self._done():
-                loss = (loss_sum / max(1, n_sum)).item()
-                if not math.isfinite(loss):
-                    raise FloatingPointError(f"loss is {loss} at step {self.step}")
-                self.loss_log.append([self.step, round(self.seconds / 60, 2), round(loss, 4)])
-                _log(f"step {self.step} | loss {loss:.4f} | lr {self._lr():.2e} | {n_sum / max(1e-9, now - last_log):.1f} "
-                     f"it/s | {self.seconds / 60:.2f}/{self.cfg.minutes:g} min")
-                loss_sum.zero_()
-                n_sum, last_log = 0, now
+
+        def report(loss: float, rate: float, steps: int) -> None:
+            self.loss_log.append([steps, round(self.seconds / 60, 2), round(loss, 4)])
+            _log(f"step {steps} | loss {loss:.4f} | lr {self._lr():.2e} | {rate:.1f} it/s | "
+                 f"{self.seconds / 60:.2f}/{self.cfg.minutes:g} min")
+
+        run_steps(self.progress, ("step", "seconds"), step=lambda i: self.unet.first_step(lambda: self._train_step(i)),
+                  refresh=self._refresh, stop=self._done, log_due=self._done, report=report,
+                  log_every_s=self.cfg.log_every_s, device=self.device)
+
         self.sessions.append({"device": self.device_name, "command": self.command, "start_step": start_step,
                               "end_step": self.step, "wall_minutes": round((time.time() - self.t_start) / 60, 2),
-                              "compiled": self.unet_fn is not self.parts["unet"]})
+                              "compiled": self.unet.compiled})
         self.save_checkpoint()
         _log(f"checkpoint saved: step {self.step}, {self.seconds / 60:.2f}/{self.cfg.minutes:g} min trained")
         return self.budget_spent()
 
     def ema_parts(self) -> dict[str, torch.nn.Module]:
         parts = {k: copy.deepcopy(m).eval() for k, m in self.parts.items()}
-        params = [p for m in parts.values() for p in m.parameters()]
-        with torch.no_grad():
-            for p, e in zip(params, self.ema):
-                p.copy_(e.to(p.dtype))
+        self.ema.copy_to([p for m in parts.values() for p in m.parameters()])
         return parts
 
     def finalize(self) -> dict[str, Any]:
         from .evaluate_sd import evaluate_sd, write_sd_card
         from .model import folder_bytes
-        from .train import export_parts
 
         sd_model.save_sd_model(self.ema_parts(), self.configs, self.cfg.vae_dir, self.model_dir)
         size = folder_bytes(self.model_dir)
@@ -322,61 +251,35 @@ class SDTrainer:
                "steps": self.step,
                "minutes": round(self.seconds / 60, 2), "loss_log": self.loss_log, "parameters": self.n_params,
                "folder_bytes": folder_bytes(self.model_dir), "command": self.command}
-        (self.out / "eval.json").write_text(json.dumps({"metrics": metrics, "run": run}, indent=2) + "\n")
+        write_eval_json(self.out / "eval.json", {"metrics": metrics, "run": run})
         write_sd_card(self.model_dir / "README.md", run, metrics)
         _log("held-out: " + ", ".join(f"CFG {k}: colour {v['color']:.3f} (shuffled {v['color_shuffled']:.3f}), shape "
                                       f"{v['shape']:.3f} (shuffled {v['shape_shuffled']:.3f})"
                                       for k, v in metrics["scores"].items()))
         if self.cfg.export_parts:
-            export_parts(self.model_dir, Path(self.cfg.export_parts), extra=[self.out / "eval.json"])
+            export_parts(self.model_dir, Path(self.cfg.export_parts), extra=[self.out / "eval.json"], log=_log)
         return metrics
 
     command = "python tools/train_mini_sd.py"
 
 
 def parse_args(argv: list[str] | None = None) -> SDTrainConfig:
-    ap = argparse.ArgumentParser(prog="train_mini_sd", description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", required=True, help="run folder: tokenizer/, eval.json, model/")
-    ap.add_argument("--minutes", type=float, default=6.5, help="training-loop budget in minutes (default 6.5)")
+    ap = common_parser("train_mini_sd", __doc__, out_help="run folder: tokenizer/, eval.json, model/", minutes=6.5,
+                       minutes_help="training-loop budget in minutes (default 6.5)",
+                       refresh_help="objects re-rendered per step (default 2)")
     ap.add_argument("--deadline-minutes", type=float, default=7.5,
                     help="stop training this many wall-clock minutes after the start and checkpoint; run the same "
                          "command again to resume (default 7.5)")
-    ap.add_argument("--steps", type=int, help="budget in steps instead of minutes")
-    ap.add_argument("--tiny", action="store_true", help="tiny model and data, a few steps: a CPU smoke test")
-    ap.add_argument("--batch", type=int)
-    ap.add_argument("--lr", type=float)
-    ap.add_argument("--pool-objects", type=int)
-    ap.add_argument("--refresh", type=int, help="objects re-rendered per step (default 2)")
     ap.add_argument("--compile", action="store_true", help="torch.compile the UNet (faster steps after ~1 min)")
     ap.add_argument("--vae-dir", help="VAE folder to copy (default: the shipped Hash3D-mini Zero123 model's vae/)")
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--seed", type=int)
-    ap.add_argument("--eval-objects", type=int)
-    ap.add_argument("--model-dir", help="where to write the model folder (default OUT/model)")
-    ap.add_argument("--export-parts", help="also write the folder as <=15 MiB tar parts + card + picture here")
     args = ap.parse_args(argv)
-    values: dict[str, Any] = dict(TINY_SD) if args.tiny else {}
-    values.update(out=args.out, minutes=args.minutes, deadline_minutes=args.deadline_minutes, device=args.device,
-                  compile_unet=args.compile)
-    for key in ("steps", "batch", "lr", "pool_objects", "refresh", "vae_dir", "seed", "eval_objects", "model_dir",
-                "export_parts"):
-        value = getattr(args, key)
-        if value is not None:
-            values[key] = value
-    return SDTrainConfig(**values)
+    return SDTrainConfig(**common_values(args, TINY_SD, ("vae_dir",), deadline_minutes=args.deadline_minutes,
+                                         compile_unet=args.compile))
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg = parse_args(argv)
-    trainer = SDTrainer(cfg)
-    trainer.command = "python tools/train_mini_sd.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    if trainer.train():
-        trainer.finalize()
-        _log("done: the model folder, its card and samples.png are written")
-    else:
-        _log("not finished: run the same command again to resume")
-    return 0
+    return run_main(SDTrainer(parse_args(argv)), argv, "tools/train_mini_sd.py", _log,
+                    "the model folder, its card and samples.png are written")
 
 
 if __name__ == "__main__":
