@@ -324,6 +324,9 @@ def cache_summary(guidance) -> dict[str, Any]:
         "saved_fraction": saved / (saved + run) if saved + run else 0.0,
         "entries": int(stats.get("entries", 0)),
         "graphs_captured": int(stats.get("graphs_captured", 0)),
+        # requests that tried the cache and, under the cost-aware policy, those that skipped it (the plain UNet call)
+        "tried": int(stats.get("tried", 0)),
+        "skipped": int(stats.get("skipped", 0)),
         # multi-view guidance: a lookup is a set of views
         **({"views_per_set": int(stats["views_per_set"]), "sets_cached": int(stats["cached_sets"]),
             "sets_run": int(stats["full_sets"])} if "views_per_set" in stats else {}),
