@@ -74,6 +74,15 @@ def test_refine_without_weights_names_the_key(capsys, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_run_no_longer_than_the_warm_up_names_the_fix(capsys, tmp_path):
+    """The exponential decay after the warm-up needs steps left to decay over (max_steps == warmup_steps divided by 0)."""
+    args = ["--train", f"exp_root_dir={tmp_path}", "trainer.max_steps=100"]
+    assert main(["--config", str(CONFIGS / "latentnerf.yaml"), *args]) == 2
+    err = capsys.readouterr().err
+    assert "got 0" in err and "raise trainer.max_steps or lower system.scheduler.warmup_steps" in err
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
 def test_latent_to_rgb_matrix():
     latent = torch.tensor([[1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, -1.0]])
     expected = torch.tensor([[(0.298 + 1) / 2, (0.207 + 1) / 2, (0.208 + 1) / 2],

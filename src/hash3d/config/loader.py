@@ -26,6 +26,16 @@ def _plain(value: Any) -> Any:
     return OmegaConf.to_container(value, resolve=True) if isinstance(value, (ListConfig, DictConfig)) else value
 
 
+def _exp_lr_decay_rate(factor: float, n: float) -> float:
+    """The per-step factor that decays the learning rate by `factor` over `n` steps."""
+    if n <= 0:
+        raise ValueError(
+            f"calc_exp_lr_decay_rate needs a positive number of decay steps; got {n} (in the threestudio configs: "
+            "trainer.max_steps minus the warm-up steps, so raise trainer.max_steps or lower system.scheduler.warmup_steps)"
+        )
+    return factor ** (1.0 / n)
+
+
 def _register_resolvers() -> None:
     """Resolvers the threestudio configs use in interpolations (`${basename:${data.image_path}}`, …)."""
     resolvers = {
@@ -42,7 +52,7 @@ def _register_resolvers() -> None:
         "not": lambda s: not s,
         "not0": lambda s: s != 0,
         "cmaxgt0orcmaxgt0": lambda a, b: c_max(_plain(a)) > 0 or c_max(_plain(b)) > 0,
-        "calc_exp_lr_decay_rate": lambda factor, n: factor ** (1.0 / n),
+        "calc_exp_lr_decay_rate": _exp_lr_decay_rate,
         "sqrt": lambda x: math.sqrt(x),
     }
     register = getattr(OmegaConf, "register_resolver", None) or OmegaConf.register_new_resolver  # 2.4 renamed it
