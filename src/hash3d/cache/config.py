@@ -23,7 +23,7 @@ class AutoPolicyConfig:
     probe_len: int = 10
     """Length of that burst."""
     window: int = 8
-    """Measurements per arm kept for the median."""
+    """Measurements per arm kept for the mean."""
     min_samples: int = 3
     """Measurements each arm needs before the policy may switch."""
     discard: int = 2

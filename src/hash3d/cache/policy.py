@@ -4,13 +4,15 @@
 
 `AutoPolicy` tries the cache only while trying pays. Per request shape it keeps the measured cost of the two arms,
 "try" (query the table; answer hits from it, run and insert the misses) and "skip" (the plain UNet, no query and no
-insert: what the request costs with the cache off), as the median of the latest few measurements, and follows the
+insert: what the request costs with the cache off), as the mean of the latest few measurements, and follows the
 cheaper one:
 - the first `warmup` requests of a shape try (the table fills, the graphs are captured);
 - while trying, every `explore_every`-th request skips, so the cost of skipping stays known;
 - while skipping, a burst of `probe_len` tries at the end of every `probe_every` requests refreshes the table and the cost of
   trying, so a run that changes (annealed timesteps, a new resolution) can win the cache back;
-- it switches arm when the other one's median is lower by more than `margin`.
+- it switches arm when the other one's mean is lower by more than `margin`.
+The mean, not the median: one-off costs of trying (a CUDA graph captured for a new split-batch size costs several
+UNet passes) are part of what trying costs the run, and a median would hide them.
 The first `discard` measurements of each arm and shape are dropped (eager first calls and graph captures).
 
 Decisions depend only on the state here and the costs it is given, so they are tested with made-up costs; the cache
@@ -119,14 +121,15 @@ class AutoPolicy:
         if any(len(s.costs[a]) < auto.min_samples for a in ARMS):
             return
         other = "skip" if s.arm == "try" else "try"
-        if self.median(shape, other) < self.median(shape, s.arm) * (1.0 - auto.margin):
+        if self.cost(shape, other) < self.cost(shape, s.arm) * (1.0 - auto.margin):
             s.arm = other
             s.since_probe = 0
             s.switches += 1
 
-    def median(self, shape: tuple, arm: str) -> float | None:
+    def cost(self, shape: tuple, arm: str) -> float | None:
+        """The arm's mean measured cost over the window (None before any measurement)."""
         costs = self._state(shape).costs[arm]
-        return statistics.median(costs) if costs else None
+        return statistics.fmean(costs) if costs else None
 
     def arm(self, shape: tuple) -> str:
         return self._state(shape).arm
@@ -153,14 +156,14 @@ class AutoPolicy:
             s.switches = int(item["switches"])
 
     def stats(self) -> dict[str, Any]:
-        """Whether the most recent shape tries (1) or skips (0), its median costs, and the number of switches over all shapes."""
+        """Whether the most recent shape tries (1) or skips (0), its mean costs, and the number of switches over all shapes."""
         if not self.shapes:
             return {"policy_trying": 1.0, "policy_switches": 0}
         shape = next(reversed(self.shapes))
         out: dict[str, Any] = {"policy_trying": float(self.arm(shape) == "try"),
                                "policy_switches": sum(s.switches for s in self.shapes.values())}
         for a in ARMS:
-            m = self.median(shape, a)
+            m = self.cost(shape, a)
             if m is not None:
                 out[f"policy_{a}_ms"] = m
         return out

@@ -511,7 +511,7 @@ class UNetCache:
     @property
     def stats(self) -> dict[str, float]:
         """Table statistics plus UNet work: samples run in full, samples answered from the cache, requests the
-        cost-aware policy skipped, and that policy's current arm and median costs (`policy_*`)."""
+        cost-aware policy skipped, and that policy's current arm and mean costs (`policy_*`)."""
         st = self._state
         nonfinite = int(st.nonfinite)
         if nonfinite:
