@@ -38,7 +38,7 @@ def test_magic123_mini_configs_name_both_shipped_models_and_twins_differ_only_in
     assert all(g.local_files_only and g.dtype == "fp32" for g in (sd, zero123))
     data, rc = a.data, a.data.random_camera
     assert (data.default_camera_distance, data.default_fovy_deg, data.height, data.width) == (3.8, 20.0, 64, 64)
-    assert rc.camera_distance_range == (3.8, 3.8) and rc.fovy_range == (20.0, 20.0) and rc.height == 64
+    assert rc.camera_distance_range == (3.8, 3.8) and rc.fovy_range == (20.0, 20.0) and rc.eval_height == 64
     assert rc.elevation_range[0] >= -10 and tuple(a.system.background.color) == (1.0, 1.0, 1.0)
 
 
@@ -70,7 +70,7 @@ def test_harness_runs_magic123_with_both_shipped_models_and_their_random_twins(t
     assert all(r["unet_calls"] == 2 * 2 for r in rows)  # 2 steps x (Stable Diffusion + Zero123), one view each
     off, on, floor = rows
     assert off["per_object"][0]["lookups"] == 0 and on["per_object"][0]["lookups"] == 4
-    assert all(5 < r["psnr"] < 40 for r in rows)
+    assert all(5 < r["psnr"] < 40 and 0 <= r["iou"] <= 1 and r["color_error"] >= 0 for r in rows)
 
     random_sd, random_zero123 = tmp_path / "random-mini-sd", tmp_path / "random-mini"
     for (label, variant), (sd, zero123), enabled in (

@@ -1,5 +1,6 @@
 """The quality harness: held-out objects -> the image-to-3D pipeline with each cache variant -> 16 novel views ->
-PSNR / SSIM (/ LPIPS) against ground truth, time and cache statistics -> a table and a JSON file.
+PSNR / SSIM (/ LPIPS), silhouette IoU and foreground colour error against ground truth, time and cache statistics ->
+a table and a JSON file.
 
     from hash3d.image_to_3d import HarnessConfig, run_harness
     result = run_harness(HarnessConfig(out="outputs/quality", objects=2, variants=parse_variants("off,features@0.5")))
@@ -36,6 +37,7 @@ import torch
 
 from .cases import DEFAULT_ID_OFFSET, N_VIEWS, Case, case_ids, make_case, save_rgb
 from ..config.errors import ConfigError
+from ..mini.caption_score import shape_and_color
 from ..shipped import MINI_MODEL, MINI_SD_MODEL
 from .pipeline import PIPELINES, SD_PIPELINES, run_pipeline
 from .random_model import write_random_mini
@@ -138,8 +140,9 @@ def _run_one(cfg: HarnessConfig, label: str, model: Path, sd_model: Path | None,
                        progress=cfg.progress, **extra)
     row: dict[str, Any] = {"object": case.name, "object_id": case.object_id, "wall_s": round(run.wall_s, 2)}
     row.update(run.stats)
-    pred = write_views(run.views(case.eval_elevation, case.delta_azimuths, size), folder / "pred")
-    row["views"] = score_folder(gt_dir, pred, cfg.lpips_net)
+    views = run.views(case.eval_elevation, case.delta_azimuths, size)
+    row["views"] = score_folder(gt_dir, write_views(views, folder / "pred"), cfg.lpips_net)
+    row["views"].update(shape_and_color(views, case.gt))
     if cfg.score_mesh:
         mesh = run.mesh_views(case.eval_elevation, case.delta_azimuths, size)
         if mesh is not None:
