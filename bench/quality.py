@@ -1,8 +1,9 @@
 """Quality harness: does the Hash3D cache keep image-to-3D (and text-to-3D) quality? (command line of
 `hash3d.image_to_3d` and `hash3d.text_to_3d`)
 
-    python bench/quality.py [--pipeline dreamgaussian|threestudio] [--objects 2] [--variants default|off,noise@1,...]
-                            [--out outputs/quality] [--no-random] [--refine] [--threads 2] [OPTION=VALUE ...]
+    python bench/quality.py [--pipeline dreamgaussian|threestudio|magic123-coarse-sd] [--objects 2]
+                            [--variants default|off,noise@1,...] [--out outputs/quality] [--no-random] [--refine]
+                            [--threads 2] [OPTION=VALUE ...]
     python bench/quality.py --task text [--pipeline dreamgaussian|dreamfusion-sd|gaussiandreamer-sd|...] [--objects 2]
                             [--all-captions] [--variants ...] [--out outputs/quality-text] [OPTION=VALUE ...]
 
@@ -11,6 +12,9 @@ Held-out procedural objects (ids 10**12 + offset + i, never trained on) are reco
 configs/image_mini*.yaml, or threestudio-hash3d configs/stable-zero123-mini*.yaml), once per cache variant, then
 rendered at 16 views at elevation 30° and scored against ground truth (PSNR, SSIM; LPIPS with --lpips vgg where
 the lpips package and its torchvision work). A random-weight twin of the model, cache off, gives the floor.
+--pipeline magic123-coarse-sd (threestudio-hash3d configs/magic123-coarse-sd-mini*.yaml) guides with two models at
+once: Hash3D-mini (Zero123, --model) and Hash3D-mini-sd (Stable Diffusion, --sd-model) prompted with the object's
+caption; each has its own cache, and the floor's row replaces both with their random-weight twins.
 Prints a markdown table and writes OUT/quality.json; `--merge A.json B.json` prints one table of several files
 (e.g. variants split over two processes with --variants and --no-random / --only-random).
 
@@ -23,7 +27,7 @@ error. The random-weight twin is `write_random_sd_twin`'s.
 
 Variants: 'off', '{features|noise}[+adaptive]@η', or 'default' = off, features and noise at η = 0.1, 0.3, 0.5, 1,
 features on the adaptive grid at the same η. Trailing OPTION=VALUE pairs override the DreamGaussian options of
-every run (e.g. iters=150; threestudio-style pipelines: trainer.max_steps=100).
+every run (e.g. iters=150; threestudio-style pipelines: trainer.max_steps=100 checkpoint.every_n_train_steps=100).
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from hash3d.cli import setup_logging  # noqa: E402
 from hash3d.config.errors import ConfigError  # noqa: E402
 from hash3d.image_to_3d import HarnessConfig, format_table, parse_variants, run_harness  # noqa: E402
 from hash3d.image_to_3d.cases import DEFAULT_ID_OFFSET  # noqa: E402
+from hash3d.image_to_3d.pipeline import PIPELINES, SD_PIPELINES  # noqa: E402
 from hash3d.shipped import MINI_MODEL, MINI_SD_MODEL  # noqa: E402
 from hash3d.text_to_3d import TEXT_PIPELINES, TextHarnessConfig, run_text_harness  # noqa: E402
 
@@ -50,8 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", default="image", choices=["image", "text"])
     parser.add_argument("--pipeline", default="dreamgaussian",
-                        choices=["dreamgaussian", "threestudio", *TEXT_PIPELINES], help="image: dreamgaussian or "
-                        f"threestudio; text: {', '.join(TEXT_PIPELINES)} (default dreamgaussian)")
+                        choices=list(dict.fromkeys([*PIPELINES, *TEXT_PIPELINES])),
+                        help=f"image: {', '.join(PIPELINES)}; text: {', '.join(TEXT_PIPELINES)} (default dreamgaussian)")
     parser.add_argument("--all-captions", action="store_true",
                         help="text: every held-out object in order, not only one-part, one-colour captions")
     parser.add_argument("--objects", type=int, default=1, help="held-out objects (default 1)")
@@ -64,7 +69,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lpips", default=None, help="LPIPS backbone (vgg/alex/squeeze); needs lpips + torchvision")
     parser.add_argument("--model", type=Path, default=None,
                         help="model folder (default: the shipped Hash3D-mini, or Hash3D-mini-sd with --task text)")
-    parser.add_argument("--label", default=None, help="name of the model's rows in the table (default mini / mini-sd)")
+    parser.add_argument("--sd-model", type=Path, default=MINI_SD_MODEL,
+                        help=f"{', '.join(SD_PIPELINES)}: its Stable Diffusion model folder (default: Hash3D-mini-sd)")
+    parser.add_argument("--label", default=None,
+                        help="name of the model's rows in the table (default mini, mini+mini-sd or mini-sd)")
     parser.add_argument("--out", type=Path, default=None, help="default outputs/quality (text: outputs/quality-text)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--no-progress", action="store_true")
@@ -100,17 +108,17 @@ def main(argv: list[str] | None = None) -> int:
         print(result["table"])
         print(f"\nwrote {out / 'quality.json'}")
         return 0
-    if args.pipeline not in ("dreamgaussian", "threestudio"):
+    if args.pipeline not in PIPELINES:
         parser.error(f"{args.pipeline!r} is a text pipeline: add --task text")
     if args.all_captions:
         parser.error("--all-captions is an option of --task text")
     args.out = args.out or REPO / "outputs" / "quality"
     args.model = args.model or MINI_MODEL
-    args.label = args.label or "mini"
+    args.label = args.label or ("mini+mini-sd" if args.pipeline in SD_PIPELINES else "mini")
     result = run_harness(HarnessConfig(
         out=args.out, pipeline=args.pipeline, objects=args.objects, id_offset=args.id_offset, variants=variants,
         random_baseline=not args.no_random, trained=not args.only_random, model=args.model, label=args.label,
-        overrides=extras,
+        sd_model=args.sd_model, overrides=extras,
         refine=args.refine, score_mesh=not args.no_mesh, lpips_net=args.lpips, progress=not args.no_progress,
     ))
     print(result["table"])

@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 FRONT = REPO / "threestudio-hash3d"
 CONFIGS = FRONT / "configs"
 TWINS = ["stable-zero123", "zero123", "dreamfusion-sd", "magic3d-coarse-sd", "magic3d-refine-sd", "magic123-coarse-sd",
-         "magic123-refine-sd"]
+         "magic123-refine-sd", "magic123-coarse-sd-mini"]
 
 
 def overrides(config: Path, model: str, out: Path, steps: int = 2, extra: tuple[str, ...] = ()) -> list[str]:

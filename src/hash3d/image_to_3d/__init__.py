@@ -4,8 +4,10 @@ its command line, `tests/test_quality.py` its CI case).
 
 - `cases`: held-out objects (ids >= 10**12 + offset), input view at elevation 15°, 16 ground-truth views at 30°
 - `variants`: cache variants by name ('off', 'features@0.3', 'noise@1', 'features+adaptive@0.1')
-- `pipeline`: the DreamGaussian mini pipeline run in-process (also what `hash3d.demo` runs), views of its result
-- `random_model`: the random-weight twin of the mini model (the quality floor)
+- `pipeline`: the DreamGaussian mini pipeline run in-process (also what `hash3d.demo` runs), threestudio-hash3d's
+  stable-zero123-mini and magic123-coarse-sd-mini (Hash3D-mini and Hash3D-mini-sd at once), views of a result
+- `random_model`: the random-weight twin of the mini model (the quality floor; Magic123's floor also swaps its
+  Stable Diffusion for `hash3d.mini.sd_model.write_random_sd_twin`'s twin)
 - `harness`: runs, scores (`hash3d.eval`), table and JSON
 """
 

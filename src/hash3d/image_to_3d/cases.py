@@ -58,6 +58,13 @@ class Case:
     def name(self) -> str:
         return f"object{self.object_id - HELD_OUT_ID_BASE}"
 
+    @property
+    def caption(self) -> str:
+        """The object's caption in Hash3D-mini-sd's training words ('a pink sphere'), without a view suffix."""
+        from hash3d.mini.text_data import captions  # imports the SD guidance: only where a caption is asked for
+
+        return captions(make_objects(torch.tensor([self.object_id])))[0]
+
     def write(self, folder: str | Path) -> tuple[Path, Path]:
         """input.png (RGBA) and gt/NNN.png -> (input path, gt folder)."""
         folder = Path(folder)

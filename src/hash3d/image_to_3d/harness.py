@@ -1,5 +1,6 @@
 """The quality harness: held-out objects -> the image-to-3D pipeline with each cache variant -> 16 novel views ->
-PSNR / SSIM (/ LPIPS) against ground truth, time and cache statistics -> a table and a JSON file.
+PSNR / SSIM (/ LPIPS), silhouette IoU and foreground colour error against ground truth, time and cache statistics ->
+a table and a JSON file.
 
     from hash3d.image_to_3d import HarnessConfig, run_harness
     result = run_harness(HarnessConfig(out="outputs/quality", objects=2, variants=parse_variants("off,features@0.5")))
@@ -15,7 +16,9 @@ as the paper's image-to-3D table. LPIPS is off by default: the `lpips` package i
 be imported next to the CPU torch build; pass `lpips_net="vgg"` where it works.
 
 The "random weights" row runs the same pipeline, cache off, with `write_random_mini` (the mini architecture with
-fresh weights): the floor that a model which knows nothing reaches through the reference-view losses alone.
+fresh weights): the floor that a model which knows nothing reaches through the reference-view losses alone. Pipelines
+that also run Stable Diffusion (magic123-coarse-sd, prompted with the object's caption) get `write_random_sd_twin`'s
+twin of that model in the same row: both priors know nothing there.
 """
 
 from __future__ import annotations
@@ -32,10 +35,11 @@ from typing import Any
 
 import torch
 
-from .cases import DEFAULT_ID_OFFSET, Case, case_ids, make_case, save_rgb
+from .cases import DEFAULT_ID_OFFSET, N_VIEWS, Case, case_ids, make_case, save_rgb
 from ..config.errors import ConfigError
-from ..shipped import MINI_MODEL
-from .pipeline import PIPELINES, run_pipeline
+from ..mini.caption_score import shape_and_color
+from ..shipped import MINI_MODEL, MINI_SD_MODEL
+from .pipeline import PIPELINES, SD_PIPELINES, run_pipeline
 from .random_model import write_random_mini
 from .variants import Variant, default_variants
 
@@ -65,6 +69,8 @@ class HarnessRunOptions:
     """Config overrides for every run (DreamGaussian: iters=150 num_pts=500; threestudio: trainer.max_steps=100)."""
     progress: bool = True
     json_name: str = "quality.json"
+    n_views: int = N_VIEWS
+    """Scored views per object (elevation 30°, evenly spaced azimuths)."""
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
@@ -84,8 +90,12 @@ class HarnessRunOptions:
 
 @dataclass
 class HarnessConfig(HarnessRunOptions):
-    """The image-to-3D harness: pipeline dreamgaussian (configs/image_mini*.yaml) or threestudio
-    (configs/stable-zero123-mini*.yaml)."""
+    """The image-to-3D harness: pipeline dreamgaussian (configs/image_mini*.yaml), threestudio
+    (configs/stable-zero123-mini*.yaml) or magic123-coarse-sd (configs/magic123-coarse-sd-mini*.yaml; `model` is its
+    Zero123, `sd_model` its Stable Diffusion)."""
+
+    sd_model: Path = MINI_SD_MODEL
+    """The Stable Diffusion model of the SD_PIPELINES (Magic123's 2D prior), prompted with each object's caption."""
 
     refine: bool = False
     """DreamGaussian: also run stage 2 (texture refinement); the mesh scores are then the refined mesh's."""
@@ -114,8 +124,8 @@ def write_views(images: torch.Tensor, folder: Path) -> Path:
     return folder
 
 
-def _run_one(cfg: HarnessConfig, label: str, model: Path, variant: Variant, case: Case, input_path: Path,
-             gt_dir: Path) -> dict[str, Any]:
+def _run_one(cfg: HarnessConfig, label: str, model: Path, sd_model: Path | None, variant: Variant, case: Case,
+             input_path: Path, gt_dir: Path) -> dict[str, Any]:
     variant_dir = variant.name.replace("@", "_eta")
     folder = cfg.out / "runs" / cfg.pipeline / re.sub(r"[^\w.+-]+", "-", label) / variant_dir / case.name
     size = case.gt.shape[-1]
@@ -124,12 +134,15 @@ def _run_one(cfg: HarnessConfig, label: str, model: Path, variant: Variant, case
         extra = dict(overrides=["save_video=false", *cfg.overrides], refine=cfg.refine)
     else:
         extra = dict(overrides=list(cfg.overrides), test_views=(case.eval_elevation, n, size), export=False)
+    if sd_model is not None:
+        extra.update(sd_model=sd_model, prompt=case.caption)
     run = run_pipeline(cfg.pipeline, variant, input_path, folder, input_elevation=case.input_elevation, model=model,
                        progress=cfg.progress, **extra)
     row: dict[str, Any] = {"object": case.name, "object_id": case.object_id, "wall_s": round(run.wall_s, 2)}
     row.update(run.stats)
-    pred = write_views(run.views(case.eval_elevation, case.delta_azimuths, size), folder / "pred")
-    row["views"] = score_folder(gt_dir, pred, cfg.lpips_net)
+    views = run.views(case.eval_elevation, case.delta_azimuths, size)
+    row["views"] = score_folder(gt_dir, write_views(views, folder / "pred"), cfg.lpips_net)
+    row["views"].update(shape_and_color(views, case.gt))
     if cfg.score_mesh:
         mesh = run.mesh_views(case.eval_elevation, case.delta_azimuths, size)
         if mesh is not None:
@@ -215,14 +228,17 @@ def run_harness(cfg: HarnessConfig) -> dict[str, Any]:
     cfg.out.mkdir(parents=True, exist_ok=True)
     cases = []
     for object_id in case_ids(cfg.objects, cfg.id_offset):
-        case = make_case(object_id)
+        case = make_case(object_id, n_views=cfg.n_views)
         input_path, gt_dir = case.write(cfg.out / "cases" / case.name)
         cases.append((case, input_path, gt_dir))
-    plan = cfg.model_plan(cfg.out / "random-mini", write_random_mini)
+    random_dir = cfg.out / "random-mini"
+    plan = cfg.model_plan(random_dir, write_random_mini)
+    sd_models = _sd_models(cfg, random_dir) if cfg.pipeline in SD_PIPELINES else {}
     result: dict[str, Any] = {
         "settings": {
             "pipeline": cfg.pipeline + (" (stage 1 + 2)" if cfg.refine and cfg.pipeline == "dreamgaussian" else ""),
             "model": str(cfg.model),
+            **({"sd_model": str(cfg.sd_model), "captions": [c.caption for c, _, _ in cases]} if sd_models else {}),
             "object_ids": [c.object_id for c, _, _ in cases],
             "input_view": {"elevation": cases[0][0].input_elevation, "azimuth": cases[0][0].input_azimuth},
             "eval_views": {"elevation": cases[0][0].eval_elevation, "delta_azimuths": cases[0][0].delta_azimuths},
@@ -234,9 +250,24 @@ def run_harness(cfg: HarnessConfig) -> dict[str, Any]:
     }
 
     def run_one(label: str, model: Path, variant: Variant, item) -> dict[str, Any]:
-        return _run_one(cfg, label, model, variant, *item)
+        return _run_one(cfg, label, model, sd_models.get(model), variant, *item)
 
     return run_plan(plan, [(c.name, (c, i, g)) for c, i, g in cases], run_one, result, cfg.out / cfg.json_name)
+
+
+def _sd_models(cfg: HarnessConfig, random_dir: Path) -> dict[Path, Path]:
+    """The Stable Diffusion model that goes with each Zero123 model of the plan: `cfg.sd_model` with `cfg.model`, and
+    with the random-weight Zero123 twin in `random_dir` the random-weight twin of `cfg.sd_model` (written once, beside
+    it), so that the floor's row knows nothing in either prior."""
+    from hash3d.mini.sd_model import write_random_sd_twin
+
+    out = {Path(cfg.model): Path(cfg.sd_model)}
+    if cfg.random_baseline:
+        random_sd = random_dir.with_name(random_dir.name + "-sd")
+        if not (random_sd / "model_index.json").is_file():
+            write_random_sd_twin(random_sd, cfg.sd_model)
+        out[random_dir] = random_sd
+    return out
 
 
 def environment() -> dict[str, Any]:

@@ -4,7 +4,10 @@ own entry functions (no code of theirs is repeated here):
 - `dreamgaussian`: dreamgaussian-hash3d's `run_stage1` (main.py) and `run_stage2` (main2.py) with
   `configs/image_mini.yaml` / `image_mini_hash3d.yaml`;
 - `threestudio`: threestudio-hash3d's launcher (`hash3d.launch.run`, i.e. launch.py --train, then --export) with
-  `configs/stable-zero123-mini.yaml` / `stable-zero123-mini_hash3d.yaml`.
+  `configs/stable-zero123-mini.yaml` / `stable-zero123-mini_hash3d.yaml`;
+- `magic123-coarse-sd`: the same launcher with `configs/magic123-coarse-sd-mini.yaml` / `..._hash3d.yaml`: the
+  Zero123 model (`model`) as its 3D prior, a Stable Diffusion model (`sd_model`, the shipped Hash3D-mini-sd by
+  default) prompted with the object's caption as its 2D prior, each guidance with its own cache.
 
 The same two runners take another config and a prompt: `hash3d.text_to_3d` runs the text pipelines through them.
 
@@ -29,25 +32,30 @@ from typing import Any
 import torch
 
 from ..config.errors import ConfigError
-from ..shipped import DG_CONFIGS, MINI_MODEL, TS_CONFIGS, require
+from ..shipped import DG_CONFIGS, MINI_MODEL, MINI_SD_MODEL, TS_CONFIGS, require
 from .variants import Variant
 
 __all__ = [
     "PIPELINES",
+    "SD_PIPELINES",
     "CONFIGS",
     "PipelineRun",
     "dreamgaussian_options",
+    "guidance_blocks",
     "run_pipeline",
     "run_dreamgaussian",
     "run_threestudio",
 ]
 
-PIPELINES = ("dreamgaussian", "threestudio")
+PIPELINES = ("dreamgaussian", "threestudio", "magic123-coarse-sd")
+SD_PIPELINES = ("magic123-coarse-sd",)
+"""The image pipelines that also run a Stable Diffusion model, prompted with a caption of the input's object."""
 CONFIGS = {
     "dreamgaussian": (DG_CONFIGS / "image_mini.yaml", DG_CONFIGS / "image_mini_hash3d.yaml"),
     "threestudio": (TS_CONFIGS / "stable-zero123-mini.yaml", TS_CONFIGS / "stable-zero123-mini_hash3d.yaml"),
+    "magic123-coarse-sd": (TS_CONFIGS / "magic123-coarse-sd-mini.yaml", TS_CONFIGS / "magic123-coarse-sd-mini_hash3d.yaml"),
 }
-"""(cache off, cache on) config of each pipeline; the two differ only in their cache block."""
+"""(cache off, cache on) config of each pipeline; the two differ only in their cache blocks."""
 
 
 def config_path(pipeline: str, variant: Variant) -> Path:
@@ -233,23 +241,32 @@ def run_threestudio(
     config: Path | None = None,
     prompt: str | None = None,
     eval_block: str = "data.random_camera",
+    model_3d: str | Path | None = None,
 ) -> PipelineRun:
     """launch.py --train (then --export) with `config` (default: the image mini config, cache off or on). `test_views`
     = (elevation, n, size) makes the test orbit that training ends with render n views at that elevation (azimuths
     0, 360/n, …) at size², so that `views()` can score them; otherwise the config's own orbit is rendered (the
     video). Text-to-3D: a text config, `prompt` and no input; `eval_block` is where the config's random-camera
-    options sit (`data` in the random-camera datamodule of the text configs)."""
+    options sit (`data` in the random-camera datamodule of the text configs). `model` is `system.guidance`'s model;
+    a config with a second guidance (Magic123's `system.guidance_3d`) gets `model_3d` there, and the variant's cache
+    settings go to every guidance's cache."""
     from hash3d.config import load_config
     from hash3d.launch import run as launch
 
     config = config or config_path("threestudio", variant)
+    blocks = guidance_blocks(load_config(config, [])[0])
     options = [
         f"exp_root_dir={Path(outdir).resolve()}",
         "use_timestamp=false",
         f"system.guidance.pretrained_model_name_or_path={_model_arg(model)}",
         f"trainer.enable_progress_bar={str(progress).lower()}",
-        *variant.overrides("system.guidance.cache"),
     ]
+    if model_3d is not None:
+        if "system.guidance_3d" not in blocks:
+            raise ConfigError(f"{config.name} has one guidance (no system.guidance_3d): it takes no second model")
+        options.append(f"system.guidance_3d.pretrained_model_name_or_path={_model_arg(model_3d)}")
+    for block in blocks:
+        options += variant.overrides(f"{block}.cache")
     if input_path is not None:
         options.insert(0, f"data.image_path={Path(input_path).resolve()}")
     if input_elevation is not None:
@@ -285,8 +302,8 @@ def run_threestudio(
         "steps": steps,
         "train_time_s": round(train, 3),
         "it_per_s": round(steps / train, 3) if train > 0 else None,
-        "unet_calls": steps * batch,
-        "unet_calls_run": steps * batch - saved,
+        "unet_calls": steps * batch * len(blocks),
+        "unet_calls_run": steps * batch * len(blocks) - saved,
         "unet_calls_saved": saved,
         "lookups": queries,
         "hits": hits,
@@ -295,6 +312,12 @@ def run_threestudio(
     video = trial / "save" / f"it{steps}-test.mp4"
     return PipelineRun("threestudio", variant, trial, stats, video if video.is_file() else None, mesh,
                        {"metrics": last}, time.perf_counter() - start, (trial, test_views, steps))
+
+
+def guidance_blocks(cfg) -> list[str]:
+    """Dotted paths of a loaded launcher config's guidance blocks: `system.guidance`, and `system.guidance_3d` where
+    the system runs a second one (Magic123)."""
+    return ["system.guidance"] + (["system.guidance_3d"] if getattr(cfg.system, "guidance_3d", None) is not None else [])
 
 
 def _threestudio_test_views(run: PipelineRun, elevation: float, delta_azimuths: list[float], size: int) -> torch.Tensor:
@@ -314,9 +337,17 @@ def _threestudio_test_views(run: PipelineRun, elevation: float, delta_azimuths: 
     return torch.stack(frames)
 
 
-def run_pipeline(pipeline: str, variant: Variant, input_path, outdir, **kwargs) -> PipelineRun:
+def run_pipeline(pipeline: str, variant: Variant, input_path, outdir, *, sd_model: str | Path = MINI_SD_MODEL,
+                 **kwargs) -> PipelineRun:
+    """Run image pipeline `pipeline`; `model` (in kwargs) is its Zero123-family model; `sd_model` and `prompt` are
+    what the SD_PIPELINES also take (Magic123: its Stable Diffusion and the input object's caption)."""
     if pipeline == "dreamgaussian":
         return run_dreamgaussian(variant, input_path, outdir, **kwargs)
     if pipeline == "threestudio":
         return run_threestudio(variant, input_path, outdir, **kwargs)
+    if pipeline == "magic123-coarse-sd":
+        if not kwargs.get("prompt"):
+            raise ConfigError("magic123-coarse-sd needs a prompt: the caption of the input's object")
+        return run_threestudio(variant, input_path, outdir, model=sd_model, model_3d=kwargs.pop("model", MINI_MODEL),
+                               config=config_path(pipeline, variant), **kwargs)
     raise ConfigError(f"unknown pipeline {pipeline!r}; choose from {', '.join(PIPELINES)}")

@@ -81,5 +81,4 @@ def text_case_ids(n_objects: int, offset: int = DEFAULT_ID_OFFSET, simple: bool 
 def make_text_case(object_id: int, eval_elevation: float = EVAL_ELEVATION, n_views: int = N_VIEWS) -> TextCase:
     """Caption and ground-truth orbit of held-out object `object_id`."""
     case = make_case(object_id, eval_elevation=eval_elevation, n_views=n_views)
-    caption = captions(make_objects(torch.tensor([object_id])))[0]
-    return TextCase(object_id, caption, case.eval_elevation, case.delta_azimuths, case.gt)
+    return TextCase(object_id, case.caption, case.eval_elevation, case.delta_azimuths, case.gt)

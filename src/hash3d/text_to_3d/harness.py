@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hash3d.image_to_3d.cases import N_VIEWS
 from hash3d.image_to_3d.harness import HarnessRunOptions, environment, run_plan, score_folder, write_views
 from hash3d.image_to_3d.variants import Variant
 from hash3d.mini.caption_score import shape_and_color
@@ -47,7 +46,6 @@ class TextHarnessConfig(HarnessRunOptions):
     label: str = "mini-sd"
     simple: bool = True
     """Only one-part, one-colour captions ('a pink sphere'); False: every held-out object in order."""
-    n_views: int = N_VIEWS
 
     def __post_init__(self) -> None:
         super().__post_init__()
