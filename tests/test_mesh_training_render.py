@@ -188,3 +188,95 @@ def test_last_picks_the_newest_trial(tmp_path):
     assert resolve_last(f"{tmp_path}/LAST/ckpts/last.ckpt") == tmp_path / "dog@20270101-000000" / "ckpts" / "last.ckpt"
     with pytest.raises(ConfigError, match="no folder"):
         resolve_last(f"{tmp_path}/fox@LAST/ckpts/last.ckpt")
+
+
+def squares_in_view(offset: float):
+    """A square of side 0.8 at camera distance 1.5 (colour 1) inside a square of side 1.6 at distance 2 (colour 0),
+    the front one shifted sideways by `offset`; one camera, fovy 60, 32x32."""
+    unit = torch.tensor([[-0.5, -0.5, 0.0], [0.5, -0.5, 0.0], [0.5, 0.5, 0.0], [-0.5, 0.5, 0.0]], dtype=torch.float64)
+    front = unit * 0.8 + torch.tensor([offset, 0.0, -0.5], dtype=torch.float64)
+    vertices = torch.cat([front, unit * 1.6])
+    faces = torch.tensor([[0, 1, 2], [0, 2, 3], [4, 5, 6], [4, 6, 7]])
+    colors = torch.tensor([[1.0], [1.0], [1.0], [1.0], [0.0], [0.0], [0.0], [0.0]], dtype=torch.float64)
+    viewmats = torch.eye(4, dtype=torch.float64)[None].clone()
+    viewmats[0, 2, 3] = 2.0
+    Ks = intrinsics(torch.tensor([60.0]), 32, 32).double()
+    return vertices, faces, colors, viewmats, Ks
+
+
+def front_coverage(vertices, faces, colors, viewmats, Ks):
+    image, _, meta = rasterize_mesh(vertices, faces, viewmats, Ks, 32, 32, colors=colors, backend="torch")
+    pixels, _ = project_vertices(vertices, viewmats, Ks)
+    return image, antialias(image, meta.face_id, pixels, faces, meta.depth), pixels
+
+
+@pytest.mark.parametrize("offset", [0.0, 0.011, 0.029, 0.047])
+def test_occlusion_edges_coverage_is_the_projected_area(offset):
+    vertices, faces, colors, viewmats, Ks = squares_in_view(offset)
+    hard, smooth, pixels = front_coverage(vertices, faces, colors, viewmats, Ks)
+    side = float(pixels[0, 1, 0] - pixels[0, 0, 0])  # the front square's side in pixels (about 14.8)
+    assert 14.0 < side < 16.0
+    area = float(smooth.sum())
+    assert abs(area - side * side) < 0.01 * side * side
+    assert abs(float(hard.sum()) - side * side) > abs(area - side * side)
+    # the back square's outer silhouette is colour 0 against a colour 0 background: only the occlusion edges blend
+    assert not torch.equal(smooth, hard)
+
+
+def test_occlusion_edges_need_depth_to_blend():
+    vertices, faces, colors, viewmats, Ks = squares_in_view(0.029)
+    image, _, meta = rasterize_mesh(vertices, faces, viewmats, Ks, 32, 32, colors=colors, backend="torch")
+    pixels, _ = project_vertices(vertices, viewmats, Ks)
+    assert torch.equal(antialias(image, meta.face_id, pixels, faces), image)
+
+
+def grid_mesh(n: int, tilt: float):
+    """An n x n grid of quads (2 triangles each) spanning [-0.7, 0.7]^2, tilted about the y axis by `tilt` radians."""
+    s = torch.linspace(-0.7, 0.7, n + 1, dtype=torch.float64)
+    y, x = torch.meshgrid(s, s, indexing="ij")
+    vertices = torch.stack([x * math.cos(tilt), y, x * math.sin(tilt)], -1).reshape(-1, 3)
+    idx = torch.arange((n + 1) * (n + 1)).reshape(n + 1, n + 1)
+    a, b, c, d = idx[:-1, :-1], idx[:-1, 1:], idx[1:, 1:], idx[1:, :-1]
+    faces = torch.cat([torch.stack([a, b, c], -1).reshape(-1, 3), torch.stack([a, c, d], -1).reshape(-1, 3)])
+    return vertices, faces
+
+
+@pytest.mark.parametrize("tilt", [0.0, 0.4])
+def test_shared_edges_of_one_surface_are_not_blended(tilt):
+    vertices, faces = grid_mesh(6, tilt)
+    viewmats = torch.eye(4, dtype=torch.float64)[None].clone()
+    viewmats[0, 2, 3] = 2.0
+    Ks = intrinsics(torch.tensor([60.0]), 32, 32).double()
+    _, _, meta = rasterize_mesh(vertices, faces, viewmats, Ks, 32, 32, colors=vertices, backend="torch")
+    pixels, _ = project_vertices(vertices, viewmats, Ks)
+    image = torch.rand(1, 32, 32, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    smooth = antialias(image, meta.face_id, pixels, faces, meta.depth)
+    covered = meta.face_id >= 0
+    padded = torch.nn.functional.pad(covered.float(), (1, 1, 1, 1))
+    interior = covered & (padded[:, :-2, 1:-1] > 0) & (padded[:, 2:, 1:-1] > 0) & (padded[:, 1:-1, :-2] > 0)
+    interior &= padded[:, 1:-1, 2:] > 0
+    crossings = (meta.face_id[:, :, 1:] != meta.face_id[:, :, :-1]) & covered[:, :, 1:] & covered[:, :, :-1]
+    assert interior.sum() > 100 and crossings.sum() > 30  # many pixel pairs straddle a shared edge
+    assert torch.equal(smooth[interior], image[interior])
+    assert not torch.equal(smooth[~interior & covered], image[~interior & covered])  # the outer silhouette blends
+
+
+def test_occlusion_edge_gradient_matches_finite_differences():
+    vertices, faces, colors, viewmats, Ks = squares_in_view(0.029)
+    x = vertices[:4, 0].clone().requires_grad_()
+
+    def coverage(xs):
+        moved = torch.cat([torch.stack([xs, vertices[:4, 1], vertices[:4, 2]], -1), vertices[4:]])
+        return front_coverage(moved, faces, colors, viewmats, Ks)[1].sum()
+
+    (grad,) = torch.autograd.grad(coverage(x), x)
+    eps = 1e-5
+    for i in range(4):
+        step = torch.zeros(4, dtype=torch.float64)
+        step[i] = eps
+        with torch.no_grad():
+            fd = (coverage(x.detach() + step) - coverage(x.detach() - step)) / (2 * eps)
+        assert abs(float(grad[i])) > 1.0
+        assert abs(float(grad[i]) - float(fd)) < 1e-5 * abs(float(fd))
+    # right corners widen the square, left ones narrow it, by about the square's height in pixels times px/unit
+    assert grad[1] > 0 and grad[2] > 0 and grad[0] < 0 and grad[3] < 0

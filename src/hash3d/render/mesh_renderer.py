@@ -104,7 +104,7 @@ class MeshRenderer(nn.Module):
         normal_vis = (normal + 1) / 2 * opacity
         # one anti-aliasing pass over every image the silhouette shapes
         pixels, _ = project_vertices(vertices, viewmats, Ks)
-        stacked = antialias(torch.cat([rgb, opacity, normal_vis], -1), meta.face_id, pixels, faces)
+        stacked = antialias(torch.cat([rgb, opacity, normal_vis], -1), meta.face_id, pixels, faces, meta.depth)
         rgb, opacity, normal_vis = stacked[..., :3], stacked[..., 3:4], stacked[..., 4:]
         return RenderOutput(
             rgb=rgb, rgb_fg=rgb_fg, opacity=opacity, depth=meta.depth, normal=normal, normal_vis=normal_vis, mesh=mesh
