@@ -280,3 +280,24 @@ def test_occlusion_edge_gradient_matches_finite_differences():
         assert abs(float(grad[i]) - float(fd)) < 1e-5 * abs(float(fd))
     # right corners widen the square, left ones narrow it, by about the square's height in pixels times px/unit
     assert grad[1] > 0 and grad[2] > 0 and grad[0] < 0 and grad[3] < 0
+
+
+def test_closed_mesh_silhouette_over_the_mesh_is_blended():
+    # a closed cube (colour 1) in front of a larger square (colour 0): its outline is made of edges between the
+    # front face and back-facing side faces, no boundary edges, and is blended like a boundary
+    corners = torch.tensor([[x, y, z] for z in (-0.5, 0.5) for y in (-0.5, 0.5) for x in (-0.5, 0.5)]).double()
+    quads = [[0, 1, 3, 2], [4, 6, 7, 5], [0, 4, 5, 1], [2, 3, 7, 6], [0, 2, 6, 4], [1, 5, 7, 3]]
+    cube_faces = torch.tensor([tri for a, b, c, d in quads for tri in ([a, b, c], [a, c, d])])
+    back = torch.tensor([[-0.8, -0.8, 1.0], [0.8, -0.8, 1.0], [0.8, 0.8, 1.0], [-0.8, 0.8, 1.0]], dtype=torch.float64)
+    back_faces = torch.tensor([[0, 1, 2], [0, 2, 3]])
+    for offset in (0.0, 0.023):
+        cube = corners * 0.6 + torch.tensor([offset, 0.0, -0.3], dtype=torch.float64)
+        vertices, faces = torch.cat([cube, back]), torch.cat([cube_faces, back_faces + 8])
+        colors = torch.cat([torch.ones(8, 1), torch.zeros(4, 1)]).double()
+        viewmats = torch.eye(4, dtype=torch.float64)[None].clone()
+        viewmats[0, 2, 3] = 2.0
+        Ks = intrinsics(torch.tensor([60.0]), 32, 32).double()
+        hard, smooth, pixels = front_coverage(vertices, faces, colors, viewmats, Ks)
+        side = float(pixels[0, 1, 0] - pixels[0, 0, 0])  # the cube's near face, which outlines it
+        assert abs(float(smooth.sum()) - side * side) < 0.01 * side * side
+        assert abs(float(hard.sum()) - side * side) > abs(float(smooth.sum()) - side * side)

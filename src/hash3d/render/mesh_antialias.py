@@ -37,13 +37,14 @@ def _edge_barycentric(p: Tensor, tri: Tensor) -> Tensor:
     return torch.stack([1.0 - l1 - l2, l1, l2], -1)
 
 
-def _opposite_across_edges(faces: Tensor) -> Tensor:
+def _opposite_across_edges(faces: Tensor, num_vertices: int) -> Tensor:
     """faces [F, 3] -> [F, 3]: for the edge opposite corner k of face f, the corner of the one other face on that
     edge that is not on the edge; −1 where the edge has one face (boundary) or more than two (non-manifold)."""
     F = faces.shape[0]
-    ends = torch.stack([faces[:, [1, 2]], faces[:, [2, 0]], faces[:, [0, 1]]], 1).reshape(-1, 2)  # edge k is opposite corner k
+    # edge k of a face joins its corners k+1 and k+2, opposite corner k
+    ends = torch.stack([faces[:, [1, 2]], faces[:, [2, 0]], faces[:, [0, 1]]], 1).reshape(-1, 2)
     lo, hi = ends.min(1).values, ends.max(1).values
-    key = lo * (int(faces.max()) + 1) + hi
+    key = lo * num_vertices + hi
     sorted_key, order = torch.sort(key, stable=True)
     _, inverse, counts = torch.unique_consecutive(sorted_key, return_inverse=True, return_counts=True)
     pair = counts[inverse] == 2
@@ -100,7 +101,7 @@ def antialias(image: Tensor, face_id: Tensor, pixels: Tensor, faces: Tensor, dep
         blend = torch.ones_like(occ)
         if occ.any():
             if across is None:
-                across = _opposite_across_edges(faces)
+                across = _opposite_across_edges(faces, pixels.shape[1])
             # silhouette test for the edge k of the front face through which the segment leaves it
             other = across[front_face, k]
             p_own = tri[torch.arange(k.shape[0], device=k.device), k]
