@@ -16,8 +16,8 @@ colours the surface (vertex colours, or uv + a texture) and returns `(image, alp
 Both backends only decide visibility (which triangle covers each pixel centre) and the barycentrics there; the
 shading after that (attribute interpolation, bilinear texture lookup, background) is one shared torch function.
 So the image is differentiable with respect to vertex colours and the texture in both backends, and with respect
-to vertex positions through the barycentrics (interior gradients only: there is no anti-aliasing, so silhouette
-edges carry no gradient).
+to vertex positions through the barycentrics (interior gradients only: silhouette edges get theirs from
+`mesh_antialias.antialias`, which takes `meta.face_id` and `meta.depth`).
 
 Conventions:
 

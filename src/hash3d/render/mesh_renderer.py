@@ -3,8 +3,8 @@ colour, opacity, normals and depth, shaded by the material, over the background,
 
 Visibility and barycentrics come from `rasterize_mesh` (nvdiffrast on CUDA, the pure-torch rasteriser
 elsewhere); positions and vertex normals are interpolated with those barycentrics, the geometry's texture field
-gives the albedo at the covered pixels, `shade` lights them, and `antialias` blends the silhouettes (which is what
-carries gradients to the mesh's outline).
+gives the albedo at the covered pixels, `shade` lights them, and `antialias` blends the silhouettes, against the
+background and over farther parts of the mesh (which is what carries gradients to the mesh's outlines).
 """
 
 from __future__ import annotations
