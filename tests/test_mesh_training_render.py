@@ -4,6 +4,7 @@ map, Magic3D's light sampling and soft shading."""
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -228,6 +229,9 @@ def test_occlusion_edges_need_depth_to_blend():
     image, _, meta = rasterize_mesh(vertices, faces, viewmats, Ks, 32, 32, colors=colors, backend="torch")
     pixels, _ = project_vertices(vertices, viewmats, Ks)
     assert torch.equal(antialias(image, meta.face_id, pixels, faces), image)
+    message = re.escape("expected depth [C, H, W] or [C, H, W, 1] = [1, 32, 32(, 1)]; got (32, 32)")
+    with pytest.raises(ValueError, match=message):
+        antialias(image, meta.face_id, pixels, faces, meta.depth[0, ..., 0])
 
 
 def grid_mesh(n: int, tilt: float):

@@ -68,6 +68,8 @@ def antialias(image: Tensor, face_id: Tensor, pixels: Tensor, faces: Tensor, dep
     faces = faces.long()
     if depth is not None and depth.dim() == 4:
         depth = depth[..., 0]
+    if depth is not None and depth.shape != (C, H, W):
+        raise ValueError(f"expected depth [C, H, W] or [C, H, W, 1] = [{C}, {H}, {W}(, 1)]; got {tuple(depth.shape)}")
     flat = image.reshape(-1, D)
     delta = torch.zeros_like(flat)
     cams = torch.arange(C, device=image.device)[:, None, None]
