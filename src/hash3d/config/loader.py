@@ -27,13 +27,10 @@ def _plain(value: Any) -> Any:
 
 
 def _exp_lr_decay_rate(factor: float, n: float) -> float:
-    """The per-step factor that decays the learning rate by `factor` over `n` steps."""
-    if n <= 0:
-        raise ValueError(
-            f"calc_exp_lr_decay_rate needs a positive number of decay steps; got {n} (in the threestudio configs: "
-            "trainer.max_steps minus the warm-up steps, so raise trainer.max_steps or lower system.scheduler.warmup_steps)"
-        )
-    return factor ** (1.0 / n)
+    """The per-step factor that decays the learning rate by `factor` over `n` steps. In the threestudio configs n is
+    trainer.max_steps minus the warm-up steps: a run no longer than its warm-up never reaches the decay, so its factor
+    is 1 (n = 0 divided by zero before)."""
+    return factor ** (1.0 / n) if n > 0 else 1.0
 
 
 def _register_resolvers() -> None:
