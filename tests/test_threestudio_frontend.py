@@ -36,7 +36,6 @@ def overrides(config: Path, model: str, out: Path, steps: int = 2, extra: tuple[
         "system.renderer.num_samples_per_ray=48",
         "system.geometry.isosurface_resolution=24",
         "system.geometry.isosurface_threshold=5",
-        "system.geometry.pos_encoding_config.log2_hashmap_size=12",  # 2^19 entries a level: ~200 MB checkpoints
         *extra,
     ]
 
