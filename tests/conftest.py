@@ -4,9 +4,11 @@ real diffusers layout, bench/ scripts as modules. Markers (pyproject.toml): `slo
 
 from __future__ import annotations
 
+import concurrent.futures
 import ctypes
 import ctypes.util
 import importlib.util
+import multiprocessing
 import os
 import sys
 from pathlib import Path
@@ -70,6 +72,21 @@ def multiview_models(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("multiview")
     return {family: str(write_model(family, "tiny", root / f"{family}-tiny")) for family in ("mvdream", "imagedream")}
+
+
+def _one_thread() -> None:
+    torch.set_num_threads(1)
+
+
+@pytest.fixture
+def second_process():
+    """`second_process.submit(fn, *args)` -> a Future: `fn` (a module-level function of a test module, its arguments
+    picklable) runs in a fresh process with one torch thread while the test goes on, so that a test with two
+    independent long runs keeps both cores of a 2-core CI machine busy. The runs are seeded: where they run does not
+    change their numbers."""
+    context = multiprocessing.get_context("spawn")  # never fork a process that holds torch's thread pools
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=context, initializer=_one_thread) as pool:
+        yield pool
 
 
 _LIBC = ctypes.CDLL(ctypes.util.find_library("c")) if os.name == "posix" and ctypes.util.find_library("c") else None

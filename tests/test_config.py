@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import pytest
@@ -287,6 +288,9 @@ def test_method_table_twins_and_smoke(tmp_path):
     small, _ = load_config(plain, smoke_overrides(cfg))
     assert small.trainer.max_steps == 2 and small.data.batch_size == 1 and small.data.height == 32
     assert small.data.n_test_views == 2 and small.data.resolution_milestones == []
+    nerf = Path(__file__).resolve().parents[1] / "threestudio-hash3d" / "configs" / "dreamfusion-sd.yaml"
+    small, _ = load_config(nerf, smoke_overrides(load_config(nerf)[0]))
+    assert small.system.geometry.pos_encoding_config.log2_hashmap_size == 12  # 2^19: ~200 MB checkpoints
 
 
 def test_flatten_and_config_diff():

@@ -75,7 +75,7 @@ HIT_FRIENDLY = (
 def test_image_to_3d_train_test_export(written_models, tmp_path, monkeypatch, cache):
     monkeypatch.chdir(FRONT)  # the config's ./load/images/dog1_rgba.png is relative to the front-end folder
     config = "stable-zero123.yaml" if cache == "off" else "stable-zero123_hash3d.yaml"
-    extra = HIT_FRIENDLY if cache == "on" else ()
+    extra = ("system.exporter.texture_size=64", *(HIT_FRIENDLY if cache == "on" else ()))  # a small texture to bake
     trial = run(config, written_models["zero123"], tmp_path, "--train", steps=3, extra=extra)
 
     video = trial / "save" / "it3-test.mp4"

@@ -54,7 +54,8 @@ def twin_differences(
 
 
 def smoke_overrides(cfg: Any, steps: int = 2, size: int = 32, test_views: int = 2) -> list[str]:
-    """Overrides that shrink any config to a few small CPU steps: sizes, batch sizes, milestones, views, step count.
+    """Overrides that shrink any config to a few small CPU steps: sizes, batch sizes, milestones, views, step count,
+    and a hash grid of 2^12 entries a level (at threestudio's 2^19 every checkpoint is ~200 MB with its Adam state).
 
     Systems with their own expensive knobs (samples per ray, Gaussian counts) add theirs on top.
     """
@@ -81,6 +82,9 @@ def smoke_overrides(cfg: Any, steps: int = 2, size: int = 32, test_views: int = 
             f"{prefix}.n_test_views={test_views}",
         ]
 
+    geometry = getattr(getattr(cfg, "system", None), "geometry", None)
+    if getattr(geometry, "pos_encoding_config", None) is not None:
+        out.append("system.geometry.pos_encoding_config.log2_hashmap_size=12")
     if isinstance(cfg.data, SingleImageConfig):
         out += [f"data.height={size}", f"data.width={size}", "data.resolution_milestones=[]"]
         out += cameras("data.random_camera")
