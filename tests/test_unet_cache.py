@@ -361,3 +361,22 @@ def test_bucket_for_is_the_smallest_bucket_that_holds_the_rows():
         sizes = [2**k for k in range(n.bit_length()) if 2**k < n] + [n]  # powers of two below n, then n
         for count in range(1, n + 1):
             assert bucket_for(count, n) == min(s for s in sizes if s >= count)
+
+
+def test_requests_are_counted_as_answered_whole_or_split():
+    """A request whose every key hits runs no UNet pass (noise mode); one split between hits and misses still runs
+    one over its misses: the statistics tell the two apart, and a resumed cache keeps the counts."""
+    unet = tiny_unet()
+    x, ctx, t, keys = inputs()
+    cache = apply_hash_cache(unet, cfg("noise"))
+    run(unet, x, ctx, t, cache, keys)  # all miss: inserted
+    run(unet, x, ctx, t, cache, keys)  # all hit
+    moved = keys.clone()
+    moved[0, 1] += 90.0  # one key in a new cell: a split request
+    run(unet, x, ctx, t, cache, moved)
+    stats = cache.stats
+    assert (stats["tried"], stats["answered_requests"], stats["split_requests"]) == (3, 1, 1)
+    assert (stats["cached_samples"], stats["full_samples"]) == (B + B - 1, B + 1)
+    other = apply_hash_cache(tiny_unet(), cfg("noise"))
+    other.load_state_dict(cache.state_dict())
+    assert (other.stats["answered_requests"], other.stats["split_requests"]) == (1, 1)

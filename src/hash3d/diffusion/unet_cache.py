@@ -88,6 +88,10 @@ class _CacheState:
             self.timer.clear()
         self.tried = 0
         self.skipped = 0
+        # tried requests whose every sample hit (no UNet pass at all in noise mode) and those split between hits and
+        # misses (a pass over the misses still runs): what a request saves depends on which it was
+        self.answered = 0
+        self.split = 0
         self.full_samples = 0
         self.cached_samples = 0
         self.phase = "full"  # "full": run blocks; "record": run and keep the deep feature; "reuse": cached feature
@@ -105,6 +109,8 @@ class _CacheState:
             "strategy": self.config.policy.strategy,
             "tried": self.tried,
             "skipped": self.skipped,
+            "answered": self.answered,
+            "split": self.split,
             "full_samples": self.full_samples,
             "cached_samples": self.cached_samples,
             "table": self.table.state_dict() if with_table else None,
@@ -123,6 +129,7 @@ class _CacheState:
         for name in ("tried", "full_samples", "cached_samples"):
             setattr(self, name, int(state[name]))
         self.skipped = int(state.get("skipped", 0))
+        self.answered, self.split = int(state.get("answered", 0)), int(state.get("split", 0))
         if table is not None:
             self.table.load_state_dict(table)
             device = self.table.device
@@ -228,7 +235,9 @@ class _UNetHook(ModelHook):
         elif n_hits == n_keys:
             out = self._cached(forward, call, kwargs, values, groups, batch)
             st.cached_samples += n_keys
+            st.answered += 1
         else:
+            st.split += 1
             # misses then hits, each in index order, without another host read
             order = torch.argsort(hit.to(torch.int8), stable=True)
             misses, hits = order[: n_keys - n_hits], order[n_keys - n_hits :]
@@ -490,6 +499,7 @@ class UNetCache:
         """Count a tried request that `cached_output` answered in full (the caller saw every sample hit)."""
         st = self._state
         st.tried += 1
+        st.answered += 1
         st.cached_samples += hit.shape[0]
         st.last_hits = hit
 
@@ -522,6 +532,8 @@ class UNetCache:
             calls=st.calls,
             tried=st.tried,
             skipped=st.skipped,
+            answered_requests=st.answered,
+            split_requests=st.split,
             full_samples=st.full_samples,
             cached_samples=st.cached_samples,
             unet_calls_saved=st.cached_samples,

@@ -327,6 +327,8 @@ def cache_summary(guidance) -> dict[str, Any]:
         # requests that tried the cache and, under the cost-aware policy, those that skipped it (the plain UNet call)
         "tried": int(stats.get("tried", 0)),
         "skipped": int(stats.get("skipped", 0)),
+        "answered_requests": int(stats.get("answered_requests", 0)),
+        "split_requests": int(stats.get("split_requests", 0)),
         # multi-view guidance: a lookup is a set of views
         **({"views_per_set": int(stats["views_per_set"]), "sets_cached": int(stats["cached_sets"]),
             "sets_run": int(stats["full_sets"])} if "views_per_set" in stats else {}),

@@ -1,0 +1,38 @@
+"""bench/training.py's table without a GPU: the expected speed-ups from the step split and the cache's counts."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture
+def bench(load_bench):
+    return load_bench("training")
+
+
+def _row(label, train_s, unet_ms, mode=None, saved=0, samples=0, requests=0, answered=0, split=0, skipped=0):
+    parts = {p: 0.0 for p in ("render", "vae_fwd", "vae_bwd", "unet", "guidance_rest", "backward_rest", "optimiser",
+                              "other")}  # fmt: skip
+    parts["unet"] = unet_ms
+    return {"label": label, "train_s": train_s, "steps": 100, "it_per_s": 100 / train_s, "peak_gb": 1.0,
+            "parts_ms": parts, "mode": mode, "strategy": "auto" if mode else None, "saved": saved,
+            "unet_samples": samples, "requests": requests, "answered_requests": answered, "split_requests": split,
+            "skipped_requests": skipped, "graphs_captured": 3 if mode else 0}  # fmt: skip
+
+
+def test_expected_speedups_per_sample_and_per_whole_request(bench):
+    off = _row("cache off", 10.0, 25.0)  # 100 ms a step, a quarter of it UNet
+    # 60 % of the samples came from the cache, but only 20 of 100 requests were answered whole
+    on = _row("shipped", 9.5, 20.0, mode="noise", saved=720, samples=1200, requests=100, answered=20, split=70, skipped=10)
+    hit_cost = {"noise": 0.05, "features": 0.4}
+    per_sample = bench.expected_speedup(off, on, hit_cost)
+    whole = bench.expected_speedup(off, on, hit_cost, whole=True)
+    assert per_sample == pytest.approx(1 / (1 - 0.25 * 0.6 * 0.95))
+    assert whole == pytest.approx(1 / (1 - 0.25 * 0.2 * 0.95))
+    assert bench.expected_speedup(off, off, hit_cost) is None
+    table = bench.format_table([off, on], off, hit_cost)
+    head, _, off_line, on_line = table.splitlines()
+    assert "expected (whole requests)" in head and "requests answered whole / split / skipped" in head
+    cells = [c.strip() for c in on_line.strip("|").split("|")]
+    assert cells[5:10] == ["1.05x", f"{per_sample:.2f}x", f"{whole:.2f}x", "60%", "20 / 70 / 10"]
+    assert [c.strip() for c in off_line.strip("|").split("|")][6:10] == ["-", "-", "-", "-"]
