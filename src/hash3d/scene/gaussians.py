@@ -325,9 +325,8 @@ class GaussianModel(nn.Module):
         (`hash3d.render.gaussian_raster.rasterize_splats`); `dc_clip` clamps the DC coefficients to ±dc_clip
         (threestudio-3dgs' `color_clip`; the stored parameters are unchanged, their gradient is zero where clamped)."""
         K = (self.active_sh_degree + 1) ** 2
-        sh = self.sh_coeffs[:, :K]
-        if dc_clip is not None:
-            sh = torch.cat([sh[:, :1].clamp(-dc_clip, dc_clip), sh[:, 1:]], dim=1)
+        dc = self.params["sh0"] if dc_clip is None else self.params["sh0"].clamp(-dc_clip, dc_clip)
+        sh = torch.cat([dc, self.params["shN"][:, : K - 1]], dim=1)  # shN always in the graph: Adam keeps its state
         return Splats(self.means, self.params["quats"], self.scales, self.opacities, sh, self.active_sh_degree)
 
     # ---------------------------------------------------------------- optimisation
