@@ -1,11 +1,13 @@
-"""The Latent-NeRF and Gaussian-splatting configs on a CUDA GPU (gsplat, fp16 guidance, CUDA graphs, the cache), two
-tiny steps each with random-weight tiny models: the commands users type, shrunk."""
+"""The Latent-NeRF, Gaussian-splatting, Magic3D and Magic123 configs on a CUDA GPU (gsplat, nvdiffrast, fp16
+guidance, CUDA graphs, the cache), two tiny steps each with random-weight tiny models: the commands users type,
+shrunk."""
 
 from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -63,3 +65,20 @@ def test_isotropic_gaussians_with_an_opacity_reset_on_the_gpu(written_models, tm
     assert main(["--config", str(trial / "configs" / "parsed.yaml"), "--export", f"resume={trial / 'ckpts' / 'last.ckpt'}"]) == 0
     v = read_ply(trial / "save" / "it2-export" / "model_3dgs.ply")["vertex"].properties
     assert (v["scale_0"] == v["scale_1"]).all() and (v["scale_0"] == v["scale_2"]).all()
+
+
+@pytest.mark.parametrize("method", ["magic3d", "magic123"])
+def test_coarse_then_refine_on_the_gpu(method, written_models, tmp_path, monkeypatch):
+    """The two commands users type for Magic3D / Magic123, shrunk: the coarse NeRF, then the DMTet refine from its
+    checkpoint (nvdiffrast where installed, fp16 guidance, the cache on), then the textured mesh export."""
+    from test_magic import export, train
+
+    monkeypatch.chdir(FRONT)
+    gpu = ("system.guidance.dtype=fp16",) + (("system.guidance_3d.dtype=fp16",) if method == "magic123" else ())
+    coarse = train(f"{method}-coarse-sd_hash3d.yaml", written_models, tmp_path / "coarse", steps=2, extra=gpu)
+    convert = f"system.geometry_convert_from={coarse / 'ckpts' / 'last.ckpt'}"
+    refine = train(f"{method}-refine-sd_hash3d.yaml", written_models, tmp_path / "refine", steps=2,
+                   extra=(*gpu, convert, "trainer.test_after_fit=false"))  # fmt: skip
+    assert torch.load(refine / "ckpts" / "last.ckpt", weights_only=True)["global_step"] == 2
+    mesh = export(refine, 2)
+    assert len(mesh.faces) > 0 and np.isfinite(mesh.vertices).all()
