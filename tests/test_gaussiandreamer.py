@@ -369,3 +369,20 @@ def test_offline_shap_e_message_names_the_cause_not_a_stacktrace(monkeypatch):
     assert "stacktrace" not in text and "above" not in text
     assert "fetch metadata from the Hub" in text and "caused by ConnectionError: Failed to resolve 'huggingface.co'" in text
     assert "system.init.kind=sphere" in text
+
+
+def test_a_batch_worker_keeps_the_shap_e_model_loaded(shap_e_model):
+    """Inside `keep_loaded` (a Ray worker running item after item) Shap-E is read from disk once, then copied."""
+    from hash3d.diffusion.resident import ResidentModels, keep_loaded
+    from hash3d.scene.shape_prior import ShapEPriorConfig, load_shap_e
+
+    cfg = ShapEPriorConfig(pretrained_model_name_or_path=shap_e_model, local_files_only=True)
+    models = ResidentModels()
+    with keep_loaded(models):
+        first = load_shap_e(cfg, torch.device("cpu"))
+        second = load_shap_e(cfg, torch.device("cpu"))
+    assert (models.loads, models.reuses) == (1, 1)
+    assert first.prior is not second.prior
+    a, b = first.prior.state_dict(), second.prior.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert isinstance(load_shap_e(cfg, torch.device("cpu")), type(first)) and models.loads == 1  # outside: from disk

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from ..config.errors import UserInputError, exception_summary
+from ..diffusion.resident import load_kept
 from ..hub import is_hub_id
 from .gaussian_ply import read_point_cloud_ply, write_point_cloud_ply
 
@@ -272,12 +273,18 @@ def _quiet_loading():
 
 
 def load_shap_e(cfg: ShapEPriorConfig, device: torch.device):
-    """The ShapEPipeline from a hub id or folder, on `device` (fp32 on the CPU)."""
-    from diffusers import ShapEPipeline  # noqa: PLC0415
-
+    """The ShapEPipeline from a hub id or folder, on `device` (fp32 on the CPU). Inside
+    `hash3d.diffusion.resident.keep_loaded` (a batch worker running item after item) a copy of the one loaded before."""
     dtype = torch.float16 if cfg.dtype == "fp16" and device.type == "cuda" else torch.float32
     offline = cfg.local_files_only or os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
     name = cfg.pretrained_model_name_or_path
+    return load_kept(("shap_e", str(name), str(device), str(dtype), offline),
+                     lambda: _load_shap_e(name, dtype, offline, device))  # fmt: skip
+
+
+def _load_shap_e(name: str, dtype: torch.dtype, offline: bool, device: torch.device):
+    from diffusers import ShapEPipeline  # noqa: PLC0415
+
     try:
         with _quiet_loading(), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
