@@ -176,7 +176,6 @@ def _launcher_run(
     cache = parsed.system.guidance.cache
     return {"train_s": float(last["elapsed_s"]), "saved": saved, "unet_samples": saved + run,
             "graphs_captured": int(float(last.get("cache/graphs_captured") or 0)),
-            "skipped_requests": int(float(last.get("cache/skipped") or 0)),
             **_request_counts({k.removeprefix("cache/"): float(v or 0) for k, v in last.items() if k.startswith("cache/")}),
             "mode": str(cache.mode) if cache.enabled else None,
             "strategy": str(cache.policy.strategy) if cache.enabled else None}
@@ -196,7 +195,6 @@ def _dreamgaussian_run(
     row = {"train_s": report["train_time_s"], "saved": report["cache"]["unet_calls_saved"],
            "unet_samples": report["cache"]["unet_calls_saved"] + report["cache"]["unet_calls_run"],
            "num_gaussians": report["num_gaussians"], "graphs_captured": report["cache"]["graphs_captured"],
-           "skipped_requests": int(report["cache"].get("skipped", 0)),
            **_request_counts(report["cache"]),
            "mode": cfg.cache.mode if cfg.cache.enabled else None,
            "strategy": cfg.cache.policy.strategy if cfg.cache.enabled else None}  # fmt: skip
@@ -210,8 +208,10 @@ def _dreamgaussian_run(
 
 
 def _request_counts(cache: dict) -> dict[str, int]:
-    """Requests of a run: all, those answered whole from the cache, those split between hits and misses."""
-    return {"requests": int(cache.get("tried", 0)) + int(cache.get("skipped", 0)),
+    """Requests of a run: all, those answered whole from the cache, those split between hits and misses, and those
+    the cost-aware policy skipped (the plain UNet call)."""
+    skipped = int(cache.get("skipped", 0))
+    return {"requests": int(cache.get("tried", 0)) + skipped, "skipped_requests": skipped,
             "answered_requests": int(cache.get("answered_requests", 0)),
             "split_requests": int(cache.get("split_requests", 0))}
 
