@@ -23,17 +23,18 @@ import torch
 from torch import Tensor
 
 
+def _cross(u: Tensor, v: Tensor) -> Tensor:
+    """z component of the cross product of screen vectors [..., 2]."""
+    return u[..., 0] * v[..., 1] - u[..., 1] * v[..., 0]
+
+
 def _edge_barycentric(p: Tensor, tri: Tensor) -> Tensor:
     """Screen points p [K, 2], triangles [K, 3, 2] -> barycentrics [K, 3] (may be negative outside)."""
     a, b, c = tri[:, 0], tri[:, 1], tri[:, 2]
-
-    def cross(u, v):
-        return u[..., 0] * v[..., 1] - u[..., 1] * v[..., 0]
-
-    area = cross(b - a, c - a)
+    area = _cross(b - a, c - a)
     area = torch.where(area.abs() > 1e-12, area, torch.full_like(area, 1e-12))
-    l1 = cross(p - a, c - a) / area
-    l2 = cross(b - a, p - a) / area
+    l1 = _cross(p - a, c - a) / area
+    l2 = _cross(b - a, p - a) / area
     return torch.stack([1.0 - l1 - l2, l1, l2], -1)
 
 
@@ -110,12 +111,9 @@ def antialias(image: Tensor, face_id: Tensor, pixels: Tensor, faces: Tensor, dep
             p_a = tri.gather(1, ((k + 1) % 3)[:, None, None].expand(-1, 1, 2))[:, 0]
             p_b = tri.gather(1, ((k + 2) % 3)[:, None, None].expand(-1, 1, 2))[:, 0]
             p_other = pixels[c, other.clamp_min(0)]
-
-            def side(p):
-                e, q = p_b - p_a, p - p_a
-                return e[:, 0] * q[:, 1] - e[:, 1] * q[:, 0]
-
-            silhouette = (other < 0) | (side(p_own) * side(p_other) > 0)
+            # the two faces lie on the same side of the edge on screen: one faces the camera, the other away
+            same_side = _cross(p_b - p_a, p_own - p_a) * _cross(p_b - p_a, p_other - p_a) > 0
+            silhouette = (other < 0) | same_side
             blend = ~occ | (leaves.any(-1) & silhouette)
         t = torch.where(blend[:, None], t, torch.full_like(t, 0.5))  # t = 1/2: no blending either way
         fi, gi = (c * H + fr) * W + fc, (c * H + gr) * W + gc
