@@ -380,3 +380,30 @@ def test_requests_are_counted_as_answered_whole_or_split():
     other = apply_hash_cache(tiny_unet(), cfg("noise"))
     other.load_state_dict(cache.state_dict())
     assert (other.stats["answered_requests"], other.stats["split_requests"]) == (1, 1)
+
+
+@pytest.mark.parametrize("mode", ["features", "noise"])
+def test_a_split_request_inserts_its_misses_in_one_call_of_the_request_size(mode, monkeypatch):
+    """A split request stores its misses with one insert over all its keys, the hits masked out: one insert shape per
+    request shape (one CUDA graph), however the request splits."""
+    unet = tiny_unet()
+    x, ctx, t, keys = inputs()
+    cache = apply_hash_cache(unet, cfg(mode))
+    run(unet, x, ctx, t, cache, keys)
+    entries = cache.stats["entries"]
+    calls = []
+    insert = cache.table.insert
+
+    def spy(k, latents, values, mask=None):
+        calls.append((k.clone(), None if mask is None else mask.clone(), values.shape))
+        return insert(k, latents, values, mask=mask)
+
+    monkeypatch.setattr(cache.table, "insert", spy)
+    moved = keys.clone()
+    moved[1, 1] += 90.0
+    run(unet, x, ctx, t, cache, moved)
+    assert cache.last_hits.tolist() == [True, False, True]
+    assert len(calls) == 1
+    k, mask, shape = calls[0]
+    assert torch.equal(k, moved.float()) and mask.tolist() == [False, True, False] and shape[:2] == (B, 2)
+    assert cache.stats["entries"] == entries + 1

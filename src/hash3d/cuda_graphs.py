@@ -19,14 +19,6 @@ from typing import Any
 import torch
 
 
-def capture_pool(pool):
-    """Ready to capture into `pool` (a new one when None): queued work finished and cached blocks released, since
-    freeing them is not allowed while capturing."""
-    torch.cuda.synchronize()
-    torch.cuda.empty_cache()
-    return torch.cuda.graph_pool_handle() if pool is None else pool
-
-
 @contextlib.contextmanager
 def capturing() -> Iterator[None]:
     """Around a capture: no cyclic garbage collection during it. A CUDA graph freed by the collector in the middle of
@@ -39,6 +31,33 @@ def capturing() -> Iterator[None]:
     finally:
         if enabled:
             gc.enable()
+
+
+_capture_streams: dict[int, torch.cuda.Stream] = {}
+
+
+@contextlib.contextmanager
+def graph_capture(graph: torch.cuda.CUDAGraph, pool) -> Iterator[None]:
+    """Capture the CUDA work launched inside the block into `graph`, its memory from `pool`
+    (`torch.cuda.graph_pool_handle()`), without cyclic garbage collection meanwhile (`capturing`).
+
+    What `torch.cuda.graph` does, less emptying the allocator's cache first: that releases every cached block to the
+    driver (a synchronising free each), and the training steps after the capture then allocate their memory from the
+    driver again. A run that captures a graph for each new batch shape paid this at every capture. The private pool
+    keeps the graph's memory apart either way."""
+    torch.cuda.synchronize()
+    device = torch.cuda.current_device()
+    stream = _capture_streams.get(device)
+    if stream is None:
+        stream = _capture_streams[device] = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with capturing(), torch.cuda.stream(stream):
+        graph.capture_begin(pool)
+        try:
+            yield
+        finally:
+            graph.capture_end()
+    torch.cuda.current_stream().wait_stream(stream)
 
 
 def _signature(args: tuple) -> tuple:
@@ -78,9 +97,10 @@ class GraphedFunction:
                 for _ in range(self.warmup):
                     self.fn(*static)
             torch.cuda.current_stream().wait_stream(side)
-        self.pool = capture_pool(self.pool)
+        if self.pool is None:
+            self.pool = torch.cuda.graph_pool_handle()
         graph = torch.cuda.CUDAGraph()
-        with capturing(), torch.cuda.graph(graph, pool=self.pool):
+        with graph_capture(graph, self.pool):
             out = self.fn(*static)
         return graph, static, out
 

@@ -98,7 +98,8 @@ class CacheConfig:
     """Entries kept in memory (default n_buckets * bucket_size); bounds the cache's memory."""
     max_memory_mb: float | None = 4096.0
     """Memory budget of the stored entries; the capacity shrinks to fit it once the entry size is known. The storage
-    grows with the entries (doubling) up to it, so a table holding few entries takes little memory. Sized for a GPU:
+    grows with the entries (doubling; eightfold when the table runs as CUDA graphs, since each growth means new
+    captures) up to it, so a table holding few entries takes little memory. Sized for a GPU:
     the configs of CPU-sized models set their own (the mini configs: 256 MB, 1 GB)."""
     temperature: float = 1.0
     """Softmax temperature of the latent-distance blend of a cell's entries."""

@@ -51,7 +51,10 @@ RESTORE_FIX = (
 _INDEX_TENSORS = ("cells", "ref_slot", "ref_id", "head", "score", "next_id", "live")
 _POOL_TENSORS = ("pool_ids", "pool_latents", "pool_values", "pool_norms")
 MIN_ROWS = 16
-"""Pool rows allocated at first (fewer when the capacity is smaller); the storage doubles from there as needed."""
+"""Pool rows allocated at first (fewer when the capacity is smaller); the storage doubles from there as needed
+(grows `GRAPHED_GROWTH`-fold with CUDA graphs)."""
+GRAPHED_GROWTH = 8
+"""Storage growth factor of a table whose query and insert are replayed as CUDA graphs (2 without)."""
 BACKENDS = ("auto", "torch", "triton")
 
 
@@ -178,6 +181,7 @@ class HashTable:
         self._new_live_scratch()
         # new storage tensors: graphs captured on the old ones must not be replayed
         self._graphs: dict[str, GraphedFunction] | None = {} if self._use_graphs else None
+        self._dropped_graphs = 0
         self._restored = False
         self.counters.reset()
 
@@ -226,7 +230,10 @@ class HashTable:
             self._id_bound = int(self.storage.next_id)  # the bound counts rows that masks dropped: make it exact
         needed = min(self.capacity, self._id_bound + n)
         if needed > self.rows:
-            self._grow(min(self.capacity, max(needed, 2 * self.rows)))
+            # growing replaces the storage under every graph captured on it (here and in the guidance's hit step):
+            # with graphs, grow in fewer, larger steps
+            factor = GRAPHED_GROWTH if self._use_graphs else 2
+            self._grow(min(self.capacity, max(needed, factor * self.rows)))
         self._id_bound += n
 
     def _grow(self, rows: int) -> None:
@@ -238,6 +245,7 @@ class HashTable:
             grown[:old] = t
             setattr(self.storage, name, grown)
         if self._graphs is not None:
+            self._dropped_graphs += count_captured(self._graphs.values())
             self._graphs = {}
 
     # ---------------------------------------------------------------- saving and restoring
@@ -398,8 +406,9 @@ class HashTable:
 
     @property
     def graphs_captured(self) -> int:
-        """CUDA graphs captured so far (one per core and batch shape; 0 without graphs)."""
-        return count_captured(self._graphs.values()) if self._graphs else 0
+        """CUDA graphs captured since the last reset (one per core and batch shape, again after each growth; 0 without
+        graphs)."""
+        return count_captured(self._graphs.values()) + self._dropped_graphs if self._use_graphs else 0
 
     def _run(self, name: str, core, *tensors: torch.Tensor):
         """Call a core directly, or replay it as a CUDA graph (captured once per batch shape; no warm-up runs,

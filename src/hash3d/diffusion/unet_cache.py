@@ -230,7 +230,8 @@ class _UNetHook(ModelHook):
             return self._execute(forward, "full", call, kwargs, batch)[0]
         n_hits = 0 if values is None else int(hit.sum())  # the one host read of a tried call
         if n_hits == 0:
-            out = self._full(forward, call, kwargs, req.keys, req.latents, groups, req.finite, batch)
+            out, stored = self._full(forward, call, kwargs, batch)
+            self._store(req, stored, groups, req.finite)
             st.full_samples += n_keys
         elif n_hits == n_keys:
             out = self._cached(forward, call, kwargs, values, groups, batch)
@@ -242,16 +243,20 @@ class _UNetHook(ModelHook):
             order = torch.argsort(hit.to(torch.int8), stable=True)
             misses, hits = order[: n_keys - n_hits], order[n_keys - n_hits :]
             miss_rows, hit_rows = key_rows(misses, n_keys, groups), key_rows(hits, n_keys, groups)
-            full_out = self._full(
-                forward, _take(call, miss_rows, batch), _take(kwargs, miss_rows, batch),
-                req.keys[misses], req.latents[misses], groups, None if req.finite is None else req.finite[misses], batch,
-            )
+            full_out, miss_stored = self._full(forward, _take(call, miss_rows, batch), _take(kwargs, miss_rows, batch), batch)
             cached_out = self._cached(
                 forward, _take(call, hit_rows, batch), _take(kwargs, hit_rows, batch), values[hits], groups, batch
             )
             out = full_out.new_empty((batch,) + full_out.shape[1:])
             out[miss_rows] = full_out
             out[hit_rows] = cached_out.to(out.dtype)
+            if miss_stored is full_out:
+                stored = out
+            else:
+                stored = miss_stored.new_zeros((batch,) + miss_stored.shape[1:])
+                stored[miss_rows] = miss_stored
+            # the whole request with its hits masked out: one insert shape per request shape, whatever the split
+            self._store(req, stored, groups, ~hit if req.finite is None else ~hit & req.finite)
             st.cached_samples += n_hits
             st.full_samples += n_keys - n_hits
         return out
@@ -300,13 +305,15 @@ class _UNetHook(ModelHook):
             return out[:n], (None if recorded is None else recorded[:n])
         return run(*args)
 
-    def _full(self, forward, call, kwargs, keys, latents, groups, finite: torch.Tensor | None, rows: int) -> torch.Tensor:
-        """Run the whole UNet and insert what the mode stores (only the keys marked finite, when given)."""
+    def _full(self, forward, call, kwargs, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run the whole UNet -> (output, what the mode stores: the output itself or the deep feature)."""
         features = self.state.config.mode == "features"
         out, deep = self._execute(forward, "record" if features else "full", call, kwargs, rows)
-        stored = deep if features else out
-        self.state.table.insert(keys, latents, to_entries(stored.detach(), groups), mask=finite)
-        return out
+        return out, (deep if features else out)
+
+    def _store(self, req: _Request, stored: torch.Tensor, groups: int, mask: torch.Tensor | None) -> None:
+        """Insert a request's stored rows [groups * B, ...] under its keys: only the keys marked in mask, when given."""
+        self.state.table.insert(req.keys, req.latents, to_entries(stored.detach(), groups), mask=mask)
 
     def _cached(self, forward, call, kwargs, values, groups, rows: int) -> torch.Tensor:
         """Answer from cached values [b, groups, ...]: directly (noise) or through the shallow blocks (features)."""

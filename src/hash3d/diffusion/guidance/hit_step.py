@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ...cuda_graphs import capture_pool, capturing
+from ...cuda_graphs import graph_capture
 from ..cache_graph import StorageWatch
 from .losses import sds_loss_value
 
@@ -81,10 +81,12 @@ class HitStepGraphs:
         self.capture = capture
         """False: run the same two stages eagerly (CPU tests, debugging)."""
         self.captured: dict[tuple, _Captured] = {}
+        self.captures = 0
+        """Graph pairs captured in all (captures dropped with replaced table storage included)."""
         self.pool = None
         self._storage = StorageWatch(cache.table)
         me = weakref.ref(self)  # no reference cycle through the cache: freed as soon as the guidance drops it
-        cache.add_graph_count(lambda: 2 * len(me().captured) if me() is not None else 0)
+        cache.add_graph_count(lambda: 2 * me().captures if me() is not None else 0)
 
     def __call__(
         self,
@@ -111,6 +113,7 @@ class HitStepGraphs:
         c = self.captured.get(signature)
         if c is None:
             c = self.captured[signature] = self._capture(inputs, clip is not None, loss_scale)
+            self.captures += 1
         for buffer, value in zip(c.inputs, inputs[:3]):
             buffer.copy_(value)
         torch.stack(cameras, out=c.cameras)  # one launch for the three camera tensors
@@ -147,12 +150,13 @@ class HitStepGraphs:
                                      device=x_in.device)  # [B, groups, ...] as a query returns them
                 cache.cached_output(x_in, t_in, ctx, values)
             torch.cuda.current_stream().wait_stream(side)
-        self.pool = capture_pool(self.pool)
+        if self.pool is None:
+            self.pool = torch.cuda.graph_pool_handle()
         prepare, answer = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
-        with torch.no_grad(), capturing():
-            with torch.cuda.graph(prepare, pool=self.pool):
+        with torch.no_grad():
+            with graph_capture(prepare, self.pool):
                 x_t, context, keys, x_in, t_in, ctx, values, hit, finite, n_hit = self._prepare(*static)
-            with torch.cuda.graph(answer, pool=self.pool):
+            with graph_capture(answer, self.pool):
                 noise_pred, grad, loss = self._answer(x_t, x_in, t_in, ctx, values, t, noise, clip, loss_scale,
                                                       latents.dtype)
                 packed = _pack(grad, noise_pred, loss)
