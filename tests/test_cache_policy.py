@@ -305,3 +305,57 @@ def test_every_shipped_hash3d_config_uses_the_cost_aware_policy():
         assert blocks, f"{f.name}: no cache block"
         for block in blocks:
             assert block.get("enabled") is True and block.get("policy", {}).get("strategy") == "auto", f.name
+
+
+def test_auto_stops_trying_when_its_tries_find_nothing():
+    """Tries that find no sample in the table cannot pay: after `window` of them in a row the shape skips, however
+    close the measured costs are; one sample found in the window keeps it trying."""
+    p, q = auto(warmup=2, window=4, min_samples=2), auto(warmup=2, window=4, min_samples=2)
+    for policy, found in ((p, [0, 0, 0, 0]), (q, [0, 0, 1, 0])):
+        for n in found:
+            assert policy.decide(SHAPE)
+            policy.observe_hits(SHAPE, n)
+    assert p.arm(SHAPE) == "skip" and p.stats()["policy_switches"] == 1
+    assert q.arm(SHAPE) == "try" and q.stats()["policy_switches"] == 0
+    # skipping from here: the next request skips, and the counts start afresh (the probes refill them)
+    assert not p.decide(SHAPE) and p.state_dict()["shapes"][0]["hits"] == []
+    r = auto(warmup=2, window=4, min_samples=2)
+    r.load_state_dict(q.state_dict())
+    assert r.state_dict() == q.state_dict()
+    r.observe_hits(SHAPE, 0)  # the window is [0, 1, 0, 0]: still one found
+    assert r.arm(SHAPE) == "try"
+    for _ in range(3):
+        r.observe_hits(SHAPE, 0)
+    assert r.arm(SHAPE) == "skip"
+
+
+def test_fixed_policy_ignores_hit_counts():
+    p = FixedPolicy(CachePolicyConfig(probability=1.0))
+    for _ in range(20):
+        p.observe_hits(SHAPE, 0)
+    assert p.decide(SHAPE)
+
+
+def test_a_cache_whose_tries_find_nothing_stops_trying():
+    """End to end through a UNet cache with a GPU timer (a fake clock that times both arms alike): requests whose keys
+    never come back find nothing, so after the warm-up and a window of such tries the cache skips."""
+    from test_unet_cache import inputs, run, tiny_unet
+
+    from hash3d.diffusion import apply_hash_cache
+    from hash3d.diffusion.request_timer import RequestTimer
+
+    unet = tiny_unet()
+    x, ctx, t, keys = inputs()
+    knobs = AutoPolicyConfig(warmup=2, window=3, min_samples=2, explore_every=0, probe_every=50, probe_len=2)
+    cache = apply_hash_cache(unet, CacheConfig(enabled=True, mode="noise",
+                                               policy=CachePolicyConfig(strategy="auto", auto=knobs)))
+    clock = {"now": 0.0, "gpu": 1e9}
+    cache._state.timer = RequestTimer(event=lambda: _FakeEvent(clock))
+    for step in range(8):
+        moved = keys.clone()
+        moved[:, 1] += 45.0 * step  # new cells every step: nothing to find
+        run(unet, x, ctx, t, cache, moved)
+        clock["now"] += 20.0
+    stats = cache.stats
+    assert stats["tried"] == 3 and stats["skipped"] == 5 and stats["hits"] == 0
+    assert stats["policy_trying"] == 0.0 and stats["policy_switches"] == 1

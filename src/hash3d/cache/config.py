@@ -23,7 +23,8 @@ class AutoPolicyConfig:
     probe_len: int = 10
     """Length of that burst."""
     window: int = 8
-    """Measurements per arm kept for the mean."""
+    """Measurements per arm kept for the mean; also the run of tried requests that found nothing in the table after
+    which a shape stops trying."""
     min_samples: int = 3
     """Measurements each arm needs before the policy may switch."""
     discard: int = 2

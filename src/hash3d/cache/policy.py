@@ -10,7 +10,10 @@ cheaper one:
 - while trying, every `explore_every`-th request skips, so the cost of skipping stays known;
 - while skipping, a burst of `probe_len` tries at the end of every `probe_every` requests refreshes the table and the cost of
   trying, so a run that changes (annealed timesteps, a new resolution) can win the cache back;
-- it switches arm when the other one's mean is lower by more than `margin`.
+- it switches arm when the other one's mean is lower by more than `margin`;
+- it stops trying, whatever the times, when none of the latest `window` tried requests found a single sample in the
+  table: such a try cannot save anything, and costs its query, its insert and a host read over the plain UNet call
+  (a loss smaller than the times' noise, which would otherwise be paid for the whole run).
 The mean, not the median: one-off costs of trying (a CUDA graph captured for a new split-batch size costs several
 UNet passes) are part of what trying costs the run, and a median would hide them.
 The first `discard` measurements of each arm and shape are dropped (eager first calls and graph captures).
@@ -55,6 +58,9 @@ class FixedPolicy:
     def observe(self, shape: tuple, tried: bool, ms: float) -> None:
         """Fixed decisions take no costs."""
 
+    def observe_hits(self, shape: tuple, hits: int) -> None:
+        """Nor hit counts."""
+
     def state_dict(self) -> dict[str, Any]:
         return {"policy_rng": self.rng.getstate(), "calls": self.calls}
 
@@ -74,6 +80,8 @@ class _ShapeState:
     since_probe: int = 0
     seen: dict[str, int] = field(default_factory=lambda: {arm: 0 for arm in ARMS})
     costs: dict[str, deque] = field(default_factory=dict)
+    hits: deque = field(default_factory=deque)
+    """Samples found in the table by each of the latest tried requests."""
     switches: int = 0
 
 
@@ -94,7 +102,8 @@ class AutoPolicy:
         s = self.shapes.get(shape)
         if s is None:
             window = self.config.auto.window
-            s = self.shapes[shape] = _ShapeState(costs={arm: deque(maxlen=window) for arm in ARMS})
+            s = self.shapes[shape] = _ShapeState(costs={arm: deque(maxlen=window) for arm in ARMS},
+                                                 hits=deque(maxlen=window))
         return s
 
     def decide(self, shape: tuple) -> bool:
@@ -122,9 +131,20 @@ class AutoPolicy:
             return
         other = "skip" if s.arm == "try" else "try"
         if self.cost(shape, other) < self.cost(shape, s.arm) * (1.0 - auto.margin):
-            s.arm = other
-            s.since_probe = 0
-            s.switches += 1
+            self._switch(s)
+
+    def observe_hits(self, shape: tuple, hits: int) -> None:
+        """The number of samples a tried request of `shape` found in the table; may stop that shape's tries."""
+        s = self._state(shape)
+        s.hits.append(int(hits))
+        if s.arm == "try" and len(s.hits) == s.hits.maxlen and not any(s.hits):
+            self._switch(s)
+
+    def _switch(self, s: _ShapeState) -> None:
+        s.arm = "skip" if s.arm == "try" else "try"
+        s.since_probe = 0
+        s.hits.clear()
+        s.switches += 1
 
     def cost(self, shape: tuple, arm: str) -> float | None:
         """The arm's mean measured cost over the window (None before any measurement)."""
@@ -139,7 +159,8 @@ class AutoPolicy:
             "calls": self.calls,
             "shapes": [
                 {"shape": list(shape), "requests": s.requests, "arm": s.arm, "since_probe": s.since_probe,
-                 "seen": dict(s.seen), "costs": {a: list(c) for a, c in s.costs.items()}, "switches": s.switches}
+                 "seen": dict(s.seen), "costs": {a: list(c) for a, c in s.costs.items()}, "hits": list(s.hits),
+                 "switches": s.switches}
                 for shape, s in self.shapes.items()
             ],
         }  # fmt: skip
@@ -153,6 +174,7 @@ class AutoPolicy:
             s.seen = {a: int(n) for a, n in item["seen"].items()}
             for a, values in item["costs"].items():
                 s.costs[a].extend(float(v) for v in values)
+            s.hits.extend(int(n) for n in item.get("hits", ()))
             s.switches = int(item["switches"])
 
     def stats(self) -> dict[str, Any]:

@@ -229,6 +229,8 @@ class _UNetHook(ModelHook):
             st.full_samples += n_keys
             return self._execute(forward, "full", call, kwargs, batch)[0]
         n_hits = 0 if values is None else int(hit.sum())  # the one host read of a tried call
+        if st.timer is not None:
+            st.policy.observe_hits(tuple(req.latents.shape), n_hits)
         if n_hits == 0:
             out, stored = self._full(forward, call, kwargs, batch)
             self._store(req, stored, groups, req.finite)
@@ -502,9 +504,11 @@ class UNetCache:
         """Count the CUDA graphs a caller that graphs whole steps around this cache has captured (in `stats`)."""
         self._state.graph_sources.append(source)
 
-    def record_hits(self, hit: torch.Tensor) -> None:
-        """Count a tried request that `cached_output` answered in full (the caller saw every sample hit)."""
+    def record_hits(self, hit: torch.Tensor, latents: torch.Tensor) -> None:
+        """Count a tried request on `latents` that `cached_output` answered in full (the caller saw every sample hit)."""
         st = self._state
+        if st.timer is not None:
+            st.policy.observe_hits(tuple(latents.shape), hit.shape[0])
         st.tried += 1
         st.answered += 1
         st.cached_samples += hit.shape[0]

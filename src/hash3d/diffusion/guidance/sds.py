@@ -329,7 +329,7 @@ class SDSGuidance(torch.nn.Module):
                         answer = self._hit_step(latents.detach(), t, noise, cameras, self.grad_clip_value,
                                                 loss_scale(B, self.config.loss_reduction))
                     if answer.all_hit:
-                        self.cache.record_hits(answer.hit)
+                        self.cache.record_hits(answer.hit, latents)
                         grad, noise_pred, loss_value = answer.grad, answer.noise_pred, answer.loss
                     x_t, context, keys, query = answer.x_t, answer.context, answer.keys, answer.query
             if grad is None:
