@@ -249,6 +249,11 @@ def test_request_timer_times_each_request_until_the_next_and_reads_only_finished
     clock["now"] += 50.0
     timer.mark((4,), True)  # after a clear (a new run) nothing spans the gap
     assert list(timer.ready()) == []
+    clock["now"] += 9.0
+    timer.mark((5,), True, previous_one_off=True)  # request 4 captured a graph: its period is not measured
+    clock["now"] += 2.0
+    timer.mark((6,), False)
+    assert list(timer.ready()) == [((5,), True, 2.0)]
 
 
 def test_cache_feeds_measured_request_times_to_the_auto_policy():
@@ -359,3 +364,52 @@ def test_a_cache_whose_tries_find_nothing_stops_trying():
     stats = cache.stats
     assert stats["tried"] == 3 and stats["skipped"] == 5 and stats["hits"] == 0
     assert stats["policy_trying"] == 0.0 and stats["policy_switches"] == 1
+
+
+def test_one_off_captures_do_not_count_against_trying():
+    """Steps in which the cache captured a CUDA graph (a one-off cost, here 200 ms instead of 20) are not measured:
+    trying stays the arm while its steady cost (20 ms) is below skipping's (30 ms); counted, the captures would have
+    made it stop."""
+    from test_unet_cache import inputs, run, tiny_unet
+
+    from hash3d.diffusion import apply_hash_cache
+    from hash3d.diffusion.request_timer import RequestTimer
+
+    def drive(drop_one_offs: bool) -> dict:
+        unet = tiny_unet()
+        x, ctx, t, keys = inputs()
+        knobs = AutoPolicyConfig(warmup=2, explore_every=3, discard=0, min_samples=2, window=4)
+        cache = apply_hash_cache(unet, CacheConfig(enabled=True, mode="noise",
+                                                   policy=CachePolicyConfig(strategy="auto", auto=knobs)))
+        captures = {"n": 0}
+        if drop_one_offs:
+            cache.add_graph_count(lambda: captures["n"])
+        clock = {"now": 0.0, "gpu": 1e9}
+        cache._state.timer = RequestTimer(event=lambda: _FakeEvent(clock))
+        for step in range(24):
+            tried = cache.stats["tried"]
+            run(unet, x, ctx, t, cache, keys)
+            if cache.stats["tried"] > tried:
+                capture = step % 4 == 0  # a try that captured a graph
+                captures["n"] += capture
+                clock["now"] += 200.0 if capture else 20.0
+            else:
+                clock["now"] += 30.0
+        return cache.stats
+
+    kept, fled = drive(True), drive(False)
+    assert kept["policy_trying"] == 1.0 and kept["policy_try_ms"] == 20.0 and kept["policy_switches"] == 0
+    assert fled["policy_trying"] == 0.0 and fled["policy_switches"] >= 1
+
+
+def test_one_off_count_grows_with_each_new_signature():
+    """A new input signature's first (eager) call is a one-off cost the cache policy must not measure; calls of a
+    signature already seen are not (no capture here: it comes only at the tenth call)."""
+    from hash3d.cuda_graphs import GraphedFunction, count_one_offs
+
+    fn = GraphedFunction(lambda x: x * 2, warmup=0, capture_after=10)
+    counts = []
+    for shape in ((2,), (2,), (3,), (2,), (3,), (4,)):
+        torch.testing.assert_close(fn(torch.ones(shape)), torch.full(shape, 2.0))
+        counts.append(count_one_offs([fn]))
+    assert counts == [1, 1, 2, 2, 2, 3] and fn.signatures_seen == 3 and not fn.graphs

@@ -119,10 +119,21 @@ class GraphedFunction:
         graph.replay()
         return _clone(out)
 
+    @property
+    def signatures_seen(self) -> int:
+        """Input signatures called so far, captured or still run eagerly."""
+        return len(self.calls)
+
     def reset(self) -> None:
         self.graphs.clear()
         self.calls.clear()
         self.pool = None
+
+
+def count_one_offs(functions) -> int:
+    """Captures plus input signatures seen by a collection of GraphedFunctions: it grows whenever a call paid a
+    one-off cost (a capture, or the eager first call of a new signature)."""
+    return sum(len(fn.graphs) + fn.signatures_seen for fn in functions)
 
 
 def count_captured(functions) -> int:

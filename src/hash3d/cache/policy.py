@@ -14,9 +14,11 @@ cheaper one:
 - it stops trying, whatever the times, when none of the latest `window` tried requests found a single sample in the
   table: such a try cannot save anything, and costs its query, its insert and a host read over the plain UNet call
   (a loss smaller than the times' noise, which would otherwise be paid for the whole run).
-The mean, not the median: one-off costs of trying (a CUDA graph captured for a new split-batch size costs several
-UNet passes) are part of what trying costs the run, and a median would hide them.
-The first `discard` measurements of each arm and shape are dropped (eager first calls and graph captures).
+The mean, not the median: a recurring dear try is part of what trying costs. One-off costs are not: the cache does
+not report a request during which a CUDA graph was captured or a new batch shape ran its first eager call
+(`hash3d.diffusion.request_timer`); paid once, they say nothing about the next request, and counted, they drove the
+policy to stop trying right after the captures that make trying cheap. The first `discard` measurements of each arm
+and shape are dropped too (eager first calls of the guidance around the cache).
 
 Decisions depend only on the state here and the costs it is given, so they are tested with made-up costs; the cache
 feeds it GPU times measured by CUDA events (`hash3d.diffusion.request_timer`).

@@ -6,6 +6,9 @@ count stalls the host, and the GPU then idles while the rest of the step is laun
 Both arms (try / skip) pay the same rendering, encoding and backward, so the difference of their periods is what
 trying the cache saves or costs. Events are read only once the GPU has passed them, a few requests later, so timing
 adds no synchronisation.
+
+A period in which one-off work happened (a CUDA graph captured, a new batch shape's first eager call) is not
+measured: that cost is paid once, and what the policy weighs is what the next request of each arm will cost.
 """
 
 from __future__ import annotations
@@ -28,11 +31,12 @@ class RequestTimer:
         self.event = event
         """Makes an event with record(), query() and elapsed_time(other) (CUDA events; tests pass a stand-in)."""
 
-    def mark(self, shape: tuple, tried: bool) -> None:
-        """A request (latents of `shape`, tried or not) starts: it ends the previous request's period."""
+    def mark(self, shape: tuple, tried: bool, previous_one_off: bool = False) -> None:
+        """A request (latents of `shape`, tried or not) starts: it ends the previous request's period, which is
+        dropped when `previous_one_off` (one-off work happened in it)."""
         event = self.event()
         event.record()
-        if self.open is not None:
+        if self.open is not None and not previous_one_off:
             start, last_shape, last_tried = self.open
             self.pending.append((start, event, last_shape, last_tried))
             while len(self.pending) > self.max_pending:  # never read: drop the oldest rather than grow

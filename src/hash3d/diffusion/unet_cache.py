@@ -37,7 +37,7 @@ from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
 from ..cache.config import CacheConfig
 from ..cache.policy import build_policy
 from ..cache.table import RESTORE_FIX, HashTable
-from ..cuda_graphs import GraphedFunction, count_captured, cuda_graphs_available
+from ..cuda_graphs import GraphedFunction, count_captured, count_one_offs, cuda_graphs_available
 from .cache_graph import bucket_for, from_entries, key_rows, to_entries
 from .request_timer import RequestTimer
 
@@ -86,6 +86,7 @@ class _CacheState:
         self.policy.reset()
         if self.timer is not None:
             self.timer.clear()
+        self.last_one_offs = -1
         self.tried = 0
         self.skipped = 0
         # tried requests whose every sample hit (no UNet pass at all in noise mode) and those split between hits and
@@ -158,8 +159,16 @@ class _CacheState:
         if self.timer is not None:
             for done_shape, done_tried, ms in self.timer.ready():
                 self.policy.observe(done_shape, done_tried, ms)
-            self.timer.mark(shape, tried)
+            one_offs = self.one_offs()
+            self.timer.mark(shape, tried, previous_one_off=one_offs != self.last_one_offs)
+            self.last_one_offs = one_offs
         return tried
+
+    def one_offs(self) -> int:
+        """Grows whenever the cache (or a caller graphing whole steps around it) paid a one-off cost: a CUDA graph
+        captured, a new shape's first eager call."""
+        return (count_one_offs((self.graphs or {}).values()) + self.table.graphs_captured
+                + sum(source() for source in self.graph_sources))
 
 
 def _take(obj: Any, index: torch.Tensor, batch: int) -> Any:
