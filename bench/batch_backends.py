@@ -112,7 +112,8 @@ def batch_command(backend: str, images: Path, out: Path, model: Path, args: argp
 
 
 def batch_env(args: argparse.Namespace) -> dict[str, str]:
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    # the checkout's src first, then whatever the caller's PYTHONPATH holds (packages unpacked outside site-packages)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(REPO / "src"), os.environ.get("PYTHONPATH")) if p)}
     if args.device == "cpu":
         env["CUDA_VISIBLE_DEVICES"] = ""  # both backends, and the Ray instance, see no GPU
     return env

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -57,6 +58,10 @@ def test_tiny_command_is_one_the_batch_and_dreamgaussian_accept(bench, monkeypat
     assert (options.ref_size, options.num_pts, options.texture_size) == (32, 200, 32)
     assert options.iters == 3  # the user's override comes after the size's own, and wins
     assert bench.batch_env(args)["CUDA_VISIBLE_DEVICES"] == ""
+    monkeypatch.setenv("PYTHONPATH", "/opt/extra-packages")  # kept after the checkout's src, not replaced
+    assert bench.batch_env(args)["PYTHONPATH"].split(os.pathsep) == [str(ROOT / "src"), "/opt/extra-packages"]
+    monkeypatch.delenv("PYTHONPATH")
+    assert bench.batch_env(args)["PYTHONPATH"] == str(ROOT / "src")
 
     local = bench.batch_command("local", tmp_path / "images", tmp_path / "out", tmp_path / "model", args)
     assert "--address" not in local
