@@ -249,6 +249,7 @@ def main() -> None:
                              "compared with the cache-off run just before it (the 'vs pair' column)")
     parser.add_argument("--models", default="/tmp/hash3d-bench-models")
     parser.add_argument("--out", help="write the rows as JSON here (default: bench/results-training-<pipeline>[-<steps>]-<device>.json)")
+    parser.add_argument("--out-dir", help="write the rows under their default name into this folder instead of bench/")
     parser.add_argument("extra", nargs="*", help="key=value overrides for every run")
     args = parser.parse_args()
     if not torch.cuda.is_available():
@@ -324,7 +325,7 @@ def main() -> None:
     title = f"{args.pipeline}: {steps} training steps{' (whole recipe, validation on)' if args.as_user else ''}, {device}"
     print(f"\n### {title}")
     print(format_table(rows, off, hit_cost))
-    out = Path(args.out) if args.out else REPO / "bench" / (
+    out = Path(args.out) if args.out else Path(args.out_dir or REPO / "bench") / (
         f"results-training-{args.pipeline}{'' if args.steps is None else f'-{steps}'}{'-as-user' if args.as_user else ''}"
         f"-{device_slug(device)}.json")
     out.write_text(json.dumps({"device": device, "pipeline": args.pipeline, "title": title, "command": sys.argv,
