@@ -230,6 +230,22 @@ class _FakeEvent:
         return end.at - self.at
 
 
+def timed_cache(knobs: AutoPolicyConfig):
+    """A tiny UNet with a noise-mode cache under the auto policy, timed on a fake GPU clock: (unet, cache, clock,
+    (x, ctx, t, keys)). Advance clock["now"] by what each step "takes"."""
+    from test_unet_cache import inputs, tiny_unet
+
+    from hash3d.diffusion import apply_hash_cache
+    from hash3d.diffusion.request_timer import RequestTimer
+
+    unet = tiny_unet()
+    cache = apply_hash_cache(unet, CacheConfig(enabled=True, mode="noise",
+                                               policy=CachePolicyConfig(strategy="auto", auto=knobs)))
+    clock = {"now": 0.0, "gpu": 1e9}
+    cache._state.timer = RequestTimer(event=lambda: _FakeEvent(clock))
+    return unet, cache, clock, inputs()
+
+
 def test_request_timer_times_each_request_until_the_next_and_reads_only_finished_ones():
     from hash3d.diffusion.request_timer import RequestTimer
 
@@ -260,19 +276,11 @@ def test_cache_feeds_measured_request_times_to_the_auto_policy():
     """With a GPU timer (a fake clock here), every request is timed from the policy's decision to the next one (its
     step), and the times reach the policy: when trying is dearer, the cache stops trying and its requests run the
     plain UNet."""
-    from test_unet_cache import inputs, run, tiny_unet
+    from test_unet_cache import run
 
-    from hash3d.diffusion import apply_hash_cache
-    from hash3d.diffusion.request_timer import RequestTimer
-
-    unet = tiny_unet()
-    x, ctx, t, keys = inputs()
     knobs = AutoPolicyConfig(warmup=2, explore_every=2, discard=0, min_samples=2, probe_every=50, probe_len=2)
-    cache = apply_hash_cache(unet, CacheConfig(enabled=True, mode="noise",
-                                               policy=CachePolicyConfig(strategy="auto", auto=knobs)))
-    clock = {"now": 0.0, "gpu": 1e9}
+    unet, cache, clock, (x, ctx, t, keys) = timed_cache(knobs)
     state = cache._state
-    state.timer = RequestTimer(event=lambda: _FakeEvent(clock))
     for _ in range(12):  # each step "takes" 30 ms when its request tried the cache, 20 ms when it skipped
         tried = state.tried
         run(unet, x, ctx, t, cache, keys)
@@ -344,18 +352,10 @@ def test_fixed_policy_ignores_hit_counts():
 def test_a_cache_whose_tries_find_nothing_stops_trying():
     """End to end through a UNet cache with a GPU timer (a fake clock that times both arms alike): requests whose keys
     never come back find nothing, so after the warm-up and a window of such tries the cache skips."""
-    from test_unet_cache import inputs, run, tiny_unet
+    from test_unet_cache import run
 
-    from hash3d.diffusion import apply_hash_cache
-    from hash3d.diffusion.request_timer import RequestTimer
-
-    unet = tiny_unet()
-    x, ctx, t, keys = inputs()
     knobs = AutoPolicyConfig(warmup=2, window=3, min_samples=2, explore_every=0, probe_every=50, probe_len=2)
-    cache = apply_hash_cache(unet, CacheConfig(enabled=True, mode="noise",
-                                               policy=CachePolicyConfig(strategy="auto", auto=knobs)))
-    clock = {"now": 0.0, "gpu": 1e9}
-    cache._state.timer = RequestTimer(event=lambda: _FakeEvent(clock))
+    unet, cache, clock, (x, ctx, t, keys) = timed_cache(knobs)
     for step in range(8):
         moved = keys.clone()
         moved[:, 1] += 45.0 * step  # new cells every step: nothing to find
@@ -370,22 +370,14 @@ def test_one_off_captures_do_not_count_against_trying():
     """Steps in which the cache captured a CUDA graph (a one-off cost, here 200 ms instead of 20) are not measured:
     trying stays the arm while its steady cost (20 ms) is below skipping's (30 ms); counted, the captures would have
     made it stop."""
-    from test_unet_cache import inputs, run, tiny_unet
-
-    from hash3d.diffusion import apply_hash_cache
-    from hash3d.diffusion.request_timer import RequestTimer
+    from test_unet_cache import run
 
     def drive(drop_one_offs: bool) -> dict:
-        unet = tiny_unet()
-        x, ctx, t, keys = inputs()
-        knobs = AutoPolicyConfig(warmup=2, explore_every=3, discard=0, min_samples=2, window=4)
-        cache = apply_hash_cache(unet, CacheConfig(enabled=True, mode="noise",
-                                                   policy=CachePolicyConfig(strategy="auto", auto=knobs)))
+        unet, cache, clock, (x, ctx, t, keys) = timed_cache(
+            AutoPolicyConfig(warmup=2, explore_every=3, discard=0, min_samples=2, window=4))
         captures = {"n": 0}
         if drop_one_offs:
             cache.add_graph_count(lambda: captures["n"])
-        clock = {"now": 0.0, "gpu": 1e9}
-        cache._state.timer = RequestTimer(event=lambda: _FakeEvent(clock))
         for step in range(24):
             tried = cache.stats["tried"]
             run(unet, x, ctx, t, cache, keys)
