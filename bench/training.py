@@ -177,6 +177,7 @@ def _launcher_run(
     return {"train_s": float(last["elapsed_s"]), "saved": saved, "unet_samples": saved + run,
             "graphs_captured": int(float(last.get("cache/graphs_captured") or 0)),
             **_request_counts({k.removeprefix("cache/"): float(v or 0) for k, v in last.items() if k.startswith("cache/")}),
+            **_policy_stats({k.removeprefix("cache/"): v for k, v in last.items() if k.startswith("cache/")}),
             "mode": str(cache.mode) if cache.enabled else None,
             "strategy": str(cache.policy.strategy) if cache.enabled else None}
 
@@ -195,7 +196,7 @@ def _dreamgaussian_run(
     row = {"train_s": report["train_time_s"], "saved": report["cache"]["unet_calls_saved"],
            "unet_samples": report["cache"]["unet_calls_saved"] + report["cache"]["unet_calls_run"],
            "num_gaussians": report["num_gaussians"], "graphs_captured": report["cache"]["graphs_captured"],
-           **_request_counts(report["cache"]),
+           **_request_counts(report["cache"]), **_policy_stats(report["cache"]),
            "mode": cfg.cache.mode if cfg.cache.enabled else None,
            "strategy": cfg.cache.policy.strategy if cfg.cache.enabled else None}  # fmt: skip
     if stage2:
@@ -214,6 +215,13 @@ def _request_counts(cache: dict) -> dict[str, int]:
     return {"requests": int(cache.get("tried", 0)) + skipped, "skipped_requests": skipped,
             "answered_requests": int(cache.get("answered_requests", 0)),
             "split_requests": int(cache.get("split_requests", 0))}
+
+
+def _policy_stats(cache: dict) -> dict[str, float]:
+    """The cost-aware policy's state at the end of a run, where it reports one: whether its latest shape was trying,
+    its mean measured step (ms) of each arm, and how often it switched (in the JSON rows, not the table)."""
+    names = ("policy_trying", "policy_try_ms", "policy_skip_ms", "policy_switches")
+    return {name: float(cache[name]) for name in names if cache.get(name) not in (None, "")}
 
 
 def _parts(totals: dict[str, float], train_s: float, steps: int) -> dict[str, float]:

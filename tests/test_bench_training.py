@@ -45,3 +45,13 @@ def test_request_counts_from_a_report_or_a_metrics_row(bench):
     metrics_row = {k: float(v) for k, v in report.items()}  # the launcher's metrics.csv holds floats
     assert bench._request_counts(metrics_row) == counts
     assert bench._request_counts({}) == dict.fromkeys(counts, 0)  # cache off: nothing counted
+
+
+def test_policy_stats_from_a_report_or_a_metrics_row(bench):
+    report = {"tried": 90, "policy_trying": 0.0, "policy_try_ms": 31.5, "policy_skip_ms": 30.0, "policy_switches": 2}
+    stats = {"policy_trying": 0.0, "policy_try_ms": 31.5, "policy_skip_ms": 30.0, "policy_switches": 2.0}
+    assert bench._policy_stats(report) == stats
+    # metrics.csv: strings, empty where a step logged no such value (e.g. before the first measurement)
+    assert bench._policy_stats({k: str(v) for k, v in report.items()} | {"policy_skip_ms": ""}) == {
+        k: v for k, v in stats.items() if k != "policy_skip_ms"}
+    assert bench._policy_stats({"tried": 5}) == {}  # the fixed policy, or cache off
