@@ -8,7 +8,8 @@
 # as the user runs it (600 steps, validation renders on). Each row runs two repeats of both configs in one process
 # after an unrecorded warm-up, and writes bench/training.py's JSON under OUT_DIR (default: bench/, the current
 # results). SECONDS (default 570) bounds the whole group: a row that no longer fits in what is left is not started,
-# so the group fits one device call. Each row has its own limit: a row past it prints no table.
+# so the group fits one device call. Each row has its own limit: a row past it prints no table. At the end,
+# bench/shipped_table.py prints the shipped rows of OUT_DIR in one table.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 group="${1:?usage: bench/shipped_rows.sh nerf|gaussian|headline [OUT_DIR] [SECONDS]}"
@@ -58,3 +59,4 @@ case "$group" in
         ;;
 esac
 echo "=== done in $SECONDS s"
+compgen -G "$out/results-training-*.json" > /dev/null && "$PY" bench/shipped_table.py "$out"/results-training-*.json

@@ -1,0 +1,52 @@
+"""bench/shipped_table.py: shipped rows against their twins, from results files written here (no GPU)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+
+@pytest.fixture
+def table(load_bench):
+    return load_bench("shipped_table")
+
+
+def _row(label, train_s, unet_ms, pair=None, **counts):
+    row = {"label": label, "train_s": train_s, "steps": 100, "parts_ms": {"unet": unet_ms}, **counts}
+    if pair is not None:
+        row["pair_train_s"] = pair
+    return row
+
+
+def _write(path, pipeline, rows):
+    path.write_text(json.dumps({"device": "NVIDIA H100 80GB HBM3", "pipeline": pipeline, "rows": rows}))
+    return path
+
+
+def test_rows_ratios_and_the_slow_check(table, tmp_path, capsys):
+    counts = dict(saved=30, unet_samples=120, answered_requests=2, split_requests=5, skipped_requests=40,
+                  graphs_captured=9)
+    fast = _write(tmp_path / "a.json", "fast-pipe", [
+        _row("cache off", 10.0, 20.0), _row("shipped", 8.0, 12.0, pair=10.0, **counts),
+        _row("cache off (2)", 10.5, 20.0), _row("shipped (2)", 10.0, 12.0, pair=10.5, **counts)])
+    slow = _write(tmp_path / "b.json", "slow-pipe", [
+        _row("cache off", 6.0, 15.0), _row("shipped", 6.6, 16.0, pair=6.0, saved=0, unet_samples=100)])
+    old = _write(tmp_path / "c.json", "old-pipe", [_row("cache off", 5.0, 1.0), _row("cache noise η=1", 5.0, 1.0)])
+
+    assert table.main([str(fast), str(slow), str(old)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    fast_line = next(line for line in out if line.startswith("| fast-pipe"))
+    cells = [c.strip() for c in fast_line.strip("|").split("|")]
+    assert cells[:9] == ["fast-pipe", "100", "10.00 / 10.50", "8.00 / 10.00", "1.25× / 1.05×", "25%", "2 / 5 / 40", "9",
+                         "20.0 → 12.0"]
+    slow_line = next(line for line in out if line.startswith("| slow-pipe"))
+    assert f"**{6.0 / 6.6:.2f}×**" in slow_line  # a slow row stands out
+    assert "slower than cache off in some repeat: slow-pipe" in out[-2] and out[-1] == "no shipped row in: c.json"
+    assert table.main(["--check", str(fast), str(slow)]) == 1
+    assert table.main(["--check", str(fast)]) == 0
+
+
+def test_no_results_is_a_clear_error(table, capsys):
+    assert table.main(["--device", "no-such-gpu"]) == 2
+    assert "no bench/results-training-*-no-such-gpu.json" in capsys.readouterr().err
