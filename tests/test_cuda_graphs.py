@@ -171,3 +171,38 @@ def test_whole_request_passes_are_not_padded(written_models):
         out = g(latents, torch.full((3,), 10.0 + 20.0 * i, device="cuda"), azimuths, dist, rgb_as_latents=True)
         assert not out.cache_hits.any()
     assert {signature[0][0][0] for signature in g.cache._state.graphs["full"].graphs} == {6}  # 3 keys x 2 CFG halves; formerly padded to 8
+
+
+def test_auto_policy_measures_only_steps_without_one_off_work(written_models, monkeypatch):
+    """On the GPU, with real CUDA events: the requests during which the cache captured a graph or ran a new shape's
+    first eager call are marked one-off and never reach the policy; every other finished request does."""
+    from hash3d.cache.config import AutoPolicyConfig
+    from hash3d.diffusion.request_timer import RequestTimer
+
+    flags: list[bool] = []
+    mark = RequestTimer.mark
+
+    def recording_mark(self, shape, tried, previous_one_off=False):
+        flags.append(previous_one_off)
+        return mark(self, shape, tried, previous_one_off)
+
+    monkeypatch.setattr(RequestTimer, "mark", recording_mark)
+    policy = CachePolicyConfig(strategy="auto", auto=AutoPolicyConfig(warmup=2, explore_every=3, discard=0, min_samples=1))
+    cache = CacheConfig(enabled=True, mode="noise", cell_size=(10, 10, 0.1, 1000), policy=policy)
+    g = Zero123Guidance(Zero123GuidanceConfig(pretrained_model_name_or_path=written_models["zero123"], dtype="fp32",
+                                              cuda_graphs=True, cache=cache, timestep_sampling="random_shared"), "cuda")
+    g.set_image(torch.rand(4, 64, 64, generator=torch.Generator().manual_seed(0)))
+    observed = []
+    state = g.cache._state
+    observe = state.policy.observe
+    monkeypatch.setattr(state.policy, "observe", lambda shape, tried, ms: (observed.append(ms), observe(shape, tried, ms)))
+    latents = torch.randn(3, 4, 8, 8, device="cuda")
+    elev, dist = torch.tensor([10.0, 20.0, 30.0], device="cuda"), torch.full((3,), 1.2, device="cuda")
+    for step in range(14):  # the same cameras, then one of them in a new cell: whole hits and splits
+        azim = [0.0, 90.0, 180.0] if step % 2 == 0 else [0.0, 135.0, 180.0]
+        g(latents, elev, torch.tensor(azim, device="cuda"), dist, rgb_as_latents=True)
+    torch.cuda.synchronize()
+    g(latents, elev, torch.tensor([0.0, 90.0, 180.0], device="cuda"), dist, rgb_as_latents=True)  # reads them all
+    closed = flags[1:-1]  # the first mark closes nothing; the last period is still open
+    assert g.cache_stats()["graphs_captured"] > 0 and any(closed) and not all(closed)
+    assert len(observed) == closed.count(False) and all(ms > 0 for ms in observed)
