@@ -30,7 +30,7 @@ class AutoPolicyConfig:
     discard: int = 2
     """First measurements of each arm and shape dropped (eager first calls, graph captures)."""
     margin: float = 0.03
-    """Switch only when the other arm is cheaper by more than this fraction."""
+    """Trying must measure cheaper than skipping by more than this fraction of the skip cost, or the shape skips."""
 
     def __post_init__(self) -> None:
         for name in ("warmup", "explore_every", "discard"):

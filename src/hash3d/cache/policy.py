@@ -4,13 +4,14 @@
 
 `AutoPolicy` tries the cache only while trying pays. Per request shape it keeps the measured cost of the two arms,
 "try" (query the table; answer hits from it, run and insert the misses) and "skip" (the plain UNet, no query and no
-insert: what the request costs with the cache off), as the mean of the latest few measurements, and follows the
-cheaper one:
+insert: what the request costs with the cache off), as the mean of the latest few measurements. Trying has to show
+that it pays: a shape tries while trying measures cheaper than skipping by more than `margin`, and skips otherwise
+(costs within the margin go to the plain call, so that a cached run is not slower than the same run with the cache
+off). Around that:
 - the first `warmup` requests of a shape try (the table fills, the graphs are captured);
 - while trying, every `explore_every`-th request skips, so the cost of skipping stays known;
 - while skipping, a burst of `probe_len` tries at the end of every `probe_every` requests refreshes the table and the cost of
   trying, so a run that changes (annealed timesteps, a new resolution) can win the cache back;
-- it switches arm when the other one's mean is lower by more than `margin`;
 - it stops trying, whatever the times, when none of the latest `window` tried requests found a single sample in the
   table: such a try cannot save anything, and costs its query, its insert and a host read over the plain UNet call
   (a loss smaller than the times' noise, which would otherwise be paid for the whole run).
@@ -131,8 +132,8 @@ class AutoPolicy:
         s.costs[arm].append(float(ms))
         if any(len(s.costs[a]) < auto.min_samples for a in ARMS):
             return
-        other = "skip" if s.arm == "try" else "try"
-        if self.cost(shape, other) < self.cost(shape, s.arm) * (1.0 - auto.margin):
+        pays = self.cost(shape, "try") < self.cost(shape, "skip") * (1.0 - auto.margin)
+        if pays != (s.arm == "try"):
             self._switch(s)
 
     def observe_hits(self, shape: tuple, hits: int) -> None:
