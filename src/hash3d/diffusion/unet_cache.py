@@ -164,6 +164,12 @@ class _CacheState:
             self.last_one_offs = one_offs
         return tried
 
+    def found(self, shape: tuple, hits: int) -> None:
+        """A tried request of `shape` found `hits` samples in the table: a measuring policy hears of it (GPU timer
+        only, like its costs)."""
+        if self.timer is not None:
+            self.policy.observe_hits(shape, hits)
+
     def one_offs(self) -> int:
         """Grows whenever the cache (or a caller graphing whole steps around it) paid a one-off cost: a CUDA graph
         captured, a new shape's first eager call."""
@@ -238,8 +244,7 @@ class _UNetHook(ModelHook):
             st.full_samples += n_keys
             return self._execute(forward, "full", call, kwargs, batch)[0]
         n_hits = 0 if values is None else int(hit.sum())  # the one host read of a tried call
-        if st.timer is not None:
-            st.policy.observe_hits(tuple(req.latents.shape), n_hits)
+        st.found(tuple(req.latents.shape), n_hits)
         if n_hits == 0:
             out, stored = self._full(forward, call, kwargs, batch)
             self._store(req, stored, groups, req.finite)
@@ -261,7 +266,7 @@ class _UNetHook(ModelHook):
             out = full_out.new_empty((batch,) + full_out.shape[1:])
             out[miss_rows] = full_out
             out[hit_rows] = cached_out.to(out.dtype)
-            if miss_stored is full_out:
+            if st.config.mode == "noise":  # what is stored is the output itself
                 stored = out
             else:
                 stored = miss_stored.new_zeros((batch,) + miss_stored.shape[1:])
@@ -516,8 +521,7 @@ class UNetCache:
     def record_hits(self, hit: torch.Tensor, latents: torch.Tensor) -> None:
         """Count a tried request on `latents` that `cached_output` answered in full (the caller saw every sample hit)."""
         st = self._state
-        if st.timer is not None:
-            st.policy.observe_hits(tuple(latents.shape), hit.shape[0])
+        st.found(tuple(latents.shape), hit.shape[0])
         st.tried += 1
         st.answered += 1
         st.cached_samples += hit.shape[0]
