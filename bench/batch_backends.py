@@ -184,21 +184,42 @@ def main(argv: list[str] | None = None) -> None:
         write_model("zero123", args.size, model, dtype=dtype, device=args.device)
     work = Path(args.work)
     images = make_items(work / "images", args.items)
+    t0 = time.perf_counter()
     if not args.no_warmup:
         warm = argparse.Namespace(**{**vars(args), "jobs": None})
         run_backend("local", make_items(work / "warmup-images", 1), work / "warmup", model, warm)
-    rows = [run_backend(b, images, work / b, model, args) for b in args.backends]
+        print(f"[{time.perf_counter() - t0:.0f} s] warm-up item done", file=sys.stderr, flush=True)
     device = device_name(args.device)
+    rows = []
+    for backend in args.backends:
+        rows.append(run_backend(backend, images, work / backend, model, args))
+        # each backend's line as soon as it is known, and the JSON so far: a run cut short keeps what finished
+        print(f"[{time.perf_counter() - t0:.0f} s] {row_line(rows[-1])}", file=sys.stderr, flush=True)
+        write_record(args, argv, device, rows)
     print("| backend | items | jobs | wall s | wall s / item | job s (mean) | training s (mean) | model from memory |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['backend']} | {r['items']} | {r['jobs'] or 'default'} | {r['wall_s']:.1f} | {r['wall_per_item_s']:.1f} | "
-              f"{r['job_s_mean']:.1f} | {r['train_s_mean']:.1f} | {r['models_reused']} of {r['items']} |")
-    by = {r["backend"]: r for r in rows}
-    overhead = None
-    if "local" in by and "ray" in by:
-        overhead = round((by["ray"]["wall_s"] - by["local"]["wall_s"]) / args.items, 2)
+        print(row_line(r))
+    overhead = ray_overhead(rows, args.items)
+    if overhead is not None:
         print(f"\nRay overhead per item: {overhead:+.2f} s (wall, Ray - local, / items) on {device}")
+
+
+def row_line(r: dict) -> str:
+    return (f"| {r['backend']} | {r['items']} | {r['jobs'] or 'default'} | {r['wall_s']:.1f} | {r['wall_per_item_s']:.1f} | "
+            f"{r['job_s_mean']:.1f} | {r['train_s_mean']:.1f} | {r['models_reused']} of {r['items']} |")
+
+
+def ray_overhead(rows: list[dict], items: int) -> float | None:
+    """(wall Ray - wall local) / items, once both backends ran."""
+    by = {r["backend"]: r for r in rows}
+    if "local" in by and "ray" in by:
+        return round((by["ray"]["wall_s"] - by["local"]["wall_s"]) / items, 2)
+    return None
+
+
+def write_record(args: argparse.Namespace, argv: list[str] | None, device: str, rows: list[dict]) -> None:
+    overhead = ray_overhead(rows, args.items)
     if args.out:
         record = {
             "command": " ".join(["python", "bench/batch_backends.py", *(sys.argv[1:] if argv is None else argv)]),

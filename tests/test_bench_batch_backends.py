@@ -67,3 +67,20 @@ def test_tiny_command_is_one_the_batch_and_dreamgaussian_accept(bench, monkeypat
     assert "--address" not in local
     full = bench.parse_args(["--device", "cpu", "--size", "full", "iters=300"])
     assert bench.item_args(full) == ["iters=300"]
+
+
+def test_a_record_is_written_after_each_backend(bench, monkeypatch, tmp_path):
+    import json
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    out = tmp_path / "rows.json"
+    args = bench.parse_args(["--items", "4", "--out", str(out)])
+    local = {"backend": "local", "jobs": None, "items": 4, "wall_s": 20.0, "wall_per_item_s": 5.0, "job_s_mean": 4.0,
+             "train_s_mean": 3.0, "models_reused": 0}  # fmt: skip
+    bench.write_record(args, ["--items", "4"], "CPU", [local])
+    record = json.loads(out.read_text())
+    assert record["rows"] == [local] and record["ray_overhead_per_item_s"] is None  # only one backend ran so far
+    ray = {**local, "backend": "ray", "wall_s": 26.0, "models_reused": 3}
+    bench.write_record(args, ["--items", "4"], "CPU", [local, ray])
+    assert json.loads(out.read_text())["ray_overhead_per_item_s"] == 1.5  # (26 - 20) / 4
+    assert bench.row_line(ray) == "| ray | 4 | default | 26.0 | 5.0 | 4.0 | 3.0 | 3 of 4 |"

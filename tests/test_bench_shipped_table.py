@@ -50,3 +50,22 @@ def test_rows_ratios_and_the_slow_check(table, tmp_path, capsys):
 def test_no_results_is_a_clear_error(table, capsys):
     assert table.main(["--device", "no-such-gpu"]) == 2
     assert "no bench/results-training-*-no-such-gpu.json" in capsys.readouterr().err
+
+
+def test_shipped_rows_script_names_only_pipelines_bench_training_knows(load_bench, tmp_path):
+    import subprocess
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "bench" / "shipped_rows.sh"
+    names = subprocess.run(["bash", str(script), "list"], capture_output=True, text=True, check=True).stdout.split()
+    pipelines = load_bench("training").PIPELINES
+    assert names and len(names) == len(set(names))
+    # every row runs bench/training.py with a pipeline of its table: print the commands instead of running them
+    run = subprocess.run(["bash", str(script), ",".join(names), str(tmp_path), "100000"], capture_output=True,
+                         text=True, env={"PATH": "/usr/bin:/bin", "PYTHON": "echo"})  # fmt: skip
+    commands = [line.split("--out-dir")[0].split() for line in run.stdout.splitlines() if "bench/training.py" in line
+                and not line.startswith("===")]  # fmt: skip
+    assert len(commands) == len(names)
+    assert {c[c.index("--pipeline") + 1] for c in commands} <= set(pipelines)
+    bad = subprocess.run(["bash", str(script), "gs-shading-100,nope"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "unknown group or row 'nope'" in bad.stderr
