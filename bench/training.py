@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import gc
 import json
 import os
 import shutil
@@ -224,6 +225,16 @@ def _policy_stats(cache: dict) -> dict[str, float]:
     return {name: float(cache[name]) for name in names if cache.get(name) not in (None, "")}
 
 
+def fresh_peak_memory() -> None:
+    """Start a run's peak-memory count from what is really alive: an earlier run's models can outlive it in reference
+    cycles (a diffusers hook registry and its module point at each other) until the cyclic collector runs, and their
+    GPU memory would count in this run's peak."""
+    gc.collect()
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+
+
 def _parts(totals: dict[str, float], train_s: float, steps: int) -> dict[str, float]:
     """ms per step of each part (see the module docstring); the parts add up to the measured step time."""
     g = totals.get
@@ -294,8 +305,7 @@ def main() -> None:
         # a cache option of a variant goes to every cache of the pipeline (Magic123: guidance and guidance_3d)
         extra = [*extra, *[o.replace(prefix, c, 1) for o in extra if o.startswith(prefix) for c in pipe.more_caches]]
         options = [f"{pipe.model_key}={model}", *model_options, *pipe.options, *args.extra, *extra]
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
+        fresh_peak_memory()
         timer = SectionTimer()
         if pipe.launcher:
             row = _launcher_run(pipe, config, out, n, options, timer, args.as_user)

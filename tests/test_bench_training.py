@@ -55,3 +55,29 @@ def test_policy_stats_from_a_report_or_a_metrics_row(bench):
     assert bench._policy_stats({k: str(v) for k, v in report.items()} | {"policy_skip_ms": ""}) == {
         k: v for k, v in stats.items() if k != "policy_skip_ms"}
     assert bench._policy_stats({"tried": 5}) == {}  # the fixed policy, or cache off
+
+
+def test_a_runs_peak_starts_after_earlier_runs_cycles_are_freed(bench, monkeypatch):
+    import gc
+    import weakref
+
+    import torch
+
+    calls = []
+    for name in ("synchronize", "empty_cache", "reset_peak_memory_stats"):
+        monkeypatch.setattr(torch.cuda, name, lambda name=name: calls.append(name))
+
+    class Model:
+        pass
+
+    gc.disable()  # no automatic collection between building the cycle and the call
+    try:
+        model, registry = Model(), Model()
+        model.hook, registry.module = registry, model  # the cycle a diffusers hook makes
+        alive = weakref.ref(model)
+        del model, registry
+        assert alive() is not None  # only the cyclic collector frees it
+        bench.fresh_peak_memory()
+    finally:
+        gc.enable()
+    assert alive() is None and calls == ["synchronize", "empty_cache", "reset_peak_memory_stats"]
