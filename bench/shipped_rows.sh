@@ -36,7 +36,7 @@ ROWS=(
     "dreamgaussian-text_mv-150|120|--pipeline dreamgaussian-text_mv --steps 150"
     "dreamgaussian-imagedream-150|120|--pipeline dreamgaussian-imagedream --steps 150"
     "dreamgaussian-text-150|90|--pipeline dreamgaussian-text --steps 150"
-    "stable-zero123-as-user|400|--pipeline stable-zero123 --as-user --no-warmup"
+    "stable-zero123-as-user|560|--pipeline stable-zero123 --as-user --no-warmup"
     "dreamfusion-sd-200|80|--pipeline dreamfusion-sd --steps 200"
 )
 declare -A GROUPS_=(

@@ -4,6 +4,7 @@ rendering, the warm-up + exponential learning-rate schedule, train / resume / ex
 from __future__ import annotations
 
 import csv
+import warnings
 from pathlib import Path
 
 import pytest
@@ -82,7 +83,9 @@ def test_a_run_no_longer_than_its_warm_up_has_no_decay():
 
     rates = OmegaConf.create({"n0": "${calc_exp_lr_decay_rate:0.1,0}", "short": "${calc_exp_lr_decay_rate:0.1,-70}",
                               "long": "${calc_exp_lr_decay_rate:0.1,9900}"})  # fmt: skip
-    assert rates.n0 == 1.0 and rates.short == 1.0 and rates.long == pytest.approx(0.1 ** (1 / 9900))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an integer step count (as the configs give it) is no type warning
+        assert rates.n0 == 1.0 and rates.short == 1.0 and rates.long == pytest.approx(0.1 ** (1 / 9900))
 
 
 def test_latent_to_rgb_matrix():

@@ -26,7 +26,7 @@ def _plain(value: Any) -> Any:
     return OmegaConf.to_container(value, resolve=True) if isinstance(value, (ListConfig, DictConfig)) else value
 
 
-def _exp_lr_decay_rate(factor: float, n: float) -> float:
+def _exp_lr_decay_rate(factor: float, n: int | float) -> float:
     """The per-step factor that decays the learning rate by `factor` over `n` steps. In the threestudio configs n is
     trainer.max_steps minus the warm-up steps: a run no longer than its warm-up never reaches the decay, so its factor
     is 1 (n = 0 divided by zero before)."""
