@@ -176,6 +176,7 @@ def commit() -> str:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    t0 = time.perf_counter()
     model = Path(args.models) / f"zero123-{args.size}"
     if not (model / "model_index.json").is_file():
         from hash3d.testing.models import write_model  # diffusers: seconds of import, not needed to parse options
@@ -184,7 +185,7 @@ def main(argv: list[str] | None = None) -> None:
         write_model("zero123", args.size, model, dtype=dtype, device=args.device)
     work = Path(args.work)
     images = make_items(work / "images", args.items)
-    t0 = time.perf_counter()
+    print(f"[{time.perf_counter() - t0:.0f} s] model and {args.items} items ready", file=sys.stderr, flush=True)
     if not args.no_warmup:
         warm = argparse.Namespace(**{**vars(args), "jobs": None})
         run_backend("local", make_items(work / "warmup-images", 1), work / "warmup", model, warm)
@@ -192,6 +193,7 @@ def main(argv: list[str] | None = None) -> None:
     device = device_name(args.device)
     rows = []
     for backend in args.backends:
+        print(f"[{time.perf_counter() - t0:.0f} s] {backend} backend: starting", file=sys.stderr, flush=True)
         rows.append(run_backend(backend, images, work / backend, model, args))
         # each backend's line as soon as it is known, and the JSON so far: a run cut short keeps what finished
         print(f"[{time.perf_counter() - t0:.0f} s] {row_line(rows[-1])}", file=sys.stderr, flush=True)
