@@ -175,10 +175,10 @@ def _launcher_run(
 
     parsed = OmegaConf.load(trial / "configs" / "parsed.yaml")
     cache = parsed.system.guidance.cache
+    logged = {k.removeprefix("cache/"): v for k, v in last.items() if k.startswith("cache/")}  # CSV strings
     return {"train_s": float(last["elapsed_s"]), "saved": saved, "unet_samples": saved + run,
             "graphs_captured": int(float(last.get("cache/graphs_captured") or 0)),
-            **_request_counts({k.removeprefix("cache/"): float(v or 0) for k, v in last.items() if k.startswith("cache/")}),
-            **_policy_stats({k.removeprefix("cache/"): v for k, v in last.items() if k.startswith("cache/")}),
+            **_request_counts({k: float(v or 0) for k, v in logged.items()}), **_policy_stats(logged),
             "mode": str(cache.mode) if cache.enabled else None,
             "strategy": str(cache.policy.strategy) if cache.enabled else None}
 
