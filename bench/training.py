@@ -262,10 +262,11 @@ def main() -> None:
                         help="cost of a hit relative to a miss, per mode, for the expected speed-up")
     parser.add_argument("--stage2", action="store_true", help="dreamgaussian: run stage 2 after every stage 1")
     parser.add_argument("--baselines", action="store_true", help="also the no-guidance and fewer-steps runs")
-    parser.add_argument("--no-warmup", action="store_true", help="skip the unrecorded warm-up run")
+    parser.add_argument("--no-warmup", action="store_true", help="skip the unrecorded warm-up runs (both configs)")
     parser.add_argument("--repeats", type=int, default=1,
-                        help="run cache off and shipped this many times, alternating; each shipped row is also "
-                             "compared with the cache-off run just before it (the 'vs pair' column)")
+                        help="run cache off and shipped this many times, as pairs in alternating order (off, "
+                             "shipped, shipped, off, ...); each shipped row is also compared with the cache-off run "
+                             "of its pair (the 'vs pair' column)")
     parser.add_argument("--models", default="/tmp/hash3d-bench-models")
     parser.add_argument("--out", help="write the rows as JSON here (default: bench/results-training-<pipeline>[-<steps>]-<device>.json)")
     parser.add_argument("--out-dir", help="write the rows under their default name into this folder instead of bench/")
@@ -320,18 +321,24 @@ def main() -> None:
 
     variants = [parse_variant(v) for v in args.variants]
     hit_cost = dict(HIT_COST, **{k: float(v) for k, v in (item.split("=", 1) for item in args.hit_cost)})
-    if not args.no_warmup:  # CUDA context, kernels compiled on first use, cuDNN autotuning: not the first run's bill
-        go(pipe.hashed, min(steps, 30), [], "warm-up")
-        rows.clear()
     if args.repeats < 1:
         raise SystemExit(f"--repeats must be at least 1, got {args.repeats}")
-    off = go(pipe.base, steps, [], "cache off")
-    if args.baselines and pipe.no_guidance:
-        go(pipe.base, steps, [pipe.no_guidance], "no guidance (SDS weight 0)")
-    go(pipe.hashed, steps, [], "shipped")["pair_train_s"] = off["train_s"]
-    for repeat in range(2, args.repeats + 1):
-        pair = go(pipe.base, steps, [], f"cache off ({repeat})")
-        go(pipe.hashed, steps, [], f"shipped ({repeat})")["pair_train_s"] = pair["train_s"]
+    if not args.no_warmup:
+        # CUDA context, kernels compiled on first use, cuDNN autotuning for each config's own shapes: not the bill of
+        # whichever config happens to run first
+        for config in (pipe.base, pipe.hashed):
+            go(config, min(steps, 30), [], "warm-up")
+        rows.clear()
+    done: dict[str, dict] = {}
+    for run, repeat in pair_order(args.repeats):
+        label = ("cache off" if run == "off" else "shipped") + ("" if repeat == 1 else f" ({repeat})")
+        done[label] = go(pipe.base if run == "off" else pipe.hashed, steps, [], label)
+        if label == "cache off" and args.baselines and pipe.no_guidance:
+            go(pipe.base, steps, [pipe.no_guidance], "no guidance (SDS weight 0)")
+    for repeat in range(1, args.repeats + 1):
+        suffix = "" if repeat == 1 else f" ({repeat})"
+        done[f"shipped{suffix}"]["pair_train_s"] = done[f"cache off{suffix}"]["train_s"]
+    off = done["cache off"]
     for variant in (v for v in variants if v.mode in ("config", *pipe.cache_modes)):
         go(pipe.hashed, steps, variant.overrides(prefix.rstrip(".")), f"cache {variant.name}")
     cached = [r for r in rows if r.get("mode")]
@@ -349,6 +356,17 @@ def main() -> None:
     out.write_text(json.dumps({"device": device, "pipeline": args.pipeline, "title": title, "command": sys.argv,
                                "rows": rows}, indent=2))
     print(f"rows: {out}")
+
+
+def pair_order(repeats: int) -> list[tuple[str, int]]:
+    """The order of the cache-off and shipped runs: (run, repeat) with run "off" or "shipped", each repeat a pair,
+    and every other pair in the opposite order (off, shipped, shipped, off, off, shipped, ...): a drift over the
+    process (memory, clocks) favours neither side over an even number of repeats."""
+    order = []
+    for repeat in range(1, repeats + 1):
+        pair = [("off", repeat), ("shipped", repeat)]
+        order += pair if repeat % 2 else pair[::-1]
+    return order
 
 
 def device_slug(name: str) -> str:

@@ -81,3 +81,14 @@ def test_a_runs_peak_starts_after_earlier_runs_cycles_are_freed(bench, monkeypat
     finally:
         gc.enable()
     assert alive() is None and calls == ["synchronize", "empty_cache", "reset_peak_memory_stats"]
+
+
+def test_pairs_alternate_their_order(bench):
+    """off, shipped, then shipped, off: each repeat is one pair, and a drift over the process cancels over two."""
+    assert bench.pair_order(1) == [("off", 1), ("shipped", 1)]
+    order = bench.pair_order(4)
+    assert order == [("off", 1), ("shipped", 1), ("shipped", 2), ("off", 2),
+                     ("off", 3), ("shipped", 3), ("shipped", 4), ("off", 4)]  # fmt: skip
+    # a linear drift (run i costs i) adds the same total to both sides over an even number of repeats
+    assert sum(i for i, (run, _) in enumerate(order) if run == "off") == sum(
+        i for i, (run, _) in enumerate(order) if run == "shipped")
