@@ -8,8 +8,8 @@
 # kernels, about 2 minutes on a fresh machine, in the first row's slot), dgmodes (DreamGaussian's text, text_mv and
 # imagedream stage 1), headline (Stable-Zero123 as the user runs it: 600 steps, validation renders on). A ROW is a
 # row's name as listed by `bash bench/shipped_rows.sh list` (e.g. gs-shading-100,magic3d-refine-sd-100).
-# Each row runs two repeats of both configs in one process after an unrecorded warm-up (the DreamGaussian modes and
-# the headline: one), and writes bench/training.py's JSON under OUT_DIR (default: bench/, the current results).
+# Each row runs two repeats of both configs in one process after unrecorded warm-ups of both (the headline: one
+# repeat, no warm-up), and writes bench/training.py's JSON under OUT_DIR (default: bench/, the current results).
 # SECONDS (default 570) bounds the whole call: a row that no longer fits in what is left is not started, so a group
 # fits one device call. Each row has its own limit (from its measured length on an H100, with room): a row past it
 # prints no table. At the end, bench/shipped_table.py prints the shipped rows of OUT_DIR in one table.
@@ -23,21 +23,21 @@ PY="${PYTHON:-python3}"
 
 # name | limit s | bench/training.py arguments
 ROWS=(
-    "stable-zero123-100|110|--pipeline stable-zero123 --steps 100 --repeats 2"
-    "latentnerf-100|60|--pipeline latentnerf --steps 100 --repeats 2"
-    "magic3d-coarse-sd-100|70|--pipeline magic3d-coarse-sd --steps 100 --repeats 2"
-    "magic123-coarse-sd-100|90|--pipeline magic123-coarse-sd --steps 100 --repeats 2"
-    "magic3d-refine-sd-100|150|--pipeline magic3d-refine-sd --steps 100 --repeats 2"
-    "magic123-refine-sd-100|190|--pipeline magic123-refine-sd --steps 100 --repeats 2"
+    "stable-zero123-100|125|--pipeline stable-zero123 --steps 100 --repeats 2"
+    "latentnerf-100|70|--pipeline latentnerf --steps 100 --repeats 2"
+    "magic3d-coarse-sd-100|80|--pipeline magic3d-coarse-sd --steps 100 --repeats 2"
+    "magic123-coarse-sd-100|105|--pipeline magic123-coarse-sd --steps 100 --repeats 2"
+    "magic3d-refine-sd-100|160|--pipeline magic3d-refine-sd --steps 100 --repeats 2"
+    "magic123-refine-sd-100|200|--pipeline magic123-refine-sd --steps 100 --repeats 2"
     "gs-zero123-100|190|--pipeline gs-zero123 --steps 100 --repeats 2"
     "gs-shading-100|120|--pipeline gs-shading --steps 100 --repeats 2"
     "dreamgaussian|160|--pipeline dreamgaussian --repeats 2"
-    "gaussiandreamer-sd-100|100|--pipeline gaussiandreamer-sd --steps 100 --repeats 2"
-    "dreamgaussian-text_mv-150|120|--pipeline dreamgaussian-text_mv --steps 150"
-    "dreamgaussian-imagedream-150|120|--pipeline dreamgaussian-imagedream --steps 150"
-    "dreamgaussian-text-150|90|--pipeline dreamgaussian-text --steps 150"
+    "gaussiandreamer-sd-100|120|--pipeline gaussiandreamer-sd --steps 100 --repeats 2"
+    "dreamgaussian-text_mv-150|130|--pipeline dreamgaussian-text_mv --steps 150 --repeats 2"
+    "dreamgaussian-imagedream-150|140|--pipeline dreamgaussian-imagedream --steps 150 --repeats 2"
+    "dreamgaussian-text-150|110|--pipeline dreamgaussian-text --steps 150 --repeats 2"
     "stable-zero123-as-user|560|--pipeline stable-zero123 --as-user --no-warmup"
-    "dreamfusion-sd-200|80|--pipeline dreamfusion-sd --steps 200"
+    "dreamfusion-sd-200|130|--pipeline dreamfusion-sd --steps 200 --repeats 2"
 )
 declare -A GROUPS_=(
     [nerf]="stable-zero123-100 latentnerf-100 magic3d-coarse-sd-100 magic123-coarse-sd-100"
