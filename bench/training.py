@@ -323,22 +323,8 @@ def main() -> None:
     hit_cost = dict(HIT_COST, **{k: float(v) for k, v in (item.split("=", 1) for item in args.hit_cost)})
     if args.repeats < 1:
         raise SystemExit(f"--repeats must be at least 1, got {args.repeats}")
-    if not args.no_warmup:
-        # CUDA context, kernels compiled on first use, cuDNN autotuning for each config's own shapes: not the bill of
-        # whichever config happens to run first
-        for config in (pipe.base, pipe.hashed):
-            go(config, min(steps, 30), [], "warm-up")
-        rows.clear()
-    done: dict[str, dict] = {}
-    for run, repeat in pair_order(args.repeats):
-        label = ("cache off" if run == "off" else "shipped") + ("" if repeat == 1 else f" ({repeat})")
-        done[label] = go(pipe.base if run == "off" else pipe.hashed, steps, [], label)
-        if label == "cache off" and args.baselines and pipe.no_guidance:
-            go(pipe.base, steps, [pipe.no_guidance], "no guidance (SDS weight 0)")
-    for repeat in range(1, args.repeats + 1):
-        suffix = "" if repeat == 1 else f" ({repeat})"
-        done[f"shipped{suffix}"]["pair_train_s"] = done[f"cache off{suffix}"]["train_s"]
-    off = done["cache off"]
+    no_guidance = pipe.no_guidance if args.baselines else None
+    off = paired_runs(go, pipe.base, pipe.hashed, steps, args.repeats, not args.no_warmup, no_guidance, rows.clear)
     for variant in (v for v in variants if v.mode in ("config", *pipe.cache_modes)):
         go(pipe.hashed, steps, variant.overrides(prefix.rstrip(".")), f"cache {variant.name}")
     cached = [r for r in rows if r.get("mode")]
@@ -356,6 +342,29 @@ def main() -> None:
     out.write_text(json.dumps({"device": device, "pipeline": args.pipeline, "title": title, "command": sys.argv,
                                "rows": rows}, indent=2))
     print(f"rows: {out}")
+
+
+def paired_runs(go, base: str, hashed: str, steps: int, repeats: int, warmup: bool, no_guidance: str | None,
+                forget_warmup) -> dict:
+    """The cache-off and shipped runs in `pair_order`, after a 30-step warm-up of each config (CUDA context, kernels
+    compiled on first use, cuDNN autotuning for each config's own shapes: not the bill of whichever config happens to
+    run first; `forget_warmup()` drops their rows); with `no_guidance`, the no-guidance baseline after the first
+    cache-off run. go(config, steps, extra, label) runs one and returns its row; each shipped row gets its pair's
+    cache-off time as `pair_train_s`. Returns the first cache-off row."""
+    if warmup:
+        for config in (base, hashed):
+            go(config, min(steps, 30), [], "warm-up")
+        forget_warmup()
+    done: dict[str, dict] = {}
+    for run, repeat in pair_order(repeats):
+        label = ("cache off" if run == "off" else "shipped") + ("" if repeat == 1 else f" ({repeat})")
+        done[label] = go(base if run == "off" else hashed, steps, [], label)
+        if label == "cache off" and no_guidance:
+            go(base, steps, [no_guidance], "no guidance (SDS weight 0)")
+    for repeat in range(1, repeats + 1):
+        suffix = "" if repeat == 1 else f" ({repeat})"
+        done[f"shipped{suffix}"]["pair_train_s"] = done[f"cache off{suffix}"]["train_s"]
+    return done["cache off"]
 
 
 def pair_order(repeats: int) -> list[tuple[str, int]]:

@@ -92,3 +92,27 @@ def test_pairs_alternate_their_order(bench):
     # a linear drift (run i costs i) adds the same total to both sides over an even number of repeats
     assert sum(i for i, (run, _) in enumerate(order) if run == "off") == sum(
         i for i, (run, _) in enumerate(order) if run == "shipped")
+
+
+def test_paired_runs_warm_up_both_configs_and_pair_each_shipped_row_with_its_own_cache_off_run(bench):
+    calls, rows = [], []
+
+    def go(config, n, extra, label):
+        calls.append((config, n, tuple(extra), label))
+        rows.append({"label": label, "train_s": float(len(calls))})  # the k-th run takes k seconds
+        return rows[-1]
+
+    off = bench.paired_runs(go, "base.yaml", "base_hash3d.yaml", 100, 2, True, "sds_weight=0", rows.clear)
+    assert calls == [
+        ("base.yaml", 30, (), "warm-up"), ("base_hash3d.yaml", 30, (), "warm-up"),
+        ("base.yaml", 100, (), "cache off"), ("base.yaml", 100, ("sds_weight=0",), "no guidance (SDS weight 0)"),
+        ("base_hash3d.yaml", 100, (), "shipped"),
+        ("base_hash3d.yaml", 100, (), "shipped (2)"), ("base.yaml", 100, (), "cache off (2)"),
+    ]  # fmt: skip
+    assert [r["label"] for r in rows][0] == "cache off" and off is rows[0]  # the warm-ups' rows were dropped
+    by_label = {r["label"]: r for r in rows}
+    assert by_label["shipped"]["pair_train_s"] == 3.0 and by_label["shipped (2)"]["pair_train_s"] == 7.0
+    assert "pair_train_s" not in by_label["cache off"]
+    calls.clear()
+    bench.paired_runs(go, "base.yaml", "base_hash3d.yaml", 20, 1, False, None, rows.clear)
+    assert [c[3] for c in calls] == ["cache off", "shipped"] and calls[0][1] == 20
