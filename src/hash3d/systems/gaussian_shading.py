@@ -30,7 +30,7 @@ from .dreamfusion import PromptConfig
 from .gaussian_splatting import GaussianSplattingSystem, GaussianSplattingSystemConfig
 from .gaussiandreamer import NEGATIVE_PROMPT
 from .losses import total_variation
-from .nerf import _GeneratorRandom, sum_losses
+from .nerf import GeneratorRandom, sum_losses
 
 
 @dataclass
@@ -93,7 +93,7 @@ class GaussianShadingSystem(GaussianSplattingSystem):
                              "(gaussian-mvdream-neural-environment-map-background or neural-environment-map-background)")
         self.material = DiffuseWithPointLight(self.cfg.material)
         self.shading_generator = torch.Generator().manual_seed(self.cfg.geometry.seed)
-        self.shading_rng = _GeneratorRandom(self.shading_generator)
+        self.shading_rng = GeneratorRandom(self.shading_generator)
 
     def on_fit_start(self, datamodule) -> None:
         super().on_fit_start(datamodule)

@@ -53,7 +53,7 @@ class RegularizerWeights:
     """Mesh renders: mean |uniform Laplacian| of the vertex positions."""
 
 
-class _GeneratorRandom:
+class GeneratorRandom:
     """`random.Random`'s `.random()` drawn from a torch.Generator (whose state checkpoints hold)."""
 
     def __init__(self, generator: torch.Generator):
@@ -86,7 +86,7 @@ class NeRFSystem(System):
         self.guidance = None  # built on fit start: evaluation and export never load the diffusion model
         # torch generators: the training loop checkpoints them, so a resumed run draws the same shading and samples
         self.shading_generator = torch.Generator().manual_seed(0)
-        self.shading_rng = _GeneratorRandom(self.shading_generator)
+        self.shading_rng = GeneratorRandom(self.shading_generator)
         self.render_generator = torch.Generator(device=self.device).manual_seed(0)
 
     def build_guidance(self) -> None:

@@ -237,7 +237,8 @@ def _check(family: str, size: str, prediction_type: str) -> None:
 
 
 @contextlib.contextmanager
-def _quiet_progress_bars():
+def quiet_progress_bars():
+    """transformers' progress bars off inside the block (restored after)."""
     from transformers.utils import logging as hf_logging
 
     enabled = hf_logging.is_progress_bar_enabled()
@@ -295,7 +296,7 @@ def write_model(
             with torch.device(device):
                 model = build_component(name, config)
         torch.nn.Module.to(model, dtype=dtype).eval()  # torch's .to: diffusers' ModelMixin.to warns needlessly
-        with _quiet_progress_bars():
+        with quiet_progress_bars():
             model.save_pretrained(path / name, safe_serialization=True)
         del model
         if name == "cc_projection":

@@ -259,8 +259,8 @@ def write_shap_e(path: str | Path, *, seed: int = 0) -> Path:
     pipe = ShapEPipeline(
         prior=prior, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler, shap_e_renderer=renderer
     )
-    from hash3d.testing.models import _quiet_progress_bars  # noqa: PLC0415 - shares the transformers switch
+    from hash3d.testing.models import quiet_progress_bars  # noqa: PLC0415 - shares the transformers switch
 
-    with _quiet_progress_bars():
+    with quiet_progress_bars():
         pipe.save_pretrained(path, safe_serialization=True)
     return path
