@@ -177,6 +177,10 @@ def commit() -> str:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     t0 = time.perf_counter()
+
+    def say(message: str) -> None:  # progress on stderr, stamped with the seconds since start
+        print(f"[{time.perf_counter() - t0:.0f} s] {message}", file=sys.stderr, flush=True)
+
     model = Path(args.models) / f"zero123-{args.size}"
     if not (model / "model_index.json").is_file():
         from hash3d.testing.models import write_model  # diffusers: seconds of import, not needed to parse options
@@ -185,18 +189,18 @@ def main(argv: list[str] | None = None) -> None:
         write_model("zero123", args.size, model, dtype=dtype, device=args.device)
     work = Path(args.work)
     images = make_items(work / "images", args.items)
-    print(f"[{time.perf_counter() - t0:.0f} s] model and {args.items} items ready", file=sys.stderr, flush=True)
+    say(f"model and {args.items} items ready")
     if not args.no_warmup:
         warm = argparse.Namespace(**{**vars(args), "jobs": None})
         run_backend("local", make_items(work / "warmup-images", 1), work / "warmup", model, warm)
-        print(f"[{time.perf_counter() - t0:.0f} s] warm-up item done", file=sys.stderr, flush=True)
+        say("warm-up item done")
     device = device_name(args.device)
     rows = []
     for backend in args.backends:
-        print(f"[{time.perf_counter() - t0:.0f} s] {backend} backend: starting", file=sys.stderr, flush=True)
+        say(f"{backend} backend: starting")
         rows.append(run_backend(backend, images, work / backend, model, args))
         # each backend's line as soon as it is known, and the JSON so far: a run cut short keeps what finished
-        print(f"[{time.perf_counter() - t0:.0f} s] {row_line(rows[-1])}", file=sys.stderr, flush=True)
+        say(row_line(rows[-1]))
         write_record(args, argv, device, rows)
     print("| backend | items | jobs | wall s | wall s / item | job s (mean) | training s (mean) | model from memory |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")

@@ -177,7 +177,7 @@ def _launcher_run(
     cache = parsed.system.guidance.cache
     logged = {k.removeprefix("cache/"): v for k, v in last.items() if k.startswith("cache/")}  # CSV strings
     return {"train_s": float(last["elapsed_s"]), "saved": saved, "unet_samples": saved + run,
-            "graphs_captured": int(float(last.get("cache/graphs_captured") or 0)),
+            "graphs_captured": int(float(logged.get("graphs_captured") or 0)),
             **_request_counts({k: float(v or 0) for k, v in logged.items()}), **_policy_stats(logged),
             "mode": str(cache.mode) if cache.enabled else None,
             "strategy": str(cache.policy.strategy) if cache.enabled else None}
@@ -355,16 +355,15 @@ def paired_runs(go, base: str, hashed: str, steps: int, repeats: int, warmup: bo
         for config in (base, hashed):
             go(config, min(steps, 30), [], "warm-up")
         forget_warmup()
-    done: dict[str, dict] = {}
+    pairs: dict[int, dict[str, dict]] = {}
     for run, repeat in pair_order(repeats):
         label = ("cache off" if run == "off" else "shipped") + ("" if repeat == 1 else f" ({repeat})")
-        done[label] = go(base if run == "off" else hashed, steps, [], label)
-        if label == "cache off" and no_guidance:
+        pairs.setdefault(repeat, {})[run] = go(base if run == "off" else hashed, steps, [], label)
+        if (run, repeat) == ("off", 1) and no_guidance:
             go(base, steps, [no_guidance], "no guidance (SDS weight 0)")
-    for repeat in range(1, repeats + 1):
-        suffix = "" if repeat == 1 else f" ({repeat})"
-        done[f"shipped{suffix}"]["pair_train_s"] = done[f"cache off{suffix}"]["train_s"]
-    return done["cache off"]
+    for pair in pairs.values():
+        pair["shipped"]["pair_train_s"] = pair["off"]["train_s"]
+    return pairs[1]["off"]
 
 
 def pair_order(repeats: int) -> list[tuple[str, int]]:
