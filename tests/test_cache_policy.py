@@ -15,11 +15,14 @@ def auto(**kw) -> AutoPolicy:
     return AutoPolicy(CachePolicyConfig(strategy="auto", auto=AutoPolicyConfig(**kw)))
 
 
-def drive(policy: AutoPolicy, steps: int, cost, shape=SHAPE) -> list[bool]:
-    """Run `steps` requests, feeding back cost(step, tried) at once; returns the decisions."""
+def drive(policy: AutoPolicy, steps: int, cost, shape=SHAPE, hits=lambda step: 1) -> list[bool]:
+    """Run `steps` requests, feeding back cost(step, tried) at once, and for a tried request the samples it found in
+    the table, hits(step) (by default one: the table has something to reuse); returns the decisions."""
     decisions = []
     for step in range(steps):
         tried = policy.decide(shape)
+        if tried:
+            policy.observe_hits(shape, hits(step))
         policy.observe(shape, tried, cost(step, tried))
         decisions.append(tried)
     return decisions
@@ -408,3 +411,48 @@ def test_one_off_count_grows_with_each_new_signature():
         torch.testing.assert_close(fn(torch.ones(shape)), torch.full(shape, 2.0))
         counts.append(count_one_offs([fn]))
     assert counts == [1, 1, 2, 2, 2, 3] and fn.signatures_seen == 3 and not fn.graphs
+
+
+def test_probe_bursts_that_find_nothing_back_off():
+    """While skipping, a probe burst that finds no sample doubles the probe period, up to probe_backoff times
+    probe_every; a burst that finds one restores it. The futile tries of a run where nothing comes back shrink."""
+    knobs = dict(warmup=2, explore_every=0, probe_every=10, probe_len=2, probe_backoff=4, discard=0, min_samples=2,
+                 window=4)  # fmt: skip
+    p = auto(**knobs)
+    found = {"n": 0}
+    decisions = drive(p, 200, lambda step, tried: 30.0 if tried else 20.0, hits=lambda step: found["n"])
+    assert p.arm(SHAPE) == "skip" and p.stats()["policy_switches"] == 1
+    starts = [i for i in range(1, len(decisions)) if decisions[i] and not decisions[i - 1]]
+    # periods 10, 20, 40, then capped at 40 (4 x 10); each burst probe_len long
+    assert [b - a for a, b in zip(starts, starts[1:])] == [20, 40, 40, 40, 40]
+    assert all(decisions[s:s + 2] == [True, True] and not decisions[s + 2] for s in starts)
+    # a burst that finds a sample brings the period back to probe_every
+    found["n"] = 1
+    more = drive(p, 120, lambda step, tried: 30.0 if tried else 20.0, hits=lambda step: found["n"])
+    starts = [i for i in range(1, len(more)) if more[i] and not more[i - 1]]
+    assert [b - a for a, b in zip(starts, starts[1:])][-2:] == [10, 10]
+    # probe_backoff 1: a fixed period
+    q = auto(**dict(knobs, probe_backoff=1))
+    fixed = drive(q, 200, lambda step, tried: 30.0 if tried else 20.0, hits=lambda step: 0)
+    starts = [i for i in range(1, len(fixed)) if fixed[i] and not fixed[i - 1]]
+    assert {b - a for a, b in zip(starts, starts[1:])} == {10}
+    r = auto(**knobs)
+    r.load_state_dict(p.state_dict())
+    assert r.state_dict() == p.state_dict()
+
+
+def test_no_switch_to_trying_on_the_times_alone_when_the_tries_find_nothing():
+    """Probe tries that measure cheaper but found no sample in the table are the times' noise: the shape keeps
+    skipping; the same times with a sample found switch it to trying."""
+    knobs = dict(warmup=2, explore_every=3, probe_every=10, probe_len=5, discard=0, min_samples=2, window=4)
+    for found, arm in ((0, "skip"), (1, "try")):
+        p = auto(**knobs)
+        drive(p, 30, lambda step, tried: 30.0 if tried else 20.0)  # trying dearer: skips
+        assert p.arm(SHAPE) == "skip"
+        drive(p, 40, lambda step, tried: 10.0 if tried else 20.0, hits=lambda step: found)  # noqa: B023
+        assert p.arm(SHAPE) == arm, found
+
+
+def test_probe_backoff_must_be_positive():
+    with pytest.raises(ValueError, match="probe_backoff must be >= 1"):
+        AutoPolicyConfig(probe_backoff=0)

@@ -22,6 +22,9 @@ class AutoPolicyConfig:
     """While skipping: a burst of tries starts every N requests."""
     probe_len: int = 10
     """Length of that burst."""
+    probe_backoff: int = 8
+    """A burst that finds no sample in the table doubles the shape's probe period, up to this many times
+    `probe_every`; a burst that finds one restores it (1 = a fixed period)."""
     window: int = 8
     """Measurements per arm kept for the mean; also the run of tried requests that found nothing in the table after
     which a shape stops trying."""
@@ -36,7 +39,7 @@ class AutoPolicyConfig:
         for name in ("warmup", "explore_every", "discard"):
             if getattr(self, name) < 0:
                 raise ValueError(f"cache.policy.auto.{name} must be >= 0; got {getattr(self, name)}")
-        for name in ("probe_every", "probe_len", "window", "min_samples"):
+        for name in ("probe_every", "probe_len", "probe_backoff", "window", "min_samples"):
             if getattr(self, name) < 1:
                 raise ValueError(f"cache.policy.auto.{name} must be >= 1; got {getattr(self, name)}")
         if self.probe_len > self.probe_every:

@@ -10,11 +10,14 @@ that it pays: a shape tries while trying measures cheaper than skipping by more 
 off). Around that:
 - the first `warmup` requests of a shape try (the table fills, the graphs are captured);
 - while trying, every `explore_every`-th request skips, so the cost of skipping stays known;
-- while skipping, a burst of `probe_len` tries at the end of every `probe_every` requests refreshes the table and the cost of
-  trying, so a run that changes (annealed timesteps, a new resolution) can win the cache back;
+- while skipping, a burst of `probe_len` tries at the end of every probe period (`probe_every` requests) refreshes
+  the table and the cost of trying, so a run that changes (annealed timesteps, a new resolution) can win the cache
+  back; a burst that finds no sample in the table doubles the period (up to `probe_backoff` times `probe_every`), one
+  that finds a sample restores it, so a run where nothing comes back pays fewer and fewer futile tries;
 - it stops trying, whatever the times, when none of the latest `window` tried requests found a single sample in the
-  table: such a try cannot save anything, and costs its query, its insert and a host read over the plain UNet call
-  (a loss smaller than the times' noise, which would otherwise be paid for the whole run).
+  table, and does not start trying on the times alone while none of the latest tries found one: such a try cannot
+  save anything, and costs its query, its insert and a host read over the plain UNet call (a loss smaller than the
+  times' noise, which would otherwise be paid for the whole run, and which the noise could make look like a gain).
 The mean, not the median: a recurring dear try is part of what trying costs. One-off costs are not: the cache does
 not report a request during which a CUDA graph was captured or a new batch shape ran its first eager call
 (`hash3d.diffusion.request_timer`); paid once, they say nothing about the next request, and counted, they drove the
@@ -81,6 +84,10 @@ class _ShapeState:
     requests: int = 0
     arm: str = "try"
     since_probe: int = 0
+    period: int = 0
+    """The current probe period while skipping (0: not set yet, `probe_every`)."""
+    burst_hits: int = 0
+    """Samples found by the tries of the current probe period."""
     seen: dict[str, int] = field(default_factory=lambda: {arm: 0 for arm in ARMS})
     costs: dict[str, deque] = field(default_factory=dict)
     hits: deque = field(default_factory=deque)
@@ -118,8 +125,14 @@ class AutoPolicy:
             return True
         if s.arm == "try":
             return auto.explore_every == 0 or s.requests % auto.explore_every != 0
+        period = s.period or auto.probe_every
         s.since_probe += 1  # the burst closes each period, so a switch to skipping is not followed by tries at once
-        return s.since_probe % auto.probe_every >= auto.probe_every - auto.probe_len
+        if s.since_probe == period:  # the period's burst is over: it sets the next period
+            base = auto.probe_every
+            s.period = base if s.burst_hits else min(2 * period, base * auto.probe_backoff)
+            s.since_probe, s.burst_hits = 0, 0
+            return False
+        return s.since_probe >= period - auto.probe_len
 
     def observe(self, shape: tuple, tried: bool, ms: float) -> None:
         """One measured request cost (ms) of `shape`, tried or not; may switch that shape's arm."""
@@ -133,6 +146,8 @@ class AutoPolicy:
         if any(len(s.costs[a]) < auto.min_samples for a in ARMS):
             return
         pays = self.cost(shape, "try") < self.cost(shape, "skip") * (1.0 - auto.margin)
+        if pays and s.arm == "skip" and not any(s.hits):
+            return  # cheaper on the clock, but the latest tries found nothing to reuse: the times' noise
         if pays != (s.arm == "try"):
             self._switch(s)
 
@@ -140,12 +155,14 @@ class AutoPolicy:
         """The number of samples a tried request of `shape` found in the table; may stop that shape's tries."""
         s = self._state(shape)
         s.hits.append(int(hits))
-        if s.arm == "try" and len(s.hits) == s.hits.maxlen and not any(s.hits):
+        if s.arm == "skip":
+            s.burst_hits += int(hits)
+        elif len(s.hits) == s.hits.maxlen and not any(s.hits):
             self._switch(s)
 
     def _switch(self, s: _ShapeState) -> None:
         s.arm = "skip" if s.arm == "try" else "try"
-        s.since_probe = 0
+        s.since_probe, s.period, s.burst_hits = 0, 0, 0
         s.hits.clear()
         s.switches += 1
 
@@ -162,7 +179,7 @@ class AutoPolicy:
             "calls": self.calls,
             "shapes": [
                 {"shape": list(shape), "requests": s.requests, "arm": s.arm, "since_probe": s.since_probe,
-                 "seen": dict(s.seen), "costs": {a: list(c) for a, c in s.costs.items()}, "hits": list(s.hits),
+                 "period": s.period, "burst_hits": s.burst_hits, "seen": dict(s.seen), "costs": {a: list(c) for a, c in s.costs.items()}, "hits": list(s.hits),
                  "switches": s.switches}
                 for shape, s in self.shapes.items()
             ],
@@ -174,6 +191,7 @@ class AutoPolicy:
         for item in state["shapes"]:
             s = self._state(tuple(item["shape"]))
             s.requests, s.arm, s.since_probe = int(item["requests"]), str(item["arm"]), int(item["since_probe"])
+            s.period, s.burst_hits = int(item.get("period", 0)), int(item.get("burst_hits", 0))
             s.seen = {a: int(n) for a, n in item["seen"].items()}
             for a, values in item["costs"].items():
                 s.costs[a].extend(float(v) for v in values)
