@@ -34,8 +34,9 @@ Per run: total training time, it/s, speed-up vs cache off, peak GPU memory, the 
 the cache, the CUDA graphs the cache captured (one per phase and batch shape, each costing a few eager passes that
 a short run does not amortise), and where a step's time goes (GPU time from CUDA events, `hash3d.profiling`): rendering, VAE encoder
 forward and backward, UNet (with the cache's lookups and inserts), the rest of the guidance (timestep and noise
-sampling, conditioning, ε, CFG, the SDS gradient), the rest of the backward pass, optimiser (+ densification) and
-what is left (the host, data, losses). Trailing key=value pairs override every run.
+sampling, conditioning, ε, CFG, the SDS gradient), the rest of the backward pass, the NeRF systems' regularisers
+(forward; e.g. Stable-Zero123's 3D normal smoothness, a second field pass), optimiser (+ densification) and what is
+left (the host, data, other losses). Trailing key=value pairs override every run.
 """
 
 from __future__ import annotations
@@ -150,7 +151,7 @@ CACHE_PREFIX = {True: "system.guidance.cache.", False: "cache."}
 HIT_COST = {"noise": 0.05, "features": 0.35}
 """Cost of a hit relative to a miss (bench/guidance.py: noise hits 2-8 % of a miss, features 20-47 %)."""
 STEPS_KEY = {True: "trainer.max_steps", False: "iters"}
-PARTS = ["render", "vae_fwd", "vae_bwd", "unet", "guidance_rest", "backward_rest", "optimiser", "other"]
+PARTS = ["render", "vae_fwd", "vae_bwd", "unet", "guidance_rest", "backward_rest", "regularisers", "optimiser", "other"]
 
 
 def _launcher_run(
@@ -235,7 +236,7 @@ def fresh_peak_memory() -> None:
     torch.cuda.reset_peak_memory_stats()
 
 
-def _parts(totals: dict[str, float], train_s: float, steps: int) -> dict[str, float]:
+def step_parts(totals: dict[str, float], train_s: float, steps: int) -> dict[str, float]:
     """ms per step of each part (see the module docstring); the parts add up to the measured step time."""
     g = totals.get
     top = sum(g(k, 0.0) for k in ("data", "render", "guidance", "backward", "optimizer", "densify"))
@@ -246,8 +247,9 @@ def _parts(totals: dict[str, float], train_s: float, steps: int) -> dict[str, fl
         "unet": g("unet", 0.0),
         "guidance_rest": g("guidance", 0.0) - g("vae_encode", 0.0) - g("unet", 0.0),
         "backward_rest": g("backward", 0.0) - g("vae_backward", 0.0),
+        "regularisers": g("regularisers", 0.0),
         "optimiser": g("optimizer", 0.0) + g("densify", 0.0),
-        "other": 1000 * train_s - top + g("data", 0.0),
+        "other": 1000 * train_s - top + g("data", 0.0) - g("regularisers", 0.0),
     }
     return {k: v / steps for k, v in parts.items()}
 
@@ -314,7 +316,7 @@ def main() -> None:
             row = _dreamgaussian_run(pipe, config, out, n, options, timer, args.stage2)
         row.update(label=label, config=config, extra=extra, steps=n, it_per_s=n / row["train_s"],
                    peak_gb=torch.cuda.max_memory_allocated() / 2**30,
-                   parts_ms=_parts(timer.totals_ms(), row["train_s"], n))  # fmt: skip
+                   parts_ms=step_parts(timer.totals_ms(), row["train_s"], n))  # fmt: skip
         rows.append(row)
         print(json.dumps(row), flush=True)
         return row

@@ -11,8 +11,8 @@ def bench(load_bench):
 
 
 def _row(label, train_s, unet_ms, mode=None, saved=0, samples=0, requests=0, answered=0, split=0, skipped=0):
-    parts = {p: 0.0 for p in ("render", "vae_fwd", "vae_bwd", "unet", "guidance_rest", "backward_rest", "optimiser",
-                              "other")}  # fmt: skip
+    parts = {p: 0.0 for p in ("render", "vae_fwd", "vae_bwd", "unet", "guidance_rest", "backward_rest", "regularisers",
+                              "optimiser", "other")}  # fmt: skip
     parts["unet"] = unet_ms
     return {"label": label, "train_s": train_s, "steps": 100, "it_per_s": 100 / train_s, "peak_gb": 1.0,
             "parts_ms": parts, "mode": mode, "strategy": "auto" if mode else None, "saved": saved,
@@ -116,3 +116,15 @@ def test_paired_runs_warm_up_both_configs_and_pair_each_shipped_row_with_its_own
     calls.clear()
     bench.paired_runs(go, "base.yaml", "base_hash3d.yaml", 20, 1, False, None, rows.clear)
     assert [c[3] for c in calls] == ["cache off", "shipped"] and calls[0][1] == 20
+
+
+def test_step_parts_add_up_to_the_step_and_give_the_regularisers_their_own_part(bench):
+    """Section totals (ms over the run) -> ms per step; nested sections (VAE inside guidance and backward, the
+    regularisers inside the forward pass) are taken out of their parents, and the parts sum to the measured step."""
+    totals = {"data": 10.0, "forward": 900.0, "render": 300.0, "guidance": 400.0, "vae_encode": 100.0, "unet": 200.0,
+              "regularisers": 150.0, "backward": 500.0, "vae_backward": 120.0, "optimizer": 40.0, "densify": 0.0}
+    parts = bench.step_parts(totals, train_s=2.0, steps=10)
+    assert parts["regularisers"] == 15.0 and parts["guidance_rest"] == 10.0 and parts["backward_rest"] == 38.0
+    assert sum(parts.values()) == pytest.approx(2000.0 / 10)
+    assert parts["other"] == pytest.approx((2000.0 - (10 + 300 + 400 + 500 + 40 + 0) + 10 - 150) / 10)
+    assert list(parts) == bench.PARTS
