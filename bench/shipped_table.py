@@ -3,7 +3,9 @@
     python bench/shipped_table.py [--device h100] [--check] [FILE.json ...]
 
 Reads bench/results-training-*-<device>.json (or the files given), takes each `shipped` row and the `cache off` row
-of the same repeat (`pair_train_s`), and prints one markdown line per file: pipeline and steps, cache off and
+of the same repeat (`pair_train_s`), and prints one markdown line per file: pipeline, the commit the rows ran
+(the file's `commit` key, written by hand after a device run, whose checkout's git history may be stale; `?` when
+missing) and steps, cache off and
 shipped seconds and their ratio for each repeat, UNet samples from the cache, requests answered whole / split /
 skipped, CUDA graphs the cache captured, UNet ms per step off → shipped, and the file. A ratio below 1.00 is a slow
 row (a shipped config slower than its twin is a defect): it is printed in bold and, with --check, makes the exit
@@ -40,6 +42,7 @@ class ShippedResult:
     shipped: dict
     off: dict
     path: Path
+    commit: str = "?"
 
     @property
     def slow(self) -> bool:
@@ -54,7 +57,8 @@ def shipped_result(data: dict, path: Path) -> ShippedResult | None:
         return None
     off = next(r for r in rows if r["label"] == "cache off")
     pairs = [Pair(r["pair_train_s"], r["train_s"]) for r in shipped]
-    return ShippedResult(data["pipeline"], int(shipped[0]["steps"]), pairs, shipped[0], off, path)
+    return ShippedResult(data["pipeline"], int(shipped[0]["steps"]), pairs, shipped[0], off, path,
+                         str(data.get("commit", "?")))
 
 
 def _shown(path: Path) -> Path:
@@ -72,14 +76,14 @@ def table_line(result: ShippedResult) -> str:
     share = s["saved"] / s["unet_samples"] if s.get("unet_samples") else 0.0
     requests = f"{s.get('answered_requests', 0)} / {s.get('split_requests', 0)} / {s.get('skipped_requests', 0)}"
     unet = f"{off['parts_ms']['unet']:.1f} → {s['parts_ms']['unet']:.1f}"
-    cells = [result.pipeline, str(result.steps), _seconds([p.off_s for p in result.pairs]),
+    cells = [result.pipeline, result.commit, str(result.steps), _seconds([p.off_s for p in result.pairs]),
              _seconds([p.shipped_s for p in result.pairs]), ratios, f"{share:.0%}", requests,
              str(s.get("graphs_captured", 0)), unet, f"`{_shown(result.path)}`"]
     return "| " + " | ".join(cells) + " |"
 
 
-HEADER = ("| pipeline | steps | cache off s | shipped s | shipped vs off | UNet samples from cache | whole / split / "
-          "skipped | cache graphs | UNet ms/step off → shipped | raw JSON |\n|---|---|---|---|---|---|---|---|---|---|")
+HEADER = ("| pipeline | commit | steps | cache off s | shipped s | shipped vs off | UNet samples from cache | whole / split / "
+          "skipped | cache graphs | UNet ms/step off → shipped | raw JSON |\n|---|---|---|---|---|---|---|---|---|---|---|")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,8 +19,8 @@ def _row(label, train_s, unet_ms, pair=None, **counts):
     return row
 
 
-def _write(path, pipeline, rows):
-    path.write_text(json.dumps({"device": "NVIDIA H100 80GB HBM3", "pipeline": pipeline, "rows": rows}))
+def _write(path, pipeline, rows, **keys):
+    path.write_text(json.dumps({"device": "NVIDIA H100 80GB HBM3", "pipeline": pipeline, "rows": rows, **keys}))
     return path
 
 
@@ -29,7 +29,7 @@ def test_rows_ratios_and_the_slow_check(table, tmp_path, capsys):
                   graphs_captured=9)
     fast = _write(tmp_path / "a.json", "fast-pipe", [
         _row("cache off", 10.0, 20.0), _row("shipped", 8.0, 12.0, pair=10.0, **counts),
-        _row("cache off (2)", 10.5, 20.0), _row("shipped (2)", 10.0, 12.0, pair=10.5, **counts)])
+        _row("cache off (2)", 10.5, 20.0), _row("shipped (2)", 10.0, 12.0, pair=10.5, **counts)], commit="abc1234")
     slow = _write(tmp_path / "b.json", "slow-pipe", [
         _row("cache off", 6.0, 15.0), _row("shipped", 6.6, 16.0, pair=6.0, saved=0, unet_samples=100)])
     old = _write(tmp_path / "c.json", "old-pipe", [_row("cache off", 5.0, 1.0), _row("cache noise η=1", 5.0, 1.0)])
@@ -38,10 +38,13 @@ def test_rows_ratios_and_the_slow_check(table, tmp_path, capsys):
     out = capsys.readouterr().out.splitlines()
     fast_line = next(line for line in out if line.startswith("| fast-pipe"))
     cells = [c.strip() for c in fast_line.strip("|").split("|")]
-    assert cells[:9] == ["fast-pipe", "100", "10.00 / 10.50", "8.00 / 10.00", "1.25× / 1.05×", "25%", "2 / 5 / 40", "9",
+    assert cells[:10] == ["fast-pipe", "abc1234", "100", "10.00 / 10.50", "8.00 / 10.00", "1.25× / 1.05×", "25%", "2 / 5 / 40", "9",
                          "20.0 → 12.0"]
     slow_line = next(line for line in out if line.startswith("| slow-pipe"))
     assert f"**{6.0 / 6.6:.2f}×**" in slow_line  # a slow row stands out
+    assert slow_line.startswith("| slow-pipe | ? | 100 |")  # no commit key: said so
+    header = next(line for line in out if line.startswith("| pipeline"))
+    assert len(header.split("|")) == len(fast_line.split("|"))
     assert "slower than cache off in some repeat: slow-pipe" in out[-2] and out[-1] == "no shipped row in: c.json"
     assert table.main(["--check", str(fast), str(slow)]) == 1
     assert table.main(["--check", str(fast)]) == 0
