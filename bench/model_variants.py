@@ -57,7 +57,7 @@ TOLERANCE = {"bf16": 3e-2}
 """Largest relative difference from eager a variant may show (default `DEFAULT_TOLERANCE`)."""
 DEFAULT_TOLERANCE = 1e-2
 DEFAULT_SHAPES = {
-    ("vae", "sd"): ["4x512"],  # GaussianDreamer's four 512² views
+    ("vae", "sd"): ["4x512", "1x512"],  # GaussianDreamer's four 512² views; DreamFusion-SD's one
     ("vae", "zero123"): ["12x256", "1x256"],  # Stable-Zero123's twelve 256² views; DreamGaussian's one
     ("unet", "sd"): ["8x64", "2x64"],  # GaussianDreamer (4 views); DreamFusion-SD (1 view); CFG doubles the batch
     ("unet", "zero123"): ["24x32", "2x32"],  # Stable-Zero123 (12 views); DreamGaussian (1 view)
