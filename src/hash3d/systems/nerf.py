@@ -137,7 +137,7 @@ class NeRFSystem(System):
                 terms["normal_smooth"] = self.weight(w.lambda_normal_smooth) * losses.normal_smoothness_2d(out.normal_vis)
             if self.weight(w.lambda_3d_normal_smooth) > 0 and out.sample_normals is not None and out.positions is not None:
                 noise = torch.randn(out.positions.shape, device=out.positions.device, generator=self.render_generator)
-                perturbed = self.geometry(out.positions + 0.01 * noise, with_normal=True).normal
+                perturbed = self.geometry.normal(out.positions + 0.01 * noise)
                 terms["3d_normal_smooth"] = self.weight(w.lambda_3d_normal_smooth) * losses.normal_smoothness_3d(
                     out.sample_normals, perturbed
                 )
