@@ -103,7 +103,7 @@ def build_step(variant: str, vae, x: torch.Tensor) -> Callable[[torch.Tensor], t
     fn = moments_fn(vae)
     if variant.startswith("compiled"):
         fn = torch.compile(fn)
-    if variant.startswith("graphed") or variant == "compiled+graphed":
+    if "graphed" in variant:
         sample = x.detach().clone().requires_grad_(True)
         out = fn(sample)  # compile and warm up outside the capture
         out.backward(torch.ones_like(out))
@@ -160,11 +160,10 @@ def run(vae, shapes: list[tuple[int, int]], variants: list[str], iters: int) -> 
         label = f"{batch}x{side}"
         generator = torch.Generator(device="cpu").manual_seed(0)
         x = (torch.rand(batch, 3, side, side, generator=generator) * 2 - 1).to(device, dtype)
-        eager_vae = vae
         with cudnn_benchmark(False):
-            grad = torch.randn(moments_fn(eager_vae)(x).shape, generator=generator).to(device, dtype)
-            ref_ms, ref_moments, ref_grad = measure(moments_fn(eager_vae), x, grad, iters)
-        flops = count_flops(eager_vae, x, grad)
+            grad = torch.randn(moments_fn(vae)(x).shape, generator=generator).to(device, dtype)
+            ref_ms, ref_moments, ref_grad = measure(moments_fn(vae), x, grad, iters)
+        flops = count_flops(vae, x, grad)
         for variant in variants:
             if variant in CUDA_ONLY and not cuda:
                 rows.append(Row(label, variant, None, None, None, None, None, "needs CUDA"))
