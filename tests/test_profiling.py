@@ -60,7 +60,7 @@ def test_nerf_regularisers_are_a_section_of_their_own(monkeypatch, tmp_path):
     import contextlib
     from pathlib import Path
 
-    import hash3d.systems.nerf as nerf
+    import hash3d.profiling as profiling
     from hash3d.config import load_config, smoke_overrides
     from hash3d.launch import main
 
@@ -71,7 +71,7 @@ def test_nerf_regularisers_are_a_section_of_their_own(monkeypatch, tmp_path):
         opened.append(name)
         yield
 
-    monkeypatch.setattr(nerf, "section", recording)
+    monkeypatch.setattr(profiling, "section", recording)  # what `timed` opens (the loop's sections bound it at import)
     front = Path(__file__).resolve().parents[1] / "threestudio-hash3d"
     monkeypatch.chdir(front)
     config = front / "configs" / "stable-zero123-mini_hash3d.yaml"
@@ -79,7 +79,7 @@ def test_nerf_regularisers_are_a_section_of_their_own(monkeypatch, tmp_path):
             "system.geometry.pos_encoding_config.log2_hashmap_size=12", "system.renderer.num_samples_per_ray=32"]
     assert main(["--config", str(config), "--train", *args]) == 0
     # two steps, each with its SDS views and its reference view
-    assert opened == ["regularisers"] * 4
+    assert [name for name in opened if name == "regularisers"] == ["regularisers"] * 4
 
 
 def _toy_step():
