@@ -5,6 +5,7 @@
     python bench/training.py --pipeline gaussiandreamer-sd
     python bench/training.py --pipeline magic3d-refine-sd   (also magic3d-coarse-sd, magic123-coarse-sd, magic123-refine-sd)
     python bench/training.py --pipeline dreamgaussian-text_mv   (also dreamgaussian-text, dreamgaussian-imagedream)
+    python bench/training.py --pipeline stable-zero123 --profile 20 [--profile-config base]
 
 Pipelines: the threestudio-hash3d configs (stable-zero123, zero123, dreamfusion-sd; the Magic3D and Magic123 stages,
 where a refine pipeline first trains its coarse config for a few hundred untimed steps and starts from that
@@ -37,6 +38,15 @@ forward and backward, UNet (with the cache's lookups and inserts), the rest of t
 sampling, conditioning, ε, CFG, the SDS gradient), the rest of the backward pass, the NeRF systems' regularisers
 (forward; e.g. Stable-Zero123's 3D normal smoothness, a second field pass), optimiser (+ densification) and what is
 left (the host, data, other losses). Trailing key=value pairs override every run.
+
+--profile N: after the usual rows, one more run of the shipped `_hash3d` config (--profile-config base: the base
+config, cache off) for N steps under `torch.profiler` (`hash3d.profiling.kernel_profile`), and a table of the kernels
+that make up each section: per section its GPU time a step, and its top kernels (calls and ms a step, % of the
+profiled step's wall time), then the top kernels overall. A kernel counts under the innermost section that launched
+it; the backward pass's kernels (launched by the autograd engine outside the sections) under "backward", those
+launched between sections under "other"; only what was launched between the first section and the last counts (not
+the set-up or the checkpoint). The profiler slows the run, so it is no timing row. Its rows go to
+profile-<pipeline>[-<steps>]-<device>.json next to the results file.
 """
 
 from __future__ import annotations
@@ -49,7 +59,7 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -58,7 +68,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 from hash3d.launch import main as launch  # noqa: E402
-from hash3d.profiling import SectionTimer  # noqa: E402
+from hash3d.profiling import Attribution, SectionTimer, attribute, kernel_profile, section_span  # noqa: E402
 from hash3d.image_to_3d.variants import parse_variant  # noqa: E402
 from hash3d.testing.models import write_model  # noqa: E402
 
@@ -272,6 +282,10 @@ def main() -> None:
     parser.add_argument("--models", default="/tmp/hash3d-bench-models")
     parser.add_argument("--out", help="write the rows as JSON here (default: bench/results-training-<pipeline>[-<steps>]-<device>.json)")
     parser.add_argument("--out-dir", help="write the rows under their default name into this folder instead of bench/")
+    parser.add_argument("--profile", type=int, metavar="N",
+                        help="then profile N steps of one more run under torch.profiler: kernels per section")
+    parser.add_argument("--profile-config", choices=("base", "hashed"), default="hashed",
+                        help="the config of the profiled run (default: the shipped _hash3d config)")
     parser.add_argument("extra", nargs="*", help="key=value overrides for every run")
     args = parser.parse_args()
     if not torch.cuda.is_available():
@@ -300,7 +314,7 @@ def main() -> None:
         trial = sorted(p for p in coarse_out.glob("*/*") if p.is_dir())[-1]
         model_options.append(f"system.geometry_convert_from={trial / 'ckpts' / 'last.ckpt'}")
 
-    def go(config: str, n: int, extra: list[str], label: str) -> dict:
+    def run(config: str, n: int, extra: list[str], label: str, stage2: bool) -> dict:
         # one folder per run (the warm-up's too): a run reads its own metrics.csv, never an earlier run's
         out = work / f"{len(rows):02d}-{label.replace(' ', '_').replace('=', '')}"
         if out.exists():
@@ -313,10 +327,14 @@ def main() -> None:
         if pipe.launcher:
             row = _launcher_run(pipe, config, out, n, options, timer, args.as_user)
         else:
-            row = _dreamgaussian_run(pipe, config, out, n, options, timer, args.stage2)
+            row = _dreamgaussian_run(pipe, config, out, n, options, timer, stage2)
         row.update(label=label, config=config, extra=extra, steps=n, it_per_s=n / row["train_s"],
                    peak_gb=torch.cuda.max_memory_allocated() / 2**30,
                    parts_ms=step_parts(timer.totals_ms(), row["train_s"], n))  # fmt: skip
+        return row
+
+    def go(config: str, n: int, extra: list[str], label: str) -> dict:
+        row = run(config, n, extra, label, args.stage2)
         rows.append(row)
         print(json.dumps(row), flush=True)
         return row
@@ -338,12 +356,31 @@ def main() -> None:
     title = f"{args.pipeline}: {steps} training steps{' (whole recipe, validation on)' if args.as_user else ''}, {device}"
     print(f"\n### {title}")
     print(format_table(rows, off, hit_cost))
-    out = Path(args.out) if args.out else Path(args.out_dir or REPO / "bench") / (
-        f"results-training-{args.pipeline}{'' if args.steps is None else f'-{steps}'}{'-as-user' if args.as_user else ''}"
-        f"-{device_slug(device)}.json")
+    name = (f"{args.pipeline}{'' if args.steps is None else f'-{steps}'}{'-as-user' if args.as_user else ''}"
+            f"-{device_slug(device)}.json")
+    out = Path(args.out) if args.out else Path(args.out_dir or REPO / "bench") / f"results-training-{name}"
     out.write_text(json.dumps({"device": device, "pipeline": args.pipeline, "title": title, "command": sys.argv,
                                "rows": rows}, indent=2))
     print(f"rows: {out}")
+    if args.profile:
+        config = pipe.hashed if args.profile_config == "hashed" else pipe.base
+        with kernel_profile() as kp:
+            row = run(config, args.profile, [], "profile", stage2=False)
+        events = kp.profiler.events()
+        found = attribute(events, kp.sections, device_time=True, window=section_span(events, kp.sections))
+        step_ms = 1000 * row["train_s"] / args.profile
+        title = (f"{args.pipeline}: GPU kernels by section, {config}, {args.profile} steps under torch.profiler "
+                 f"({step_ms:.1f} ms a step; the profiler slows the run: not a timing row), {device}")
+        print(f"\n### {title}")
+        print(format_profile(found, args.profile, step_ms))
+        path = out.parent / f"profile-{name}"
+        path.write_text(json.dumps({
+            "device": device, "pipeline": args.pipeline, "config": config, "title": title, "command": sys.argv,
+            "steps": args.profile, "step_ms": step_ms, "totals_ms_per_step": {
+                k: v / args.profile for k, v in found.totals_ms.items()},
+            "rows": [dict(asdict(r), calls_per_step=r.calls / args.profile, ms_per_step=r.ms / args.profile)
+                     for r in found.rows]}, indent=2))  # fmt: skip
+        print(f"kernel rows: {path}")
 
 
 def paired_runs(go, base: str, hashed: str, steps: int, repeats: int, warmup: bool, no_guidance: str | None,
@@ -421,6 +458,29 @@ def format_table(rows: list[dict], off: dict, hit_cost: dict[str, float]) -> str
             cells[2] += f" (+{r['stage2_s']:.1f} stage 2)"
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def short(name: str, width: int = 80) -> str:
+    """A kernel name cut to `width` characters, safe in a markdown cell."""
+    name = name.replace("|", "\\|")
+    return name if len(name) <= width else name[: width - 3] + "..."
+
+
+def format_profile(found: Attribution, steps: int, step_ms: float, per_section: int = 8, overall: int = 30) -> str:
+    """Markdown: per section its total and its top kernels, then the top kernels overall (calls and ms a step, % of
+    the profiled step's wall time `step_ms`)."""
+    head = "| section | kernel | calls/step | ms/step | % of step |\n|---|---|---|---|---|"
+
+    def line(section: str, name: str, calls: float | None, ms: float) -> str:
+        calls_cell = "-" if calls is None else f"{calls / steps:.1f}"
+        return f"| {section} | {name} | {calls_cell} | {ms / steps:.2f} | {100 * ms / steps / step_ms:.1f}% |"
+
+    lines = [head, line("all", "(all kernels)", None, sum(found.totals_ms.values()))]
+    for section, total in found.totals_ms.items():
+        lines.append(line(f"**{section}**", "(all)", None, total))
+        lines += [line(section, short(r.name), r.calls, r.ms) for r in found.rows if r.section == section][:per_section]
+    top = [line(r.section, short(r.name), r.calls, r.ms) for r in found.rows[:overall]]
+    return "\n".join([*lines, "", f"Top {overall} kernels overall:", "", head, *top])
 
 
 if __name__ == "__main__":

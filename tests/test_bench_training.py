@@ -128,3 +128,34 @@ def test_step_parts_add_up_to_the_step_and_give_the_regularisers_their_own_part(
     assert sum(parts.values()) == pytest.approx(2000.0 / 10)
     assert parts["other"] == pytest.approx((2000.0 - (10 + 300 + 400 + 500 + 40 + 0) + 10 - 150) / 10)
     assert list(parts) == bench.PARTS
+
+
+def test_kernel_profile_table_per_section_and_overall(bench):
+    """Made-up kernel rows over 2 profiled steps of 100 ms: section totals and their top kernels (cut to
+    `per_section`), then the top kernels overall; long names are shortened and pipes escaped."""
+    from hash3d.profiling import Attribution, KernelRow
+
+    long_name = "void at::native::vectorized_elementwise_kernel<4, at::native::CUDAFunctor_add<float>, " + "x" * 40
+    rows = [KernelRow("backward", "sm90_gemm|bf16", 4, 60.0), KernelRow("render", long_name, 6, 40.0),
+            KernelRow("render", "render_kernel", 2, 20.0), KernelRow("backward", "reduce", 2, 10.0)]
+    found = Attribution(rows, {"backward": 70.0, "render": 60.0})
+    table = bench.format_profile(found, steps=2, step_ms=100.0, per_section=1, overall=3)
+    short = long_name[:77] + "..."
+    assert len(short) == 80
+    assert table.splitlines() == [
+        "| section | kernel | calls/step | ms/step | % of step |",
+        "|---|---|---|---|---|",
+        "| all | (all kernels) | - | 65.00 | 65.0% |",
+        "| **backward** | (all) | - | 35.00 | 35.0% |",
+        "| backward | sm90_gemm\\|bf16 | 2.0 | 30.00 | 30.0% |",
+        "| **render** | (all) | - | 30.00 | 30.0% |",
+        f"| render | {short} | 3.0 | 20.00 | 20.0% |",
+        "",
+        "Top 3 kernels overall:",
+        "",
+        "| section | kernel | calls/step | ms/step | % of step |",
+        "|---|---|---|---|---|",
+        "| backward | sm90_gemm\\|bf16 | 2.0 | 30.00 | 30.0% |",
+        f"| render | {short} | 3.0 | 20.00 | 20.0% |",
+        "| render | render_kernel | 1.0 | 10.00 | 10.0% |",
+    ]  # fmt: skip

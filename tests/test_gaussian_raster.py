@@ -367,3 +367,53 @@ def test_torch_backend_matches_gsplat(sh):
     for name, a, b in zip(["means", "quats", "scales", "opacities", "colors", "means2d"], grads["torch"], grads["gsplat"]):
         rel = float((a - b).norm() / b.norm().clamp_min(1e-12))
         assert rel < 2e-2, f"{name}: relative gradient difference {rel:.3g}"
+
+
+def _lock(path, age_s: float):
+    import os
+    import time
+
+    path.parent.mkdir(parents=True)
+    path.write_text("")
+    old = time.time() - age_s
+    os.utime(path, (old, old))
+    return path
+
+
+def test_a_stale_jit_build_lock_is_found_and_a_fresh_one_is_not(tmp_path, monkeypatch):
+    from hash3d.render.backends import STALE_LOCK_S, stale_build_lock
+
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "custom"))
+    assert stale_build_lock("gsplat_cuda") is None  # nothing built yet
+    lock = _lock(tmp_path / "custom" / "gsplat_cuda" / "lock", STALE_LOCK_S + 120)
+    path, age = stale_build_lock("gsplat_cuda")
+    assert path == lock and STALE_LOCK_S + 110 < age < STALE_LOCK_S + 300
+    assert stale_build_lock("gsplat_cuda", max_age_s=STALE_LOCK_S + 600) is None  # a build may be running
+    assert stale_build_lock("other_ext") is None
+
+    # torch's default root keeps one subfolder per Python / CUDA version
+    monkeypatch.delenv("TORCH_EXTENSIONS_DIR")
+    monkeypatch.setattr("torch.utils.cpp_extension.get_default_build_root", lambda: str(tmp_path / "root"))
+    _lock(tmp_path / "root" / "py312_cu130" / "gsplat_cuda" / "lock", 60)
+    assert stale_build_lock("gsplat_cuda") is None
+    old = _lock(tmp_path / "root" / "py311_cu128" / "gsplat_cuda" / "lock", 3 * STALE_LOCK_S)
+    assert stale_build_lock("gsplat_cuda")[0] == old
+
+
+def test_gsplat_import_warns_about_a_stale_build_lock(tmp_path, monkeypatch, caplog):
+    import logging
+    import sys
+    import types
+
+    import hash3d.render.gaussian_raster as raster
+    from hash3d.render.backends import STALE_LOCK_S
+
+    monkeypatch.setitem(sys.modules, "gsplat", types.SimpleNamespace(__version__="9.9"))
+    monkeypatch.setattr(raster, "_gsplat_announced", False)
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    lock = _lock(tmp_path / "gsplat_cuda" / "lock", STALE_LOCK_S + 600)
+    with caplog.at_level(logging.WARNING):
+        raster._import_gsplat()
+        raster._import_gsplat()  # said once per process
+    stale = [r.getMessage() for r in caplog.records if "build lock" in r.getMessage()]
+    assert len(stale) == 1 and str(lock) in stale[0] and "delete that file" in stale[0]

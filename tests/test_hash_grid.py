@@ -389,3 +389,34 @@ def test_analytic_normals_under_no_grad_and_compile():
     (got.normal.sum() + got.density.sum()).backward()
     torch.testing.assert_close(got.normal, out.normal)
     assert field.encoding.table.grad is not None and x.grad is not None
+
+
+@pytest.mark.parametrize("normal_type", ["analytic", "finite_difference"])
+def test_normal_alone_equals_the_forward_normal_without_the_feature_network(normal_type):
+    field = field64(MLPConfig(n_neurons=16, n_hidden_layers=2), normal_type=normal_type)
+    p = torch.rand(40, 3, dtype=torch.float64) * 2 - 1
+    calls = []
+    hook = field.feature_network.register_forward_hook(lambda *args: calls.append(1))
+    try:
+        alone = field.normal(p)
+        assert not calls  # the regulariser's pass at perturbed points needs no features
+        full = field(p, with_normal=True).normal
+    finally:
+        hook.remove()
+    assert calls
+    assert torch.equal(alone, full)
+    grads = []
+    for n in (alone, full):
+        field.zero_grad()
+        (n * torch.linspace(-1, 1, n.numel(), dtype=n.dtype).view_as(n)).sum().backward(retain_graph=True)
+        grads.append([None if q.grad is None else q.grad.clone() for q in field.parameters()])
+    for a, b in zip(*grads):
+        assert (a is None and (b is None or not b.any())) or torch.equal(a, b)
+
+
+def test_normal_alone_refused_without_normals():
+    from hash3d.config.errors import ConfigError
+
+    field = field64(MLPConfig(n_neurons=8), normal_type="none")
+    with pytest.raises(ConfigError, match="normal_type is 'none'"):
+        field.normal(torch.zeros(2, 3, dtype=torch.float64))

@@ -1,11 +1,24 @@
-"""hash3d.profiling: named GPU sections for the benchmarks, free when no timer is active."""
+"""hash3d.profiling: named GPU sections for the benchmarks, free when no timer is active; the kernel profile's
+attribution of ops and kernels to sections."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from torch.autograd import DeviceType
+from torch.autograd.profiler_util import FunctionEvent
 
-from hash3d.profiling import SectionTimer, active, section, time_backward, timed
+from hash3d.profiling import (
+    KernelRow,
+    SectionTimer,
+    active,
+    attribute,
+    kernel_profile,
+    section,
+    section_span,
+    time_backward,
+    timed,
+)
 
 
 def test_sections_are_no_ops_without_a_timer():
@@ -47,7 +60,7 @@ def test_nerf_regularisers_are_a_section_of_their_own(monkeypatch, tmp_path):
     import contextlib
     from pathlib import Path
 
-    import hash3d.systems.nerf as nerf
+    import hash3d.profiling as profiling
     from hash3d.config import load_config, smoke_overrides
     from hash3d.launch import main
 
@@ -58,7 +71,7 @@ def test_nerf_regularisers_are_a_section_of_their_own(monkeypatch, tmp_path):
         opened.append(name)
         yield
 
-    monkeypatch.setattr(nerf, "section", recording)
+    monkeypatch.setattr(profiling, "section", recording)  # what `timed` opens (the loop's sections bound it at import)
     front = Path(__file__).resolve().parents[1] / "threestudio-hash3d"
     monkeypatch.chdir(front)
     config = front / "configs" / "stable-zero123-mini_hash3d.yaml"
@@ -66,4 +79,82 @@ def test_nerf_regularisers_are_a_section_of_their_own(monkeypatch, tmp_path):
             "system.geometry.pos_encoding_config.log2_hashmap_size=12", "system.renderer.num_samples_per_ray=32"]
     assert main(["--config", str(config), "--train", *args]) == 0
     # two steps, each with its SDS views and its reference view
-    assert opened == ["regularisers"] * 4
+    assert [name for name in opened if name == "regularisers"] == ["regularisers"] * 4
+
+
+def _toy_step():
+    w = torch.randn(64, 64, requires_grad=True)
+    x = torch.randn(32, 64)
+    with section("a"):
+        y = x @ w
+    with section("b"):
+        z = y.sigmoid()
+    z.sum().backward()
+
+
+def test_kernel_profile_attributes_ops_to_their_sections_and_the_backward_pass():
+    with kernel_profile() as kp:
+        _toy_step()
+    with section("after"):  # the profile is over: no range, no name
+        pass
+    assert kp.sections == {"a", "b"}
+    result = attribute(kp.profiler.events(), kp.sections, device_time=False)
+    where = {}
+    for row in result.rows:
+        where.setdefault(row.name, set()).add(row.section)
+    assert where["aten::mm"] == {"a", "backward"}  # the forward matmul, and MmBackward0's mm
+    assert where["aten::sigmoid"] == {"b"}
+    assert where["aten::sigmoid_backward"] == {"backward"}
+    assert {r.section for r in result.rows if "Backward" in r.name} == {"backward"}
+    assert "a" not in where and "b" not in where  # a range's own event is not an op
+    assert all(row.calls >= 1 and row.ms >= 0 for row in result.rows)
+    assert [r.ms for r in result.rows] == sorted((r.ms for r in result.rows), reverse=True)
+    for name, total in result.totals_ms.items():
+        assert total == pytest.approx(sum(r.ms for r in result.rows if r.section == name))
+    assert list(result.totals_ms.values()) == sorted(result.totals_ms.values(), reverse=True)
+    # a window around the sections leaves out the backward pass, which ran after them
+    window = section_span(kp.profiler.events(), kp.sections)
+    inside = attribute(kp.profiler.events(), kp.sections, device_time=False, window=window)
+    assert {r.section for r in inside.rows} <= {"a", "b"} and {"a", "b"} <= set(inside.totals_ms)
+
+
+def test_sections_open_no_profiler_range_without_a_timer_or_kernel_profile():
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        _toy_step()
+    names = {e.name for e in prof.events()}
+    assert "aten::mm" in names and not names & {"a", "b"}
+
+
+def _event(id, name, start, end, parent=None, device=DeviceType.CPU, linked=0, activity=None):
+    event = FunctionEvent(id, name, thread=1, start_us=start, end_us=end, device_type=device,
+                          linked_correlation_id=linked, activity_type=activity, use_device="cuda")
+    if parent is not None:
+        event.set_cpu_parent(parent)
+        parent.append_cpu_child(event)
+    return event
+
+
+def test_device_time_goes_to_the_section_of_the_launching_op_or_the_range_open_at_launch():
+    """Made-up CUDA events (no GPU needed): a kernel linked to its op counts under the op's section; one launched
+    outside any op (a graph replay) through its runtime call's time; a backward op's on the engine's thread under
+    "backward"; the ranges' own device events (GPU user annotations) not at all."""
+    unet = _event(1, "unet", 0, 100, activity="user_annotation")
+    render = _event(2, "render", 100, 200, activity="user_annotation")
+    conv = _event(3, "aten::conv2d", 10, 20, parent=unet, activity="cpu_op")
+    replay = _event(7, "cudaGraphLaunch", 30, 31, activity="cuda_runtime")  # unlinked: no op around it
+    engine = _event(4, "autograd::engine::evaluate_function: MmBackward0", 300, 310, activity="cpu_op")
+    mm = _event(5, "aten::mm", 301, 309, parent=engine, activity="cpu_op")
+    cuda = DeviceType.CUDA
+    events = [unet, render, conv, replay, engine, mm,
+              _event(40, "conv_kernel", 50, 53, device=cuda, linked=3, activity="kernel"),
+              _event(41, "conv_kernel", 53, 54, device=cuda, linked=3, activity="kernel"),
+              _event(7, "graph_kernel", 60, 62, device=cuda, activity="kernel"),
+              _event(42, "gemm", 320, 330, device=cuda, linked=5, activity="kernel"),
+              _event(43, "unet", 50, 150, device=cuda, activity="gpu_user_annotation")]
+    result = attribute(events, {"unet", "render"}, device_time=True)
+    assert result.rows == [KernelRow("backward", "gemm", 1, 0.010), KernelRow("unet", "conv_kernel", 2, 0.004),
+                           KernelRow("unet", "graph_kernel", 1, 0.002)]
+    assert result.totals_ms == {"backward": 0.010, "unet": pytest.approx(0.006)}
+    # kernels count where they were launched, not where they ran: the window is over launch times
+    assert attribute(events, {"unet", "render"}, device_time=True, window=(0, 200)).totals_ms == {
+        "unet": pytest.approx(0.006)}

@@ -8,6 +8,12 @@ Sections may nest; each is measured on its own (a parent's time includes its chi
 The backward pass runs after the forward sections have closed; `time_backward(name, output, input)` marks the
 stretch of the backward pass between the gradient reaching `output` and the gradient leaving for `input` (e.g. the
 VAE encoder's backward inside `loss.backward()`).
+
+Which kernels make up a section: `with kernel_profile() as kp:` runs a `torch.profiler` profile (CPU ops, plus CUDA
+kernels where CUDA is available) during which every `section(name)` also opens a `record_function(name)` range;
+`attribute(kp.profiler.events(), kp.sections, device_time=...)` then adds up each op's self CPU time, or each
+kernel's device time, under the innermost section that launched it. `time_backward` spans open no range: their
+kernels count under "backward".
 """
 
 from __future__ import annotations
@@ -15,11 +21,16 @@ from __future__ import annotations
 import contextlib
 import functools
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Collection, Iterable, Iterator
+from dataclasses import dataclass, field
 
 import torch
+from torch.autograd import DeviceType
+from torch.autograd.profiler_util import FunctionEvent
 
 _active: SectionTimer | None = None
+_profile: KernelProfile | None = None
+"""The active kernel profile: while set, sections also open profiler ranges."""
 
 
 class SectionTimer:
@@ -69,14 +80,19 @@ def active() -> SectionTimer | None:
 @contextlib.contextmanager
 def section(name: str) -> Iterator[None]:
     timer = active()
-    if timer is None:
+    if timer is None and _profile is None:
         yield
         return
-    timer.start(name)
-    try:
-        yield
-    finally:
-        timer.stop(name)
+    if _profile is not None:
+        _profile.sections.add(name)
+    with torch.profiler.record_function(name) if _profile is not None else contextlib.nullcontext():
+        if timer is not None:
+            timer.start(name)
+        try:
+            yield
+        finally:
+            if timer is not None:
+                timer.stop(name)
 
 
 def time_backward(name: str, output: torch.Tensor, input: torch.Tensor) -> None:
@@ -107,3 +123,129 @@ def timed(name: str):
         return inner
 
     return wrap
+
+
+@dataclass
+class KernelProfile:
+    profiler: torch.profiler.profile
+    sections: set[str] = field(default_factory=set)
+    """Names of the sections opened while the profile ran."""
+
+
+@contextlib.contextmanager
+def kernel_profile() -> Iterator[KernelProfile]:
+    """Profile the block with `torch.profiler` (CPU ops; CUDA kernels too where CUDA is available), sections marked
+    as profiler ranges. Read `profiler.events()` after the block."""
+    global _profile
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if torch.cuda.is_available():
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    previous = _profile
+    with torch.profiler.profile(activities=activities) as prof:
+        _profile = KernelProfile(prof)
+        try:
+            yield _profile
+        finally:
+            _profile = previous
+
+
+@dataclass(frozen=True)
+class KernelRow:
+    section: str
+    name: str
+    """The op (CPU) or kernel (device) name."""
+    calls: int
+    ms: float
+    """Total over the profile: self CPU time of the op, or device time of the kernel."""
+
+
+@dataclass(frozen=True)
+class Attribution:
+    rows: list[KernelRow]
+    """Largest first."""
+    totals_ms: dict[str, float]
+    """Per section, largest first; each the sum of its rows."""
+
+
+BACKWARD_ENGINE = "autograd::engine::evaluate_function"
+RUNTIME_ACTIVITIES = frozenset({"cuda_runtime", "cuda_driver"})
+
+
+def section_of(event: FunctionEvent, sections: Collection[str]) -> str:
+    """The innermost enclosing section range of a CPU event; "backward" for an op the autograd engine ran outside
+    any section (its own thread, on CUDA); else "other"."""
+    in_backward = False
+    parent: FunctionEvent | None = event
+    while parent is not None:
+        if parent.name in sections:
+            return parent.name
+        in_backward = in_backward or parent.name.startswith(BACKWARD_ENGINE)
+        parent = parent.cpu_parent
+    return "backward" if in_backward else "other"
+
+
+def section_span(events: Iterable[FunctionEvent], sections: Collection[str]) -> tuple[float, float] | None:
+    """(first start, last end) in µs of the section ranges: a training run's steps without its set-up and saving."""
+    ranges = [e.time_range for e in events if e.device_type == DeviceType.CPU and e.name in sections]
+    if not ranges:
+        return None
+    return min(r.start for r in ranges), max(r.end for r in ranges)
+
+
+def _is_range(event: FunctionEvent, sections: Collection[str]) -> bool:
+    return bool(event.is_user_annotation) or event.activity_type == "gpu_user_annotation" or event.name in sections
+
+
+def _cpu_items(events: list[FunctionEvent], sections: Collection[str]) -> Iterator[tuple[str, str, float, float]]:
+    """(section, op name, start µs, self CPU µs) of each CPU op."""
+    for e in events:
+        if e.device_type == DeviceType.CPU and not e.is_async and not _is_range(e, sections):
+            yield section_of(e, sections), e.name, e.time_range.start, e.self_cpu_time_total
+
+
+def _device_items(events: list[FunctionEvent], sections: Collection[str]) -> Iterator[tuple[str, str, float, float]]:
+    """(section, kernel name, launch start µs, device µs) of each device event (kernel, memcpy, memset). A kernel is
+    linked to the op that launched it; one launched outside any op (e.g. a CUDA graph replay) is placed through its
+    runtime call (same correlation id) by time: the innermost section range open when it was launched."""
+    cpu = [e for e in events if e.device_type == DeviceType.CPU]
+    ops = {e.id: e for e in cpu if e.activity_type not in RUNTIME_ACTIVITIES}
+    launches = {e.id: e for e in cpu if e.activity_type in RUNTIME_ACTIVITIES}
+    ranges = sorted((e for e in cpu if e.name in sections), key=lambda e: e.time_range.start)
+    for e in events:
+        if e.device_type == DeviceType.CPU or e.is_async or _is_range(e, sections):
+            continue
+        op = ops.get(e.linked_correlation_id) if e.linked_correlation_id > 0 else None
+        if op is not None:
+            yield section_of(op, sections), e.name, op.time_range.start, e.time_range.elapsed_us()
+            continue
+        launch = launches.get(e.id)
+        if launch is None:
+            yield "other", e.name, e.time_range.start, e.time_range.elapsed_us()
+            continue
+        start = launch.time_range.start
+        open_ranges = [r.name for r in ranges if r.time_range.start <= start <= r.time_range.end]
+        yield open_ranges[-1] if open_ranges else "other", e.name, start, e.time_range.elapsed_us()
+
+
+def attribute(
+    events: Iterable[FunctionEvent], sections: Collection[str], device_time: bool,
+    window: tuple[float, float] | None = None,
+) -> Attribution:
+    """Time per (section, op or kernel) of a profile's events: each CPU op's self time, or with `device_time` each
+    device event's time, under the section that launched it (`section_of`). With `window` (µs, e.g. `section_span`)
+    only what was launched inside it counts."""
+    events = list(events)
+    sections = frozenset(sections)
+    calls: dict[tuple[str, str], int] = defaultdict(int)
+    us: dict[tuple[str, str], float] = defaultdict(float)
+    for section, name, start, time_us in (_device_items if device_time else _cpu_items)(events, sections):
+        if window is not None and not window[0] <= start <= window[1]:
+            continue
+        calls[section, name] += 1
+        us[section, name] += time_us
+    rows = [KernelRow(s, n, calls[s, n], us[s, n] / 1000) for s, n in us]
+    rows.sort(key=lambda r: (-r.ms, r.section, r.name))
+    totals: dict[str, float] = defaultdict(float)
+    for row in rows:
+        totals[row.section] += row.ms
+    return Attribution(rows, dict(sorted(totals.items(), key=lambda kv: -kv[1])))

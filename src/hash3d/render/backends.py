@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import importlib.util
+import os
+import time
+from pathlib import Path
 
 import torch
 
@@ -33,3 +36,30 @@ def choose_backend(
     if backend == "torch":
         return "torch"
     raise ConfigError(f"unknown {kind} {backend!r}; expected 'auto', 'torch' or '{fast}'")
+
+
+STALE_LOCK_S = 15 * 60
+"""A JIT build lock older than this is taken for the leftover of an interrupted build (a build takes minutes)."""
+
+
+def stale_build_lock(name: str, now: float | None = None, max_age_s: float = STALE_LOCK_S) -> tuple[Path, float] | None:
+    """(path, age in s) of the lock file of torch's JIT build of extension `name` when it is older than `max_age_s`.
+
+    A build interrupted while compiling (a killed first run) leaves its lock behind, and every later process that
+    needs the extension waits on it without a word. Looks in $TORCH_EXTENSIONS_DIR/<name> or, by default, in
+    torch's build root under each Python/CUDA subfolder.
+    """
+    from torch.utils.cpp_extension import get_default_build_root  # noqa: PLC0415 (only where a JIT build may run)
+
+    custom = os.environ.get("TORCH_EXTENSIONS_DIR")
+    root = Path(custom) if custom else Path(get_default_build_root())
+    candidates = [root / name / "lock"] if custom else sorted(root.glob(f"*/{name}/lock"))
+    now = time.time() if now is None else now
+    for lock in candidates:
+        try:
+            age = now - lock.stat().st_mtime
+        except OSError:
+            continue
+        if age > max_age_s:
+            return lock, age
+    return None

@@ -38,7 +38,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from .backends import choose_backend, has_module
+from .backends import choose_backend, has_module, stale_build_lock
 from ..splatting import RasterMeta, Splats, covariances_3d, spherical_harmonics
 from ..profiling import timed
 
@@ -439,6 +439,13 @@ def _import_gsplat():
             "gsplat %s: its CUDA kernels are compiled on first use (about 2 minutes on an H100, cached afterwards)",
             getattr(gsplat, "__version__", "?"),
         )
+        stale = stale_build_lock("gsplat_cuda")
+        if stale is not None:
+            logger.warning(
+                "gsplat's CUDA build lock %s is %d minutes old: unless another process is compiling gsplat right now, "
+                "an earlier build was interrupted and this run will wait on it forever; delete that file and run again",
+                stale[0], stale[1] // 60,
+            )
         _gsplat_announced = True
     return gsplat
 

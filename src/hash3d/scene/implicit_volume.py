@@ -222,6 +222,16 @@ class ImplicitVolume(nn.Module):
         density, grad, features = self.density_and_gradient(points, with_features=True)
         return FieldOutput(density, self.albedo_from_features(features), -F.normalize(grad, dim=-1), features)
 
+    def normal(self, points: torch.Tensor) -> torch.Tensor:
+        """points [N, 3] world -> the normal [N, 3] that `forward(points, with_normal=True)` returns, without the
+        feature network (for losses on normals alone, e.g. the 3D normal smoothness at perturbed points)."""
+        if self.config.normal_type == "none":
+            raise ConfigError("normals asked for, but geometry.normal_type is 'none'")
+        if self.config.normal_type == "finite_difference":
+            return self._finite_difference_normal(points)
+        _, grad, _ = self.density_and_gradient(points)
+        return -F.normalize(grad, dim=-1)
+
     def _finite_difference_normal(self, points: torch.Tensor) -> torch.Tensor:
         eps = self.config.finite_difference_normal_eps
         offsets = torch.eye(3, device=points.device, dtype=points.dtype) * eps  # [3, 3]

@@ -62,6 +62,9 @@ class _RecolouredField(nn.Module):
     def forward_density(self, points: torch.Tensor) -> torch.Tensor:
         return self.geometry.forward_density(points)
 
+    def normal(self, points: torch.Tensor) -> torch.Tensor:
+        return self.geometry.normal(points)
+
     def forward(self, points: torch.Tensor, with_normal: bool = False) -> FieldOutput:
         out = self.geometry(points, with_normal=with_normal)
         return FieldOutput(out.density, self.colors(out.features), out.normal, out.features)

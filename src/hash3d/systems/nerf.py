@@ -12,7 +12,7 @@ import torch
 from ..config import block, build_block
 from ..data.batches import CameraBatch
 from ..diffusion.schedule import ScheduleValue, schedule_value
-from ..profiling import section
+from ..profiling import timed
 from ..render.material import Shading
 from ..render.volume import RenderOutput
 from ..scene.mesh_ops import laplacian_smoothness, normal_consistency
@@ -123,37 +123,37 @@ class NeRFSystem(System):
     def training_shading(self, cams: CameraBatch, ambient_ratio: float | None = None) -> Shading:
         return self.material.shading(self.global_step, True, cams.light_positions, ambient_ratio, self.shading_rng)
 
+    @timed("regularisers")  # outside the render and guidance sections: its own part of the step split
     def regularizers(self, out: RenderOutput, cams: CameraBatch, w: RegularizerWeights, sds_pass: bool) -> dict[str, torch.Tensor]:
         """The weighted regularisers of one render (sparsity, opacity and the mesh terms only on SDS passes)."""
-        with section("regularisers"):  # outside the render and guidance sections: its own part of the step split
-            terms: dict[str, torch.Tensor] = {}
-            if self.weight(w.lambda_orient) > 0 and out.sample_normals is not None:
-                _, dirs = cams.rays(jitter=0.0)
-                directions = dirs.reshape(-1, 3)[out.ray_indices]
-                terms["orient"] = self.weight(w.lambda_orient) * losses.orientation(
-                    out.weights, out.sample_normals, directions, out.opacity
-                )
-            if self.weight(w.lambda_normal_smooth) > 0 and out.normal_vis is not None:
-                terms["normal_smooth"] = self.weight(w.lambda_normal_smooth) * losses.normal_smoothness_2d(out.normal_vis)
-            if self.weight(w.lambda_3d_normal_smooth) > 0 and out.sample_normals is not None and out.positions is not None:
-                noise = torch.randn(out.positions.shape, device=out.positions.device, generator=self.render_generator)
-                perturbed = self.geometry(out.positions + 0.01 * noise, with_normal=True).normal
-                terms["3d_normal_smooth"] = self.weight(w.lambda_3d_normal_smooth) * losses.normal_smoothness_3d(
-                    out.sample_normals, perturbed
-                )
-            if sds_pass and out.mesh is not None and self.weight(w.lambda_normal_consistency) > 0:
-                terms["normal_consistency"] = self.weight(w.lambda_normal_consistency) * normal_consistency(
-                    out.mesh.vertices, out.mesh.faces
-                )
-            if sds_pass and out.mesh is not None and self.weight(w.lambda_laplacian_smoothness) > 0:
-                terms["laplacian_smoothness"] = self.weight(w.lambda_laplacian_smoothness) * laplacian_smoothness(
-                    out.mesh.vertices, out.mesh.faces
-                )
-            if sds_pass and self.weight(w.lambda_sparsity) > 0:
-                terms["sparsity"] = self.weight(w.lambda_sparsity) * losses.sparsity(out.opacity)
-            if sds_pass and self.weight(w.lambda_opaque) > 0:
-                terms["opaque"] = self.weight(w.lambda_opaque) * losses.opaque(out.opacity)
-            return terms
+        terms: dict[str, torch.Tensor] = {}
+        if self.weight(w.lambda_orient) > 0 and out.sample_normals is not None:
+            _, dirs = cams.rays(jitter=0.0)
+            directions = dirs.reshape(-1, 3)[out.ray_indices]
+            terms["orient"] = self.weight(w.lambda_orient) * losses.orientation(
+                out.weights, out.sample_normals, directions, out.opacity
+            )
+        if self.weight(w.lambda_normal_smooth) > 0 and out.normal_vis is not None:
+            terms["normal_smooth"] = self.weight(w.lambda_normal_smooth) * losses.normal_smoothness_2d(out.normal_vis)
+        if self.weight(w.lambda_3d_normal_smooth) > 0 and out.sample_normals is not None and out.positions is not None:
+            noise = torch.randn(out.positions.shape, device=out.positions.device, generator=self.render_generator)
+            perturbed = self.geometry.normal(out.positions + 0.01 * noise)
+            terms["3d_normal_smooth"] = self.weight(w.lambda_3d_normal_smooth) * losses.normal_smoothness_3d(
+                out.sample_normals, perturbed
+            )
+        if sds_pass and out.mesh is not None and self.weight(w.lambda_normal_consistency) > 0:
+            terms["normal_consistency"] = self.weight(w.lambda_normal_consistency) * normal_consistency(
+                out.mesh.vertices, out.mesh.faces
+            )
+        if sds_pass and out.mesh is not None and self.weight(w.lambda_laplacian_smoothness) > 0:
+            terms["laplacian_smoothness"] = self.weight(w.lambda_laplacian_smoothness) * laplacian_smoothness(
+                out.mesh.vertices, out.mesh.faces
+            )
+        if sds_pass and self.weight(w.lambda_sparsity) > 0:
+            terms["sparsity"] = self.weight(w.lambda_sparsity) * losses.sparsity(out.opacity)
+        if sds_pass and self.weight(w.lambda_opaque) > 0:
+            terms["opaque"] = self.weight(w.lambda_opaque) * losses.opaque(out.opacity)
+        return terms
 
     def sds(self, out: RenderOutput, cams: CameraBatch, weight: ScheduleValue) -> dict[str, torch.Tensor]:
         guided = self.guidance(out.rgb.permute(0, 3, 1, 2), cams.elevation, cams.azimuth, cams.camera_distances)
