@@ -128,3 +128,26 @@ def test_step_parts_add_up_to_the_step_and_give_the_regularisers_their_own_part(
     assert sum(parts.values()) == pytest.approx(2000.0 / 10)
     assert parts["other"] == pytest.approx((2000.0 - (10 + 300 + 400 + 500 + 40 + 0) + 10 - 150) / 10)
     assert list(parts) == bench.PARTS
+
+
+def test_option_runs_follow_a_kept_first_run_with_both_configs(bench):
+    calls = []
+
+    def go(config, n, extra, label):
+        calls.append((config, n, extra, label))
+        return {}
+
+    bench.option_runs(go, "base.yaml", "base_hash3d.yaml", 100, ["a.b=true", "c=1"], True)
+    assert calls == [
+        ("base.yaml", 30, ["a.b=true"], "first run + a.b=true"),
+        ("base.yaml", 100, ["a.b=true"], "cache off + a.b=true"),
+        ("base_hash3d.yaml", 100, ["a.b=true"], "shipped + a.b=true"),
+        ("base.yaml", 30, ["c=1"], "first run + c=1"),
+        ("base.yaml", 100, ["c=1"], "cache off + c=1"),
+        ("base_hash3d.yaml", 100, ["c=1"], "shipped + c=1"),
+    ]
+    calls.clear()
+    bench.option_runs(go, "base.yaml", "base_hash3d.yaml", 20, ["a=1"], False)
+    assert [c[3] for c in calls] == ["cache off + a=1", "shipped + a=1"]
+    with pytest.raises(SystemExit, match="KEY=VALUE"):
+        bench.option_runs(go, "base.yaml", "base_hash3d.yaml", 20, ["compile"], False)

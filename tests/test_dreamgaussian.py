@@ -152,6 +152,16 @@ def test_cameras_follow_dreamgaussian_convention():
     torch.testing.assert_close(emb, dg, atol=1e-6, rtol=0)
 
 
+def test_guidance_options_reach_the_guidance(written_models, tmp_path):
+    from hash3d.systems.dreamgaussian.common import build_guidance
+
+    for compiled in (False, True):
+        overrides = tiny(written_models["zero123"], tmp_path) + [f"guidance.compile_vae_encoder={str(compiled).lower()}"]
+        cfg = load_options(CONFIGS / "image_sai.yaml", overrides)
+        guidance = build_guidance(cfg, torch.device("cpu"), torch.rand(4, 32, 32))
+        assert guidance.config.compile_vae_encoder is compiled and guidance.config.cuda_graphs
+
+
 # ------------------------------------------------------------------------------------------------ end to end
 
 

@@ -47,6 +47,10 @@ class GuidanceConfig:
     hit_graphs: bool = True
     """With CUDA graphs and a cache: answer a tried request through the graphed hit step (`hit_step.py`: two graphs
     around one host read) instead of the host-dispatched path. Off: the eager path, the reference of the graphed one."""
+    compile_vae_encoder: bool = False
+    """Run the VAE encoder's forward and backward (the SDS gradient's way into the images) through `torch.compile`:
+    fused normalisation and activation. A run pays a compile for each new image batch shape (kept in inductor's
+    on-disk cache for later runs); results agree with the eager encoder to rounding."""
     cache: CacheConfig = field(default_factory=CacheConfig)
 
     def __post_init__(self) -> None:
@@ -142,6 +146,7 @@ class SDSGuidance(torch.nn.Module):
             else None
         )
         self._vae_graphs: dict[tuple, object] | None = {} if graphs else None
+        self._moments = torch.compile(self._plain_moments) if config.compile_vae_encoder else self._plain_moments
         self._graphs_on = graphs
         self._hit_step: HitStepGraphs | None = None
         self.set_cache(config.cache)
@@ -233,14 +238,14 @@ class SDSGuidance(torch.nn.Module):
         per input shape, `torch.cuda.make_graphed_callables`): at SDS sizes the encoder is launch-bound too.
         """
         if self._vae_graphs is None or not x.requires_grad:
-            return self.vae.encode(x).latent_dist.parameters
+            return self._moments(x)
         key = (tuple(x.shape), x.dtype)
         with torch.autocast(x.device.type, enabled=False):
             graphed = self._vae_graphs.get(key)
             if graphed is None:
                 sample = x.detach().clone().requires_grad_(True)
                 with capturing():
-                    graphed = torch.cuda.make_graphed_callables(self._plain_moments, (sample,))
+                    graphed = torch.cuda.make_graphed_callables(self._moments, (sample,))
                 self._vae_graphs[key] = graphed
             return graphed(x)
 
