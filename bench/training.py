@@ -19,7 +19,7 @@ exactly as shipped; with --baselines, the base config with the SDS weight set to
 cache off with as few steps as take the time of the fastest cached run; each --variants entry (the quality harness's
 names: `noise@1`, `features+adaptive@0.1`, `noise@auto`, ...) on the `_hash3d` config. With --as-user the launcher
 runs keep the config's validation renders (the whole recipe as a user's command runs it); otherwise validation is
-off. Each --with KEY=VALUE (an execution setting such as system.guidance.compile_vae_encoder=true) adds both configs
+off. Each --with KEY=VALUE (an execution setting such as system.guidance.vae_encoder=compiled) adds both configs
 with it after the pairs, behind a kept 30-step first run that shows its one-off costs.
 
 Besides the measured speed-up each cached row shows the one expected from the cache-off step's UNet share u, the
@@ -267,7 +267,7 @@ def main() -> None:
     parser.add_argument("--baselines", action="store_true", help="also the no-guidance and fewer-steps runs")
     parser.add_argument("--with", dest="with_options", nargs="*", default=[], metavar="KEY=VALUE",
                         help="per option, after the pairs: both configs again with it (e.g. "
-                        "system.guidance.compile_vae_encoder=true), after a kept first run of the cache-off config "
+                        "system.guidance.vae_encoder=compiled), after a kept first run of the cache-off config "
                         "with it (what a first run pays: compiles, autotuning)")
     parser.add_argument("--no-warmup", action="store_true", help="skip the unrecorded warm-up runs (both configs)")
     parser.add_argument("--repeats", type=int, default=1,

@@ -155,11 +155,12 @@ def test_cameras_follow_dreamgaussian_convention():
 def test_guidance_options_reach_the_guidance(written_models, tmp_path):
     from hash3d.systems.dreamgaussian.common import build_guidance
 
-    for compiled in (False, True):
-        overrides = tiny(written_models["zero123"], tmp_path) + [f"guidance.compile_vae_encoder={str(compiled).lower()}"]
-        cfg = load_options(CONFIGS / "image_sai.yaml", overrides)
+    for mode in ("eager", "channels_last", "compiled"):
+        cfg = load_options(CONFIGS / "image_sai.yaml", tiny(written_models["zero123"], tmp_path) + [f"guidance.vae_encoder={mode}"])
         guidance = build_guidance(cfg, torch.device("cpu"), torch.rand(4, 32, 32))
-        assert guidance.config.compile_vae_encoder is compiled and guidance.config.cuda_graphs
+        assert guidance.config.vae_encoder == mode and guidance.config.cuda_graphs
+    with pytest.raises(ConfigError, match="vae_encoder"):
+        load_options(CONFIGS / "image_sai.yaml", tiny(written_models["zero123"], tmp_path) + ["guidance.vae_encoder=fast"])
 
 
 # ------------------------------------------------------------------------------------------------ end to end
