@@ -20,7 +20,8 @@ exactly as shipped; with --baselines, the base config with the SDS weight set to
 cache off with as few steps as take the time of the fastest cached run; each --variants entry (the quality harness's
 names: `noise@1`, `features+adaptive@0.1`, `noise@auto`, ...) on the `_hash3d` config. With --as-user the launcher
 runs keep the config's validation renders (the whole recipe as a user's command runs it); otherwise validation is
-off.
+off. Each --with KEY=VALUE (an execution setting such as system.guidance.vae_encoder=compiled) adds both configs
+with it after the pairs, behind a kept 30-step first run that shows its one-off costs.
 
 Besides the measured speed-up each cached row shows the one expected from the cache-off step's UNet share u, the
 row's share of UNet samples answered from the cache h, and the cost of a hit relative to a miss c (--hit-cost, per
@@ -274,6 +275,10 @@ def main() -> None:
                         help="cost of a hit relative to a miss, per mode, for the expected speed-up")
     parser.add_argument("--stage2", action="store_true", help="dreamgaussian: run stage 2 after every stage 1")
     parser.add_argument("--baselines", action="store_true", help="also the no-guidance and fewer-steps runs")
+    parser.add_argument("--with", dest="with_options", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="per option, after the pairs: both configs again with it (e.g. "
+                        "system.guidance.vae_encoder=compiled), after a kept first run of the cache-off config "
+                        "with it (what a first run pays: compiles, autotuning)")
     parser.add_argument("--no-warmup", action="store_true", help="skip the unrecorded warm-up runs (both configs)")
     parser.add_argument("--repeats", type=int, default=1,
                         help="run cache off and shipped this many times, as pairs in alternating order (off, "
@@ -347,6 +352,7 @@ def main() -> None:
     off = paired_runs(go, pipe.base, pipe.hashed, steps, args.repeats, not args.no_warmup, no_guidance, rows.clear)
     for variant in (v for v in variants if v.mode in ("config", *pipe.cache_modes)):
         go(pipe.hashed, steps, variant.overrides(prefix.rstrip(".")), f"cache {variant.name}")
+    option_runs(go, pipe.base, pipe.hashed, steps, args.with_options, not args.no_warmup)
     cached = [r for r in rows if r.get("mode")]
     if cached and args.baselines:
         fewer = max(1, round(steps * min(r["train_s"] for r in cached) / off["train_s"]))
@@ -403,6 +409,20 @@ def paired_runs(go, base: str, hashed: str, steps: int, repeats: int, warmup: bo
     for pair in pairs.values():
         pair["shipped"]["pair_train_s"] = pair["off"]["train_s"]
     return pairs[1]["off"]
+
+
+def option_runs(go, base: str, hashed: str, steps: int, options: list[str], first_run: bool) -> None:
+    """For each `KEY=VALUE` option (an execution setting, e.g. a compiled encoder), the cache-off and shipped configs
+    with it, after (with `first_run`) a 30-step first run of the cache-off config with it whose row is kept: the
+    one-off costs the option brings (compiles, autotuning) show there, the steady effect in the two rows after it.
+    go(config, steps, extra, label) runs one."""
+    for option in options:
+        if "=" not in option:
+            raise SystemExit(f"--with takes KEY=VALUE options, got {option!r}")
+        if first_run:
+            go(base, min(steps, 30), [option], f"first run + {option}")
+        go(base, steps, [option], f"cache off + {option}")
+        go(hashed, steps, [option], f"shipped + {option}")
 
 
 def pair_order(repeats: int) -> list[tuple[str, int]]:

@@ -159,3 +159,26 @@ def test_kernel_profile_table_per_section_and_overall(bench):
         f"| render | {short} | 3.0 | 20.00 | 20.0% |",
         "| render | render_kernel | 1.0 | 10.00 | 10.0% |",
     ]  # fmt: skip
+
+
+def test_option_runs_follow_a_kept_first_run_with_both_configs(bench):
+    calls = []
+
+    def go(config, n, extra, label):
+        calls.append((config, n, extra, label))
+        return {}
+
+    bench.option_runs(go, "base.yaml", "base_hash3d.yaml", 100, ["a.b=true", "c=1"], True)
+    assert calls == [
+        ("base.yaml", 30, ["a.b=true"], "first run + a.b=true"),
+        ("base.yaml", 100, ["a.b=true"], "cache off + a.b=true"),
+        ("base_hash3d.yaml", 100, ["a.b=true"], "shipped + a.b=true"),
+        ("base.yaml", 30, ["c=1"], "first run + c=1"),
+        ("base.yaml", 100, ["c=1"], "cache off + c=1"),
+        ("base_hash3d.yaml", 100, ["c=1"], "shipped + c=1"),
+    ]
+    calls.clear()
+    bench.option_runs(go, "base.yaml", "base_hash3d.yaml", 20, ["a=1"], False)
+    assert [c[3] for c in calls] == ["cache off + a=1", "shipped + a=1"]
+    with pytest.raises(SystemExit, match="KEY=VALUE"):
+        bench.option_runs(go, "base.yaml", "base_hash3d.yaml", 20, ["compile"], False)

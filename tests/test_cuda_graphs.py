@@ -21,11 +21,12 @@ def exact_fp32():
     torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
-def make(path, mode, graphs, hit_graphs=True):
+def make(path, mode, graphs, hit_graphs=True, vae_encoder="eager"):
     cache = CacheConfig(enabled=mode is not None, mode=mode or "features", cell_size=(10, 10, 0.1, 1000), policy=CachePolicyConfig(1.0))
     g = Zero123Guidance(
         Zero123GuidanceConfig(pretrained_model_name_or_path=path, dtype="fp32", cuda_graphs=graphs, cache=cache,
-                              timestep_sampling="random_shared", hit_graphs=hit_graphs),
+                              timestep_sampling="random_shared", hit_graphs=hit_graphs,
+                              vae_encoder=vae_encoder),
         "cuda",
     )
     g.set_image(torch.rand(4, 64, 64, generator=torch.Generator().manual_seed(0)))
@@ -87,13 +88,15 @@ def test_graphed_table_matches_eager(adaptive):
     assert graphed._graphs  # the graphed table really replayed graphs
 
 
-def test_graphed_vae_encoder_matches_eager(written_models):
-    """The VAE encoder's forward and backward replayed as graphs give the eager latents and image gradient."""
+@pytest.mark.parametrize("vae_encoder", ["eager", "channels_last", "compiled"])
+def test_graphed_vae_encoder_matches_eager(written_models, vae_encoder):
+    """The VAE encoder's forward and backward replayed as graphs, in each `vae_encoder` mode, give the eager latents
+    and image gradient."""
     rgb = torch.rand(2, 3, 64, 64, device="cuda", generator=torch.Generator("cuda").manual_seed(1))
     weights = torch.randn(2, 4, 8, 8, device="cuda", generator=torch.Generator("cuda").manual_seed(2))
     results = {}
     for graphs in (False, True):
-        g = make(written_models["zero123"], None, graphs)
+        g = make(written_models["zero123"], None, graphs, vae_encoder=vae_encoder if graphs else "eager")
         per_call = []
         for _ in range(3):  # capture, then replays with fresh posterior noise
             x = rgb.clone().requires_grad_(True)

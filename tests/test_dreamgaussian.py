@@ -152,6 +152,17 @@ def test_cameras_follow_dreamgaussian_convention():
     torch.testing.assert_close(emb, dg, atol=1e-6, rtol=0)
 
 
+def test_guidance_options_reach_the_guidance(written_models, tmp_path):
+    from hash3d.systems.dreamgaussian.common import build_guidance
+
+    for mode in ("eager", "channels_last", "compiled"):
+        cfg = load_options(CONFIGS / "image_sai.yaml", tiny(written_models["zero123"], tmp_path) + [f"guidance.vae_encoder={mode}"])
+        guidance = build_guidance(cfg, torch.device("cpu"), torch.rand(4, 32, 32))
+        assert guidance.config.vae_encoder == mode and guidance.config.cuda_graphs
+    with pytest.raises(ConfigError, match="vae_encoder"):
+        load_options(CONFIGS / "image_sai.yaml", tiny(written_models["zero123"], tmp_path) + ["guidance.vae_encoder=fast"])
+
+
 # ------------------------------------------------------------------------------------------------ end to end
 
 

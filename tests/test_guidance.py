@@ -302,3 +302,33 @@ def test_hit_graphs_switch_attaches_the_graphed_hit_step(written_models, hit_gra
     g.set_cache(CacheConfig(enabled=True, mode=mode))
     assert g._hit_step is None
 
+
+
+@pytest.mark.slow  # inductor compiles the encoder's forward and backward (about a minute with a cold compile cache)
+@pytest.mark.parametrize("mode", ["channels_last", "compiled"])
+def test_vae_encoder_modes_give_the_eager_latents_and_image_gradients(written_models, mode):
+    """vae_encoder: the SDS encode in channels-last layout or through `torch.compile` agrees with the eager encoder,
+    forward and backward, for each batch shape it meets."""
+    eager, other = (zero123(written_models["zero123"], vae_encoder=m) for m in ("eager", mode))
+    for batch in (2, 3):
+        rgb = torch.rand(batch, 3, 48, 48, generator=torch.Generator().manual_seed(batch))
+        weights = torch.randn(batch, 4, 8, 8, generator=torch.Generator().manual_seed(10 + batch))
+        results = []
+        for g in (eager, other):
+            g.generator.manual_seed(5)  # the same posterior sample
+            x = rgb.clone().requires_grad_(True)
+            latents = g.encode_images(x)
+            (latents * weights).sum().backward()
+            results.append((latents.detach(), x.grad))
+        (lat_e, grad_e), (lat_o, grad_o) = results
+        assert lat_o.shape == (batch, 4, 8, 8)
+        torch.testing.assert_close(lat_o, lat_e, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(grad_o, grad_e, rtol=1e-4, atol=1e-5)
+        assert grad_e.abs().max() > 0
+    if mode == "channels_last":
+        assert other.vae.encoder.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_unknown_vae_encoder_mode_is_refused(written_models):
+    with pytest.raises(ValueError, match="vae_encoder must be one of 'eager', 'channels_last', 'compiled'; got 'fast'"):
+        Zero123GuidanceConfig(pretrained_model_name_or_path=written_models["zero123"], vae_encoder="fast")

@@ -19,6 +19,7 @@ from .hit_step import HitStepGraphs
 from .losses import loss_scale, sds_loss
 
 Weighting = Literal["sds", "uniform", "fantasia3d"]
+VAE_ENCODER_MODES = ("eager", "channels_last", "compiled")
 
 
 @dataclass
@@ -47,6 +48,11 @@ class GuidanceConfig:
     hit_graphs: bool = True
     """With CUDA graphs and a cache: answer a tried request through the graphed hit step (`hit_step.py`: two graphs
     around one host read) instead of the host-dispatched path. Off: the eager path, the reference of the graphed one."""
+    vae_encoder: Literal["eager", "channels_last", "compiled"] = "eager"
+    """How the SDS encode runs the VAE encoder's forward and backward (the gradient's way into the images): eager;
+    channels_last, the weights and images in channels-last memory layout (convolutions without layout transposes);
+    compiled, through `torch.compile` (fused normalisation and activation; a run pays a compile for each new image
+    batch shape, kept in inductor's on-disk cache for later runs). All agree to rounding."""
     cache: CacheConfig = field(default_factory=CacheConfig)
 
     def __post_init__(self) -> None:
@@ -64,6 +70,8 @@ class GuidanceConfig:
             )
         if self.dtype not in ("fp16", "fp32", "bf16"):
             raise ValueError(f"dtype must be 'fp16', 'fp32' or 'bf16'; got {self.dtype!r}")
+        if self.vae_encoder not in VAE_ENCODER_MODES:
+            raise ValueError(f"vae_encoder must be one of {', '.join(map(repr, VAE_ENCODER_MODES))}; got {self.vae_encoder!r}")
 
 
 TORCH_DTYPES = {"fp16": torch.float16, "fp32": torch.float32, "bf16": torch.bfloat16}
@@ -142,6 +150,9 @@ class SDSGuidance(torch.nn.Module):
             else None
         )
         self._vae_graphs: dict[tuple, object] | None = {} if graphs else None
+        if config.vae_encoder == "channels_last":
+            vae.to(memory_format=torch.channels_last)
+        self._moments = torch.compile(self._plain_moments) if config.vae_encoder == "compiled" else self._plain_moments
         self._graphs_on = graphs
         self._hit_step: HitStepGraphs | None = None
         self.set_cache(config.cache)
@@ -233,19 +244,21 @@ class SDSGuidance(torch.nn.Module):
         per input shape, `torch.cuda.make_graphed_callables`): at SDS sizes the encoder is launch-bound too.
         """
         if self._vae_graphs is None or not x.requires_grad:
-            return self.vae.encode(x).latent_dist.parameters
+            return self._moments(x)
         key = (tuple(x.shape), x.dtype)
         with torch.autocast(x.device.type, enabled=False):
             graphed = self._vae_graphs.get(key)
             if graphed is None:
                 sample = x.detach().clone().requires_grad_(True)
                 with capturing():
-                    graphed = torch.cuda.make_graphed_callables(self._plain_moments, (sample,))
+                    graphed = torch.cuda.make_graphed_callables(self._moments, (sample,))
                 self._vae_graphs[key] = graphed
             return graphed(x)
 
     def _plain_moments(self, x: torch.Tensor) -> torch.Tensor:
         vae = self.vae
+        if self.config.vae_encoder == "channels_last":
+            x = x.contiguous(memory_format=torch.channels_last)
         if getattr(vae, "use_tiling", False) or getattr(vae, "use_slicing", False):
             return vae.encode(x).latent_dist.parameters
         h = vae.encoder(x)

@@ -215,6 +215,7 @@ def build_guidance(cfg: DreamGaussianConfig, device: torch.device, reference_rgb
         timestep_sampling="annealed" if cfg.anneal_timestep else "random",
         seed=cfg.seed,
         cuda_graphs=cfg.guidance.cuda_graphs,
+        vae_encoder=cfg.guidance.vae_encoder,
         cache=cfg.cache,
     )
     if cfg.mode != "image":
