@@ -201,11 +201,19 @@ def load_part(part: str, family: str, folder: Path, dtype: torch.dtype, device: 
     return getattr(load(folder, dtype, device, local_files_only=True), part)
 
 
-def run(part: str, family: str, model, shapes: list[tuple[int, int]], variants: list[str], iters: int) -> list[Row]:
-    """Every variant on every shape; `model` (eager, fp16 on CUDA, fp32 on the CPU) is copied for each variant."""
+def run(part: str, family: str, model, shapes: list[tuple[int, int]], variants: list[str], iters: int,
+        on_row=None) -> list[Row]:
+    """Every variant on every shape; `model` (eager, fp16 on CUDA, fp32 on the CPU) is copied for each variant.
+    `on_row(row)` sees each row as it is measured (a run cut short by a time limit still shows what it did)."""
     device, dtype = model.device, model.dtype
     cuda = device.type == "cuda"
     rows: list[Row] = []
+
+    def add(row: Row) -> None:
+        rows.append(row)
+        if on_row is not None:
+            on_row(row)
+
     for batch, side in shapes:
         label = f"{batch}x{side}"
         generator = torch.Generator(device="cpu").manual_seed(0)
@@ -218,7 +226,7 @@ def run(part: str, family: str, model, shapes: list[tuple[int, int]], variants: 
         flops = count_flops(part, model, inputs, grad)
         for variant in variants:
             if variant in CUDA_ONLY and not cuda:
-                rows.append(Row(label, variant, None, None, None, None, None, "needs CUDA"))
+                add(Row(label, variant, None, None, None, None, None, "needs CUDA"))
                 continue
             if variant == "eager":
                 ms, out, input_grad = ref_ms, ref_out, ref_grad
@@ -232,7 +240,7 @@ def run(part: str, family: str, model, shapes: list[tuple[int, int]], variants: 
                 except Exception as error:  # noqa: BLE001 - a variant the machine cannot run is a row, not the end
                     if not variant.startswith("compiled"):
                         raise
-                    rows.append(Row(label, variant, None, None, None, None, None, f"torch.compile failed: {type(error).__name__}"))
+                    add(Row(label, variant, None, None, None, None, None, f"torch.compile failed: {type(error).__name__}"))
                     continue
                 finally:
                     del copy
@@ -240,7 +248,7 @@ def run(part: str, family: str, model, shapes: list[tuple[int, int]], variants: 
             grad_diff = None if ref_grad is None else relative_diff(input_grad, ref_grad)
             limit = TOLERANCE.get(variant, DEFAULT_TOLERANCE)
             note = "" if max(out_diff, grad_diff or 0.0) <= limit else f"differs from eager by more than {limit:g}"
-            rows.append(Row(label, variant, ms, ref_ms / ms, flops / ms / 1e9, out_diff, grad_diff, note))
+            add(Row(label, variant, ms, ref_ms / ms, flops / ms / 1e9, out_diff, grad_diff, note))
     return rows
 
 
@@ -285,7 +293,8 @@ def main(argv: list[str] | None = None) -> int:
     if not (folder / "model_index.json").exists():
         write_model(args.family, args.size, folder, dtype=torch.float16 if cuda else torch.float32, device=args.device)
     dtype = torch.float16 if cuda else torch.float32
-    rows = run(args.part, args.family, load_part(args.part, args.family, folder, dtype, args.device), shapes, variants, args.iters)
+    rows = run(args.part, args.family, load_part(args.part, args.family, folder, dtype, args.device), shapes, variants,
+               args.iters, on_row=lambda row: print(row, flush=True))
     device = torch.cuda.get_device_name() if cuda else "cpu"
     what = "VAE encoder forward + backward" if args.part == "vae" else "UNet forward"
     title = f"{what}, {args.family} ({args.size}), {device}"

@@ -33,6 +33,8 @@ def test_vae_variants_agree_with_eager_and_the_table_reports_them(bench, tmp_pat
     assert rows["graphed"]["ms"] is None and rows["graphed"]["note"] == "needs CUDA"
     assert rows["eager"]["tflops"] > 0
     table = capsys.readouterr().out
+    assert table.count("Row(shape='2x64'") == 5  # each row printed as it is measured, before the table
+    assert table.index("variant='graphed'") < table.index("### VAE encoder")
     assert "VAE encoder forward + backward, sd (tiny), cpu" in table
     assert "| 2x64 | graphed | – | – | – | – | – | needs CUDA |" in table
 
