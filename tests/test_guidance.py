@@ -305,10 +305,10 @@ def test_hit_graphs_switch_attaches_the_graphed_hit_step(written_models, hit_gra
 
 
 @pytest.mark.slow  # inductor compiles the encoder's forward and backward (about a minute with a cold compile cache)
-@pytest.mark.parametrize("mode", ["channels_last", "compiled"])
-def test_vae_encoder_modes_give_the_eager_latents_and_image_gradients(written_models, mode):
-    """vae_encoder: the SDS encode in channels-last layout or through `torch.compile` agrees with the eager encoder,
-    forward and backward, for each batch shape it meets."""
+def test_compiled_vae_encoder_gives_the_eager_latents_and_image_gradients(written_models):
+    """vae_encoder=compiled: the SDS encode through `torch.compile` agrees with the eager encoder, forward and
+    backward, for each batch shape it meets."""
+    mode = "compiled"
     eager, other = (zero123(written_models["zero123"], vae_encoder=m) for m in ("eager", mode))
     for batch in (2, 3):
         rgb = torch.rand(batch, 3, 48, 48, generator=torch.Generator().manual_seed(batch))
@@ -325,10 +325,8 @@ def test_vae_encoder_modes_give_the_eager_latents_and_image_gradients(written_mo
         torch.testing.assert_close(lat_o, lat_e, rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(grad_o, grad_e, rtol=1e-4, atol=1e-5)
         assert grad_e.abs().max() > 0
-    if mode == "channels_last":
-        assert other.vae.encoder.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
 
 
 def test_unknown_vae_encoder_mode_is_refused(written_models):
-    with pytest.raises(ValueError, match="vae_encoder must be one of 'eager', 'channels_last', 'compiled'; got 'fast'"):
+    with pytest.raises(ValueError, match="vae_encoder must be one of 'eager', 'compiled'; got 'fast'"):
         Zero123GuidanceConfig(pretrained_model_name_or_path=written_models["zero123"], vae_encoder="fast")

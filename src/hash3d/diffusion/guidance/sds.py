@@ -19,7 +19,7 @@ from .hit_step import HitStepGraphs
 from .losses import loss_scale, sds_loss
 
 Weighting = Literal["sds", "uniform", "fantasia3d"]
-VAE_ENCODER_MODES = ("eager", "channels_last", "compiled")
+VAE_ENCODER_MODES = ("eager", "compiled")
 
 
 @dataclass
@@ -48,11 +48,11 @@ class GuidanceConfig:
     hit_graphs: bool = True
     """With CUDA graphs and a cache: answer a tried request through the graphed hit step (`hit_step.py`: two graphs
     around one host read) instead of the host-dispatched path. Off: the eager path, the reference of the graphed one."""
-    vae_encoder: Literal["eager", "channels_last", "compiled"] = "eager"
-    """How the SDS encode runs the VAE encoder's forward and backward (the gradient's way into the images): eager;
-    channels_last, the weights and images in channels-last memory layout (convolutions without layout transposes);
-    compiled, through `torch.compile` (fused normalisation and activation; a run pays a compile for each new image
-    batch shape, kept in inductor's on-disk cache for later runs). All agree to rounding."""
+    vae_encoder: Literal["eager", "compiled"] = "eager"
+    """How the SDS encode runs the VAE encoder's forward and backward (the gradient's way into the images): eager, or
+    compiled through `torch.compile` (fused normalisation and activation; a run pays a compile for each new image
+    batch shape, kept in inductor's on-disk cache for later runs). Both agree to rounding. (Channels-last layout was
+    measured slower than eager at every SDS shape and is not offered.)"""
     cache: CacheConfig = field(default_factory=CacheConfig)
 
     def __post_init__(self) -> None:
@@ -150,8 +150,6 @@ class SDSGuidance(torch.nn.Module):
             else None
         )
         self._vae_graphs: dict[tuple, object] | None = {} if graphs else None
-        if config.vae_encoder == "channels_last":
-            vae.to(memory_format=torch.channels_last)
         self._moments = torch.compile(self._plain_moments) if config.vae_encoder == "compiled" else self._plain_moments
         self._graphs_on = graphs
         self._hit_step: HitStepGraphs | None = None
@@ -257,8 +255,6 @@ class SDSGuidance(torch.nn.Module):
 
     def _plain_moments(self, x: torch.Tensor) -> torch.Tensor:
         vae = self.vae
-        if self.config.vae_encoder == "channels_last":
-            x = x.contiguous(memory_format=torch.channels_last)
         if getattr(vae, "use_tiling", False) or getattr(vae, "use_slicing", False):
             return vae.encode(x).latent_dist.parameters
         h = vae.encoder(x)

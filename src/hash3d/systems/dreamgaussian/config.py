@@ -72,9 +72,8 @@ class GuidanceOptions:
     """Never try the hub (use what is in the local cache or folder)."""
     cuda_graphs: bool = True
     """Replay the UNet as CUDA graphs on a GPU (ignored on the CPU)."""
-    vae_encoder: Literal["eager", "channels_last", "compiled"] = "eager"
-    """How the VAE encoder's forward and backward run: eager, channels_last or compiled (the guidance's option of
-    that name)."""
+    vae_encoder: Literal["eager", "compiled"] = "eager"
+    """How the VAE encoder's forward and backward run: eager or compiled (the guidance's option of that name)."""
 
 
 @dataclass
