@@ -44,7 +44,10 @@ def graph_capture(graph: torch.cuda.CUDAGraph, pool) -> Iterator[None]:
     What `torch.cuda.graph` does, less emptying the allocator's cache first: that releases every cached block to the
     driver (a synchronising free each), and the training steps after the capture then allocate their memory from the
     driver again. A run that captures a graph for each new batch shape paid this at every capture. The private pool
-    keeps the graph's memory apart either way."""
+    keeps the graph's memory apart either way.
+
+    cuBLAS is set up for the capture stream first: a process whose first matrix product would come inside the capture
+    fails it (creating the cuBLAS handle and its workspace is not allowed while capturing)."""
     torch.cuda.synchronize()
     device = torch.cuda.current_device()
     stream = _capture_streams.get(device)
@@ -52,6 +55,7 @@ def graph_capture(graph: torch.cuda.CUDAGraph, pool) -> Iterator[None]:
         stream = _capture_streams[device] = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with capturing(), torch.cuda.stream(stream):
+        torch.cuda.current_blas_handle()
         graph.capture_begin(pool)
         try:
             yield
