@@ -209,3 +209,32 @@ def test_auto_policy_measures_only_steps_without_one_off_work(written_models, mo
     closed = flags[1:-1]  # the first mark closes nothing; the last period is still open
     assert g.cache_stats()["graphs_captured"] > 0 and any(closed) and not all(closed)
     assert len(observed) == closed.count(False) and all(ms > 0 for ms in observed)
+
+
+FIRST_PRODUCT_IN_A_CAPTURE = """
+import torch
+from hash3d.cuda_graphs import graph_capture
+
+a = torch.randn(4, 3, 5, device="cuda")
+b = torch.randn(4, 5, 2, device="cuda")
+graph = torch.cuda.CUDAGraph()
+with graph_capture(graph, torch.cuda.graph_pool_handle()):
+    out = torch.bmm(a, b)  # the process's first matrix product: cuBLAS is not set up yet
+a.mul_(2)
+graph.replay()
+torch.cuda.synchronize()
+torch.testing.assert_close(out, torch.bmm(a, b))
+print("replayed")
+"""
+
+
+def test_a_capture_may_hold_the_processs_first_matrix_product():
+    """cuBLAS cannot be set up while capturing: `graph_capture` sets it up for the capture stream first, so a graph
+    whose body is a fresh process's first matrix product captures and replays (a fresh process: pytest's earlier tests
+    would have set cuBLAS up already)."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", FIRST_PRODUCT_IN_A_CAPTURE], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "replayed"
