@@ -244,3 +244,29 @@ def test_coarse_resume_is_exact(written_models, tmp_path, method):
     wb = load_checkpoint(part / "ckpts" / "last.ckpt")["state_dict"]
     for name in wa:
         assert torch.equal(wa[name], wb[name]), name
+
+
+@pytest.mark.parametrize("normal_type", ["analytic", "finite_difference"])
+def test_evaluation_renders_build_no_autograd_graph_and_match_a_render_with_it(normal_type):
+    # the loop renders val/test views under no_grad; analytic normals are forward values, so nothing needs autograd
+    cfg, _ = load_config(FRONT / "configs" / "stable-zero123.yaml", [
+        *SMALL_GRID, "system.renderer.num_samples_per_ray=48", f"system.geometry.normal_type={normal_type}",
+        "data.random_camera.eval_height=12", "data.random_camera.eval_width=12", "data.random_camera.n_test_views=2"])
+    data = build("data", cfg.data_type, cfg.data, seed=0)
+    data.setup()
+    system = build("system", cfg.system_type, cfg.system, device="cpu")
+    system.eval()
+    batch = next(iter(data.test_batches()))
+    with torch.enable_grad():
+        out = system.render(batch, system.material.shading(system.global_step, False, batch.light_positions))
+    grad_modes = []
+    system.geometry.register_forward_pre_hook(lambda *args: grad_modes.append(torch.is_grad_enabled()))
+    with torch.no_grad():
+        images = system.test_step(batch, 0)
+    assert grad_modes and not any(grad_modes)
+    assert set(images) == {"rgb", "normal", "opacity"}
+    assert not any(t.requires_grad or t.grad_fn is not None for t in images.values())
+    torch.testing.assert_close(images["rgb"], out.rgb.detach())
+    torch.testing.assert_close(images["normal"], out.normal_vis.detach())
+    torch.testing.assert_close(images["opacity"], out.opacity.detach())
+    assert images["opacity"].max() > 0.01  # the blob is in view: the comparison covers real samples

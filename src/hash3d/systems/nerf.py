@@ -161,9 +161,7 @@ class NeRFSystem(System):
 
     def test_step(self, batch: CameraBatch, index: int) -> dict[str, torch.Tensor]:
         shading = self.material.shading(self.global_step, False, batch.light_positions)
-        # analytic normals differentiate the density, so evaluation keeps autograd on for the field
-        with torch.enable_grad():
-            out = self.render(batch, shading)
+        out = self.render(batch, shading)  # normals are forward values: no autograd graph in evaluation renders
         return {k: v.detach() for k, v in _images(out).items()}
 
     def export(self, out_dir: Path) -> list[Path]:

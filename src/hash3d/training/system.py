@@ -22,7 +22,7 @@ The loop calls, in order: `set_save_dir(trial save/ folder)` (also before valida
 `load_checkpoint_state_dict`, `load_extra_state`, optimizer state, `load_guidance_state`), then per step
 `update_step(step, max_steps)`, `training_step(batch, step)`, backward, `on_before_optimizer_step`,
 optimizer step, `on_after_optimizer_step`; `validation_step` / `test_step` render views (under no_grad,
-`eval()` mode; code that needs autograd there, such as analytic normals, opens `torch.enable_grad()` itself);
+`eval()` mode; code that needs autograd there opens `torch.enable_grad()` itself);
 `export(out_dir)` writes files. `global_step` is the step being trained; at `on_test_start` and in `test_step`
 it is the number of steps trained (what the loop names the test files by).
 """
