@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from hash3d.cli import run_cli, setup_logging
 from hash3d.config.errors import ConfigError, UserInputError
@@ -176,3 +177,28 @@ def test_demo(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(demo, "run_demo", _bug)
     assert demo.main(["--out", str(tmp_path / "o")]) == 1
     _traceback_of_the_bug(capsys.readouterr().err)
+
+
+def test_gpu_out_of_memory_is_one_line_that_says_what_to_lower(capsys):
+    def body():
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.33 GiB. GPU 0 has a total capacity of 79.18 GiB")
+
+    assert run_cli(body, "launch.py") == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err and "internal error" not in err
+    assert err.startswith("launch.py: error: the GPU ran out of memory (Tried to allocate 1.33 GiB; GPU 0 has a total "
+                          "capacity of 79.18 GiB). ")
+    for hint in ("data.random_camera.height", "batch_size", "system.renderer.num_samples_per_ray", "intact"):
+        assert hint in err
+    assert run_cli(body, "p", verbose=True) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "Tried to allocate 1.33 GiB" in err
+    assert err.rstrip().splitlines()[-1].startswith("p: error: the GPU ran out of memory")
+
+
+def test_a_runtime_error_that_mentions_memory_is_still_a_bug(capsys):
+    def body():
+        raise RuntimeError("CUDA out of memory")  # not torch's OutOfMemoryError: not this path
+
+    assert run_cli(body, "p") == 1
+    assert "internal error" in capsys.readouterr().err
