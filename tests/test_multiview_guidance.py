@@ -197,7 +197,8 @@ def test_a_ring_of_views_is_one_entry_whichever_view_comes_first(multiview_model
     alpha = plain.alphas_cumprod[a.timesteps[0]]
     x_t = alpha.sqrt() * x + (1 - alpha).sqrt() * a.noise
     b = plain((x_t[roll] - (1 - alpha).sqrt() * a.noise) / alpha.sqrt(), elev, ring[roll], DIST[:4], rgb_as_latents=True)
-    torch.testing.assert_close(b.noise_pred, a.noise_pred[roll], rtol=1e-4, atol=1e-3 * float(a.noise_pred.abs().max()))  # float32 through a random UNet, x100 by CFG
+    # float32 rounding of a random UNet, x100 by CFG; a view out of place would be off by the output's whole size
+    torch.testing.assert_close(b.noise_pred, a.noise_pred[roll], rtol=1e-4, atol=1e-2 * float(a.noise_pred.abs().max()))
     # and through the cache: one entry, hit by the rolled set, 2 degrees further round
     first = cached(x, elev, ring, DIST[:4], rgb_as_latents=True)
     second = cached(x[roll], elev, ring[roll] + 2, DIST[:4], rgb_as_latents=True)
