@@ -7,7 +7,7 @@ of the same repeat (`pair_train_s`), and prints one markdown line per file: pipe
 (the file's `commit` key, written by hand after a device run, whose checkout's git history may be stale; `?` when
 missing) and steps, cache off and
 shipped seconds and their ratio for each repeat, UNet samples from the cache, requests answered whole / split /
-skipped, CUDA graphs the cache captured, UNet ms per step off → shipped, and the file. A ratio below 1.00 is a slow
+quiet / skipped, CUDA graphs the cache captured, UNet ms per step off → shipped, and the file. A ratio below 1.00 is a slow
 row (a shipped config slower than its twin is a defect): it is printed in bold and, with --check, makes the exit
 status 1. Files without a shipped row (older variants-only runs) are listed as such at the end.
 """
@@ -74,7 +74,8 @@ def table_line(result: ShippedResult) -> str:
     s, off = result.shipped, result.off
     ratios = " / ".join(f"**{p.ratio:.2f}×**" if p.ratio < 1.0 else f"{p.ratio:.2f}×" for p in result.pairs)
     share = s["saved"] / s["unet_samples"] if s.get("unet_samples") else 0.0
-    requests = f"{s.get('answered_requests', 0)} / {s.get('split_requests', 0)} / {s.get('skipped_requests', 0)}"
+    requests = (f"{s.get('answered_requests', 0)} / {s.get('split_requests', 0)} / {s.get('probed_requests', 0)} / "
+                f"{s.get('skipped_requests', 0)}")
     unet = f"{off['parts_ms']['unet']:.1f} → {s['parts_ms']['unet']:.1f}"
     cells = [result.pipeline, result.commit, str(result.steps), _seconds([p.off_s for p in result.pairs]),
              _seconds([p.shipped_s for p in result.pairs]), ratios, f"{share:.0%}", requests,
@@ -83,7 +84,7 @@ def table_line(result: ShippedResult) -> str:
 
 
 HEADER = ("| pipeline | commit | steps | cache off s | shipped s | shipped vs off | UNet samples from cache | whole / split / "
-          "skipped | cache graphs | UNet ms/step off → shipped | raw JSON |\n|---|---|---|---|---|---|---|---|---|---|---|")
+          "quiet / skipped | cache graphs | UNet ms/step off → shipped | raw JSON |\n|---|---|---|---|---|---|---|---|---|---|---|")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -29,7 +29,8 @@ mode; the defaults are the guidance benchmark's): 1 / (1 - u h (1 - c)), and the
 answered whole (every sample a hit): a request split between hits and misses still runs a UNet pass over its
 misses, which costs about a full pass where the UNet is launch-bound, so the truth lies between the two. Where the
 measured speed-up falls below both, the time went outside what the cache saves (captures, host reads, inserts).
-Each cached row counts its requests answered whole, split and skipped (the cost-aware policy's plain calls). Rows go to
+Each cached row counts its requests answered whole, split, quiet (probes) and skipped (the cost-aware policy's plain
+calls). Rows go to
 bench/results-training-<pipeline>[-<steps>]-<device>.json (the current file of that pipeline and device).
 
 Per run: total training time, it/s, speed-up vs cache off, peak GPU memory, the share of UNet samples answered from
@@ -223,9 +224,10 @@ def _dreamgaussian_run(
 
 def _request_counts(cache: dict) -> dict[str, int]:
     """Requests of a run: all, those answered whole from the cache, those split between hits and misses, and those
-    the cost-aware policy skipped (the plain UNet call)."""
-    skipped = int(cache.get("skipped", 0))
-    return {"requests": int(cache.get("tried", 0)) + skipped, "skipped_requests": skipped,
+    the cost-aware policy ran as quiet probes or skipped (both the plain UNet call)."""
+    skipped, probed = int(cache.get("skipped", 0)), int(cache.get("probed", 0))
+    return {"requests": int(cache.get("tried", 0)) + probed + skipped, "skipped_requests": skipped,
+            "probed_requests": probed,
             "answered_requests": int(cache.get("answered_requests", 0)),
             "split_requests": int(cache.get("split_requests", 0))}
 
@@ -458,7 +460,7 @@ def expected_speedup(off: dict, row: dict, hit_cost: dict[str, float], whole: bo
 
 def format_table(rows: list[dict], off: dict, hit_cost: dict[str, float]) -> str:
     head = ["run", "cache", "steps", "train s", "it/s", "speed-up", "expected", "expected (whole requests)",
-            "UNet samples from cache", "requests answered whole / split / skipped", "cache graphs", "peak GB", "vs pair"]
+            "UNet samples from cache", "requests answered whole / split / quiet / skipped", "cache graphs", "peak GB", "vs pair"]
     head += [f"{p} ms" for p in PARTS]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     off_step = off["train_s"] / off["steps"]
@@ -466,8 +468,8 @@ def format_table(rows: list[dict], off: dict, hit_cost: dict[str, float]) -> str
         saved = f"{r['saved'] / r['unet_samples']:.0%}" if r["unet_samples"] else "-"
         expected = expected_speedup(off, r, hit_cost)
         whole = expected_speedup(off, r, hit_cost, whole=True)
-        requests = (f"{r.get('answered_requests', 0)} / {r.get('split_requests', 0)} / {r.get('skipped_requests', 0)}"
-                    if r.get("mode") else "-")
+        requests = (f"{r.get('answered_requests', 0)} / {r.get('split_requests', 0)} / {r.get('probed_requests', 0)} / "
+                    f"{r.get('skipped_requests', 0)}" if r.get("mode") else "-")
         cache = f"{r['mode']} {r['strategy']}" if r.get("mode") else "off"
         cells = [r["label"], cache, str(r["steps"]), f"{r['train_s']:.1f}", f"{r['it_per_s']:.2f}",
                  f"{off_step / (r['train_s'] / r['steps']):.2f}x", "-" if expected is None else f"{expected:.2f}x",

@@ -25,8 +25,8 @@ def _write(path, pipeline, rows, **keys):
 
 
 def test_rows_ratios_and_the_slow_check(table, tmp_path, capsys):
-    counts = dict(saved=30, unet_samples=120, answered_requests=2, split_requests=5, skipped_requests=40,
-                  graphs_captured=9)
+    counts = dict(saved=30, unet_samples=120, answered_requests=2, split_requests=5, probed_requests=7,
+                  skipped_requests=40, graphs_captured=9)
     fast = _write(tmp_path / "a.json", "fast-pipe", [
         _row("cache off", 10.0, 20.0), _row("shipped", 8.0, 12.0, pair=10.0, **counts),
         _row("cache off (2)", 10.5, 20.0), _row("shipped (2)", 10.0, 12.0, pair=10.5, **counts)], commit="abc1234")
@@ -38,7 +38,7 @@ def test_rows_ratios_and_the_slow_check(table, tmp_path, capsys):
     out = capsys.readouterr().out.splitlines()
     fast_line = next(line for line in out if line.startswith("| fast-pipe"))
     cells = [c.strip() for c in fast_line.strip("|").split("|")]
-    assert cells[:10] == ["fast-pipe", "abc1234", "100", "10.00 / 10.50", "8.00 / 10.00", "1.25× / 1.05×", "25%", "2 / 5 / 40", "9",
+    assert cells[:10] == ["fast-pipe", "abc1234", "100", "10.00 / 10.50", "8.00 / 10.00", "1.25× / 1.05×", "25%", "2 / 5 / 7 / 40", "9",
                          "20.0 → 12.0"]
     slow_line = next(line for line in out if line.startswith("| slow-pipe"))
     assert f"**{6.0 / 6.6:.2f}×**" in slow_line  # a slow row stands out

@@ -32,15 +32,16 @@ def test_expected_speedups_per_sample_and_per_whole_request(bench):
     assert bench.expected_speedup(off, off, hit_cost) is None
     table = bench.format_table([off, on], off, hit_cost)
     head, _, off_line, on_line = table.splitlines()
-    assert "expected (whole requests)" in head and "requests answered whole / split / skipped" in head
+    assert "expected (whole requests)" in head and "requests answered whole / split / quiet / skipped" in head
     cells = [c.strip() for c in on_line.strip("|").split("|")]
-    assert cells[5:10] == ["1.05x", f"{per_sample:.2f}x", f"{whole:.2f}x", "60%", "20 / 70 / 10"]
+    assert cells[5:10] == ["1.05x", f"{per_sample:.2f}x", f"{whole:.2f}x", "60%", "20 / 70 / 0 / 10"]
     assert [c.strip() for c in off_line.strip("|").split("|")][6:10] == ["-", "-", "-", "-"]
 
 
 def test_request_counts_from_a_report_or_a_metrics_row(bench):
-    report = {"tried": 90, "skipped": 10, "answered_requests": 20, "split_requests": 70, "hits": 5}
-    counts = {"requests": 100, "skipped_requests": 10, "answered_requests": 20, "split_requests": 70}
+    report = {"tried": 90, "skipped": 10, "probed": 4, "answered_requests": 20, "split_requests": 70, "hits": 5}
+    counts = {"requests": 104, "skipped_requests": 10, "probed_requests": 4, "answered_requests": 20,
+              "split_requests": 70}
     assert bench._request_counts(report) == counts
     metrics_row = {k: float(v) for k, v in report.items()}  # the launcher's metrics.csv holds floats
     assert bench._request_counts(metrics_row) == counts

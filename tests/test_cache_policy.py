@@ -7,6 +7,7 @@ import torch
 
 from hash3d.cache.config import AutoPolicyConfig, CacheConfig, CachePolicyConfig
 from hash3d.cache.policy import AutoPolicy, FixedPolicy, build_policy
+from hash3d.diffusion.deferred_count import DeferredCounts
 
 SHAPE = (4, 4, 8, 8)
 
@@ -236,7 +237,7 @@ class _FakeEvent:
         return end.at - self.at
 
 
-def timed_cache(knobs: AutoPolicyConfig):
+def timed_cache(knobs: AutoPolicyConfig, mode: str = "noise"):
     """A tiny UNet with a noise-mode cache under the auto policy, timed on a fake GPU clock: (unet, cache, clock,
     (x, ctx, t, keys)). Advance clock["now"] by what each step "takes"."""
     from test_unet_cache import inputs, tiny_unet
@@ -245,10 +246,11 @@ def timed_cache(knobs: AutoPolicyConfig):
     from hash3d.diffusion.request_timer import RequestTimer
 
     unet = tiny_unet()
-    cache = apply_hash_cache(unet, CacheConfig(enabled=True, mode="noise",
+    cache = apply_hash_cache(unet, CacheConfig(enabled=True, mode=mode,
                                                policy=CachePolicyConfig(strategy="auto", auto=knobs)))
     clock = {"now": 0.0, "gpu": 1e9}
     cache._state.timer = RequestTimer(event=lambda: _FakeEvent(clock))
+    cache._state.probe_hits = DeferredCounts(event=lambda: _FakeEvent(clock))
     return unet, cache, clock, inputs()
 
 
@@ -284,7 +286,8 @@ def test_cache_feeds_measured_request_times_to_the_auto_policy():
     plain UNet."""
     from test_unet_cache import run
 
-    knobs = AutoPolicyConfig(warmup=2, explore_every=2, discard=0, min_samples=2, probe_every=50, probe_len=2)
+    knobs = AutoPolicyConfig(warmup=2, explore_every=2, discard=0, min_samples=2, probe_every=50, probe_len=2,
+                             quiet_probes=False)
     unet, cache, clock, (x, ctx, t, keys) = timed_cache(knobs)
     state = cache._state
     for _ in range(12):  # each step "takes" 30 ms when its request tried the cache, 20 ms when it skipped
@@ -360,7 +363,8 @@ def test_a_cache_whose_tries_find_nothing_stops_trying():
     never come back find nothing, so after the warm-up and a window of such tries the cache skips."""
     from test_unet_cache import run
 
-    knobs = AutoPolicyConfig(warmup=2, window=3, min_samples=2, explore_every=0, probe_every=50, probe_len=2)
+    knobs = AutoPolicyConfig(warmup=2, window=3, min_samples=2, explore_every=0, probe_every=50, probe_len=2,
+                             quiet_probes=False)
     unet, cache, clock, (x, ctx, t, keys) = timed_cache(knobs)
     for step in range(8):
         moved = keys.clone()
@@ -380,7 +384,7 @@ def test_one_off_captures_do_not_count_against_trying():
 
     def drive(drop_one_offs: bool) -> dict:
         unet, cache, clock, (x, ctx, t, keys) = timed_cache(
-            AutoPolicyConfig(warmup=2, explore_every=3, discard=0, min_samples=2, window=4))
+            AutoPolicyConfig(warmup=2, explore_every=3, discard=0, min_samples=2, window=4, quiet_probes=False))
         captures = {"n": 0}
         if drop_one_offs:
             cache.add_graph_count(lambda: captures["n"])
@@ -456,3 +460,90 @@ def test_no_switch_to_trying_on_the_times_alone_when_the_tries_find_nothing():
 def test_probe_backoff_must_be_positive():
     with pytest.raises(ValueError, match="probe_backoff must be >= 1"):
         AutoPolicyConfig(probe_backoff=0)
+
+
+def test_quiet_until_a_try_of_the_shape_found_a_sample():
+    p = auto(warmup=4, window=4)
+    assert p.quiet(SHAPE)  # nothing found yet
+    p.observe_hits(SHAPE, 0)
+    assert p.quiet(SHAPE)
+    p.observe_hits(SHAPE, 2)
+    assert not p.quiet(SHAPE) and p.quiet((1, 4, 8, 8))  # per shape
+    for _ in range(4):  # a window of tries that found nothing: quiet again (and the shape skips)
+        p.observe_hits(SHAPE, 0)
+    assert p.quiet(SHAPE) and p.arm(SHAPE) == "skip"
+    assert not auto(quiet_probes=False).quiet(SHAPE)
+    assert not FixedPolicy(CachePolicyConfig()).quiet(SHAPE)
+
+
+def test_deferred_counts_are_read_only_once_the_gpu_has_passed_them():
+    clock = {"now": 0.0, "gpu": -1.0}
+    counts = DeferredCounts(max_pending=3, event=lambda: _FakeEvent(clock))
+    source = torch.tensor(2)
+    for tag in "abcd":
+        counts.push(tag, source)
+        source += 1  # the value pushed is kept, not the tensor's later contents
+        clock["now"] += 1.0
+    assert list(counts.ready()) == []  # the GPU is behind: nothing read, nothing waited for
+    clock["gpu"] = 2.0
+    assert list(counts.ready()) == [("b", 3), ("c", 4)]  # "a" dropped: at most 3 pending
+    clock["gpu"] = 9.0
+    assert list(counts.ready()) == [("d", 5)] and not counts.pending
+    counts.push("e", source)
+    counts.clear()
+    assert list(counts.ready()) == []
+
+
+def test_request_timer_drops_the_periods_of_unmeasured_requests():
+    from hash3d.diffusion.request_timer import RequestTimer
+
+    clock = {"now": 0.0, "gpu": 1e9}
+    timer = RequestTimer(event=lambda: _FakeEvent(clock))
+    for i, (ms, measured) in enumerate(((3.0, True), (5.0, False), (7.0, True))):
+        timer.mark((i,), True, measured=measured)
+        clock["now"] += ms
+    timer.mark((3,), False)
+    assert list(timer.ready()) == [((0,), True, 3.0), ((2,), True, 7.0)]
+
+
+def test_quiet_probes_answer_with_the_plain_unet_fill_the_table_and_are_not_timed():
+    """Where nothing comes back, every try is a quiet probe: the plain UNet's output, the table filled, no cost
+    measured for either arm's try, and the shape ends up skipping without one real try."""
+    from test_unet_cache import run
+
+    knobs = AutoPolicyConfig(warmup=3, window=3, min_samples=2, explore_every=0, probe_every=6, probe_len=2, discard=0)
+    unet, cache, clock, (x, ctx, t, keys) = timed_cache(knobs)
+    for step in range(14):
+        moved = keys.clone()
+        moved[:, 1] += 45.0 * step  # new cells every step: nothing to find
+        out = run(unet, x, ctx, t, cache, moved).sample
+        torch.testing.assert_close(out, run(unet, x, ctx, t).sample, rtol=0, atol=0)
+        clock["now"] += 20.0
+    stats = cache.stats
+    policy = cache._state.policy
+    assert stats["tried"] == 0 and stats["answered_requests"] == 0 and stats["split_requests"] == 0
+    # the warm-up's 3 probes, then a burst of 2 tries at the end of each 6-request period while skipping
+    assert stats["probed"] == 3 + 2 and stats["skipped"] == 14 - stats["probed"]
+    assert stats["inserts"] == stats["probed"] * B and stats["queries"] == stats["probed"] * B
+    shape = tuple(x[:, :4].shape)
+    assert policy.arm(shape) == "skip" and policy.cost(shape, "try") is None and policy.cost(shape, "skip") == 20.0
+
+
+@pytest.mark.parametrize("mode", ["noise", "features"])
+def test_real_tries_start_once_a_quiet_probe_found_a_sample_on_the_gpu_clock(mode):
+    """The same keys every step: the first probe fills the table, the second finds every sample; its count reaches
+    the policy only when the (fake) GPU has passed it, and from the next request on the cache answers for real."""
+    from test_unet_cache import run
+
+    unet, cache, clock, (x, ctx, t, keys) = timed_cache(AutoPolicyConfig(warmup=20, explore_every=0), mode)
+    clock["gpu"] = -1.0  # the GPU lags: counts pushed so far are not readable
+    plain = run(unet, x, ctx, t).sample
+    for _ in range(3):
+        torch.testing.assert_close(run(unet, x, ctx, t, cache, keys).sample, plain, rtol=0, atol=0)
+        clock["now"] += 20.0
+    assert cache.stats["probed"] == 3 and cache.stats["tried"] == 0 and cache.last_hits is None
+    clock["gpu"] = clock["now"]  # the GPU catches up: the probes' counts (0, 3, 3) are read at the next decision
+    run(unet, x, ctx, t, cache, keys)
+    stats = cache.stats
+    assert stats["probed"] == 3 and stats["tried"] == 1 and stats["answered_requests"] == 1
+    assert stats["cached_samples"] == B and bool(cache.last_hits.all())

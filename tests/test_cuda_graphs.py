@@ -185,12 +185,13 @@ def test_auto_policy_measures_only_steps_without_one_off_work(written_models, mo
     flags: list[bool] = []
     mark = RequestTimer.mark
 
-    def recording_mark(self, shape, tried, previous_one_off=False):
+    def recording_mark(self, shape, tried, previous_one_off=False, measured=True):
         flags.append(previous_one_off)
-        return mark(self, shape, tried, previous_one_off)
+        return mark(self, shape, tried, previous_one_off, measured)
 
     monkeypatch.setattr(RequestTimer, "mark", recording_mark)
-    policy = CachePolicyConfig(strategy="auto", auto=AutoPolicyConfig(warmup=2, explore_every=3, discard=0, min_samples=1))
+    policy = CachePolicyConfig(strategy="auto", auto=AutoPolicyConfig(warmup=2, explore_every=3, discard=0, min_samples=1,
+                                                                      quiet_probes=False))
     cache = CacheConfig(enabled=True, mode="noise", cell_size=(10, 10, 0.1, 1000), policy=policy)
     g = Zero123Guidance(Zero123GuidanceConfig(pretrained_model_name_or_path=written_models["zero123"], dtype="fp32",
                                               cuda_graphs=True, cache=cache, timestep_sampling="random_shared"), "cuda")
@@ -209,6 +210,32 @@ def test_auto_policy_measures_only_steps_without_one_off_work(written_models, mo
     closed = flags[1:-1]  # the first mark closes nothing; the last period is still open
     assert g.cache_stats()["graphs_captured"] > 0 and any(closed) and not all(closed)
     assert len(observed) == closed.count(False) and all(ms > 0 for ms in observed)
+
+
+def test_quiet_probes_on_the_gpu_answer_plainly_until_a_count_comes_back(written_models):
+    """With real CUDA events and pinned host copies: the first tries are quiet (the plain UNet's output, the table
+    filled), their hit counts are read once the GPU has passed them, and then the cache answers for real."""
+    from hash3d.cache.config import AutoPolicyConfig
+
+    policy = CachePolicyConfig(strategy="auto", auto=AutoPolicyConfig(warmup=20, explore_every=0))
+    cache = CacheConfig(enabled=True, mode="noise", cell_size=(10, 10, 0.1, 1000), policy=policy)
+    g = Zero123Guidance(Zero123GuidanceConfig(pretrained_model_name_or_path=written_models["zero123"], dtype="fp32",
+                                              cuda_graphs=True, cache=cache, timestep_sampling="random_shared"), "cuda")
+    plain = make(written_models["zero123"], None, True)
+    g.set_image(torch.rand(4, 64, 64, generator=torch.Generator().manual_seed(0)))
+    latents = torch.randn(3, 4, 8, 8, device="cuda")
+    cams = (torch.tensor([10.0, 20.0, 30.0], device="cuda"), torch.tensor([0.0, 90.0, 180.0], device="cuda"),
+            torch.full((3,), 1.2, device="cuda"))
+    for seed in range(2):  # the same cameras and timestep: the second probe finds every sample, unread so far
+        g.generator.manual_seed(seed), plain.generator.manual_seed(seed)
+        out, ref = g(latents, *cams, rgb_as_latents=True), plain(latents, *cams, rgb_as_latents=True)
+        torch.testing.assert_close(out.noise_pred, ref.noise_pred, rtol=1e-4, atol=1e-5)
+        assert out.cache_hits is None
+    torch.cuda.synchronize()
+    out = g(latents, *cams, rgb_as_latents=True)  # reads both counts (0, then 3): a real try, answered whole
+    stats = g.cache_stats()
+    assert stats["probed"] == 2 and stats["tried"] == 1 and stats["answered_requests"] == 1
+    assert out.cache_hits is not None and bool(out.cache_hits.all())
 
 
 FIRST_PRODUCT_IN_A_CAPTURE = """

@@ -34,6 +34,11 @@ class AutoPolicyConfig:
     """First measurements of each arm and shape dropped (eager first calls, graph captures)."""
     margin: float = 0.03
     """Trying must measure cheaper than skipping by more than this fraction of the skip cost, or the shape skips."""
+    quiet_probes: bool = True
+    """A try of a shape whose latest tries found no sample in the table (the warm-up, and the probes of a shape that
+    skips) runs as a quiet probe: it queries and fills the table but answers from the plain UNet, and its hit count
+    is read back later, without stalling the host. Such a try costs little more than skipping, so a run where
+    nothing comes back pays almost nothing to find that out. Real tries start once a probe has found a sample."""
 
     def __post_init__(self) -> None:
         for name in ("warmup", "explore_every", "discard"):

@@ -18,6 +18,10 @@ off). Around that:
   table, and does not start trying on the times alone while none of the latest tries found one: such a try cannot
   save anything, and costs its query, its insert and a host read over the plain UNet call (a loss smaller than the
   times' noise, which would otherwise be paid for the whole run, and which the noise could make look like a gain).
+A try of a shape whose latest tries found nothing is a quiet probe (`quiet_probes`): it queries and fills the table
+like a try but answers from the plain UNet, and its hit count reaches the policy a few requests later, read without
+stalling the host. It is not timed (what it costs says nothing about a try that reuses samples). Where nothing ever
+comes back, the warm-up and the probe bursts are all quiet, and cost about what skipping costs.
 The mean, not the median: a recurring dear try is part of what trying costs. One-off costs are not: the cache does
 not report a request during which a CUDA graph was captured or a new batch shape ran its first eager call
 (`hash3d.diffusion.request_timer`); paid once, they say nothing about the next request, and counted, they drove the
@@ -60,6 +64,10 @@ class FixedPolicy:
         if policy.force_full_every and self.calls % policy.force_full_every == 0:
             return False
         return policy.probability >= 1.0 or self.rng.random() < policy.probability
+
+    def quiet(self, shape: tuple) -> bool:
+        """Every try of the fixed policy answers from the table."""
+        return False
 
     def observe(self, shape: tuple, tried: bool, ms: float) -> None:
         """Fixed decisions take no costs."""
@@ -133,6 +141,11 @@ class AutoPolicy:
             s.since_probe, s.burst_hits = 0, 0
             return False
         return s.since_probe >= period - auto.probe_len
+
+    def quiet(self, shape: tuple) -> bool:
+        """Whether a try of `shape` (a `decide` that said yes) runs as a quiet probe: none of the shape's latest tries
+        found a sample in the table (`AutoPolicyConfig.quiet_probes`)."""
+        return self.config.auto.quiet_probes and not any(self._state(shape).hits)
 
     def observe(self, shape: tuple, tried: bool, ms: float) -> None:
         """One measured request cost (ms) of `shape`, tried or not; may switch that shape's arm."""

@@ -8,7 +8,8 @@ trying the cache saves or costs. Events are read only once the GPU has passed th
 adds no synchronisation.
 
 A period in which one-off work happened (a CUDA graph captured, a new batch shape's first eager call) is not
-measured: that cost is paid once, and what the policy weighs is what the next request of each arm will cost.
+measured: that cost is paid once, and what the policy weighs is what the next request of each arm will cost. Nor is
+the period of a request marked unmeasured (a quiet probe: neither arm's cost).
 """
 
 from __future__ import annotations
@@ -26,22 +27,23 @@ def _cuda_event() -> torch.cuda.Event:
 class RequestTimer:
     def __init__(self, max_pending: int = 256, event: Callable[[], torch.cuda.Event] = _cuda_event):
         self.pending: deque[tuple[torch.cuda.Event, torch.cuda.Event, tuple, bool]] = deque()
-        self.open: tuple[torch.cuda.Event, tuple, bool] | None = None
+        self.open: tuple[torch.cuda.Event, tuple, bool, bool] | None = None
         self.max_pending = max_pending
         self.event = event
         """Makes an event with record(), query() and elapsed_time(other) (CUDA events; tests pass a stand-in)."""
 
-    def mark(self, shape: tuple, tried: bool, previous_one_off: bool = False) -> None:
+    def mark(self, shape: tuple, tried: bool, previous_one_off: bool = False, measured: bool = True) -> None:
         """A request (latents of `shape`, tried or not) starts: it ends the previous request's period, which is
-        dropped when `previous_one_off` (one-off work happened in it)."""
+        dropped when `previous_one_off` (one-off work happened in it) or when that request was marked unmeasured."""
         event = self.event()
         event.record()
         if self.open is not None and not previous_one_off:
-            start, last_shape, last_tried = self.open
-            self.pending.append((start, event, last_shape, last_tried))
+            start, last_shape, last_tried, last_measured = self.open
+            if last_measured:
+                self.pending.append((start, event, last_shape, last_tried))
             while len(self.pending) > self.max_pending:  # never read: drop the oldest rather than grow
                 self.pending.popleft()
-        self.open = (event, shape, tried)
+        self.open = (event, shape, tried, measured)
 
     def ready(self) -> Iterator[tuple[tuple, bool, float]]:
         """(shape, tried, ms) of every finished period, oldest first."""

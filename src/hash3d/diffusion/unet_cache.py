@@ -15,7 +15,8 @@ such group belongs to key i, and one cache entry stores all groups. Calls outsid
 Per request the policy decides whether to try the cache (`hash3d.cache.policy`: probability η, or cost-aware).
 Keys that hit are answered from the cache; the rest run the full UNet and are inserted. A request that does not try
 still inserts under the fixed policy (η only says how often to look), and runs the plain UNet under the cost-aware
-one (its "skip" arm costs what the cache-off call costs). Modes:
+one (its "skip" arm costs what the cache-off call costs); that policy's quiet probes query and insert like a try but
+answer with the plain UNet, and their hit counts are read back later. Modes:
 - `noise`: a hit returns the blended stored UNet output; the UNet does not run for it.
 - `features`: a hit runs only the first `depth` down blocks and the last `depth` up blocks, with the blended stored
   input of up block `-depth` in place of the deep path (DeepCache-style; the paper's cache point is depth 1).
@@ -39,6 +40,7 @@ from ..cache.policy import build_policy
 from ..cache.table import RESTORE_FIX, HashTable
 from ..cuda_graphs import GraphedFunction, count_captured, count_one_offs, cuda_graphs_available
 from .cache_graph import bucket_for, from_entries, key_rows, to_entries
+from .deferred_count import DeferredCounts
 from .request_timer import RequestTimer
 
 NONFINITE_KEYS = "cache keys contain NaN or inf: check the cameras (elevation, azimuth, distance) and timesteps"
@@ -76,6 +78,8 @@ class _CacheState:
         self.policy = build_policy(config.policy)
         # the cost-aware policy reads GPU times; without a CUDA device it has none and tries every request
         self.timer = RequestTimer() if self.policy.measures and table.device.type == "cuda" else None
+        # hit counts of quiet probes, read back once the GPU has got there (only where there is a timer)
+        self.probe_hits = DeferredCounts() if self.timer is not None else None
         # output structure of the skipped blocks; survives resets, since a replayed CUDA graph of a full pass does
         # not run the Python hooks that record it
         self.block_outputs: dict[str, Any] = {}
@@ -86,9 +90,14 @@ class _CacheState:
         self.policy.reset()
         if self.timer is not None:
             self.timer.clear()
+        if self.probe_hits is not None:
+            self.probe_hits.clear()
         self.last_one_offs = -1
+        self.quiet = False
+        """The latest decision was a quiet probe (read by the request that follows it)."""
         self.tried = 0
         self.skipped = 0
+        self.probed = 0
         # tried requests whose every sample hit (no UNet pass at all in noise mode) and those split between hits and
         # misses (a pass over the misses still runs): what a request saves depends on which it was
         self.answered = 0
@@ -110,6 +119,7 @@ class _CacheState:
             "strategy": self.config.policy.strategy,
             "tried": self.tried,
             "skipped": self.skipped,
+            "probed": self.probed,
             "answered": self.answered,
             "split": self.split,
             "full_samples": self.full_samples,
@@ -130,6 +140,7 @@ class _CacheState:
         for name in ("tried", "full_samples", "cached_samples"):
             setattr(self, name, int(state[name]))
         self.skipped = int(state.get("skipped", 0))
+        self.probed = int(state.get("probed", 0))
         self.answered, self.split = int(state.get("answered", 0)), int(state.get("split", 0))
         if table is not None:
             self.table.load_state_dict(table)
@@ -151,18 +162,29 @@ class _CacheState:
         return self.policy.calls
 
     def should_try(self, shape: tuple) -> bool:
-        """The policy's decision for the next request (latents of `shape`); a measuring policy's timer marks it."""
+        """The policy's decision for the next request (latents of `shape`): True to try the cache. A try the policy
+        wants quiet returns False and sets `quiet`. A measuring policy's timer marks the request."""
+        self.quiet = False
         if self.policy.measures and self.timer is None:
             self.policy.calls += 1
             return True
+        if self.probe_hits is not None:
+            for probed_shape, hits in self.probe_hits.ready():
+                self.policy.observe_hits(probed_shape, hits)
         tried = self.policy.decide(shape)
+        if tried and self.probe_hits is not None and self.policy.quiet(shape):
+            tried, self.quiet = False, True
         if self.timer is not None:
             for done_shape, done_tried, ms in self.timer.ready():
                 self.policy.observe(done_shape, done_tried, ms)
             one_offs = self.one_offs()
-            self.timer.mark(shape, tried, previous_one_off=one_offs != self.last_one_offs)
+            self.timer.mark(shape, tried, previous_one_off=one_offs != self.last_one_offs, measured=not self.quiet)
             self.last_one_offs = one_offs
         return tried
+
+    def probed_hits(self, shape: tuple, hit: torch.Tensor) -> None:
+        """A quiet probe of `shape` found the samples marked in `hit`: the policy hears of it once the GPU is there."""
+        self.probe_hits.push(shape, hit.sum())
 
     def found(self, shape: tuple, hits: int) -> None:
         """A tried request of `shape` found `hits` samples in the table: a measuring policy hears of it (GPU timer
@@ -233,6 +255,9 @@ class _UNetHook(ModelHook):
         st = self.state
         values, hit = None, None
         tried = st.should_try(tuple(req.latents.shape)) if req.tried is None else req.tried
+        quiet, st.quiet = st.quiet, False
+        if quiet and not tried:
+            return self._probe(forward, call, kwargs, req, n_keys, groups, batch)
         if tried:
             st.tried += 1
             values, hit = req.query if req.query is not None else st.table.query(req.keys, req.latents)
@@ -275,6 +300,20 @@ class _UNetHook(ModelHook):
             self._store(req, stored, groups, ~hit if req.finite is None else ~hit & req.finite)
             st.cached_samples += n_hits
             st.full_samples += n_keys - n_hits
+        return out
+
+    def _probe(self, forward, call: tuple, kwargs: dict, req: _Request, n_keys: int, groups: int, batch: int):
+        """A quiet probe: query, run the whole UNet, insert the misses as a try would; answer with the UNet's output
+        and hand the hit count over without reading it."""
+        st = self.state
+        st.probed += 1
+        _, hit = st.table.query(req.keys, req.latents)
+        if req.finite is not None:
+            hit = hit & req.finite
+        st.probed_hits(tuple(req.latents.shape), hit)
+        out, stored = self._full(forward, call, kwargs, batch)
+        self._store(req, stored, groups, ~hit if req.finite is None else ~hit & req.finite)
+        st.full_samples += n_keys
         return out
 
     def phase_runner(self, forward, n_call: int, extra: dict):
@@ -545,7 +584,8 @@ class UNetCache:
     @property
     def stats(self) -> dict[str, float]:
         """Table statistics plus UNet work: samples run in full, samples answered from the cache, requests the
-        cost-aware policy skipped, and that policy's current arm and mean costs (`policy_*`)."""
+        cost-aware policy skipped or ran as quiet probes (`probed`: their queries count in the table's statistics,
+        their hits were not used), and that policy's current arm and mean costs (`policy_*`)."""
         st = self._state
         nonfinite = int(st.nonfinite)
         if nonfinite:
@@ -556,6 +596,7 @@ class UNetCache:
             calls=st.calls,
             tried=st.tried,
             skipped=st.skipped,
+            probed=st.probed,
             answered_requests=st.answered,
             split_requests=st.split,
             full_samples=st.full_samples,
