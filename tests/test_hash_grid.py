@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import weakref
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -420,3 +422,124 @@ def test_normal_alone_refused_without_normals():
     field = field64(MLPConfig(n_neurons=8), normal_type="none")
     with pytest.raises(ConfigError, match="normal_type is 'none'"):
         field.normal(torch.zeros(2, 3, dtype=torch.float64))
+
+
+# ---- recompute_mlps: the MLPs' activations recomputed in the backward ------------------------------------------
+
+
+def field_pair(normal_type: str, mlp: MLPConfig | None = None) -> tuple[ImplicitVolume, ImplicitVolume]:
+    mlp = mlp or MLPConfig(n_neurons=16, n_hidden_layers=2)
+    plain = field64(mlp, normal_type=normal_type)
+    recompute = field64(mlp, normal_type=normal_type, recompute_mlps=True)
+    recompute.load_state_dict(plain.state_dict())
+    return plain, recompute
+
+
+def count_checkpoints(monkeypatch) -> list[int]:
+    """Calls of torch.utils.checkpoint in the field (one list entry per call)."""
+    from hash3d.scene import implicit_volume
+
+    calls: list[int] = []
+    real = implicit_volume.checkpoint
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(implicit_volume, "checkpoint", counting)
+    return calls
+
+
+@pytest.mark.parametrize("normal_type, n_checkpoints", [("analytic", 2 + 1 + 1), ("finite_difference", 2 + 1 + 1 + 1)])
+def test_recompute_mlps_gives_the_same_outputs_and_gradients(monkeypatch, normal_type, n_checkpoints):
+    """Bit for bit on CPU: forward with normals, the normal alone and a density query, d/dθ and d/dpoints."""
+    p = probe_world_points(2.0, seed=9)
+    g = torch.Generator().manual_seed(10)
+    v, w, u, v2, w2 = (torch.randn(p.shape[0], k, generator=g, dtype=F64) for k in (3, 1, 3, 3, 1))
+    calls = count_checkpoints(monkeypatch)
+    results = []
+    for field in field_pair(normal_type):
+        calls.clear()
+        x = p.clone().requires_grad_(True)
+        out = field(x, with_normal=True)
+        alone = field.normal(x.flip(0))
+        density = field.forward_density(x * 0.5)
+        loss = ((out.normal * v).sum() + (out.density * w).sum() + (out.albedo * u).sum() + (alone * v2).sum()
+                + (density * w2).sum())
+        grads = torch.autograd.grad(loss, list(field.parameters()) + [x])
+        results.append(([out.density, out.albedo, out.normal, out.features, alone, density], grads, len(calls)))
+    (values, grads, n_plain), (values_rc, grads_rc, n_rc) = results
+    # every network evaluation goes through the checkpoint: forward (density, features), normal(), forward_density()
+    # (finite differences: one more, the density at the probes)
+    assert (n_plain, n_rc) == (0, n_checkpoints)
+    for a, b in zip(values + list(grads), values_rc + list(grads_rc)):
+        assert torch.equal(a, b)
+    assert all(t.abs().sum() > 0 for t in grads)
+
+
+def test_recompute_mlps_does_nothing_without_autograd(monkeypatch):
+    plain, recompute = field_pair("analytic")
+    calls = count_checkpoints(monkeypatch)
+    p = probe_world_points(2.0, seed=11)
+    with torch.no_grad():
+        a, b = plain(p, with_normal=True), recompute(p, with_normal=True)
+    assert not calls and not b.density.requires_grad
+    assert torch.equal(a.normal, b.normal) and torch.equal(a.features, b.features)
+
+
+class _Saved:
+    def __init__(self, tensor: torch.Tensor):
+        self.tensor = tensor
+
+
+def saved_for_backward(fn, module: torch.nn.Module) -> list[torch.Tensor]:
+    """The tensors autograd still keeps for the backward once fn has run (while its outputs live), parameters left
+    out. Each is held by the graph through a `_Saved`; those of graph parts freed during fn are gone by the end."""
+    params = {q.untyped_storage().data_ptr() for q in module.parameters()}
+    held: weakref.WeakSet[_Saved] = weakref.WeakSet()
+
+    def pack(t: torch.Tensor) -> _Saved | torch.Tensor:
+        if t.untyped_storage().data_ptr() in params:
+            return t
+        box = _Saved(t)
+        held.add(box)
+        return box
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda b: b.tensor if isinstance(b, _Saved) else b):
+        outputs = fn()  # noqa: F841  (keeps the graph alive)
+        return [box.tensor for box in held]
+
+
+def storage_bytes(tensors: list[torch.Tensor]) -> int:
+    """Bytes of the distinct storages behind tensors (views of one storage count once)."""
+    return sum({t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}.values())
+
+
+@pytest.mark.parametrize("normal_type, at_most", [("analytic", 0.4), ("finite_difference", 0.6)])
+def test_recompute_mlps_keeps_less_for_the_backward(normal_type, at_most):
+    """A NeRF training pass (forward with normals, normals at perturbed points) on the default 64-wide MLPs: with
+    recompute_mlps no hidden activation stays for the backward, and what remains is mostly the encoding's. (Finite
+    differences keep more of the encoding: it runs at six probes per point.)"""
+    mlp = MLPConfig()
+    plain, recompute = (f.float() for f in field_pair(normal_type, mlp))
+    p = torch.rand(2000, 3, generator=torch.Generator().manual_seed(12)) * 2 - 1
+
+    def step(field):
+        return field(p, with_normal=True), field.normal(p + 0.01)
+
+    kept_plain, kept = (saved_for_backward(lambda: step(f), f) for f in (plain, recompute))
+    hidden = lambda kept: [t for t in kept if t.shape[-1] == mlp.n_neurons]  # noqa: E731
+    assert hidden(kept_plain) and not hidden(kept)
+    assert storage_bytes(kept) < at_most * storage_bytes(kept_plain)
+
+
+def test_recompute_mlps_from_a_config_override():
+    from hash3d.config import build, load_config
+
+    config = Path(__file__).resolve().parents[1] / "src" / "hash3d" / "shipped" / "threestudio-configs" / "stable-zero123.yaml"
+    small = ["system.geometry.pos_encoding_config.n_levels=4", "system.geometry.pos_encoding_config.log2_hashmap_size=12"]
+    default, _ = load_config(config, small)
+    cfg, _ = load_config(config, [*small, "system.geometry.recompute_mlps=true"])
+    assert default.system.geometry.recompute_mlps is False and cfg.system.geometry.recompute_mlps is True
+    geometry = build("geometry", cfg.system.geometry_type, cfg.system.geometry)
+    assert isinstance(geometry, ImplicitVolume) and geometry.config.recompute_mlps is True

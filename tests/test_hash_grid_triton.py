@@ -114,14 +114,18 @@ def test_fused_rejects_other_dtypes_and_point_gradients():
 
 
 @needs_triton
-def test_implicit_volume_with_fused_encoding():
-    """Analytic normals and the table/MLP gradients of a NeRF-style loss: the fused backend matches torch's."""
+@pytest.mark.parametrize("recompute_mlps", [False, True], ids=["plain", "recompute_mlps"])
+def test_implicit_volume_with_fused_encoding(recompute_mlps):
+    """Analytic normals and the table/MLP gradients of a NeRF-style loss: the fused backend (its MLPs recomputed in
+    the backward or not) matches torch's."""
     torch.manual_seed(0)
     mlp = MLPConfig(n_neurons=16, n_hidden_layers=2)
     ref = ImplicitVolume(ImplicitVolumeConfig(pos_encoding_config=BAND, mlp_network_config=mlp)).to(DEVICE)
     with torch.no_grad():
         ref.encoding.table.normal_(0, 0.5)
-    fused = ImplicitVolume(ImplicitVolumeConfig(pos_encoding_config=replace(BAND, backend="triton"), mlp_network_config=mlp)).to(DEVICE)
+    fused = ImplicitVolume(ImplicitVolumeConfig(
+        pos_encoding_config=replace(BAND, backend="triton"), mlp_network_config=mlp, recompute_mlps=recompute_mlps,
+    )).to(DEVICE)
     fused.load_state_dict(ref.state_dict())
     for f in (ref, fused):
         f.update_step(100)

@@ -377,3 +377,17 @@ def test_isosurface_resolution_is_part_of_the_model_only_for_dmtet(geometry, ref
 
     diffs = config_differences(config(16), config(24), "train")
     assert diffs == (["system.geometry.isosurface_resolution: 16 in the checkpoint, 24 now"] if refused else [])
+
+
+def test_recompute_mlps_does_not_stop_a_resume():
+    """Recomputing the field's MLPs changes the memory a step takes, not the model: a checkpoint written without it
+    (or before the key existed) resumes with it on. Other geometry keys still count."""
+    from hash3d.training.checkpoint import config_differences
+
+    def config(**geometry):
+        return {"system_type": "zero123-system", "system": {"geometry_type": "implicit-volume", "geometry": geometry}}
+
+    assert config_differences(config(radius=2.0, recompute_mlps=False), config(radius=2.0, recompute_mlps=True), "train") == []
+    assert config_differences(config(radius=2.0), config(radius=2.0, recompute_mlps=True), "train") == []
+    assert config_differences(config(radius=2.0), config(radius=1.5, recompute_mlps=True), "train") == [
+        "system.geometry.radius: 2.0 in the checkpoint, 1.5 now"]

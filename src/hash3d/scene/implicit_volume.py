@@ -7,12 +7,15 @@ points (so a fresh field already holds a soft ball at the centre) before the den
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from ..config.errors import ConfigError
 from ..config.registry import register
@@ -56,6 +59,9 @@ class ImplicitVolumeConfig:
     """Mesh export: second pass inside the first mesh's bounding box grown by 10%."""
     isosurface_outlier_fraction: float = 0.01
     """Mesh export: connected components with fewer than this fraction of the faces are dropped."""
+    recompute_mlps: bool = False
+    """Keep only the MLPs' inputs for the backward and run their forward again there: less activation memory for
+    more compute (for the largest render sizes). Values and gradients are the same."""
 
     def __post_init__(self) -> None:
         if self.radius <= 0:
@@ -165,13 +171,21 @@ class ImplicitVolume(nn.Module):
             min_component_fraction=cfg.isosurface_outlier_fraction,
         )
 
+    def _mlp(self, network: Callable[[torch.Tensor], torch.Tensor], enc: torch.Tensor) -> torch.Tensor:
+        """network(enc): every evaluation of the density and feature networks goes through here, so that
+        `recompute_mlps` covers them all."""
+        if self.config.recompute_mlps and torch.is_grad_enabled():
+            # the networks draw no random numbers: no RNG state to save and restore for the recomputation
+            return checkpoint(network, enc, use_reentrant=False, preserve_rng_state=False)
+        return network(enc)
+
     def _raw(self, points: torch.Tensor, with_features: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         enc = self.encoding(contract_to_unit(points, self.radius))
-        raw = self.density_network(enc) + density_blob(
+        raw = self._mlp(self.density_network, enc) + density_blob(
             points, self.config.density_bias, self.config.density_blob_scale, self.config.density_blob_std
         )
         density = density_activation(raw, self.config.density_activation)
-        features = self.feature_network(enc) if with_features else None
+        features = self._mlp(self.feature_network, enc) if with_features else None
         return density, features
 
     def density_and_gradient(
@@ -184,14 +198,14 @@ class ImplicitVolume(nn.Module):
         """
         cfg = self.config
         enc = self.encoding.forward_with_jacobian(contract_to_unit(points, self.radius))  # [N, 4, L·F], d / d unit coords
-        raw_and_grad = mlp_with_jacobian(self.density_network, enc)[..., 0]  # [N, 4]
+        raw_and_grad = self._mlp(partial(mlp_with_jacobian, self.density_network), enc)[..., 0]  # [N, 4]
         raw = raw_and_grad[:, :1] + density_blob(points, cfg.density_bias, cfg.density_blob_scale, cfg.density_blob_std)
         raw_grad = raw_and_grad[:, 1:] / (2.0 * self.radius) + density_blob_gradient(
             points, cfg.density_bias, cfg.density_blob_scale, cfg.density_blob_std
         )
         density = density_activation(raw, cfg.density_activation)
         grad = density_activation_derivative(raw, cfg.density_activation) * raw_grad
-        features = self.feature_network(enc[:, 0]) if with_features else None
+        features = self._mlp(self.feature_network, enc[:, 0]) if with_features else None
         return density, grad, features
 
     def forward_density(self, points: torch.Tensor) -> torch.Tensor:

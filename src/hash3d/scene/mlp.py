@@ -54,7 +54,9 @@ def mlp_with_jacobian(mlp: nn.Sequential, h: torch.Tensor) -> torch.Tensor:
             if layer.bias is not None:
                 h = h + F.pad(layer.bias[None], (0, 0, 0, h.shape[1] - 1))
         elif isinstance(layer, nn.ReLU):
-            h = h * (h[:, :1] > 0).to(h.dtype)  # relu(p) = p·[p > 0]: the output and the tangents in one product
+            # relu(p) = p·[p > 0] on the output row and on the tangents alike; as a select, autograd keeps only the
+            # bool mask for the backward (a product would keep it as a float copy)
+            h = torch.where(h[:, :1] > 0, h, 0)
         elif isinstance(layer, nn.SiLU):
             pre, tangents = h[:, :1], h[:, 1:]
             s = torch.sigmoid(pre)

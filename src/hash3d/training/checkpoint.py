@@ -44,6 +44,9 @@ OUTPUT_ONLY = {
     "isosurface_coarse_to_fine",
     "isosurface_outlier_fraction",
 }
+# keys that change only how much memory a step takes, not its values: a run that ran out of memory can resume with
+# them switched on (and checkpoints written before a key existed still load)
+MEMORY_ONLY = {"recompute_mlps"}
 # geometries whose isosurface grid is the model itself (DMTet's tetrahedra), not an export setting
 MODEL_GRID_GEOMETRIES = ("tetrahedra-sdf-grid",)
 # blocks of the system config that do not change the saved model: ignored when a checkpoint is only rendered/exported
@@ -163,10 +166,10 @@ def _diff(saved: Any, current: Any, path: str, out: list[str], ignore_leaf: set[
 def config_differences(saved: dict[str, Any], current: dict[str, Any], mode: str) -> list[str]:
     """Key paths whose values differ in the parts of the config that define the model (and, for training, the data)."""
     out: list[str] = []
-    ignored = OUTPUT_ONLY
+    ignored = OUTPUT_ONLY | MEMORY_ONLY
     if any(isinstance(c.get("system"), dict) and c["system"].get("geometry_type") in MODEL_GRID_GEOMETRIES
            for c in (saved, current)):
-        ignored = OUTPUT_ONLY - {"isosurface_resolution"}
+        ignored = ignored - {"isosurface_resolution"}
     keys = ["system_type", "system"] + (["data_type", "data"] if mode == "train" else [])
     for key in keys:
         a, b = saved.get(key), current.get(key)
