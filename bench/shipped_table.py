@@ -6,7 +6,8 @@ Reads bench/results-training-*-<device>.json (or the files given), takes each `s
 of the same repeat (`pair_train_s`), and prints one markdown line per file: pipeline, the commit the rows ran
 (the file's `commit` key, written by hand after a device run, whose checkout's git history may be stale; `?` when
 missing) and steps, cache off and
-shipped seconds and their ratio for each repeat, UNet samples from the cache, requests answered whole / split /
+shipped seconds and their ratio for each repeat, the ratio of their sums over the repeats (less swayed by one
+run's spread), UNet samples from the cache, requests answered whole / split /
 quiet / skipped, CUDA graphs the cache captured, UNet ms per step off → shipped, and the file. A ratio below 1.00 is a slow
 row (a shipped config slower than its twin is a defect): it is printed in bold and, with --check, makes the exit
 status 1. Files without a shipped row (older variants-only runs) are listed as such at the end.
@@ -48,6 +49,11 @@ class ShippedResult:
     def slow(self) -> bool:
         return any(p.ratio < 1.0 for p in self.pairs)
 
+    @property
+    def summed_ratio(self) -> float:
+        """Cache-off seconds over shipped seconds, each summed over the repeats: less swayed by one run's spread."""
+        return sum(p.off_s for p in self.pairs) / sum(p.shipped_s for p in self.pairs)
+
 
 def shipped_result(data: dict, path: Path) -> ShippedResult | None:
     """The shipped rows of one results file with their cache-off pairs; None when it holds no shipped row."""
@@ -77,14 +83,16 @@ def table_line(result: ShippedResult) -> str:
     requests = (f"{s.get('answered_requests', 0)} / {s.get('split_requests', 0)} / {s.get('probed_requests', 0)} / "
                 f"{s.get('skipped_requests', 0)}")
     unet = f"{off['parts_ms']['unet']:.1f} → {s['parts_ms']['unet']:.1f}"
+    summed = f"{result.summed_ratio:.3f}" if len(result.pairs) > 1 else "-"
     cells = [result.pipeline, result.commit, str(result.steps), _seconds([p.off_s for p in result.pairs]),
-             _seconds([p.shipped_s for p in result.pairs]), ratios, f"{share:.0%}", requests,
+             _seconds([p.shipped_s for p in result.pairs]), ratios, summed, f"{share:.0%}", requests,
              str(s.get("graphs_captured", 0)), unet, f"`{_shown(result.path)}`"]
     return "| " + " | ".join(cells) + " |"
 
 
-HEADER = ("| pipeline | commit | steps | cache off s | shipped s | shipped vs off | UNet samples from cache | whole / split / "
-          "quiet / skipped | cache graphs | UNet ms/step off → shipped | raw JSON |\n|---|---|---|---|---|---|---|---|---|---|---|")
+HEADER = ("| pipeline | commit | steps | cache off s | shipped s | shipped vs off | summed | UNet samples from cache | "
+          "whole / split / quiet / skipped | cache graphs | UNet ms/step off → shipped | raw JSON |\n"
+          "|---|---|---|---|---|---|---|---|---|---|---|---|")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -38,10 +38,11 @@ def test_rows_ratios_and_the_slow_check(table, tmp_path, capsys):
     out = capsys.readouterr().out.splitlines()
     fast_line = next(line for line in out if line.startswith("| fast-pipe"))
     cells = [c.strip() for c in fast_line.strip("|").split("|")]
-    assert cells[:10] == ["fast-pipe", "abc1234", "100", "10.00 / 10.50", "8.00 / 10.00", "1.25× / 1.05×", "25%", "2 / 5 / 7 / 40", "9",
-                         "20.0 → 12.0"]
+    assert cells[:11] == ["fast-pipe", "abc1234", "100", "10.00 / 10.50", "8.00 / 10.00", "1.25× / 1.05×",
+                          f"{20.5 / 18.0:.3f}", "25%", "2 / 5 / 7 / 40", "9", "20.0 → 12.0"]
     slow_line = next(line for line in out if line.startswith("| slow-pipe"))
     assert f"**{6.0 / 6.6:.2f}×**" in slow_line  # a slow row stands out
+    assert [c.strip() for c in slow_line.strip("|").split("|")][6] == "-"  # one repeat: no sum to show
     assert slow_line.startswith("| slow-pipe | ? | 100 |")  # no commit key: said so
     header = next(line for line in out if line.startswith("| pipeline"))
     assert len(header.split("|")) == len(fast_line.split("|"))
