@@ -6,6 +6,7 @@
     python bench/training.py --pipeline magic3d-refine-sd   (also magic3d-coarse-sd, magic123-coarse-sd, magic123-refine-sd)
     python bench/training.py --pipeline dreamgaussian-text_mv   (also dreamgaussian-text, dreamgaussian-imagedream)
     python bench/training.py --pipeline stable-zero123 --profile 20 [--profile-config base]
+    python bench/training.py --pipeline stable-zero123 --steps 20 --no-warmup --profile 10 --profile-after 300 --profile-config base
 
 Pipelines: the threestudio-hash3d configs (stable-zero123, zero123, dreamfusion-sd; the Magic3D and Magic123 stages,
 where a refine pipeline first trains its coarse config for a few hundred untimed steps and starts from that
@@ -48,7 +49,12 @@ profiled step's wall time), then the top kernels overall. A kernel counts under 
 it; the backward pass's kernels (launched by the autograd engine outside the sections) under "backward", those
 launched between sections under "other"; only what was launched between the first section and the last counts (not
 the set-up or the checkpoint). The profiler slows the run, so it is no timing row. Its rows go to
-profile-<pipeline>[-<steps>]-<device>.json next to the results file.
+profile-<pipeline>[-<steps>][-after<K>]-<device>.json next to the results file, with `profiled_step_ms`, the wall
+time a profiled step took (the denominator of the % column).
+
+--profile-after K: the profiled run trains K + N steps and the profiler records steps K+1..K+N only: a recipe's last
+phase (Stable-Zero123's last resolution from step 300), which a run cannot start in (it runs out of GPU memory before
+the occupancy grid has emptied space). `profiled_step_ms` is then the profile's own span over those N steps.
 """
 
 from __future__ import annotations
@@ -70,7 +76,14 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 from hash3d.launch import main as launch  # noqa: E402
-from hash3d.profiling import Attribution, SectionTimer, attribute, kernel_profile, section_span  # noqa: E402
+from hash3d.profiling import (  # noqa: E402
+    Attribution,
+    KernelProfile,
+    SectionTimer,
+    attribute,
+    kernel_profile,
+    section_span,
+)
 from hash3d.image_to_3d.variants import parse_variant  # noqa: E402
 from hash3d.testing.models import write_model  # noqa: E402
 
@@ -267,7 +280,7 @@ def step_parts(totals: dict[str, float], train_s: float, steps: int) -> dict[str
     return {k: v / steps for k, v in parts.items()}
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pipeline", default="stable-zero123", choices=sorted(PIPELINES))
     parser.add_argument("--steps", type=int, help="training steps (default: the config's)")
@@ -293,8 +306,21 @@ def main() -> None:
                         help="then profile N steps of one more run under torch.profiler: kernels per section")
     parser.add_argument("--profile-config", choices=("base", "hashed"), default="hashed",
                         help="the config of the profiled run (default: the shipped _hash3d config)")
+    parser.add_argument("--profile-after", type=int, default=0, metavar="K",
+                        help="with --profile: the profiled run trains K + N steps, the profiler records the last N")
     parser.add_argument("extra", nargs="*", help="key=value overrides for every run")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if args.profile is not None and args.profile < 1:
+        parser.error(f"--profile takes a number of steps >= 1, got {args.profile}")
+    if args.profile_after < 0:
+        parser.error(f"--profile-after takes a number of steps >= 0, got {args.profile_after}")
+    if args.profile_after and args.profile is None:
+        parser.error("--profile-after needs --profile N (the steps to profile after the K skipped ones)")
+    return args
+
+
+def main() -> None:
+    args = parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("bench/training.py needs a CUDA GPU")
     pipe = PIPELINES[args.pipeline]
@@ -364,31 +390,62 @@ def main() -> None:
     title = f"{args.pipeline}: {steps} training steps{' (whole recipe, validation on)' if args.as_user else ''}, {device}"
     print(f"\n### {title}")
     print(format_table(rows, off, hit_cost))
-    name = (f"{args.pipeline}{'' if args.steps is None else f'-{steps}'}{'-as-user' if args.as_user else ''}"
-            f"-{device_slug(device)}.json")
+    stem = f"{args.pipeline}{'' if args.steps is None else f'-{steps}'}{'-as-user' if args.as_user else ''}"
+    name = f"{stem}-{device_slug(device)}.json"
     out = Path(args.out) if args.out else Path(args.out_dir or REPO / "bench") / f"results-training-{name}"
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"device": device, "pipeline": args.pipeline, "title": title, "command": sys.argv,
                                "rows": rows}, indent=2))
     print(f"rows: {out}")
     if args.profile:
         config = pipe.hashed if args.profile_config == "hashed" else pipe.base
-        with kernel_profile() as kp:
-            row = run(config, args.profile, [], "profile", stage2=False)
+        after, steps = args.profile_after, args.profile
+        kp, row = profiled_run(lambda n: run(config, n, [], "profile", stage2=False), after, steps)
         events = kp.profiler.events()
         found = attribute(events, kp.sections, device_time=True, window=section_span(events, kp.sections))
-        step_ms = 1000 * row["train_s"] / args.profile
-        title = (f"{args.pipeline}: GPU kernels by section, {config}, {args.profile} steps under torch.profiler "
-                 f"({step_ms:.1f} ms a step; the profiler slows the run: not a timing row), {device}")
+        step_ms = profiled_step_ms(kp, row["train_s"])
+        title = (f"{args.pipeline}: GPU kernels by section, {config}, {profiled_steps(after, steps)} under "
+                 f"torch.profiler ({step_ms:.1f} ms a step; the profiler slows the run: not a timing row), {device}")
         print(f"\n### {title}")
-        print(format_profile(found, args.profile, step_ms))
-        path = out.parent / f"profile-{name}"
-        path.write_text(json.dumps({
-            "device": device, "pipeline": args.pipeline, "config": config, "title": title, "command": sys.argv,
-            "steps": args.profile, "step_ms": step_ms, "totals_ms_per_step": {
-                k: v / args.profile for k, v in found.totals_ms.items()},
-            "rows": [dict(asdict(r), calls_per_step=r.calls / args.profile, ms_per_step=r.ms / args.profile)
-                     for r in found.rows]}, indent=2))  # fmt: skip
+        print(format_profile(found, steps, step_ms))
+        path = out.parent / f"profile-{stem}{f'-after{after}' if after else ''}-{device_slug(device)}.json"
+        path.write_text(json.dumps({"device": device, "pipeline": args.pipeline, "config": config, "title": title,
+                                    "command": sys.argv, **profile_record(found, after, steps, step_ms)}, indent=2))
         print(f"kernel rows: {path}")
+
+
+def profiled_run(run, after: int, steps: int) -> tuple[KernelProfile, dict]:
+    """run(n) trains n steps and returns its row: here `after + steps` steps, of which the profile records the last
+    `steps`."""
+    with kernel_profile(skip_steps=after) as kp:
+        row = run(after + steps)
+    if kp.recorded_steps != steps:
+        raise SystemExit(f"the profiled run recorded {kp.recorded_steps} steps after {after}, not {steps}: does its "
+                         f"training loop call hash3d.profiling.step_done() once a step?")
+    return kp, row
+
+
+def profiled_steps(after: int, steps: int) -> str:
+    """'10 steps' or '10 steps (301-310)'."""
+    return f"{steps} steps" + (f" ({after + 1}-{after + steps})" if after else "")
+
+
+def profiled_step_ms(kp: KernelProfile, train_s: float) -> float:
+    """Wall time a recorded step took. After skipped steps: the profile's span over the recorded ones (the run's
+    training time holds the skipped ones too). Without: the run's training time (it starts at the first step; the
+    profile's span also holds the set-up before it, model loading included)."""
+    if kp.skip_steps:
+        return kp.recorded_ms() / kp.recorded_steps
+    return 1000 * train_s / kp.recorded_steps
+
+
+def profile_record(found: Attribution, after: int, steps: int, step_ms: float) -> dict:
+    """The profile's JSON fields besides the run's description: per section and per kernel, totals a step."""
+    return {
+        "steps": steps, "profile_after": after, "profiled_step_ms": step_ms,
+        "totals_ms_per_step": {k: v / steps for k, v in found.totals_ms.items()},
+        "rows": [dict(asdict(r), calls_per_step=r.calls / steps, ms_per_step=r.ms / steps) for r in found.rows],
+    }  # fmt: skip
 
 
 def paired_runs(go, base: str, hashed: str, steps: int, repeats: int, warmup: bool, no_guidance: str | None,

@@ -183,3 +183,85 @@ def test_option_runs_follow_a_kept_first_run_with_both_configs(bench):
     assert [c[3] for c in calls] == ["cache off + a=1", "shipped + a=1"]
     with pytest.raises(SystemExit, match="KEY=VALUE"):
         bench.option_runs(go, "base.yaml", "base_hash3d.yaml", 20, ["compile"], False)
+
+
+PROFILE_COMMAND = ["--pipeline", "stable-zero123", "--steps", "20", "--no-warmup", "--profile", "10",
+                   "--profile-after", "300", "--profile-config", "base", "--out-dir", "DIR"]  # fmt: skip
+
+
+def test_profile_after_parses_and_needs_profile(bench, capsys):
+    """The last phase's command: profile 10 steps of the base config after 300; --profile-after alone, a negative
+    skip or no profiled step is refused with a message."""
+    args = bench.parse_args(PROFILE_COMMAND)
+    assert (args.profile, args.profile_after, args.profile_config) == (10, 300, "base")
+    assert (args.steps, args.no_warmup, args.out_dir, args.extra) == (20, True, "DIR", [])
+    assert bench.parse_args(["--profile", "10"]).profile_after == 0
+    assert bench.parse_args([]).profile is None
+    for argv, message in [(["--profile-after", "300"], "--profile-after needs --profile N"),
+                          (["--profile", "10", "--profile-after", "-1"], "--profile-after takes a number of steps >= 0"),
+                          (["--profile", "0"], "--profile takes a number of steps >= 1")]:  # fmt: skip
+        with pytest.raises(SystemExit) as exc:
+            bench.parse_args(argv)
+        assert exc.value.code == 2 and message in capsys.readouterr().err
+
+
+def _steps(n: int, slow_until: int = 0, trained: list | None = None) -> dict:
+    """A stand-in for a training run: n steps, each a section and `step_done`; the first `slow_until` sleep longer."""
+    import time
+
+    import torch
+
+    from hash3d.profiling import section, step_done
+
+    w = torch.randn(16, 16)
+    for i in range(n):
+        with section("data"):
+            w @ w
+        time.sleep(0.1 if i < slow_until else 0.005)
+        step_done()
+    if trained is not None:
+        trained.append(n)
+    return {"train_s": 123.0}
+
+
+def test_profiled_run_trains_the_skipped_and_the_profiled_steps_and_records_the_profiled_ones(bench):
+    trained = []
+    kp, row = bench.profiled_run(lambda n: _steps(n, trained=trained), after=4, steps=3)
+    assert trained == [7] and row == {"train_s": 123.0}
+    assert kp.recorded_steps == 3 and sum(e.name == "data" for e in kp.profiler.events()) == 3
+    with pytest.raises(SystemExit, match=r"recorded 0 steps after 4, not 3: .*step_done"):
+        bench.profiled_run(lambda n: {"train_s": 1.0}, after=4, steps=3)  # a loop that never says a step is done
+
+
+def test_profiled_step_ms_is_the_recorded_span_over_the_profiled_steps(bench):
+    """After skipped steps: the profile's span over the profiled steps (not the run's training time), within what the
+    host clock measured around it; without: the run's training time over the steps."""
+    import time
+
+    from hash3d.profiling import kernel_profile
+
+    start = time.perf_counter()
+    with kernel_profile(skip_steps=2) as kp:
+        _steps(2, slow_until=2)
+        after_skipped = time.perf_counter()
+        _steps(4)
+    end = time.perf_counter()
+    step_ms = bench.profiled_step_ms(kp, train_s=100.0)
+    assert step_ms == kp.recorded_ms() / 4
+    assert 4 * step_ms <= 1000 * (end - start) - 200  # the two slow skipped steps are not in it
+    assert 1000 * (end - after_skipped) >= 4 * step_ms >= 4 * 5  # the four profiled steps' sleeps are
+    with kernel_profile() as kp:
+        _steps(4)
+    assert bench.profiled_step_ms(kp, train_s=2.0) == 500.0
+
+
+def test_profile_record_holds_the_skipped_steps_and_the_profiled_step_time(bench):
+    from hash3d.profiling import Attribution, KernelRow
+
+    found = Attribution([KernelRow("render", "k", 20, 50.0)], {"render": 50.0})
+    record = bench.profile_record(found, after=300, steps=10, step_ms=42.0)
+    assert (record["steps"], record["profile_after"], record["profiled_step_ms"]) == (10, 300, 42.0)
+    assert record["totals_ms_per_step"] == {"render": 5.0}
+    assert record["rows"] == [{"section": "render", "name": "k", "calls": 20, "ms": 50.0, "calls_per_step": 2.0,
+                               "ms_per_step": 5.0}]  # fmt: skip
+    assert bench.profiled_steps(300, 10) == "10 steps (301-310)" and bench.profiled_steps(0, 10) == "10 steps"

@@ -3,6 +3,8 @@ attribution of ops and kernels to sections."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 from torch.autograd import DeviceType
@@ -16,6 +18,7 @@ from hash3d.profiling import (
     kernel_profile,
     section,
     section_span,
+    step_done,
     time_backward,
     timed,
 )
@@ -158,3 +161,104 @@ def test_device_time_goes_to_the_section_of_the_launching_op_or_the_range_open_a
     # kernels count where they were launched, not where they ran: the window is over launch times
     assert attribute(events, {"unet", "render"}, device_time=True, window=(0, 200)).totals_ms == {
         "unet": pytest.approx(0.006)}
+
+
+def _fit_dummy(tmp_path, steps: int) -> None:
+    """The real training loop (`Trainer.fit`) on the dummy system: `steps` CPU steps."""
+    import hash3d.testing.dummy_system  # noqa: F401 - registers 'dummy-system'
+    from hash3d.config import build, load_config
+    from hash3d.training import Trainer, TrialDir
+
+    cfg, _ = load_config(None, ["data_type=random-camera-datamodule", "system_type=dummy-system",
+                                f"trainer.max_steps={steps}", "trainer.enable_progress_bar=false",
+                                "trainer.num_sanity_val_steps=0", "trainer.val_check_interval=0"])  # fmt: skip
+    datamodule = build("data", cfg.data_type, cfg.data, seed=0)
+    system = build("system", cfg.system_type, cfg.system, device="cpu")
+    Trainer(cfg, TrialDir(tmp_path / "trial"), torch.device("cpu")).fit(system, datamodule)
+
+
+@pytest.mark.parametrize("skip", [0, 3, 5])
+def test_kernel_profile_records_only_the_training_steps_after_the_skipped_ones(tmp_path, skip):
+    """Each step of the loop opens a "data" and a "forward" section once: the recorded ranges count the recorded
+    steps, and the profiler's step markers number them from the first step after the skipped ones."""
+    with kernel_profile(skip_steps=skip) as kp:
+        _fit_dummy(tmp_path, steps=5)
+    assert kp.steps_done == 5 and kp.recorded_steps == 5 - skip
+    if skip == 5:  # nothing left to record
+        with pytest.raises(ValueError, match="no training step was recorded"):
+            kp.recorded_ms()
+        return
+    names = [e.name for e in kp.profiler.events()]
+    assert names.count("data") == names.count("forward") == 5 - skip
+    assert names.count("ProfilerStep*") == 5 - skip + 1  # one a step, and the stretch after the last until the end
+    assert kp.recorded_ms() > 0
+
+
+def test_recorded_time_spans_the_steps_after_the_skipped_ones():
+    """Slow skipped steps, quick recorded ones: the recorded span lies between what the host measured from around
+    the end of the last skipped step to around the end of the last recorded one."""
+    w = torch.randn(32, 32)
+    around: list[tuple[float, float]] = []  # host clock just before and just after each step_done
+    with kernel_profile(skip_steps=2) as kp:
+        for i in range(5):
+            with section("data"):
+                w @ w
+            time.sleep(0.2 if i < 2 else 0.01)
+            before = time.perf_counter()
+            step_done()
+            around.append((before, time.perf_counter()))
+    span_ms = kp.recorded_ms()
+    assert 1000 * (around[-1][0] - around[1][1]) <= span_ms <= 1000 * (around[-1][1] - around[1][0])
+    assert span_ms < 200  # neither skipped step's sleep is in it
+    assert sum(e.name == "data" for e in kp.profiler.events()) == 3
+
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_skipped_steps_launch_no_recorded_kernels_and_the_span_is_the_devices():
+    """On CUDA: the recorded steps' kernels only (the skipped steps launch four times as many), and the span measured
+    by CUDA events lies within the host's clock around the step ends (the GPU idle at each, so each end's event runs
+    while its `step_done` does)."""
+    x = torch.randn(1024, 1024, device="cuda")
+    around = []
+    with kernel_profile(skip_steps=3) as kp:
+        for i in range(5):
+            with section("work"):
+                y = x
+                for _ in range(8 if i < 3 else 2):
+                    y = (y @ x).tanh()
+            torch.cuda.synchronize()
+            before = time.perf_counter()
+            step_done()
+            torch.cuda.synchronize()
+            around.append((before, time.perf_counter()))
+    events = kp.profiler.events()
+    # no section window: a kernel the profiler did not link to its op is placed at its GPU start, which can fall
+    # after the step's CPU range
+    found = attribute(events, kp.sections, device_time=True)
+    assert kp.recorded_steps == 2 and sum(e.name == "work" for e in events if e.device_type == DeviceType.CPU) == 2
+    assert sum(r.calls for r in found.rows if "tanh" in r.name) == 2 * 2
+    assert 1000 * (around[4][0] - around[2][1]) <= kp.recorded_ms() <= 1000 * (around[4][1] - around[2][0])
+
+
+def test_step_done_is_a_no_op_without_a_kernel_profile():
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        step_done()
+        _toy_step()
+    assert not [e for e in prof.events() if e.name.startswith("ProfilerStep")]
+    with kernel_profile() as kp:
+        step_done()
+    step_done()  # the profile is over: its count stays
+    assert kp.steps_done == 1 and kp.recorded_steps == 1
+
+
+def test_kernel_profile_refuses_a_negative_skip():
+    with pytest.raises(ValueError, match="skip_steps must be >= 0, got -1"):
+        with kernel_profile(skip_steps=-1):
+            pass
+    with section("after"):  # no profile was left active: sections stay free
+        pass
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        _toy_step()
+    assert not {e.name for e in prof.events()} & {"a", "b"}

@@ -14,12 +14,18 @@ kernels where CUDA is available) during which every `section(name)` also opens a
 `attribute(kp.profiler.events(), kp.sections, device_time=...)` then adds up each op's self CPU time, or each
 kernel's device time, under the innermost section that launched it. `time_backward` spans open no range: their
 kernels count under "backward".
+
+`kernel_profile(skip_steps=K)` records only after K training steps: each training loop calls `step_done()` once at
+the end of every step (a no-op unless such a profile is active), and the profile starts recording once K are done.
+Its `recorded_ms()` spans the steps after the K (from the end of step K to the end of the last step): e.g. a recipe's
+last phase, which a run cannot start in (at the last resolution before the occupancy grid has emptied space).
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import time
 from collections import defaultdict
 from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -125,28 +131,104 @@ def timed(name: str):
     return wrap
 
 
+@dataclass(frozen=True)
+class _Mark:
+    """A moment of a run: the host's clock, and where CUDA is available an event on the current stream (the device's
+    timeline: the host may run ahead of the GPU)."""
+
+    wall_s: float
+    event: torch.cuda.Event | None
+
+    @classmethod
+    def now(cls) -> _Mark:
+        event = None
+        if torch.cuda.is_available():
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+        return cls(time.perf_counter(), event)
+
+    def ms_until(self, later: _Mark) -> float:
+        if self.event is not None and later.event is not None:
+            later.event.synchronize()
+            return self.event.elapsed_time(later.event)
+        return 1000 * (later.wall_s - self.wall_s)
+
+
 @dataclass
 class KernelProfile:
     profiler: torch.profiler.profile
     sections: set[str] = field(default_factory=set)
     """Names of the sections opened while the profile ran."""
+    skip_steps: int = 0
+    """Training steps completed before the profiler starts recording."""
+    steps_done: int = 0
+    """Training steps completed (`step_done` calls) since the profile began."""
+    _start: _Mark | None = field(default=None, repr=False)
+    _end: _Mark | None = field(default=None, repr=False)
+
+    @property
+    def recorded_steps(self) -> int:
+        """Training steps completed while the profiler recorded."""
+        return max(0, self.steps_done - self.skip_steps)
+
+    def recorded_ms(self) -> float:
+        """Milliseconds from the start of recording to the end of the last recorded step (on CUDA the device's time;
+        synchronises). With `skip_steps=0` recording starts when the profile does, so whatever the block does before
+        its first step counts too."""
+        if self._start is None or self._end is None:
+            raise ValueError(f"no training step was recorded ({self.steps_done} done, {self.skip_steps} skipped)")
+        return self._start.ms_until(self._end)
+
+    def _step_done(self) -> None:
+        self.steps_done += 1
+        self.profiler.step()  # first: the profiler starts recording before the span's start mark
+        if self.steps_done == self.skip_steps:
+            self._start = _Mark.now()
+        elif self.steps_done > self.skip_steps:
+            self._end = _Mark.now()
+
+
+def _record_after(skip_steps: int):
+    """A profiler schedule: nothing for `skip_steps` steps, then recording to the end; the step before the first
+    recorded one warms up (sets up the device tracing, whose one-off cost would otherwise fall in a recorded step)."""
+
+    def action(step: int) -> torch.profiler.ProfilerAction:
+        if step >= skip_steps:
+            return torch.profiler.ProfilerAction.RECORD
+        if step == skip_steps - 1:
+            return torch.profiler.ProfilerAction.WARMUP
+        return torch.profiler.ProfilerAction.NONE
+
+    return action
 
 
 @contextlib.contextmanager
-def kernel_profile() -> Iterator[KernelProfile]:
+def kernel_profile(skip_steps: int = 0) -> Iterator[KernelProfile]:
     """Profile the block with `torch.profiler` (CPU ops; CUDA kernels too where CUDA is available), sections marked
-    as profiler ranges. Read `profiler.events()` after the block."""
+    as profiler ranges, recording only after `skip_steps` training steps (`step_done` calls) have completed. Read
+    `profiler.events()` after the block (recorded steps only; `recorded_steps` says how many)."""
     global _profile
+    if skip_steps < 0:
+        raise ValueError(f"skip_steps must be >= 0, got {skip_steps}")
     activities = [torch.profiler.ProfilerActivity.CPU]
     if torch.cuda.is_available():
         activities.append(torch.profiler.ProfilerActivity.CUDA)
     previous = _profile
-    with torch.profiler.profile(activities=activities) as prof:
-        _profile = KernelProfile(prof)
+    with torch.profiler.profile(activities=activities, schedule=_record_after(skip_steps)) as prof:
+        _profile = KernelProfile(prof, skip_steps=skip_steps)
+        if skip_steps == 0:
+            _profile._start = _Mark.now()
         try:
             yield _profile
         finally:
             _profile = previous
+
+
+def step_done() -> None:
+    """The training loops call this once at the end of every training step: it counts the step for the active
+    kernel profile (which starts recording after its `skip_steps`); nothing happens without one."""
+    if _profile is not None:
+        _profile._step_done()
 
 
 @dataclass(frozen=True)
@@ -193,7 +275,12 @@ def section_span(events: Iterable[FunctionEvent], sections: Collection[str]) -> 
 
 
 def _is_range(event: FunctionEvent, sections: Collection[str]) -> bool:
-    return bool(event.is_user_annotation) or event.activity_type == "gpu_user_annotation" or event.name in sections
+    return bool(event.is_user_annotation) or _activity(event) == "gpu_user_annotation" or event.name in sections
+
+
+def _activity(event: FunctionEvent) -> str | None:
+    """The event's kineto activity type; None for events without one (a scheduled profile's `ProfilerStep#N`)."""
+    return getattr(event, "activity_type", None)
 
 
 def _cpu_items(events: list[FunctionEvent], sections: Collection[str]) -> Iterator[tuple[str, str, float, float]]:
@@ -208,13 +295,14 @@ def _device_items(events: list[FunctionEvent], sections: Collection[str]) -> Ite
     linked to the op that launched it; one launched outside any op (e.g. a CUDA graph replay) is placed through its
     runtime call (same correlation id) by time: the innermost section range open when it was launched."""
     cpu = [e for e in events if e.device_type == DeviceType.CPU]
-    ops = {e.id: e for e in cpu if e.activity_type not in RUNTIME_ACTIVITIES}
-    launches = {e.id: e for e in cpu if e.activity_type in RUNTIME_ACTIVITIES}
+    ops = {e.id: e for e in cpu if _activity(e) not in RUNTIME_ACTIVITIES}
+    launches = {e.id: e for e in cpu if _activity(e) in RUNTIME_ACTIVITIES}
     ranges = sorted((e for e in cpu if e.name in sections), key=lambda e: e.time_range.start)
     for e in events:
         if e.device_type == DeviceType.CPU or e.is_async or _is_range(e, sections):
             continue
-        op = ops.get(e.linked_correlation_id) if e.linked_correlation_id > 0 else None
+        linked = getattr(e, "linked_correlation_id", 0)  # absent on a scheduled profile's step markers
+        op = ops.get(linked) if linked > 0 else None
         if op is not None:
             yield section_of(op, sections), e.name, op.time_range.start, e.time_range.elapsed_us()
             continue

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from ..config import to_data
-from ..profiling import section
+from ..profiling import section, step_done
 from .checkpoint import CheckpointError, make_checkpoint, save_checkpoint, set_rng_state
 from .loggers import ExtraLoggers, LoggersConfig
 from .outputs import MetricsLogger, TrialDir, compose_views, remove_tree, save_image, save_video
@@ -262,6 +262,7 @@ class Trainer:
                             scheduler.step()
                         system.on_after_optimizer_step(optimizer, step)
                 self.global_step = gstep = step + 1
+                step_done()  # before the logging and checkpoint: a profiled span ends with a step, not the final save
                 bar.update()
                 if gstep % log_every == 0 or gstep == max_steps:
                     if self.device.type == "cuda":  # the host runs ahead of the GPU: time (and it/s) of finished work

@@ -43,7 +43,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from hash3d.profiling import section
+from hash3d.profiling import section, step_done
 from hash3d.render.gaussian_raster import rasterize_splats, resolve_backend
 from hash3d.scene.gaussian_density import GaussianDensifyStrategy
 from hash3d.scene.gaussian_mesh import GaussianField, GaussianMeshConfig, extract_gaussian_mesh
@@ -230,6 +230,7 @@ def run_stage1(cfg: DreamGaussianConfig, progress: bool = True) -> Stage1Result:
             optimizer.zero_grad(set_to_none=True)
         with section("densify"):
             strategy.step_post_backward(model.params, optimizer, state, step, meta, split_generator)
+        step_done()
         bar.update()
         if step % cfg.log_every == 0 or step == cfg.iters:
             bar.set_postfix(float(loss.detach()), guidance.cache_stats())

@@ -40,6 +40,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from hash3d.profiling import step_done
 from hash3d.render.mesh_raster import rasterize_mesh, resolve_mesh_backend
 from hash3d.scene.isosurface import Mesh
 from hash3d.training.outputs import save_video
@@ -234,6 +235,7 @@ def run_stage2(cfg: DreamGaussianConfig, progress: bool = True) -> Stage2Result:
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        step_done()
         bar.update()
         if step % cfg.log_every == 0 or step == cfg.iters_refine:
             bar.set_postfix(float(loss.detach()), guidance.cache_stats())
