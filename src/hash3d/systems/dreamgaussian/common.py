@@ -326,8 +326,10 @@ def cache_summary(guidance) -> dict[str, Any]:
         "entries": int(stats.get("entries", 0)),
         "graphs_captured": int(stats.get("graphs_captured", 0)),
         # requests that tried the cache and, under the cost-aware policy, those that skipped it (the plain UNet call)
+        # and its quiet probes (the plain UNet's answer, the table queried and filled)
         "tried": int(stats.get("tried", 0)),
         "skipped": int(stats.get("skipped", 0)),
+        "probed": int(stats.get("probed", 0)),
         "answered_requests": int(stats.get("answered_requests", 0)),
         "split_requests": int(stats.get("split_requests", 0)),
         # multi-view guidance: a lookup is a set of views
