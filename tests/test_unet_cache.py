@@ -201,6 +201,8 @@ def test_bad_requests_and_configs():
         apply_hash_cache(unet, CacheConfig(enabled=True, mode="features", depth=4))
     with pytest.raises(ValueError, match="cache.mode"):
         CacheConfig(mode="latent")
+    with pytest.raises(ValueError, match="cache.split_min_latent_pixels must be >= 1; got 0"):
+        CacheConfig(split_min_latent_pixels=0)
     with pytest.raises(ValueError, match="probability"):
         CachePolicyConfig(probability=1.5)
     with pytest.raises(TypeError, match="UNet2DConditionModel"):
@@ -361,6 +363,10 @@ def test_bucket_for_is_the_smallest_bucket_that_holds_the_rows():
         sizes = [2**k for k in range(n.bit_length()) if 2**k < n] + [n]  # powers of two below n, then n
         for count in range(1, n + 1):
             assert bucket_for(count, n) == min(s for s in sizes if s >= count)
+            for floor in range(1, n + 3):  # a floor: the smallest size at or above both, n whatever the floor
+                assert bucket_for(count, n, floor) == min([s for s in sizes if s >= max(count, floor)] + [n])
+    assert [bucket_for(c, 8, 8) for c in range(1, 9)] == [8] * 8  # Zero123's 8 rows, 8 rows of 32x32 latents
+    assert [bucket_for(c, 24, 8) for c in (1, 2, 8, 9, 16, 17)] == [8, 8, 8, 16, 16, 24]
 
 
 def test_requests_are_counted_as_answered_whole_or_split():

@@ -124,6 +124,12 @@ class CacheConfig:
     continues exactly like an uninterrupted one. Only the live entries are saved (their size, plus a small bucket
     index): with this off, checkpoints hold only the policy's random stream and counters, and a resumed run starts
     with an empty table. Read when saving and when resuming."""
+    split_min_latent_pixels: int = 8192
+    """With CUDA graphs, a request split between hits and misses runs its misses as one UNet pass padded to a power of
+    two of rows, and to at least the rows that hold this many latent pixels (rows x height x width; 8192 = eight rows
+    of 32x32 latents), or to the whole request: a smaller pass takes about as long (launch-bound; e.g. Zero123's UNet
+    on an H100: 8 rows 11.4 ms, 2 rows 8.1 ms), and every new pass size costs a first eager call's set-up and a graph
+    capture (bench/new_shapes.py). 1 = powers of two from one row."""
     policy: CachePolicyConfig = field(default_factory=CachePolicyConfig)
 
     def __post_init__(self) -> None:
@@ -133,6 +139,8 @@ class CacheConfig:
             raise ValueError(f"cache.table_backend must be 'auto', 'torch' or 'triton'; got {self.table_backend!r}")
         if self.depth < 1:
             raise ValueError(f"cache.depth must be >= 1; got {self.depth}")
+        if self.split_min_latent_pixels < 1:
+            raise ValueError(f"cache.split_min_latent_pixels must be >= 1; got {self.split_min_latent_pixels}")
         if isinstance(self.policy, dict):
             self.policy = CachePolicyConfig(**self.policy)
         self.cell_size = tuple(float(c) for c in self.cell_size)

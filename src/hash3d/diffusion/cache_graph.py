@@ -8,10 +8,10 @@ import weakref
 import torch
 
 
-def bucket_for(count: int, n: int) -> int:
-    """Rows a split pass of `count` of a request's n rows is padded to (1 <= count <= n): the next power of two, but
-    never more than n, so a pass over a whole request is not padded."""
-    return min(1 << (count - 1).bit_length(), n)
+def bucket_for(count: int, n: int, floor: int = 1) -> int:
+    """Rows a split pass of `count` of a request's n rows is padded to (1 <= count <= n): the next power of two at or
+    above both count and floor, but never more than n, so a pass over a whole request is not padded."""
+    return min(1 << (max(count, floor) - 1).bit_length(), n)
 
 
 def key_rows(keys_index: torch.Tensor, n_keys: int, groups: int) -> torch.Tensor:

@@ -12,12 +12,8 @@ from collections.abc import Callable, Hashable, Iterator
 import torch
 
 
-def _cuda_event() -> torch.cuda.Event:
-    return torch.cuda.Event()
-
-
 class DeferredCounts:
-    def __init__(self, max_pending: int = 256, event: Callable[[], torch.cuda.Event] = _cuda_event):
+    def __init__(self, max_pending: int = 256, event: Callable[[], torch.cuda.Event] = torch.cuda.Event):
         self.pending: deque[tuple[torch.cuda.Event, torch.Tensor, Hashable]] = deque()
         self.max_pending = max_pending
         self.event = event

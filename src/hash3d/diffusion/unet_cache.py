@@ -27,6 +27,7 @@ the number of hits, which picks among the three paths (all hit / all miss / spli
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -217,6 +218,11 @@ def _pad_rows(t: torch.Tensor, n: int, size: int) -> torch.Tensor:
     return torch.cat([t, t[:1].expand((size - n,) + t.shape[1:])])
 
 
+def _misses(hit: torch.Tensor, finite: torch.Tensor | None) -> torch.Tensor:
+    """The keys to insert after a lookup: those that missed, less any that are not finite."""
+    return ~hit if finite is None else ~hit & finite
+
+
 def _extra(kwargs: dict) -> dict:
     """Keyword arguments of a UNet call besides return_dict (a call with any is never replayed as a graph)."""
     return {k: v for k, v in kwargs.items() if k != "return_dict"}
@@ -260,9 +266,7 @@ class _UNetHook(ModelHook):
             return self._probe(forward, call, kwargs, req, n_keys, groups, batch)
         if tried:
             st.tried += 1
-            values, hit = req.query if req.query is not None else st.table.query(req.keys, req.latents)
-            if req.finite is not None:
-                hit = hit & req.finite
+            values, hit = self._lookup(req)
             st.last_hits = hit
         elif st.policy.measures:  # the cost-aware policy's skip arm: the cache-off call, nothing stored
             st.skipped += 1
@@ -297,7 +301,7 @@ class _UNetHook(ModelHook):
                 stored = miss_stored.new_zeros((batch,) + miss_stored.shape[1:])
                 stored[miss_rows] = miss_stored
             # the whole request with its hits masked out: one insert shape per request shape, whatever the split
-            self._store(req, stored, groups, ~hit if req.finite is None else ~hit & req.finite)
+            self._store(req, stored, groups, _misses(hit, req.finite))
             st.cached_samples += n_hits
             st.full_samples += n_keys - n_hits
         return out
@@ -307,14 +311,18 @@ class _UNetHook(ModelHook):
         and hand the hit count over without reading it."""
         st = self.state
         st.probed += 1
-        _, hit = st.table.query(req.keys, req.latents)
-        if req.finite is not None:
-            hit = hit & req.finite
+        _, hit = self._lookup(req)
         st.probed_hits(tuple(req.latents.shape), hit)
         out, stored = self._full(forward, call, kwargs, batch)
-        self._store(req, stored, groups, ~hit if req.finite is None else ~hit & req.finite)
+        self._store(req, stored, groups, _misses(hit, req.finite))
         st.full_samples += n_keys
         return out
+
+    def _lookup(self, req: _Request) -> tuple[torch.Tensor, torch.Tensor]:
+        """(values, hit) of the request's keys: the caller's query if it made one, else the table's; a key that is
+        not finite never hits."""
+        values, hit = req.query if req.query is not None else self.state.table.query(req.keys, req.latents)
+        return values, (hit if req.finite is None else hit & req.finite)
 
     def phase_runner(self, forward, n_call: int, extra: dict):
         """(phase, call tensors, deep feature for "reuse") -> (UNet output, recorded deep feature or None)."""
@@ -353,9 +361,12 @@ class _UNetHook(ModelHook):
                 # a split-batch size may come up only once in a run: capture a shape at its second call
                 st.graphs[phase] = GraphedFunction(run, warmup=1, capture_after=2)
             # split batches come in every size from 1 to B: pad to a power of two (at most B) so a handful of graphs
-            # serve them all (a launch-bound UNet pass costs about the same for a few more rows)
+            # serve them all (a launch-bound UNet pass costs about the same for a few more rows), and to at least
+            # the rows that hold `split_min_latent_pixels`: below that a pass costs about as much as the floor, and
+            # each new size costs its first eager call's set-up and a capture
             n = call[0].shape[0]
-            size = bucket_for(n, rows)
+            pixels = math.prod(call[0].shape[2:])
+            size = bucket_for(n, rows, -(-st.config.split_min_latent_pixels // max(pixels, 1)))
             out, recorded = st.graphs[phase](*(_pad_rows(a, n, size) for a in args))
             return out[:n], (None if recorded is None else recorded[:n])
         return run(*args)
