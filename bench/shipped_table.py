@@ -76,12 +76,17 @@ def _seconds(values: list[float]) -> str:
     return " / ".join(f"{v:.2f}" for v in values)
 
 
+def request_counts(row: dict) -> str:
+    """A cached row's requests answered whole / split / quiet (probes) / skipped, as one table cell."""
+    return (f"{row.get('answered_requests', 0)} / {row.get('split_requests', 0)} / {row.get('probed_requests', 0)} / "
+            f"{row.get('skipped_requests', 0)}")
+
+
 def table_line(result: ShippedResult) -> str:
     s, off = result.shipped, result.off
     ratios = " / ".join(f"**{p.ratio:.2f}×**" if p.ratio < 1.0 else f"{p.ratio:.2f}×" for p in result.pairs)
     share = s["saved"] / s["unet_samples"] if s.get("unet_samples") else 0.0
-    requests = (f"{s.get('answered_requests', 0)} / {s.get('split_requests', 0)} / {s.get('probed_requests', 0)} / "
-                f"{s.get('skipped_requests', 0)}")
+    requests = request_counts(s)
     unet = f"{off['parts_ms']['unet']:.1f} → {s['parts_ms']['unet']:.1f}"
     summed = f"{result.summed_ratio:.3f}" if len(result.pairs) > 1 else "-"
     cells = [result.pipeline, result.commit, str(result.steps), _seconds([p.off_s for p in result.pairs]),

@@ -74,7 +74,9 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
+sys.path.insert(0, str(REPO / "bench"))  # its sibling shipped_table, also when imported from elsewhere
 
+from shipped_table import request_counts  # noqa: E402
 from hash3d.launch import main as launch  # noqa: E402
 from hash3d.profiling import (  # noqa: E402
     Attribution,
@@ -525,8 +527,7 @@ def format_table(rows: list[dict], off: dict, hit_cost: dict[str, float]) -> str
         saved = f"{r['saved'] / r['unet_samples']:.0%}" if r["unet_samples"] else "-"
         expected = expected_speedup(off, r, hit_cost)
         whole = expected_speedup(off, r, hit_cost, whole=True)
-        requests = (f"{r.get('answered_requests', 0)} / {r.get('split_requests', 0)} / {r.get('probed_requests', 0)} / "
-                    f"{r.get('skipped_requests', 0)}" if r.get("mode") else "-")
+        requests = request_counts(r) if r.get("mode") else "-"
         cache = f"{r['mode']} {r['strategy']}" if r.get("mode") else "off"
         cells = [r["label"], cache, str(r["steps"]), f"{r['train_s']:.1f}", f"{r['it_per_s']:.2f}",
                  f"{off_step / (r['train_s'] / r['steps']):.2f}x", "-" if expected is None else f"{expected:.2f}x",
