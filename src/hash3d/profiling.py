@@ -26,7 +26,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 
@@ -293,7 +293,12 @@ def _cpu_items(events: list[FunctionEvent], sections: Collection[str]) -> Iterat
 def _device_items(events: list[FunctionEvent], sections: Collection[str]) -> Iterator[tuple[str, str, float, float]]:
     """(section, kernel name, launch start µs, device µs) of each device event (kernel, memcpy, memset). A kernel is
     linked to the op that launched it; one launched outside any op (e.g. a CUDA graph replay) is placed through its
-    runtime call (same correlation id) by time: the innermost section range open when it was launched."""
+    runtime call (same correlation id) by time: the innermost section range open when it was launched. Where the
+    events carry no links (torch before `FunctionEvent.linked_correlation_id`), see `_attached_kernels`."""
+    device = [e for e in events if e.device_type != DeviceType.CPU]
+    if device and not hasattr(device[0], "linked_correlation_id"):
+        yield from _attached_kernels(events, sections)
+        return
     cpu = [e for e in events if e.device_type == DeviceType.CPU]
     ops = {e.id: e for e in cpu if _activity(e) not in RUNTIME_ACTIVITIES}
     launches = {e.id: e for e in cpu if _activity(e) in RUNTIME_ACTIVITIES}
@@ -313,6 +318,27 @@ def _device_items(events: list[FunctionEvent], sections: Collection[str]) -> Ite
         start = launch.time_range.start
         open_ranges = [r.name for r in ranges if r.time_range.start <= start <= r.time_range.end]
         yield open_ranges[-1] if open_ranges else "other", e.name, start, e.time_range.elapsed_us()
+
+
+def _attached_kernels(events: list[FunctionEvent], sections: Collection[str]) -> Iterator[tuple[str, str, float, float]]:
+    """`_device_items` for torch versions whose device events carry no link to their op: the kernels torch attached to
+    each CPU op (`FunctionEvent.kernels`) under the op's section at the op's start; a device event attached to no op
+    (a CUDA graph replay, launched outside any op) under "other" at its device start."""
+    attached: Counter[tuple[str, float]] = Counter()
+    for op in events:
+        if op.device_type != DeviceType.CPU or op.is_async or _is_range(op, sections):
+            continue
+        for kernel in op.kernels:
+            attached[kernel.name, kernel.duration] += 1
+            yield section_of(op, sections), kernel.name, op.time_range.start, kernel.duration
+    for e in events:
+        if e.device_type == DeviceType.CPU or e.is_async or _is_range(e, sections):
+            continue
+        key = (e.name, e.time_range.elapsed_us())
+        if attached[key] > 0:  # counted above, under its op
+            attached[key] -= 1
+        else:
+            yield "other", e.name, e.time_range.start, e.time_range.elapsed_us()
 
 
 def attribute(
