@@ -127,9 +127,9 @@ class CacheConfig:
     split_min_latent_pixels: int = 8192
     """With CUDA graphs, a request split between hits and misses runs its misses as one UNet pass padded to a power of
     two of rows, and to at least the rows that hold this many latent pixels (rows x height x width; 8192 = eight rows
-    of 32x32 latents), or to the whole request: a smaller pass takes about as long (launch-bound; e.g. Zero123's UNet
-    on an H100: 8 rows 11.4 ms, 2 rows 8.1 ms), and every new pass size costs a first eager call's set-up and a graph
-    capture (bench/new_shapes.py). 1 = powers of two from one row."""
+    of 32x32 latents), or to the whole request: at a few rows the UNet is launch-bound, so a smaller pass takes about as
+    long, and every new pass size costs a first eager call's set-up and a graph capture (bench/new_shapes.py). 1 =
+    powers of two from one row."""
     policy: CachePolicyConfig = field(default_factory=CachePolicyConfig)
 
     def __post_init__(self) -> None:
