@@ -16,6 +16,7 @@ from hash3d.profiling import (
     active,
     attribute,
     kernel_profile,
+    paused,
     section,
     section_span,
     step_done,
@@ -188,18 +189,48 @@ def test_without_event_links_device_time_goes_to_the_section_of_the_op_torch_att
     assert attribute(events, {"unet"}, device_time=True, window=(0, 55)).totals_ms == {"unet": pytest.approx(0.004)}
 
 
-def _fit_dummy(tmp_path, steps: int) -> None:
-    """The real training loop (`Trainer.fit`) on the dummy system: `steps` CPU steps."""
+def _fit_dummy(tmp_path, steps: int, sanity_steps: int = 0, test_step=None) -> None:
+    """The real training loop (`Trainer.fit`) on the dummy system: `steps` CPU steps, after `sanity_steps` views of
+    the sanity-check validation (rendered by `test_step` if given)."""
     import hash3d.testing.dummy_system  # noqa: F401 - registers 'dummy-system'
     from hash3d.config import build, load_config
     from hash3d.training import Trainer, TrialDir
 
     cfg, _ = load_config(None, ["data_type=random-camera-datamodule", "system_type=dummy-system",
                                 f"trainer.max_steps={steps}", "trainer.enable_progress_bar=false",
-                                "trainer.num_sanity_val_steps=0", "trainer.val_check_interval=0"])  # fmt: skip
+                                f"trainer.num_sanity_val_steps={sanity_steps}", "trainer.val_check_interval=0"])  # fmt: skip
     datamodule = build("data", cfg.data_type, cfg.data, seed=0)
     system = build("system", cfg.system_type, cfg.system, device="cpu")
+    if test_step is not None:
+        system.test_step = test_step.__get__(system)
     Trainer(cfg, TrialDir(tmp_path / "trial"), torch.device("cpu")).fit(system, datamodule)
+
+
+def test_the_sanity_check_validation_opens_no_section_of_a_profile_or_timer(tmp_path):
+    """The sanity-check renders come before the training clock starts, so the sections they open are left out of
+    the step sections too; paused() restores the profile after."""
+    from hash3d.testing.dummy_system import DummySystem
+
+    rendered = []
+
+    def test_step(self, batch, index):
+        with section("val-render"):
+            rendered.append(index)
+            return DummySystem.test_step(self, batch, index)
+
+    with kernel_profile() as kp:
+        _fit_dummy(tmp_path, steps=2, sanity_steps=1, test_step=test_step)
+        with section("after"):
+            pass
+    assert rendered and "val-render" not in kp.sections
+    assert {"forward", "after"} <= kp.sections  # the steps' sections, and sections after the pause, still count
+    with kernel_profile() as kp:
+        with paused():
+            with section("inside"):
+                pass
+        with section("outside"):
+            pass
+    assert kp.sections == {"outside"}
 
 
 @pytest.mark.parametrize("skip", [0, 3, 5])

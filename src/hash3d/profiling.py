@@ -84,6 +84,19 @@ def active() -> SectionTimer | None:
 
 
 @contextlib.contextmanager
+def paused() -> Iterator[None]:
+    """Sections opened inside are neither timed nor profiled: work outside a training run's steps that its
+    training time does not count either (the sanity-check validation before the first step)."""
+    global _active, _profile
+    timer, profile = _active, _profile
+    _active = _profile = None
+    try:
+        yield
+    finally:
+        _active, _profile = timer, profile
+
+
+@contextlib.contextmanager
 def section(name: str) -> Iterator[None]:
     timer = active()
     if timer is None and _profile is None:

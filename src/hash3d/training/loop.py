@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from ..config import to_data
-from ..profiling import section, step_done
+from ..profiling import paused, section, step_done
 from .checkpoint import CheckpointError, make_checkpoint, save_checkpoint, set_rng_state
 from .loggers import ExtraLoggers, LoggersConfig
 from .outputs import MetricsLogger, TrialDir, compose_views, remove_tree, save_image, save_video
@@ -221,7 +221,8 @@ class Trainer:
         metrics = MetricsLogger(self.trial.metrics, resume_step=start if ckpt is not None else None)
         self.loggers = self._open_loggers(system)
         if cfg.trainer.num_sanity_val_steps > 0 and start == 0:
-            self.validate(system, datamodule, limit=cfg.trainer.num_sanity_val_steps)
+            with paused():  # before the training clock starts: not in the step sections either
+                self.validate(system, datamodule, limit=cfg.trainer.num_sanity_val_steps)
             system.train()
 
         every = cfg.checkpoint.every_n_train_steps
