@@ -44,8 +44,9 @@ left (the host, data, other losses). Trailing key=value pairs override every run
 
 --profile N: after the usual rows, one more run of the shipped `_hash3d` config (--profile-config base: the base
 config, cache off) for N steps under `torch.profiler` (`hash3d.profiling.kernel_profile`), and a table of the kernels
-that make up each section: per section its GPU time a step, and its top kernels (calls and ms a step, % of the
-profiled step's wall time), then the top kernels overall. A kernel counts under the innermost section that launched
+that make up each section: per section its GPU time a step, and its top kernels (the op that launched each, calls
+and ms a step, % of the profiled step's wall time; a kernel launched by several ops has a row for each), then the
+top kernels overall. A kernel counts under the innermost section that launched
 it; the backward pass's kernels (launched by the autograd engine outside the sections) under "backward", those
 launched between sections under "other"; only what was launched between the first section and the last counts (not
 the set-up or the checkpoint). The profiler slows the run, so it is no timing row. Its rows go to
@@ -81,6 +82,7 @@ from hash3d.launch import main as launch  # noqa: E402
 from hash3d.profiling import (  # noqa: E402
     Attribution,
     KernelProfile,
+    KernelRow,
     SectionTimer,
     attribute,
     kernel_profile,
@@ -549,17 +551,21 @@ def short(name: str, width: int = 80) -> str:
 def format_profile(found: Attribution, steps: int, step_ms: float, per_section: int = 8, overall: int = 30) -> str:
     """Markdown: per section its total and its top kernels, then the top kernels overall (calls and ms a step, % of
     the profiled step's wall time `step_ms`)."""
-    head = "| section | kernel | calls/step | ms/step | % of step |\n|---|---|---|---|---|"
+    head = "| section | kernel | launched by | calls/step | ms/step | % of step |\n|---|---|---|---|---|---|"
 
-    def line(section: str, name: str, calls: float | None, ms: float) -> str:
+    def line(section: str, name: str, by: str, calls: float | None, ms: float) -> str:
         calls_cell = "-" if calls is None else f"{calls / steps:.1f}"
-        return f"| {section} | {name} | {calls_cell} | {ms / steps:.2f} | {100 * ms / steps / step_ms:.1f}% |"
+        return (f"| {section} | {name} | {by or '-'} | {calls_cell} | {ms / steps:.2f} | "
+                f"{100 * ms / steps / step_ms:.1f}% |")
 
-    lines = [head, line("all", "(all kernels)", None, sum(found.totals_ms.values()))]
+    def row(r: KernelRow) -> str:
+        return line(r.section, short(r.name), short(r.launched_by, 40), r.calls, r.ms)
+
+    lines = [head, line("all", "(all kernels)", "", None, sum(found.totals_ms.values()))]
     for section, total in found.totals_ms.items():
-        lines.append(line(f"**{section}**", "(all)", None, total))
-        lines += [line(section, short(r.name), r.calls, r.ms) for r in found.rows if r.section == section][:per_section]
-    top = [line(r.section, short(r.name), r.calls, r.ms) for r in found.rows[:overall]]
+        lines.append(line(f"**{section}**", "(all)", "", None, total))
+        lines += [row(r) for r in found.rows if r.section == section][:per_section]
+    top = [row(r) for r in found.rows[:overall]]
     return "\n".join([*lines, "", f"Top {overall} kernels overall:", "", head, *top])
 
 

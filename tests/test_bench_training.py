@@ -137,28 +137,28 @@ def test_kernel_profile_table_per_section_and_overall(bench):
     from hash3d.profiling import Attribution, KernelRow
 
     long_name = "void at::native::vectorized_elementwise_kernel<4, at::native::CUDAFunctor_add<float>, " + "x" * 40
-    rows = [KernelRow("backward", "sm90_gemm|bf16", 4, 60.0), KernelRow("render", long_name, 6, 40.0),
+    rows = [KernelRow("backward", "sm90_gemm|bf16", 4, 60.0, "aten::mm"), KernelRow("render", long_name, 6, 40.0),
             KernelRow("render", "render_kernel", 2, 20.0), KernelRow("backward", "reduce", 2, 10.0)]
     found = Attribution(rows, {"backward": 70.0, "render": 60.0})
     table = bench.format_profile(found, steps=2, step_ms=100.0, per_section=1, overall=3)
     short = long_name[:77] + "..."
     assert len(short) == 80
     assert table.splitlines() == [
-        "| section | kernel | calls/step | ms/step | % of step |",
-        "|---|---|---|---|---|",
-        "| all | (all kernels) | - | 65.00 | 65.0% |",
-        "| **backward** | (all) | - | 35.00 | 35.0% |",
-        "| backward | sm90_gemm\\|bf16 | 2.0 | 30.00 | 30.0% |",
-        "| **render** | (all) | - | 30.00 | 30.0% |",
-        f"| render | {short} | 3.0 | 20.00 | 20.0% |",
+        "| section | kernel | launched by | calls/step | ms/step | % of step |",
+        "|---|---|---|---|---|---|",
+        "| all | (all kernels) | - | - | 65.00 | 65.0% |",
+        "| **backward** | (all) | - | - | 35.00 | 35.0% |",
+        "| backward | sm90_gemm\\|bf16 | aten::mm | 2.0 | 30.00 | 30.0% |",
+        "| **render** | (all) | - | - | 30.00 | 30.0% |",
+        f"| render | {short} | - | 3.0 | 20.00 | 20.0% |",
         "",
         "Top 3 kernels overall:",
         "",
-        "| section | kernel | calls/step | ms/step | % of step |",
-        "|---|---|---|---|---|",
-        "| backward | sm90_gemm\\|bf16 | 2.0 | 30.00 | 30.0% |",
-        f"| render | {short} | 3.0 | 20.00 | 20.0% |",
-        "| render | render_kernel | 1.0 | 10.00 | 10.0% |",
+        "| section | kernel | launched by | calls/step | ms/step | % of step |",
+        "|---|---|---|---|---|---|",
+        "| backward | sm90_gemm\\|bf16 | aten::mm | 2.0 | 30.00 | 30.0% |",
+        f"| render | {short} | - | 3.0 | 20.00 | 20.0% |",
+        "| render | render_kernel | - | 1.0 | 10.00 | 10.0% |",
     ]  # fmt: skip
 
 
@@ -262,6 +262,6 @@ def test_profile_record_holds_the_skipped_steps_and_the_profiled_step_time(bench
     record = bench.profile_record(found, after=300, steps=10, step_ms=42.0)
     assert (record["steps"], record["profile_after"], record["profiled_step_ms"]) == (10, 300, 42.0)
     assert record["totals_ms_per_step"] == {"render": 5.0}
-    assert record["rows"] == [{"section": "render", "name": "k", "calls": 20, "ms": 50.0, "calls_per_step": 2.0,
-                               "ms_per_step": 5.0}]  # fmt: skip
+    assert record["rows"] == [{"section": "render", "name": "k", "calls": 20, "ms": 50.0, "launched_by": "",
+                               "calls_per_step": 2.0, "ms_per_step": 5.0}]  # fmt: skip
     assert bench.profiled_steps(300, 10) == "10 steps (301-310)" and bench.profiled_steps(0, 10) == "10 steps"

@@ -156,8 +156,9 @@ def test_device_time_goes_to_the_section_of_the_launching_op_or_the_range_open_a
               _event(42, "gemm", 320, 330, device=cuda, linked=5, activity="kernel"),
               _event(43, "unet", 50, 150, device=cuda, activity="gpu_user_annotation")]
     result = attribute(events, {"unet", "render"}, device_time=True)
-    assert result.rows == [KernelRow("backward", "gemm", 1, 0.010), KernelRow("unet", "conv_kernel", 2, 0.004),
-                           KernelRow("unet", "graph_kernel", 1, 0.002)]
+    assert result.rows == [KernelRow("backward", "gemm", 1, 0.010, "aten::mm"),
+                           KernelRow("unet", "conv_kernel", 2, 0.004, "aten::conv2d"),
+                           KernelRow("unet", "graph_kernel", 1, 0.002, "cudaGraphLaunch")]
     assert result.totals_ms == {"backward": 0.010, "unet": pytest.approx(0.006)}
     # kernels count where they were launched, not where they ran: the window is over launch times
     assert attribute(events, {"unet", "render"}, device_time=True, window=(0, 200)).totals_ms == {
@@ -183,10 +184,27 @@ def test_without_event_links_device_time_goes_to_the_section_of_the_op_torch_att
     for event in events:  # as torch 2.11 builds them
         del event.linked_correlation_id, event.activity_type
     result = attribute(events, {"unet"}, device_time=True)
-    assert result.rows == [KernelRow("backward", "gemm", 1, 0.010), KernelRow("unet", "conv_kernel", 2, 0.004),
+    assert result.rows == [KernelRow("backward", "gemm", 1, 0.010, "aten::mm"),
+                           KernelRow("unet", "conv_kernel", 2, 0.004, "aten::conv2d"),
                            KernelRow("other", "graph_kernel", 1, 0.002)]
     # attached kernels count at their op's (launch) time, the unattached one at its device start
     assert attribute(events, {"unet"}, device_time=True, window=(0, 55)).totals_ms == {"unet": pytest.approx(0.004)}
+
+
+def test_one_kernel_launched_by_two_ops_gets_a_row_for_each():
+    """An elementwise kernel serves many ops: each launching op gets its own row, so a profile says which op to cut."""
+    render = _event(1, "render", 0, 100, activity="user_annotation")
+    index = _event(2, "aten::index", 10, 20, parent=render, activity="cpu_op")
+    copy = _event(3, "aten::copy_", 30, 40, parent=render, activity="cpu_op")
+    cuda = DeviceType.CUDA
+    events = [render, index, copy,
+              _event(40, "elementwise_kernel", 50, 58, device=cuda, linked=2, activity="kernel"),
+              _event(41, "elementwise_kernel", 60, 62, device=cuda, linked=3, activity="kernel"),
+              _event(42, "elementwise_kernel", 62, 64, device=cuda, linked=3, activity="kernel")]
+    result = attribute(events, {"render"}, device_time=True)
+    assert result.rows == [KernelRow("render", "elementwise_kernel", 1, 0.008, "aten::index"),
+                           KernelRow("render", "elementwise_kernel", 2, 0.004, "aten::copy_")]
+    assert result.totals_ms == {"render": pytest.approx(0.012)}
 
 
 def _fit_dummy(tmp_path, steps: int, sanity_steps: int = 0, test_step=None) -> None:

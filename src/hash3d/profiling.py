@@ -252,6 +252,8 @@ class KernelRow:
     calls: int
     ms: float
     """Total over the profile: self CPU time of the op, or device time of the kernel."""
+    launched_by: str = ""
+    """For a kernel, the op (or runtime call, e.g. cudaGraphLaunch) that launched it; "" where none is known."""
 
 
 @dataclass(frozen=True)
@@ -296,15 +298,19 @@ def _activity(event: FunctionEvent) -> str | None:
     return getattr(event, "activity_type", None)
 
 
-def _cpu_items(events: list[FunctionEvent], sections: Collection[str]) -> Iterator[tuple[str, str, float, float]]:
-    """(section, op name, start µs, self CPU µs) of each CPU op."""
+_Item = tuple[str, str, float, float, str]
+"""(section, op or kernel name, launch start µs, time µs, launching op or "")"""
+
+
+def _cpu_items(events: list[FunctionEvent], sections: Collection[str]) -> Iterator[_Item]:
+    """Each CPU op with its self CPU time."""
     for e in events:
         if e.device_type == DeviceType.CPU and not e.is_async and not _is_range(e, sections):
-            yield section_of(e, sections), e.name, e.time_range.start, e.self_cpu_time_total
+            yield section_of(e, sections), e.name, e.time_range.start, e.self_cpu_time_total, ""
 
 
-def _device_items(events: list[FunctionEvent], sections: Collection[str]) -> Iterator[tuple[str, str, float, float]]:
-    """(section, kernel name, launch start µs, device µs) of each device event (kernel, memcpy, memset). A kernel is
+def _device_items(events: list[FunctionEvent], sections: Collection[str]) -> Iterator[_Item]:
+    """Each device event (kernel, memcpy, memset) with its device time and the op that launched it. A kernel is
     linked to the op that launched it; one launched outside any op (e.g. a CUDA graph replay) is placed through its
     runtime call (same correlation id) by time: the innermost section range open when it was launched. Where the
     events carry no links (torch before `FunctionEvent.linked_correlation_id`), see `_attached_kernels`."""
@@ -322,18 +328,18 @@ def _device_items(events: list[FunctionEvent], sections: Collection[str]) -> Ite
         linked = getattr(e, "linked_correlation_id", 0)  # absent on a scheduled profile's step markers
         op = ops.get(linked) if linked > 0 else None
         if op is not None:
-            yield section_of(op, sections), e.name, op.time_range.start, e.time_range.elapsed_us()
+            yield section_of(op, sections), e.name, op.time_range.start, e.time_range.elapsed_us(), op.name
             continue
         launch = launches.get(e.id)
         if launch is None:
-            yield "other", e.name, e.time_range.start, e.time_range.elapsed_us()
+            yield "other", e.name, e.time_range.start, e.time_range.elapsed_us(), ""
             continue
         start = launch.time_range.start
         open_ranges = [r.name for r in ranges if r.time_range.start <= start <= r.time_range.end]
-        yield open_ranges[-1] if open_ranges else "other", e.name, start, e.time_range.elapsed_us()
+        yield open_ranges[-1] if open_ranges else "other", e.name, start, e.time_range.elapsed_us(), launch.name
 
 
-def _attached_kernels(events: list[FunctionEvent], sections: Collection[str]) -> Iterator[tuple[str, str, float, float]]:
+def _attached_kernels(events: list[FunctionEvent], sections: Collection[str]) -> Iterator[_Item]:
     """`_device_items` for torch versions whose device events carry no link to their op: the kernels torch attached to
     each CPU op (`FunctionEvent.kernels`) under the op's section at the op's start; a device event attached to no op
     (a CUDA graph replay, launched outside any op) under "other" at its device start."""
@@ -343,7 +349,7 @@ def _attached_kernels(events: list[FunctionEvent], sections: Collection[str]) ->
             continue
         for kernel in op.kernels:
             attached[kernel.name, kernel.duration] += 1
-            yield section_of(op, sections), kernel.name, op.time_range.start, kernel.duration
+            yield section_of(op, sections), kernel.name, op.time_range.start, kernel.duration, op.name
     for e in events:
         if e.device_type == DeviceType.CPU or e.is_async or _is_range(e, sections):
             continue
@@ -351,7 +357,7 @@ def _attached_kernels(events: list[FunctionEvent], sections: Collection[str]) ->
         if attached[key] > 0:  # counted above, under its op
             attached[key] -= 1
         else:
-            yield "other", e.name, e.time_range.start, e.time_range.elapsed_us()
+            yield "other", e.name, e.time_range.start, e.time_range.elapsed_us(), ""
 
 
 def attribute(
@@ -359,19 +365,19 @@ def attribute(
     window: tuple[float, float] | None = None,
 ) -> Attribution:
     """Time per (section, op or kernel) of a profile's events: each CPU op's self time, or with `device_time` each
-    device event's time, under the section that launched it (`section_of`). With `window` (µs, e.g. `section_span`)
-    only what was launched inside it counts."""
+    device event's time, under the section that launched it (`section_of`), a kernel's row per launching op. With
+    `window` (µs, e.g. `section_span`) only what was launched inside it counts."""
     events = list(events)
     sections = frozenset(sections)
-    calls: dict[tuple[str, str], int] = defaultdict(int)
-    us: dict[tuple[str, str], float] = defaultdict(float)
-    for section, name, start, time_us in (_device_items if device_time else _cpu_items)(events, sections):
+    calls: dict[tuple[str, str, str], int] = defaultdict(int)
+    us: dict[tuple[str, str, str], float] = defaultdict(float)
+    for section, name, start, time_us, by in (_device_items if device_time else _cpu_items)(events, sections):
         if window is not None and not window[0] <= start <= window[1]:
             continue
-        calls[section, name] += 1
-        us[section, name] += time_us
-    rows = [KernelRow(s, n, calls[s, n], us[s, n] / 1000) for s, n in us]
-    rows.sort(key=lambda r: (-r.ms, r.section, r.name))
+        calls[section, name, by] += 1
+        us[section, name, by] += time_us
+    rows = [KernelRow(s, n, calls[s, n, b], us[s, n, b] / 1000, b) for s, n, b in us]
+    rows.sort(key=lambda r: (-r.ms, r.section, r.name, r.launched_by))
     totals: dict[str, float] = defaultdict(float)
     for row in rows:
         totals[row.section] += row.ms
