@@ -46,10 +46,9 @@ left (the host, data, other losses). Trailing key=value pairs override every run
 config, cache off) for N steps under `torch.profiler` (`hash3d.profiling.kernel_profile`), and a table of the kernels
 that make up each section: per section its GPU time a step, and its top kernels (the op that launched each, calls
 and ms a step, % of the profiled step's wall time; a kernel launched by several ops has a row for each), then the
-top kernels overall. A kernel counts under the innermost section that launched
-it; the backward pass's kernels (launched by the autograd engine outside the sections) under "backward", those
-launched between sections under "other"; only what was launched between the first section and the last counts (not
-the set-up or the checkpoint). The profiler slows the run, so it is no timing row. Its rows go to
+top kernels overall. A kernel counts under the innermost section that launched it; the backward pass's kernels
+(launched by the autograd engine outside the sections) under "backward", those launched between sections under
+"other"; only what was launched between the first section and the last counts (not the set-up or the checkpoint). The profiler slows the run, so it is no timing row. Its rows go to
 profile-<pipeline>[-<steps>][-after<K>]-<device>.json next to the results file, with `profiled_step_ms`, the wall
 time a profiled step took (the denominator of the % column).
 
