@@ -7,8 +7,8 @@ backend: the fused Triton kernels on a CUDA GPU), the table drawn N(0, 0.1) so t
 Two point sets of rays × samples points: "coherent", samples along straight rays through the box as a render
 makes them (neighbouring points share hash-grid cells, so the backward's atomic adds collide), and "uniform".
 
-Rows: float32 (as shipped); the whole step under torch.autocast in bfloat16 and float16 (the MLPs' matrix products
-in half precision; the hash grid stays float32); float32 with TF32 matrix products. Each row gives the median ms of
+Rows: float32 (as shipped); `geometry.mlp_precision` bfloat16 and float16 (the MLPs' matrix products in half
+precision under autocast; the hash grid stays float32); float32 with TF32 matrix products. Each row gives the median ms of
 the forward + backward, of a density-only forward (no grad), and the largest difference from the float32 row of the
 normals and of the hash-table gradient (relative to its largest entry). Then the hash grid's backward kernel alone.
 Prints a markdown table; --out also writes it as JSON.
@@ -23,6 +23,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -61,12 +62,13 @@ def ray_points(rays: int, samples: int, radius: float, generator: torch.Generato
     return (origins[:, None] + t * directions[:, None]).reshape(-1, 3).clamp(-radius, radius).to(device)
 
 
-def precisions(device: torch.device) -> dict[str, Callable[[], contextlib.AbstractContextManager]]:
-    rows: dict[str, Callable[[], contextlib.AbstractContextManager]] = {"float32": contextlib.nullcontext}
-    for name, dtype in (("autocast bfloat16", torch.bfloat16), ("autocast float16", torch.float16)):
-        rows[name] = lambda dtype=dtype: torch.autocast(device.type, dtype=dtype)
+def precisions(device: torch.device) -> dict[str, tuple[str, Callable[[], contextlib.AbstractContextManager]]]:
+    """Row name -> (geometry.mlp_precision, context the step runs in)."""
+    rows = {"float32": ("float32", contextlib.nullcontext),
+            "mlp_precision bfloat16": ("bfloat16", contextlib.nullcontext),
+            "mlp_precision float16": ("float16", contextlib.nullcontext)}  # fmt: skip
     if device.type == "cuda":
-        rows["float32, TF32 matrix products"] = tf32
+        rows["float32, TF32 matrix products"] = ("float32", tf32)
     return rows
 
 
@@ -91,9 +93,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
     device = torch.device(args.device)
 
     torch.manual_seed(0)
-    field = ImplicitVolume(load_config(CONFIG)[0].system.geometry, device=device)
+    geometry = load_config(CONFIG)[0].system.geometry
+    fields = {p: ImplicitVolume(replace(geometry, mlp_precision=p), device=device) for p in ("float32", "bfloat16", "float16")}
+    field = fields["float32"]
     with torch.no_grad():
         field.encoding.table.normal_(0.0, 0.1)
+    for other in fields.values():
+        other.load_state_dict(field.state_dict())
     generator = torch.Generator().manual_seed(0)
     n = args.rays * args.samples
     point_sets = {
@@ -102,28 +108,29 @@ def main(argv: list[str] | None = None) -> list[dict]:
     }
     w, u, v = (torch.randn(n, k, generator=generator).to(device) for k in (1, 3, 3))
 
-    def step(points: torch.Tensor, context) -> tuple[torch.Tensor, torch.Tensor]:
+    def step(field: ImplicitVolume, points: torch.Tensor, context) -> tuple[torch.Tensor, torch.Tensor]:
         field.zero_grad(set_to_none=True)
         with context():
             out = field(points, with_normal=True)
-            loss = (out.density.float() * w).sum() + (out.albedo.float() * u).sum() + (out.normal.float() * v).sum()
+            loss = (out.density * w).sum() + (out.albedo * u).sum() + (out.normal * v).sum()
         loss.backward()
-        return out.normal.detach().float(), field.encoding.table.grad
+        return out.normal.detach(), field.encoding.table.grad
 
-    def density(points: torch.Tensor, context) -> torch.Tensor:
+    def density(field: ImplicitVolume, points: torch.Tensor, context) -> torch.Tensor:
         with torch.no_grad(), context():
             return field.forward_density(points)
 
-    reference = {name: tuple(t.clone() for t in step(p, contextlib.nullcontext)) for name, p in point_sets.items()}
+    reference = {name: tuple(t.clone() for t in step(field, p, contextlib.nullcontext)) for name, p in point_sets.items()}
     rows = []
-    for precision, context in precisions(device).items():
+    for precision, (mlp_precision, context) in precisions(device).items():
+        f = fields[mlp_precision]
         for name, points in point_sets.items():
-            normal, grad = step(points, context)
+            normal, grad = step(f, points, context)
             ref_normal, ref_grad = reference[name]
             rows.append({
                 "precision": precision, "points": name,
-                "step_ms": timed(lambda: step(points, context), device, args.iters),
-                "density_ms": timed(lambda: density(points, context), device, args.iters),
+                "step_ms": timed(lambda: step(f, points, context), device, args.iters),
+                "density_ms": timed(lambda: density(f, points, context), device, args.iters),
                 "normal_max_diff": (normal - ref_normal).abs().max().item(),
                 "table_grad_rel_diff": ((grad - ref_grad).abs().max() / ref_grad.abs().max()).item(),
             })  # fmt: skip

@@ -8,7 +8,7 @@ def test_rows_of_every_precision_and_point_set(load_bench, tmp_path, capsys):
     out = tmp_path / "rows.json"
     rows = bench.main(["--device", "cpu", "--rays", "16", "--samples", "8", "--iters", "1", "--out", str(out)])
     assert [(r["precision"], r["points"]) for r in rows] == [
-        (p, s) for p in ("float32", "autocast bfloat16", "autocast float16") for s in ("coherent", "uniform")]
+        (p, s) for p in ("float32", "mlp_precision bfloat16", "mlp_precision float16") for s in ("coherent", "uniform")]
     for r in rows:
         assert r["step_ms"] > 0 and r["density_ms"] > 0
         if r["precision"] == "float32":  # the reference itself: the same deterministic CPU computation
@@ -18,7 +18,7 @@ def test_rows_of_every_precision_and_point_set(load_bench, tmp_path, capsys):
     saved = json.loads(out.read_text())
     assert saved["points"] == 128 and len(saved["rows"]) == 6 and set(saved["hash_grid_backward_ms"]) == {"coherent", "uniform"}
     printed = capsys.readouterr().out
-    assert "| autocast float16 | uniform |" in printed and "hash grid backward alone" in printed
+    assert "| mlp_precision float16 | uniform |" in printed and "hash grid backward alone" in printed
 
 
 def test_ray_points_lie_in_the_box_in_order_along_each_ray(load_bench):

@@ -424,6 +424,73 @@ def test_normal_alone_refused_without_normals():
         field.normal(torch.zeros(2, 3, dtype=torch.float64))
 
 
+# ---- mlp_precision: the networks' matrix products in half precision --------------------------------------------
+
+
+def field32(precision: str, **kw) -> ImplicitVolume:
+    field = field64(MLPConfig(n_neurons=16, n_hidden_layers=2), mlp_precision=precision, **kw).float()
+    return field
+
+
+@pytest.mark.parametrize("precision, dtype", [("bfloat16", torch.bfloat16), ("float16", torch.float16)])
+def test_half_precision_mlps_run_their_products_in_half_and_stay_close(precision, dtype):
+    """Every Linear of both networks runs in the asked dtype (autocast), the outputs come back float32 and near the
+    float32 field's, and both networks and the table get finite gradients; the hash grid stays float32."""
+    plain, half = field32("float32"), field32(precision)
+    half.load_state_dict(plain.state_dict())
+    seen: list[tuple[torch.dtype, torch.dtype]] = []
+    hooks = [m.register_forward_hook(lambda mod, inp, out: seen.append((inp[0].dtype, out.dtype)))
+             for m in (*half.density_network, *half.feature_network) if isinstance(m, torch.nn.Linear)]
+    enc_dtypes = []
+    hooks.append(half.encoding.register_forward_hook(lambda mod, inp, out: enc_dtypes.append(out.dtype)))
+    p = probe_world_points(2.0, seed=12).float()
+    try:
+        out = half(p, with_normal=True)
+        density = half.forward_density(p)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert seen and all(produced == dtype for _, produced in seen)  # the module calls (the Jacobian path: below)
+    ref = plain(p, with_normal=True)
+    assert out.density.dtype == out.normal.dtype == out.albedo.dtype == density.dtype == torch.float32
+    torch.testing.assert_close(out.density, ref.density, rtol=0.1, atol=0.1)
+    torch.testing.assert_close(out.albedo, ref.albedo, rtol=0.05, atol=0.02)
+    unit = ref.normal.norm(dim=-1) > 0.99  # where the density has a gradient to normalise
+    assert unit.sum() >= 5 and (out.normal * ref.normal).sum(-1)[unit].min() > 0.95  # the same directions
+    # the density with normals comes through mlp_with_jacobian (no module call): it too moved off float32
+    assert not any(torch.equal(a, b) for a, b in ((out.density, ref.density), (out.albedo, ref.albedo)))
+    assert enc_dtypes and all(d == torch.float32 for d in enc_dtypes)
+    (out.density.sum() + out.albedo.sum() + out.normal.sum()).backward()
+    for name, q in half.named_parameters():
+        assert q.grad is not None and q.grad.dtype == torch.float32 and torch.isfinite(q.grad).all(), name
+    assert half.encoding.table.grad.abs().sum() > 0
+
+
+def test_half_precision_mlps_recompute_to_the_same_values():
+    """recompute_mlps re-runs the half-precision networks in the same precision: outputs and gradients unchanged."""
+    a, b = field32("bfloat16"), field32("bfloat16", recompute_mlps=True)
+    b.load_state_dict(a.state_dict())
+    p = probe_world_points(2.0, seed=13).float()
+    results = []
+    for field in (a, b):
+        out = field(p, with_normal=True)
+        grads = torch.autograd.grad(out.density.sum() + out.normal.sum() + out.albedo.sum(), list(field.parameters()))
+        results.append([out.density, out.normal, out.albedo, *grads])
+    for x, y in zip(*results):
+        assert torch.equal(x, y)
+
+
+def test_mlp_precision_refuses_an_unknown_name():
+    from pathlib import Path
+
+    from hash3d.config.errors import ConfigError
+    from hash3d.config.loader import load_config
+
+    config = Path(__file__).resolve().parents[1] / "threestudio-hash3d" / "configs" / "stable-zero123.yaml"
+    with pytest.raises(ConfigError, match="mlp_precision' must be one of 'float32', 'bfloat16', 'float16'; got 'fp8'"):
+        load_config(config, ["system.geometry.mlp_precision=fp8"])
+
+
 # ---- recompute_mlps: the MLPs' activations recomputed in the backward ------------------------------------------
 
 

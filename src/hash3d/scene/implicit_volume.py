@@ -59,6 +59,11 @@ class ImplicitVolumeConfig:
     """Mesh export: second pass inside the first mesh's bounding box grown by 10%."""
     isosurface_outlier_fraction: float = 0.01
     """Mesh export: connected components with fewer than this fraction of the faces are dropped."""
+    mlp_precision: Literal["float32", "bfloat16", "float16"] = "float32"
+    """Precision of the density and feature networks' matrix products: float32, or bfloat16 / float16 under autocast
+    on the field's device (the hash grid, the blob and the outputs stay float32). Half precision is faster where the
+    GPU has half-precision tensor cores (bench/field_precision.py) and moves normals and gradients at the percent
+    level; float32 until the quality harness says otherwise."""
     recompute_mlps: bool = False
     """Keep only the MLPs' inputs for the backward and run their forward again there: less activation memory for
     more compute (for the largest render sizes). Values and gradients are the same."""
@@ -86,6 +91,12 @@ class _TruncExp(torch.autograd.Function):
 
 def trunc_exp(x: torch.Tensor) -> torch.Tensor:
     return _TruncExp.apply(x)
+
+
+def _in_precision(network: Callable[[torch.Tensor], torch.Tensor], dtype: torch.dtype, x: torch.Tensor) -> torch.Tensor:
+    """network(x) with its matrix products in `dtype` (autocast; the backward follows), returned in x's dtype."""
+    with torch.autocast(x.device.type, dtype=dtype):
+        return network(x).to(x.dtype)
 
 
 def density_activation(raw: torch.Tensor, kind: str) -> torch.Tensor:
@@ -174,6 +185,8 @@ class ImplicitVolume(nn.Module):
     def _mlp(self, network: Callable[[torch.Tensor], torch.Tensor], enc: torch.Tensor) -> torch.Tensor:
         """network(enc): every evaluation of the density and feature networks goes through here, so that
         `recompute_mlps` covers them all."""
+        if self.config.mlp_precision != "float32":
+            network = partial(_in_precision, network, getattr(torch, self.config.mlp_precision))
         if self.config.recompute_mlps and torch.is_grad_enabled():
             # the networks draw no random numbers: no RNG state to save and restore for the recomputation
             return checkpoint(network, enc, use_reentrant=False, preserve_rng_state=False)
