@@ -155,6 +155,12 @@ def test_device_time_goes_to_the_section_of_the_launching_op_or_the_range_open_a
               _event(7, "graph_kernel", 60, 62, device=cuda, activity="kernel"),
               _event(42, "gemm", 320, 330, device=cuda, linked=5, activity="kernel"),
               _event(43, "unet", 50, 150, device=cuda, activity="gpu_user_annotation")]
+    marker = _event(44, "ProfilerStep#3", 0, 300, device=cuda)  # a scheduled profile's device step marker
+    del marker.linked_correlation_id, marker.activity_type
+    marker.is_user_annotation = True
+    # the links are read whichever device event comes first, the marker that carries none included
+    assert attribute([marker, *events], {"unet", "render"}, device_time=True).rows[:2] == [
+        KernelRow("backward", "gemm", 1, 0.010, "aten::mm"), KernelRow("unet", "conv_kernel", 2, 0.004, "aten::conv2d")]
     result = attribute(events, {"unet", "render"}, device_time=True)
     assert result.rows == [KernelRow("backward", "gemm", 1, 0.010, "aten::mm"),
                            KernelRow("unet", "conv_kernel", 2, 0.004, "aten::conv2d"),

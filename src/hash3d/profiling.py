@@ -315,7 +315,7 @@ def _device_items(events: list[FunctionEvent], sections: Collection[str]) -> Ite
     runtime call (same correlation id) by time: the innermost section range open when it was launched. Where the
     events carry no links (torch before `FunctionEvent.linked_correlation_id`), see `_attached_kernels`."""
     device = [e for e in events if e.device_type != DeviceType.CPU]
-    if device and not hasattr(device[0], "linked_correlation_id"):
+    if device and not any(hasattr(e, "linked_correlation_id") for e in device):  # a step marker may lack it alone
         yield from _attached_kernels(events, sections)
         return
     cpu = [e for e in events if e.device_type == DeviceType.CPU]
