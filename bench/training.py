@@ -48,9 +48,10 @@ that make up each section: per section its GPU time a step, and its top kernels 
 and ms a step, % of the profiled step's wall time; a kernel launched by several ops has a row for each), then the
 top kernels overall. A kernel counts under the innermost section that launched it; the backward pass's kernels
 (launched by the autograd engine outside the sections) under "backward", those launched between sections under
-"other"; only what was launched between the first section and the last counts (not the set-up or the checkpoint). The profiler slows the run, so it is no timing row. Its rows go to
-profile-<pipeline>[-<steps>][-after<K>]-<device>.json next to the results file, with `profiled_step_ms`, the wall
-time a profiled step took (the denominator of the % column).
+"other"; only what was launched between the first section and the last counts (not the set-up or the checkpoint).
+The profiler slows the run, so it is no timing row. Its rows go to profile-<pipeline>[-<steps>][-after<K>]-<device>.json
+next to the results file, with `profiled_step_ms`, the wall time a profiled step took (the denominator of the %
+column).
 
 --profile-after K: the profiled run trains K + N steps and the profiler records steps K+1..K+N only: a recipe's last
 phase (Stable-Zero123's last resolution from step 300), which a run cannot start in (it runs out of GPU memory before
